@@ -1,0 +1,43 @@
+"""`uniattn-export`: the command line. Each subcommand lives in its own module here and
+registers itself with `register(subparsers)`; heavy imports happen only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UniAttnError
+
+# In pipeline order.
+SUBCOMMANDS = ("generate",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uniattn-export",
+        description=(
+            "Export, compile and validate LLMs post-trained with UniAttn: consumer layers reuse "
+            "their SuperBlock producer's softmax, need no Q/K projections and keep no K cache."
+        ),
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f".{name}", __package__).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UniAttnError as exc:
+        print(f"uniattn-export {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Loading and saving UniAttn checkpoints.
+
+Three layouts load:
+  * ours: a save_pretrained folder whose config.json has a "uniattn" entry (the explicit
+    layer map); consumers carry no q_proj/k_proj and their Wc is `compensation`.
+  * the authors' release: a Hugging Face Llama/Mistral/Qwen2 folder whose config.json has
+    grouping_idx / grouping_begin_idx / grouping_end_idx and whose consumers carry
+    `model.layers.{l}.v2_proj.weight` (their unused q_proj/k_proj are dropped here).
+  * a plain base model (no SuperBlocks): every layer is an ordinary layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
+
+from ..errors import UniAttnError
+from .config import DEFAULT_RULE_BY_MODEL_TYPE, UniAttnConfig
+from .modeling import SUPPORTED_MODEL_TYPES, UniAttnForCausalLM
+
+RELEASED_GROUPING_KEYS = ("grouping_idx", "grouping_begin_idx", "grouping_end_idx")
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def _read_config_json(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not path.exists():
+        raise UniAttnError(f"checkpoint folder {path} does not exist", "check the path")
+    if not config_file.is_file():
+        raise UniAttnError(
+            f"{path} has no config.json", "pass a Hugging Face model folder (config.json + weights)"
+        )
+    try:
+        return json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UniAttnError(
+            f"{config_file} is not valid JSON ({exc})", "restore the file from the original checkpoint"
+        ) from None
+
+
+def resolve_uniattn_config(
+    raw: dict, num_layers: int, producer_rule: str | None = None
+) -> UniAttnConfig:
+    """The explicit layer map of a checkpoint, from whichever description it carries."""
+    if "uniattn" in raw:
+        if producer_rule is not None:
+            raise UniAttnError(
+                "this checkpoint stores an explicit layer map; a producer rule cannot override it",
+                "drop --producer-rule",
+            )
+        return UniAttnConfig.from_dict(raw["uniattn"], num_layers)
+    present = [k for k in RELEASED_GROUPING_KEYS if k in raw]
+    if not present:
+        return UniAttnConfig.none(num_layers)
+    if len(present) != len(RELEASED_GROUPING_KEYS):
+        missing = sorted(set(RELEASED_GROUPING_KEYS) - set(present))
+        raise UniAttnError(
+            f"config.json has {', '.join(present)} but not {', '.join(missing)}",
+            "add the missing SuperBlock keys (the released training scripts write all three)",
+        )
+    rule = producer_rule or DEFAULT_RULE_BY_MODEL_TYPE.get(raw.get("model_type", ""))
+    if rule is None:
+        raise UniAttnError(
+            f"no known producer rule for model_type {raw.get('model_type')!r}",
+            "pass --producer-rule begin_offset|absolute|gemma2",
+        )
+    try:
+        size, begin, end = (int(raw[k]) for k in RELEASED_GROUPING_KEYS)
+    except (TypeError, ValueError):
+        raise UniAttnError(
+            "grouping_idx / grouping_begin_idx / grouping_end_idx must be integers",
+            "fix config.json",
+        ) from None
+    return UniAttnConfig.from_grouping(num_layers, size, begin, end, rule)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index = path / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UniAttnError(f"{index} is malformed ({exc!r})", "restore the index file") from None
+            missing = [s for s in shards if not (path / s).is_file()]
+            if missing:
+                raise UniAttnError(
+                    f"{index.name} lists {missing[0]} but that file is missing",
+                    "download the complete checkpoint",
+                )
+            return [path / s for s in shards]
+        if (path / single).is_file():
+            return [path / single]
+    raise UniAttnError(
+        f"{path} has no weights (model.safetensors or pytorch_model.bin)",
+        "pass a folder that contains the model weights",
+    )
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                state.update(load_file(str(f)))
+            else:
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+        except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise UniAttnError(
+                f"cannot read weights from {f.name} ({str(exc).splitlines()[0]})",
+                "the file is corrupt or truncated: download it again",
+            ) from None
+    return state
+
+
+def _to_model_keys(
+    state: dict[str, torch.Tensor], uniattn: UniAttnConfig, config: PreTrainedConfig
+) -> dict[str, torch.Tensor]:
+    """Rename/drop file keys to this model's parameters, checking them against the map."""
+    out: dict[str, torch.Tensor] = {}
+    consumers_with_wc = set()
+    for name, tensor in state.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue  # older checkpoints saved this buffer; it is recomputed from the config
+        m = _LAYER_KEY.match(name)
+        if m:
+            layer, rest = int(m.group(1)), m.group(2)
+            role = uniattn.role(layer) if layer < uniattn.num_layers else "ordinary"
+            if rest.startswith(("v2_proj.", "compensation.")):
+                if role != "consumer":
+                    raise UniAttnError(
+                        f"weights contain {name} but the layer map makes layer {layer} a {role}",
+                        "the SuperBlock settings in config.json do not match these weights "
+                        "(check grouping_* keys and the producer rule)",
+                    )
+                consumers_with_wc.add(layer)
+                name = f"model.layers.{layer}.compensation.{rest.split('.', 1)[1]}"
+            elif role == "consumer" and rest.startswith(("self_attn.q_proj.", "self_attn.k_proj.")):
+                continue  # the released code computes them for consumers but never uses them
+        out[name] = tensor
+    missing_wc = sorted(set(uniattn.consumers) - consumers_with_wc)
+    if missing_wc and consumers_with_wc:
+        raise UniAttnError(
+            f"consumer layers {missing_wc} have no v2_proj weight while other consumers do",
+            "the SuperBlock settings in config.json do not match these weights",
+        )
+    for layer in missing_wc:
+        # Softmax-only checkpoints (released *_softmax files) share P without compensation.
+        out[f"model.layers.{layer}.compensation.weight"] = torch.zeros(
+            config.hidden_size, config.hidden_size, dtype=out["model.embed_tokens.weight"].dtype
+        )
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]  # re-tied after loading
+    return out
+
+
+def load_model(
+    path: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    producer_rule: str | None = None,
+) -> UniAttnForCausalLM:
+    """Load a UniAttn (or plain base) checkpoint as the reference model.
+
+    dtype: torch dtype or its name ("float32", "bfloat16", ...); None keeps the stored dtype.
+    producer_rule: only for checkpoints in the authors' layout; None picks the rule of the
+    released modeling file of that architecture (Llama: begin_offset, Mistral: absolute).
+    """
+    path = Path(path)
+    raw = _read_config_json(path)
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UniAttnError(
+            f"unsupported architecture {model_type!r} in {path / 'config.json'}",
+            f"uniattn-export supports {', '.join(SUPPORTED_MODEL_TYPES)}",
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise UniAttnError(
+            f"transformers cannot read {path / 'config.json'} ({str(exc).splitlines()[0]})",
+            "fix or restore config.json",
+        ) from None
+    uniattn = resolve_uniattn_config(raw, config.num_hidden_layers, producer_rule)
+    state = _to_model_keys(_read_weights(_weight_files(path)), uniattn, config)
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise UniAttnError(f"unknown dtype {dtype!r}", "use float32, float16 or bfloat16")
+        dtype = getattr(torch, dtype)
+    stored = state["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in state else None
+    dtype = dtype or stored or torch.float32
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UniAttnError(
+                f"weight {name} contains NaN or Inf", "the checkpoint is corrupt: download it again"
+            )
+
+    with torch.device("meta"):
+        model = UniAttnForCausalLM(config, uniattn)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        problem = (
+            f"weights are missing {missing[0]} (and {len(missing) - 1} more)"
+            if missing
+            else f"weights contain unexpected {unexpected[0]} (and {len(unexpected) - 1} more)"
+        )
+        raise UniAttnError(problem, "config.json does not describe these weights")
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    except RuntimeError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        raise UniAttnError(f"weights do not fit the config: {detail}", "config.json does not describe these weights") from None
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Non-persistent buffers (RoPE frequencies) were created on the meta device.
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)
+    model.config.dtype = dtype
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    model.name_or_path = str(path)
+    return model.eval()
+
+
+def save_model(model: UniAttnForCausalLM, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Save in our format (save_pretrained + explicit layer map), atomically.
+
+    Writes into a temporary sibling folder and renames it at the end, so an interrupted
+    save never leaves a half-written checkpoint at `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
+            if hasattr(model.config, key):
+                delattr(model.config, key)
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
