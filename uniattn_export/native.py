@@ -1,31 +1,55 @@
-"""Where the compiled libraries are.
+"""Where the compiled libraries are, and the kernels' C ABI from Python.
 
 Two shared libraries are built from plugins/ (see CMakeLists.txt) and installed into this
 package's `lib/` folder:
   libuniattn_kernels.so  the C ABI over the CPU and CUDA kernels (plugins/kernels/include)
   libuniattn_ort.so      the ONNX Runtime custom-op library (exports RegisterCustomOps)
-Set UNIATTN_EXPORT_LIB_DIR to use libraries from a development build folder instead.
+  libuniattn_runtime.so  the C runtime for services (runtime/, include/uniattn/runtime.h)
+Set UNIATTN_EXPORT_LIB_DIR to use libraries from a development build folder instead
+(`cmake -S . -B build/dev && cmake --build build/dev` puts them in build/dev/lib).
+
+`run_producer` / `run_consumer` call the kernels on torch tensors with the signature of
+model/attention.py: CPU tensors go to the CPU kernels, CUDA tensors to the CUDA kernels on
+torch's current stream.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import importlib.util
 import os
+from importlib import metadata
 from pathlib import Path
+
+from .errors import UniAttnError
 
 KERNELS_LIBRARY = "libuniattn_kernels.so"
 ORT_LIBRARY = "libuniattn_ort.so"
+RUNTIME_LIBRARY = "libuniattn_runtime.so"
+DISTRIBUTION = "uniattn-export"
+BUILD_FIX = (
+    "build it with `pip install .` (or `cmake -S . -B build/dev && cmake --build build/dev` "
+    "and UNIATTN_EXPORT_LIB_DIR=build/dev/lib)"
+)
 
 
-def _find(name: str) -> str | None:
+def _candidates(name: str) -> list[Path]:
     folders = []
     if os.environ.get("UNIATTN_EXPORT_LIB_DIR"):
         folders.append(Path(os.environ["UNIATTN_EXPORT_LIB_DIR"]))
     folders.append(Path(__file__).parent / "lib")
-    for folder in folders:
-        candidate = folder / name
-        if candidate.is_file():
-            return str(candidate)
-    return None
+    candidates = [folder / name for folder in folders]
+    # A source checkout on sys.path shadows the installed package; its wheel files still count.
+    try:
+        candidates.append(Path(metadata.distribution(DISTRIBUTION).locate_file(f"uniattn_export/lib/{name}")))
+    except metadata.PackageNotFoundError:
+        pass
+    return candidates
+
+
+def _find(name: str) -> str | None:
+    return next((str(path) for path in _candidates(name) if path.is_file()), None)
 
 
 def ort_custom_op_library() -> str | None:
@@ -36,3 +60,202 @@ def ort_custom_op_library() -> str | None:
 def kernels_library() -> str | None:
     """Path of the kernel library (C ABI), or None when it was not built."""
     return _find(KERNELS_LIBRARY)
+
+
+def runtime_library() -> str | None:
+    """Path of the C runtime for services (include/uniattn/runtime.h), or None when it was not built."""
+    return _find(RUNTIME_LIBRARY)
+
+
+def runtime_include_dir() -> str | None:
+    """The folder holding uniattn/runtime.h: the wheel's include/, else this source checkout's."""
+    folders = [Path(__file__).parent / "include"]
+    try:
+        folders.append(Path(metadata.distribution(DISTRIBUTION).locate_file("uniattn_export/include")))
+    except metadata.PackageNotFoundError:
+        pass
+    folders.append(Path(__file__).parents[1] / "include")
+    return next((str(f) for f in folders if (f / "uniattn" / "runtime.h").is_file()), None)
+
+
+def onnxruntime_library() -> str | None:
+    """The libonnxruntime.so inside the installed onnxruntime wheel (what the C runtime loads)."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted((Path(spec.submodule_search_locations[0]) / "capi").glob("libonnxruntime.so.*"))
+    return str(found[-1]) if found else None
+
+
+# ---- plugins/kernels/include/uniattn/kernels.h ----------------------------------------
+
+ABI_VERSION = 1
+DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+UA_OK = 0
+
+
+class AttentionDesc(ctypes.Structure):
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("query_len", ctypes.c_int64),
+        ("past_len", ctypes.c_int64),
+        ("num_heads", ctypes.c_int64),
+        ("kv_num_heads", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("scale", ctypes.c_float),
+        ("is_causal", ctypes.c_int32),
+        ("sliding_window", ctypes.c_int64),
+        ("dtype", ctypes.c_int),
+    ]
+
+
+class ProducerIO(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "query", "key", "value", "past_key", "past_value", "attention_mask",
+            "output", "present_key", "present_value", "shared_probs", "shared_lse",
+        )
+    ]
+
+
+class ConsumerIO(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in (
+            "value", "past_value", "attention_mask", "shared_probs", "shared_lse",
+            "producer_query", "producer_key", "output", "present_value",
+        )
+    ]
+
+
+@functools.cache
+def kernels() -> ctypes.CDLL:
+    """The kernel library with typed entry points (see kernels.h)."""
+    path = kernels_library()
+    if path is None:
+        raise UniAttnError(f"the kernel library {KERNELS_LIBRARY} is not built", BUILD_FIX)
+    lib = ctypes.CDLL(path)
+    desc, status, size = ctypes.POINTER(AttentionDesc), ctypes.c_int, ctypes.c_size_t
+    signatures = {
+        "ua_abi_version": ([], ctypes.c_int),
+        "ua_has_cuda": ([], ctypes.c_int),
+        "ua_last_error": ([], ctypes.c_char_p),
+        "ua_producer_cpu": ([desc, ctypes.POINTER(ProducerIO), ctypes.c_int], status),
+        "ua_consumer_cpu": ([desc, ctypes.POINTER(ConsumerIO), ctypes.c_int], status),
+        "ua_producer_cuda_workspace_size": ([desc, ctypes.c_int], size),
+        "ua_consumer_cuda_workspace_size": ([desc, ctypes.c_int], size),
+        "ua_producer_cuda": ([desc, ctypes.POINTER(ProducerIO), ctypes.c_void_p, ctypes.c_void_p], status),
+        "ua_consumer_cuda": ([desc, ctypes.POINTER(ConsumerIO), ctypes.c_void_p, ctypes.c_void_p], status),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
+    if lib.ua_abi_version() != ABI_VERSION:
+        raise UniAttnError(
+            f"{path} implements kernel ABI {lib.ua_abi_version()}, this package needs {ABI_VERSION}",
+            "rebuild the native libraries from this checkout",
+        )
+    return lib
+
+
+class KernelError(RuntimeError):
+    """A kernel refused a call (status != UA_OK); the message is the kernel's."""
+
+    def __init__(self, function: str, status: int, message: str):
+        self.status = status
+        super().__init__(f"{function} returned status {status}: {message}")
+
+
+def _pointer(tensor) -> int | None:
+    return tensor.data_ptr() if tensor is not None and tensor.numel() > 0 else None
+
+
+def _dense(*tensors):
+    """The kernels read dense row-major tensors; the mask as int64."""
+    import torch
+
+    return [
+        None if t is None else (t.to(torch.int64) if t.dtype in (torch.bool, torch.int32) else t).contiguous()
+        for t in tensors
+    ]
+
+
+def _call(function: str, desc: AttentionDesc, io, num_threads: int, device, workspace_size_args: tuple):
+    import torch
+
+    lib = kernels()
+    if device.type == "cuda":
+        size = getattr(lib, f"{function}_cuda_workspace_size")(ctypes.byref(desc), *workspace_size_args)
+        workspace = torch.empty(size, dtype=torch.uint8, device=device) if size else None
+        stream = torch.cuda.current_stream(device).cuda_stream
+        status = getattr(lib, f"{function}_cuda")(ctypes.byref(desc), ctypes.byref(io), _pointer(workspace), stream)
+    else:
+        status = getattr(lib, f"{function}_cpu")(ctypes.byref(desc), ctypes.byref(io), num_threads)
+    if status != UA_OK:
+        raise KernelError(function, status, lib.ua_last_error().decode())
+
+
+def _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window, dtype):
+    code = DTYPE_CODES[str(dtype).removeprefix("torch.")]
+    return AttentionDesc(
+        batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int(is_causal), sliding_window, code
+    )
+
+
+def run_producer(
+    query, key, value, past_key, past_value, attention_mask, *, num_heads: int, kv_num_heads: int,
+    scale: float, is_causal: bool = True, sliding_window: int = 0, probs_max_query_len: int = 16,
+    emit_shared: bool = True, num_threads: int = 0,
+):
+    """UniAttnProducer through the kernel library; returns what
+    model.attention.producer_attention returns (the shared state is None when not emitted)."""
+    import torch
+
+    query, key, value, past_key, past_value, attention_mask = _dense(
+        query, key, value, past_key, past_value, attention_mask
+    )
+    batch, query_len, width = query.shape
+    head_dim, past_len = width // num_heads, past_key.shape[2]
+    key_len = past_len + query_len
+    new = functools.partial(torch.empty, dtype=query.dtype, device=query.device)
+    output = new((batch, query_len, width))
+    present_key = new((batch, kv_num_heads, key_len, head_dim))
+    present_value = new((batch, kv_num_heads, key_len, head_dim))
+    probs_len = key_len if query_len <= probs_max_query_len else 0
+    shared_probs = new((batch, num_heads, query_len, probs_len)) if emit_shared else None
+    shared_lse = torch.empty((batch, num_heads, query_len), device=query.device) if emit_shared else None
+    tensors = [query, key, value, past_key, past_value, attention_mask, output, present_key, present_value,
+               shared_probs, shared_lse]
+    io = ProducerIO(*[_pointer(t) for t in tensors])
+    desc = _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window,
+                 query.dtype)
+    _call("ua_producer", desc, io, num_threads, query.device, (int(probs_len > 0 and emit_shared),))
+    return output, present_key, present_value, shared_probs, shared_lse
+
+
+def run_consumer(
+    value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key, *,
+    num_heads: int, kv_num_heads: int, scale: float, is_causal: bool = True, sliding_window: int = 0,
+    num_threads: int = 0,
+):
+    """UniAttnConsumer through the kernel library; returns (output, present_value) like
+    model.attention.consumer_attention."""
+    import torch
+
+    value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key = _dense(
+        value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key
+    )
+    batch, query_len, width = value.shape
+    head_dim, past_len = width // kv_num_heads, past_value.shape[2]
+    key_len = past_len + query_len
+    output = torch.empty((batch, query_len, num_heads * head_dim), dtype=value.dtype, device=value.device)
+    present_value = torch.empty((batch, kv_num_heads, key_len, head_dim), dtype=value.dtype, device=value.device)
+    reuse_probs = shared_probs.shape[-1] == key_len and key_len > 0
+    tensors = [value, past_value, attention_mask, shared_probs if reuse_probs else None, shared_lse,
+               producer_query, producer_key, output, present_value]
+    io = ConsumerIO(*[_pointer(t) for t in tensors])
+    desc = _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window,
+                 value.dtype)
+    _call("ua_consumer", desc, io, num_threads, value.device, (int(reuse_probs),))
+    return output, present_value

@@ -2,6 +2,7 @@
 
 from .checkpoint import load_model, save_model
 from .config import UniAttnConfig
+from .convert import convert_to_uniattn
 from .modeling import UniAttnForCausalLM
 
-__all__ = ["UniAttnConfig", "UniAttnForCausalLM", "load_model", "save_model"]
+__all__ = ["UniAttnConfig", "UniAttnForCausalLM", "convert_to_uniattn", "load_model", "save_model"]

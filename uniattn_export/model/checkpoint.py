@@ -16,7 +16,9 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
@@ -126,10 +128,18 @@ def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _to_model_keys(
-    state: dict[str, torch.Tensor], uniattn: UniAttnConfig, config: PreTrainedConfig
+def to_model_keys(
+    state: dict[str, torch.Tensor],
+    uniattn: UniAttnConfig,
+    config: PreTrainedConfig,
+    zero_missing_compensation: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Rename/drop file keys to this model's parameters, checking them against the map."""
+    """Rename/drop file keys to this model's parameters, checking them against the map.
+
+    zero_missing_compensation: consumers without any Wc get Wc = 0 (the released
+    softmax-only checkpoints, and a base model about to be converted). Our own format always
+    stores Wc, so there a missing one is an error.
+    """
     out: dict[str, torch.Tensor] = {}
     consumers_with_wc = set()
     for name, tensor in state.items():
@@ -154,13 +164,16 @@ def _to_model_keys(
     missing_wc = sorted(set(uniattn.consumers) - consumers_with_wc)
     if missing_wc and consumers_with_wc:
         raise UniAttnError(
-            f"consumer layers {missing_wc} have no v2_proj weight while other consumers do",
+            f"consumer layers {missing_wc} have no Wc weight (v2_proj / compensation) while "
+            "other consumers do",
             "the SuperBlock settings in config.json do not match these weights",
         )
+    if not zero_missing_compensation:
+        missing_wc = []
     for layer in missing_wc:
         # Softmax-only checkpoints (released *_softmax files) share P without compensation.
         out[f"model.layers.{layer}.compensation.weight"] = torch.zeros(
-            config.hidden_size, config.hidden_size, dtype=out["model.embed_tokens.weight"].dtype
+            config.hidden_size, config.hidden_size, dtype=next(iter(out.values())).dtype
         )
     if config.tie_word_embeddings and "model.embed_tokens.weight" in out:
         out["lm_head.weight"] = out["model.embed_tokens.weight"]  # re-tied after loading
@@ -194,7 +207,9 @@ def load_model(
             "fix or restore config.json",
         ) from None
     uniattn = resolve_uniattn_config(raw, config.num_hidden_layers, producer_rule)
-    state = _to_model_keys(_read_weights(_weight_files(path)), uniattn, config)
+    state = to_model_keys(
+        _read_weights(_weight_files(path)), uniattn, config, zero_missing_compensation="uniattn" not in raw
+    )
 
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -208,6 +223,17 @@ def load_model(
                 f"weight {name} contains NaN or Inf", "the checkpoint is corrupt: download it again"
             )
 
+    model = model_from_state(config, uniattn, {k: v.to(dtype) for k, v in state.items()})
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    model.name_or_path = str(path)
+    return model
+
+
+def model_from_state(
+    config: PreTrainedConfig, uniattn: UniAttnConfig, state: dict[str, torch.Tensor]
+) -> UniAttnForCausalLM:
+    """Build the model around `state` (parameter names of this model) without copying it."""
     with torch.device("meta"):
         model = UniAttnForCausalLM(config, uniattn)
     expected = set(model.state_dict())
@@ -220,41 +246,69 @@ def load_model(
         )
         raise UniAttnError(problem, "config.json does not describe these weights")
     try:
-        model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
         raise UniAttnError(f"weights do not fit the config: {detail}", "config.json does not describe these weights") from None
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Non-persistent buffers (RoPE frequencies) were created on the meta device.
-    model.model.rotary_emb = type(model.model.rotary_emb)(config)
-    model.config.dtype = dtype
-    if (path / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(path)
-    model.name_or_path = str(path)
+    rotary = type(model.model.rotary_emb)(config)
+    model.model.rotary_emb = rotary.to(model.model.embed_tokens.weight.device)
+    model.config.dtype = model.model.embed_tokens.weight.dtype
     return model.eval()
 
 
-def save_model(model: UniAttnForCausalLM, out_dir: str | os.PathLike, tokenizer=None) -> Path:
-    """Save in our format (save_pretrained + explicit layer map), atomically.
-
-    Writes into a temporary sibling folder and renames it at the end, so an interrupted
-    save never leaves a half-written checkpoint at `out_dir`.
-    """
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """Refuse to replace anything but a model folder (save_model replaces the folder)."""
     out_dir = Path(out_dir)
+    if out_dir.is_file() or (
+        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()
+    ):
+        raise UniAttnError(
+            f"{out_dir} exists and is not a model folder",
+            "pass a new folder name (an existing model folder is replaced)",
+        )
+    return out_dir
+
+
+@contextmanager
+def atomic_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `out_dir` to fill; it replaces `out_dir` only when the
+    block succeeds, so an interrupted write never leaves a half-written folder behind."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the folder's mode
     try:
-        for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
-            if hasattr(model.config, key):
-                delattr(model.config, key)
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_model(
+    model: UniAttnForCausalLM,
+    out_dir: str | os.PathLike,
+    tokenizer=None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Save in our format (save_pretrained + explicit layer map), atomically.
+
+    extra_files: name -> text written alongside (e.g. conversion_report.json).
+    """
+    out_dir = check_output_folder(out_dir)
+    for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return out_dir

@@ -49,6 +49,11 @@ class SharedState(NamedTuple):
     key: torch.Tensor  # producer's present key cache (B, Hkv, S, D)
 
 
+# tap(layer, normed, attended): a layer's normed input n and its post-attention residual
+# stream h_mid = x + attention output (before the MLP), the two quantities Wc is fitted on.
+LayerTap = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
 @dataclass(frozen=True)
 class AttentionGeometry:
     num_heads: int
@@ -115,6 +120,13 @@ def apply_rope(packed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_h
     return (x * cos[:, :, None, :] + rotated * sin[:, :, None, :]).view(batch, length, width)
 
 
+def projection_biases(config: PreTrainedConfig) -> tuple[bool, bool]:
+    """(q/k/v bias, o_proj bias): Qwen2 always biases q/k/v and never o_proj; Llama's
+    attention_bias covers all four."""
+    attention_bias = bool(getattr(config, "attention_bias", False))
+    return attention_bias or config.model_type == "qwen2", attention_bias and config.model_type != "qwen2"
+
+
 class SelfAttention(nn.Module):
     """Attention of an ordinary or producer layer: Q/K/V projections, RoPE, softmax."""
 
@@ -122,8 +134,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.geo = geometry(config, layer)
         g = self.geo
-        qkv_bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
-        o_bias = bool(getattr(config, "attention_bias", False)) and config.model_type != "qwen2"
+        qkv_bias, o_bias = projection_biases(config)
         self.q_proj = nn.Linear(config.hidden_size, g.num_heads * g.head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(config.hidden_size, g.kv_num_heads * g.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, g.kv_num_heads * g.head_dim, bias=qkv_bias)
@@ -150,8 +161,7 @@ class ConsumerAttention(nn.Module):
         # Scale and window belong to the probabilities, hence to the producer.
         self.geo = geometry(config, producer)
         g = self.geo
-        qkv_bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
-        o_bias = bool(getattr(config, "attention_bias", False)) and config.model_type != "qwen2"
+        qkv_bias, o_bias = projection_biases(config)
         self.v_proj = nn.Linear(config.hidden_size, g.kv_num_heads * g.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(g.num_heads * g.head_dim, config.hidden_size, bias=o_bias)
 
@@ -185,7 +195,7 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, hidden, cos, sin, attention_mask, past_key, past_value,
-        shared: SharedState | None, ops: AttentionOps,
+        shared: SharedState | None, ops: AttentionOps, tap: LayerTap | None = None,
     ):  # fmt: skip
         """Returns (hidden, present_key or None, present_value, shared state or None)."""
         normed = self.input_layernorm(hidden)
@@ -198,6 +208,8 @@ class DecoderLayer(nn.Module):
                 normed, cos, sin, attention_mask, past_key, past_value, ops
             )
         hidden = hidden + attn
+        if tap is not None:
+            tap(self.layer, normed, hidden)
         hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
         return hidden, present_key, present_value, shared
 
@@ -215,17 +227,23 @@ class UniAttnModel(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(config)
 
     def run_layers(
-        self, hidden, position_ids, attention_mask, past: list[tuple], ops: AttentionOps
-    ) -> tuple[torch.Tensor, list[tuple]]:
-        """past[i] = (past_key or None, past_value); returns (normed hidden, presents)."""
+        self, hidden, position_ids, attention_mask, past: list[tuple], ops: AttentionOps,
+        *, last_layer: int | None = None, tap: LayerTap | None = None,
+    ) -> tuple[torch.Tensor, list[tuple]]:  # fmt: skip
+        """past[i] = (past_key or None, past_value); returns (normed hidden, presents).
+
+        Calibration passes stop after `last_layer` (the deepest layer they measure) and read
+        each layer's normed input and post-attention residual stream through `tap`.
+        """
         cos, sin = self.rotary_emb(hidden, position_ids)
         shared_by_producer: dict[int, SharedState] = {}
         presents = []
-        for layer in self.layers:
+        layers = self.layers if last_layer is None else self.layers[: last_layer + 1]
+        for layer in layers:
             past_key, past_value = past[layer.layer]
             shared_in = shared_by_producer.get(layer.producer)
             hidden, present_key, present_value, shared = layer(
-                hidden, cos, sin, attention_mask, past_key, past_value, shared_in, ops
+                hidden, cos, sin, attention_mask, past_key, past_value, shared_in, ops, tap
             )
             if layer.role == "producer":
                 shared_by_producer[layer.layer] = shared
@@ -281,6 +299,16 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
     def geometry(self, layer: int) -> AttentionGeometry:
         return self.model.layers[layer].self_attn.geo
 
+    def past_from(self, cache: UniAttnCache | None, batch: int, dtype, device) -> list[tuple]:
+        """run_layers' per-layer (past_key, past_value); empty (B, Hkv, 0, D) without a cache."""
+        if cache is None:
+            cache = UniAttnCache(self.uniattn_config)  # a fresh cache yields empty pasts
+        geometries = [layer.self_attn.geo for layer in self.model.layers]
+        return [
+            cache.past(i, batch, g.kv_num_heads, g.head_dim, dtype, device)
+            for i, g in enumerate(geometries)
+        ]
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -290,6 +318,7 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -319,16 +348,7 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
             position_ids = torch.arange(past_len, past_len + length, device=hidden.device)
             position_ids = position_ids.unsqueeze(0).expand(batch, -1)
 
-        past = []
-        for i in range(self.uniattn_config.num_layers):
-            g = self.geometry(i)
-            if cache is not None:
-                past.append(
-                    cache.past(i, batch, g.kv_num_heads, g.head_dim, hidden.dtype, hidden.device)
-                )
-            else:
-                empty = hidden.new_empty((batch, g.kv_num_heads, 0, g.head_dim))
-                past.append((empty, empty))
+        past = self.past_from(cache, batch, hidden.dtype, hidden.device)
         hidden, presents = self.model.run_layers(
             hidden, position_ids, attention_mask.long(), past, self.attention_ops
         )
@@ -337,7 +357,10 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
                 cache.store(i, present_key, present_value)
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         logits = self.lm_head(hidden[:, keep, :])
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache else None)
+        loss = None
+        if labels is not None:  # next-token cross-entropy, as every transformers causal LM
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate() would build a DynamicCache; this model needs its K-less UniAttnCache."""

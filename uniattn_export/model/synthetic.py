@@ -52,6 +52,24 @@ def tiny_config(family: str = "llama", **overrides) -> PreTrainedConfig:
     return FAMILIES[family](**fields)
 
 
+def byte_tokenizer():
+    """A tokenizer with one token per byte (ids 0-255) for tiny models in tests and demos.
+
+    Byte 0 never occurs in text, so it doubles as end-of-text and padding: the vocabulary
+    stays exactly 256, the size of the "tiny" preset.
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    # An empty BPE vocabulary with byte fallback turns every character into its UTF-8 bytes.
+    bpe = models.BPE(vocab={f"<0x{b:02X}>": b for b in range(256)}, merges=[], byte_fallback=True)
+    backend = Tokenizer(bpe)
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<0x00>", pad_token="<0x00>", padding_side="left"
+    )
+
+
 def preset_config(name: str) -> PreTrainedConfig:
     fields = dict(PRESETS[name])
     return FAMILIES[fields.pop("family")](**fields)

@@ -1,0 +1,216 @@
+// Device building blocks of the CUDA kernels: element types and 8-element row slices,
+// warp reductions, and the tensor-core instructions (mma.sync, ldmatrix, cp.async) that
+// exist on every target (sm_80, sm_86, sm_89, sm_90).
+//
+// The kernels also compile as plain C++ against tests/plugins/cuda_emu.h (UA_CUDA_EMULATE),
+// which runs them on the CPU thread by thread so CI can check their logic without a GPU.
+// Everything that has no C++ meaning (launch syntax, dynamic shared memory, inline PTX)
+// therefore goes through the macros and wrappers of this file.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "launch.cuh"
+
+#ifndef UA_CUDA_EMULATE
+#include <cuda_runtime.h>
+#define UA_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#define UA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#else
+#define UA_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ua_emu::launch((grid), (block), (smem), [&] { kernel(__VA_ARGS__); })
+#define UA_DYNAMIC_SMEM(name) unsigned char* name = ua_emu::dynamic_smem()
+#endif
+
+namespace uniattn {
+namespace cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// The shape of one call as every kernel reads it (kernel arguments derive from it).
+struct Geometry {
+  int64_t batch, query_len, past_len, key_len, num_heads, kv_heads, head_dim;
+  float scale_log2;  // scale * log2(e): scores live in the log2 domain (exp2)
+  int is_causal;
+  int64_t window;
+};
+
+inline Geometry geometry_of(const ua_attention_desc& d) {
+  return Geometry{d.batch,     d.query_len,    d.past_len,          d.past_len + d.query_len,
+                  d.num_heads, d.kv_num_heads, d.head_dim,          d.scale * kLog2e,
+                  d.is_causal, d.sliding_window};
+}
+
+// ---- element types ---------------------------------------------------------------------
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Two floats rounded to T and packed low-first into one 32-bit register (mma operand).
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Eight consecutive elements of a row: the unit one thread moves with 16-byte accesses
+// (two of them for float). D is a multiple of 8, so a row is a whole number of slices.
+template <typename T>
+struct Slice8 {
+  uint4 raw[sizeof(T) / 2];
+};
+
+template <typename T>
+__device__ __forceinline__ Slice8<T> load_slice(const T* p) {
+  Slice8<T> s;
+  const uint4* src = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < int(sizeof(T) / 2); ++i) s.raw[i] = src[i];
+  return s;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_slice(T* p, const Slice8<T>& s) {
+  uint4* dst = reinterpret_cast<uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < int(sizeof(T) / 2); ++i) dst[i] = s.raw[i];
+}
+
+__device__ __forceinline__ void slice_to_floats(const Slice8<float>& s, float (&f)[8]) {
+  const float* v = reinterpret_cast<const float*>(s.raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) f[e] = v[e];
+}
+template <typename T> struct PairOf;
+template <> struct PairOf<__half> { using type = __half2; };
+template <> struct PairOf<__nv_bfloat16> { using type = __nv_bfloat162; };
+__device__ __forceinline__ float2 pair_to_float2(__half2 x) { return __half22float2(x); }
+__device__ __forceinline__ float2 pair_to_float2(__nv_bfloat162 x) { return __bfloat1622float2(x); }
+
+// fp16 / bf16: four packed pairs.
+template <typename T>
+__device__ __forceinline__ void slice_to_floats(const Slice8<T>& s, float (&f)[8]) {
+  const typename PairOf<T>::type* v = reinterpret_cast<const typename PairOf<T>::type*>(s.raw);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 x = pair_to_float2(v[e]);
+    f[2 * e] = x.x;
+    f[2 * e + 1] = x.y;
+  }
+}
+
+// Row j of a key/value sequence for batch b, KV head hk (see RowSource).
+template <typename T>
+__device__ __forceinline__ const T* source_row(const RowSource& s, int64_t b, int64_t hk, int64_t j,
+                                               int64_t query_len, int64_t kv_heads, int64_t head_dim) {
+  if (j < s.split)
+    return static_cast<const T*>(s.cache) + ((b * kv_heads + hk) * s.cache_rows + j) * head_dim;
+  return static_cast<const T*>(s.packed) + ((b * query_len + (j - s.split)) * kv_heads + hk) * head_dim;
+}
+
+// ---- warp reductions ---------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, offset));
+  return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
+  return x;
+}
+
+// ---- tensor-core instructions ------------------------------------------------------------
+// Fragment layouts are those of the PTX ISA for mma.m16n8k16 (f16/bf16 inputs, f32
+// accumulators) and ldmatrix.m8n8.x4.b16; the kernels index accumulators by them.
+
+// acc += A (16x16, row-major fragment a) * B (16x8, column fragment b0, b1).
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+#ifndef UA_CUDA_EMULATE
+template <>
+__device__ __forceinline__ void mma_16x8x16<__half>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                           uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(smem_row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(smem_row)));
+}
+
+// 16 bytes global -> shared, asynchronous; copies zeros instead when `fill` is false.
+__device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool fill) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(smem_dst)),
+               "l"(gmem_src), "r"(fill ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#else
+template <>
+__device__ __forceinline__ void mma_16x8x16<__half>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                    uint32_t b1) {
+  ua_emu::mma_16x8x16<__half>(acc, a, b0, b1);
+}
+template <>
+__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                           uint32_t b1) {
+  ua_emu::mma_16x8x16<__nv_bfloat16>(acc, a, b0, b1);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) { ua_emu::ldmatrix_x4(r, p, false); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  ua_emu::ldmatrix_x4(r, p, true);
+}
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool fill) {
+  ua_emu::cp_async_16(dst, src, fill);
+}
+__device__ __forceinline__ void cp_async_commit() { ua_emu::cp_async_commit(); }
+__device__ __forceinline__ void cp_async_wait_all() { ua_emu::cp_async_wait_all(); }
+#endif
+
+}  // namespace cuda
+}  // namespace uniattn

@@ -1,0 +1,220 @@
+// The C ABI of the CUDA kernels (plugins/kernels/include/uniattn/kernels.h): argument
+// checks, the choice of kernel, workspace sizes. Everything is enqueued on the caller's
+// stream; nothing is allocated and nothing waits for the device.
+//
+// Which kernel runs:
+//   producer emitting shared_probs, consumer given shared_probs, float32, or at most
+//   kFewRows query rows per KV head (decode)   -> split-KV kernel (split_kv.cu), which
+//                                                 also writes the present caches
+//   otherwise (fp16/bf16 prefill)              -> append.cu + tensor-core flash.cu
+//
+// In-place append: when present_key/present_value are the very buffers passed as
+// past_key/past_value (P > 0), the first P rows are taken to be in place already, in the
+// present layout (B, Hkv, S, D), and only the L new rows are written. With B*Hkv = 1 this is
+// the concat itself; otherwise such aliasing would have no meaning under docs/ops.md. It lets
+// the benchmarks time the attention without the cache copy.
+#include <stdint.h>
+
+#include "../src/common.h"
+#include "launch.cuh"
+
+namespace uniattn {
+namespace cuda {
+namespace {
+
+constexpr int64_t kMaxHeadDim = 256;
+constexpr int64_t kFewRows = 16;
+constexpr int64_t kMaxGridDim = 65535;
+
+struct Named {
+  const char* name;
+  const void* pointer;
+};
+
+template <size_t N>
+ua_status check_aligned(const Named (&tensors)[N]) {
+  for (const Named& t : tensors)
+    if (t.pointer != nullptr && (reinterpret_cast<uintptr_t>(t.pointer) & 15) != 0)
+      return fail(UA_INVALID_ARGUMENT, "%s must be 16-byte aligned for the CUDA kernels (address %p)", t.name,
+                  t.pointer);
+  return UA_OK;
+}
+
+ua_status check_grid(const ua_attention_desc& d) {
+  if (d.batch > kMaxGridDim || d.num_heads > kMaxGridDim)
+    return fail(UA_UNSUPPORTED, "batch=%lld and num_heads=%lld must be at most %lld on CUDA", (long long)d.batch,
+                (long long)d.num_heads, (long long)kMaxGridDim);
+  if (d.batch * d.num_heads * d.query_len > INT32_MAX || d.past_len + d.query_len > INT32_MAX)
+    return fail(UA_UNSUPPORTED, "batch*num_heads*query_len=%lld and key length %lld must stay below 2^31 on CUDA",
+                (long long)(d.batch * d.num_heads * d.query_len), (long long)(d.past_len + d.query_len));
+  return UA_OK;
+}
+
+// Just enough validity for a workspace query (which has no status to report).
+bool plannable(const ua_attention_desc* d) {
+  return d != nullptr && d->batch > 0 && d->query_len > 0 && d->past_len >= 0 && d->kv_num_heads > 0 &&
+         d->num_heads % d->kv_num_heads == 0 && d->head_dim > 0 && d->head_dim <= kMaxHeadDim;
+}
+
+bool use_split_kv(const ua_attention_desc& d, bool with_probs) {
+  return with_probs || !flash_supports(d) || d.num_heads / d.kv_num_heads * d.query_len <= kFewRows;
+}
+
+// What the CUDA kernels require beyond docs/ops.md: grid limits and 16-byte aligned rows.
+template <size_t N>
+ua_status admit(const ua_attention_desc& d, const Named (&tensors)[N]) {
+  if (ua_status s = check_grid(d); s != UA_OK) return s;
+  return check_aligned(tensors);
+}
+
+ua_status finish(ua_status s) { return s == UA_OK ? ok() : s; }
+
+ua_status need_workspace(const char* op, const SplitKvPlan& plan, const void* workspace) {
+  if (plan.workspace_bytes > 0 && workspace == nullptr)
+    return fail(UA_INVALID_ARGUMENT, "%s: workspace is NULL but %zu bytes are needed (see %s_cuda_workspace_size)",
+                op, plan.workspace_bytes, op);
+  return UA_OK;
+}
+
+// Keys or values of one layer: past rows from the past cache (or from present itself when
+// appending in place), new rows from the packed projection.
+RowSource layer_rows(const ua_attention_desc& d, const void* past, const void* present, const void* fresh,
+                     bool in_place) {
+  return RowSource{in_place ? present : past, in_place ? d.past_len + d.query_len : d.past_len, fresh, d.past_len};
+}
+
+}  // namespace
+
+ua_status launch_status(const char* kernel) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "CUDA kernel %s could not run: %s", kernel, cudaGetErrorString(e));
+  return UA_OK;
+}
+
+}  // namespace cuda
+}  // namespace uniattn
+
+using namespace uniattn;
+using namespace uniattn::cuda;
+
+extern "C" {
+
+int ua_has_cuda(void) { return 1; }
+
+size_t ua_producer_cuda_workspace_size(const ua_attention_desc* desc, int emit_probs) {
+  if (!plannable(desc) || !use_split_kv(*desc, emit_probs != 0)) return 0;
+  return plan_split_kv(*desc, Weights::kSoftmax, emit_probs != 0).workspace_bytes;
+}
+
+size_t ua_consumer_cuda_workspace_size(const ua_attention_desc* desc, int has_probs) {
+  if (!plannable(desc) || !use_split_kv(*desc, has_probs != 0)) return 0;
+  return plan_split_kv(*desc, has_probs ? Weights::kGivenProbs : Weights::kFromLse, false).workspace_bytes;
+}
+
+ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* io, void* workspace, void* stream_ptr) {
+  if (ua_status s = check_producer(desc, io, kMaxHeadDim); s != UA_OK) return s;
+  const ua_attention_desc& d = *desc;
+  if (d.batch == 0) return ok();
+  const Named tensors[] = {{"query", io->query},         {"key", io->key},
+                           {"value", io->value},         {"past_key", io->past_key},
+                           {"past_value", io->past_value}, {"present_key", io->present_key},
+                           {"present_value", io->present_value}};
+  if (ua_status s = admit(d, tensors); s != UA_OK) return s;
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const bool in_place = d.past_len > 0 && io->past_key == io->present_key;
+  if (in_place != (d.past_len > 0 && io->past_value == io->present_value))
+    return fail(UA_INVALID_ARGUMENT, "producer: present_key and present_value must both alias their past (in-place "
+                                     "append) or neither");
+  const RowSource keys = layer_rows(d, io->past_key, io->present_key, io->key, in_place);
+  const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
+
+  if (d.query_len == 0) {  // present = past
+    if (d.past_len == 0 || in_place || !io->past_key || !io->past_value || !io->present_key || !io->present_value)
+      return ok();
+    if (ua_status s = launch_append(d, keys, io->present_key, true, stream); s != UA_OK) return s;
+    return finish(launch_append(d, values, io->present_value, true, stream));
+  }
+
+  const bool emit_probs = io->shared_probs != nullptr;
+  if (use_split_kv(d, emit_probs)) {
+    const SplitKvPlan plan = plan_split_kv(d, Weights::kSoftmax, emit_probs);
+    if (ua_status s = need_workspace("ua_producer", plan, workspace); s != UA_OK) return s;
+    SplitKvArgs args{};
+    args.weights = Weights::kSoftmax;
+    args.query = io->query;
+    args.keys = keys;
+    args.values = values;
+    args.present_key = io->present_key;
+    args.present_value = io->present_value;
+    args.copy_past = !in_place;
+    args.mask = io->attention_mask;
+    args.probs_out = io->shared_probs;
+    args.lse_out = io->shared_lse;
+    args.output = io->output;
+    return finish(launch_split_kv(d, args, plan, workspace, stream));
+  }
+  if (ua_status s = launch_append(d, keys, io->present_key, !in_place, stream); s != UA_OK) return s;
+  if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
+  FlashArgs args{};
+  args.consumer = false;
+  args.query = io->query;
+  args.keys = io->present_key;
+  args.values = io->present_value;
+  args.mask = io->attention_mask;
+  args.lse_out = io->shared_lse;
+  args.output = io->output;
+  return finish(launch_flash(d, args, stream));
+}
+
+ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* io, void* workspace, void* stream_ptr) {
+  if (ua_status s = check_consumer(desc, io, kMaxHeadDim); s != UA_OK) return s;
+  const ua_attention_desc& d = *desc;
+  if (d.batch == 0) return ok();
+  const Named tensors[] = {{"value", io->value},
+                           {"past_value", io->past_value},
+                           {"present_value", io->present_value},
+                           {"producer_query", io->producer_query},
+                           {"producer_key", io->producer_key}};
+  if (ua_status s = admit(d, tensors); s != UA_OK) return s;
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const bool in_place = d.past_len > 0 && io->past_value == io->present_value;
+  const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
+
+  if (d.query_len == 0) {  // present = past
+    if (d.past_len == 0 || in_place || !io->past_value || !io->present_value) return ok();
+    return finish(launch_append(d, values, io->present_value, true, stream));
+  }
+
+  const bool has_probs = io->shared_probs != nullptr;
+  if (use_split_kv(d, has_probs)) {
+    const Weights weights = has_probs ? Weights::kGivenProbs : Weights::kFromLse;
+    const SplitKvPlan plan = plan_split_kv(d, weights, false);
+    if (ua_status s = need_workspace("ua_consumer", plan, workspace); s != UA_OK) return s;
+    const int64_t key_len = d.past_len + d.query_len;
+    SplitKvArgs args{};
+    args.weights = weights;
+    args.query = io->producer_query;
+    args.keys = RowSource{io->producer_key, key_len, nullptr, key_len};
+    args.values = values;
+    args.present_value = io->present_value;
+    args.copy_past = !in_place;
+    args.mask = io->attention_mask;
+    args.probs_in = io->shared_probs;
+    args.lse_in = io->shared_lse;
+    args.output = io->output;
+    return finish(launch_split_kv(d, args, plan, workspace, stream));
+  }
+  if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
+  FlashArgs args{};
+  args.consumer = true;
+  args.query = io->producer_query;
+  args.keys = io->producer_key;
+  args.values = io->present_value;
+  args.mask = io->attention_mask;
+  args.lse_in = io->shared_lse;
+  args.output = io->output;
+  return finish(launch_flash(d, args, stream));
+}
+
+}  // extern "C"

@@ -1,0 +1,96 @@
+// What the entry points (entry.cu) hand to the kernel launchers: which rows a key/value
+// sequence is read from, what each attention kernel computes, and how the split-KV
+// kernel cuts the key axis (which fixes its workspace).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uniattn/kernels.h"
+
+#ifndef UA_CUDA_EMULATE
+#include <cuda_runtime.h>
+#endif
+
+namespace uniattn {
+namespace cuda {
+
+// Where row j of a (B, Hkv, S, D) key or value sequence lives: rows j < split in a BNSH
+// tensor `cache` of `cache_rows` rows per head (the past cache, or a full present cache),
+// rows j >= split in the packed (B, L, Hkv*D) projection `packed` (row j - split).
+struct RowSource {
+  const void* cache;
+  int64_t cache_rows;
+  const void* packed;
+  int64_t split;
+};
+
+// How the split-KV kernel weighs the keys of a query row.
+enum class Weights {
+  kSoftmax,    // producer: online softmax of scale * q.k (optionally emitting P and lse)
+  kGivenProbs, // consumer decode: the producer's shared_probs as they are
+  kFromLse,    // consumer: exp(scale * q.k - lse) from the producer's query, keys and lse
+};
+
+struct SplitKvArgs {
+  Weights weights;
+  const void* query;      // kSoftmax: query; kFromLse: producer_query; (B, L, Hq*D)
+  RowSource keys;         // kSoftmax, kFromLse
+  RowSource values;
+  void* present_key;      // fused cache copy destinations (B, Hkv, S, D), or NULL
+  void* present_value;
+  bool copy_past;         // false: rows j < P already sit in present (in-place append)
+  const int64_t* mask;    // (B, S)
+  const void* probs_in;   // kGivenProbs: (B, Hq, L, S)
+  const float* lse_in;    // kFromLse: (B, Hq, L)
+  void* probs_out;        // kSoftmax: shared_probs to emit, or NULL
+  float* lse_out;         // kSoftmax: shared_lse to emit, or NULL
+  void* output;           // (B, L, Hq*D)
+};
+
+// How the split-KV kernel covers the problem. Blocks own 4 query rows of one KV head (of the
+// g heads x L tokens; with g <= 4 and one token each K/V row is read once for the g heads
+// sharing it) and one split of the key axis, walked in tiles of `tile_keys` keys.
+struct SplitKvPlan {
+  int row_tiles;
+  int lanes_per_key;   // threads sharing one key row (8, 16 or 32)
+  int tile_keys;
+  int64_t n_tiles;     // ceil(S / tile_keys)
+  int splits;
+  int64_t split_len;   // keys per split, a multiple of tile_keys
+  bool finalize;       // one split and no P: blocks write the output themselves
+  size_t partial_out_offset, partial_stats_offset, tile_max_offset;
+  size_t workspace_bytes;
+};
+
+SplitKvPlan plan_split_kv(const ua_attention_desc& desc, Weights weights, bool emit_probs);
+
+ua_status launch_split_kv(const ua_attention_desc& desc, const SplitKvArgs& args, const SplitKvPlan& plan,
+                          void* workspace, cudaStream_t stream);
+
+// Tensor-core prefill (fp16/bf16): producer = flash attention (online softmax) writing the
+// output and optionally lse; consumer = the same walk with exp(s - lse) from the producer's
+// query/keys. Keys and values are read from present caches (B, Hkv, S, D).
+struct FlashArgs {
+  bool consumer;
+  const void* query;    // (B, L, Hq*D): the layer's query, or the producer's
+  const void* keys;     // present key cache (the producer's for a consumer)
+  const void* values;   // present value cache of this layer
+  const int64_t* mask;
+  const float* lse_in;  // consumer
+  float* lse_out;       // producer, or NULL
+  void* output;
+};
+
+bool flash_supports(const ua_attention_desc& desc);
+ua_status launch_flash(const ua_attention_desc& desc, const FlashArgs& args, cudaStream_t stream);
+
+// present = concat(source rows); rows j < P are skipped when !copy_past.
+ua_status launch_append(const ua_attention_desc& desc, const RowSource& source, void* present, bool copy_past,
+                        cudaStream_t stream);
+
+// Reports a failed launch (or an earlier asynchronous error) for ua_last_error().
+ua_status launch_status(const char* kernel);
+
+}  // namespace cuda
+}  // namespace uniattn

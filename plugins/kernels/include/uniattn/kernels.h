@@ -1,0 +1,98 @@
+/* C ABI over the shared-softmax attention kernels (docs/ops.md is the contract).
+ *
+ * Every backend calls these functions: the ONNX Runtime custom-op library, the TensorRT
+ * plugin (through ctypes) and the tests. All tensors are dense, row-major, with the
+ * layouts of docs/ops.md. Functions never abort: they return a status and leave a
+ * message for ua_last_error().
+ */
+#ifndef UNIATTN_KERNELS_H
+#define UNIATTN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UA_ABI_VERSION 1
+
+typedef enum ua_dtype {
+  UA_FLOAT32 = 0,
+  UA_FLOAT16 = 1,
+  UA_BFLOAT16 = 2
+} ua_dtype;
+
+typedef enum ua_status {
+  UA_OK = 0,
+  UA_INVALID_ARGUMENT = 1, /* shapes/pointers violate docs/ops.md */
+  UA_UNSUPPORTED = 2,      /* valid, but not implemented here (e.g. CUDA not built) */
+  UA_DEVICE_ERROR = 3      /* a CUDA call failed */
+} ua_status;
+
+/* Geometry of one attention call. S = past_len + query_len. */
+typedef struct ua_attention_desc {
+  int64_t batch;        /* B */
+  int64_t query_len;    /* L */
+  int64_t past_len;     /* P */
+  int64_t num_heads;    /* Hq */
+  int64_t kv_num_heads; /* Hkv, divides Hq */
+  int64_t head_dim;     /* D */
+  float scale;
+  int32_t is_causal;
+  int64_t sliding_window; /* 0 = unlimited */
+  ua_dtype dtype;         /* of every T tensor */
+} ua_attention_desc;
+
+typedef struct ua_producer_io {
+  const void* query;             /* (B, L, Hq*D) post-RoPE */
+  const void* key;               /* (B, L, Hkv*D) post-RoPE */
+  const void* value;             /* (B, L, Hkv*D) */
+  const void* past_key;          /* (B, Hkv, P, D); may be NULL when P == 0 */
+  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0 */
+  const int64_t* attention_mask; /* (B, S) */
+  void* output;                  /* (B, L, Hq*D) */
+  void* present_key;             /* (B, Hkv, S, D) */
+  void* present_value;           /* (B, Hkv, S, D) */
+  void* shared_probs;            /* (B, Hq, L, S) or NULL: not emitted */
+  float* shared_lse;             /* (B, Hq, L) or NULL: not emitted */
+} ua_producer_io;
+
+typedef struct ua_consumer_io {
+  const void* value;             /* (B, L, Hkv*D) */
+  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0 */
+  const int64_t* attention_mask; /* (B, S) */
+  const void* shared_probs;      /* (B, Hq, L, S), or NULL: recompute from the next three */
+  const float* shared_lse;       /* (B, Hq, L) */
+  const void* producer_query;    /* (B, L, Hq*D) */
+  const void* producer_key;      /* (B, Hkv, S, D) */
+  void* output;                  /* (B, L, Hq*D) */
+  void* present_value;           /* (B, Hkv, S, D) */
+} ua_consumer_io;
+
+int ua_abi_version(void);
+/* 1 when the library was built with the CUDA kernels. */
+int ua_has_cuda(void);
+/* Message of the last failure on this thread ("" if none). */
+const char* ua_last_error(void);
+
+/* CPU: host pointers. num_threads <= 0 picks the hardware concurrency. */
+ua_status ua_producer_cpu(const ua_attention_desc* desc, const ua_producer_io* io, int num_threads);
+ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* io, int num_threads);
+
+/* CUDA: device pointers, enqueued on `stream` (a cudaStream_t; NULL = default stream).
+ * `workspace` must hold at least the bytes the *_workspace_size function returns for the
+ * same desc (may be NULL when that is 0). Asynchronous: errors of the launch itself are
+ * returned; the caller synchronizes. */
+size_t ua_producer_cuda_workspace_size(const ua_attention_desc* desc, int emit_probs);
+size_t ua_consumer_cuda_workspace_size(const ua_attention_desc* desc, int has_probs);
+ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* io,
+                           void* workspace, void* stream);
+ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* io,
+                           void* workspace, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UNIATTN_KERNELS_H */

@@ -1,0 +1,79 @@
+#include "common.h"
+
+#include <cstdarg>
+#include <cstdio>
+#include <string>
+
+namespace uniattn {
+namespace {
+thread_local std::string last_error;
+
+ua_status check_geometry(const ua_attention_desc* d, int64_t max_head_dim) {
+  if (d == nullptr) return fail(UA_INVALID_ARGUMENT, "attention descriptor is NULL");
+  if (d->batch < 0 || d->query_len < 0 || d->past_len < 0)
+    return fail(UA_INVALID_ARGUMENT, "negative size: batch=%lld query_len=%lld past_len=%lld",
+                (long long)d->batch, (long long)d->query_len, (long long)d->past_len);
+  if (d->num_heads <= 0 || d->kv_num_heads <= 0 || d->num_heads % d->kv_num_heads != 0)
+    return fail(UA_INVALID_ARGUMENT,
+                "num_heads=%lld must be a positive multiple of kv_num_heads=%lld",
+                (long long)d->num_heads, (long long)d->kv_num_heads);
+  if (d->head_dim <= 0) return fail(UA_INVALID_ARGUMENT, "head_dim=%lld must be positive", (long long)d->head_dim);
+  if (max_head_dim > 0 && (d->head_dim > max_head_dim || d->head_dim % 8 != 0))
+    return fail(UA_UNSUPPORTED, "head_dim=%lld unsupported here (need a multiple of 8 up to %lld)",
+                (long long)d->head_dim, (long long)max_head_dim);
+  if (d->dtype != UA_FLOAT32 && d->dtype != UA_FLOAT16 && d->dtype != UA_BFLOAT16)
+    return fail(UA_INVALID_ARGUMENT, "unknown dtype code %d", (int)d->dtype);
+  if (d->sliding_window < 0)
+    return fail(UA_INVALID_ARGUMENT, "sliding_window=%lld must be >= 0", (long long)d->sliding_window);
+  return UA_OK;
+}
+}  // namespace
+
+ua_status fail(ua_status status, const char* format, ...) {
+  char buffer[512];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(buffer, sizeof(buffer), format, args);
+  va_end(args);
+  last_error = buffer;
+  return status;
+}
+
+ua_status ok() {
+  last_error.clear();
+  return UA_OK;
+}
+
+ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, int64_t max_head_dim) {
+  if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
+  if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "producer io is NULL");
+  if (d->batch == 0 || d->query_len == 0) return UA_OK;  // empty call: nothing is read
+  if (!io->query || !io->key || !io->value || !io->attention_mask || !io->output ||
+      !io->present_key || !io->present_value)
+    return fail(UA_INVALID_ARGUMENT, "producer: a required tensor pointer is NULL");
+  if (d->past_len > 0 && (!io->past_key || !io->past_value))
+    return fail(UA_INVALID_ARGUMENT, "producer: past_len=%lld but past_key/past_value is NULL",
+                (long long)d->past_len);
+  return UA_OK;
+}
+
+ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, int64_t max_head_dim) {
+  if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
+  if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "consumer io is NULL");
+  if (d->batch == 0 || d->query_len == 0) return UA_OK;
+  if (!io->value || !io->attention_mask || !io->output || !io->present_value)
+    return fail(UA_INVALID_ARGUMENT, "consumer: a required tensor pointer is NULL");
+  if (d->past_len > 0 && !io->past_value)
+    return fail(UA_INVALID_ARGUMENT, "consumer: past_len=%lld but past_value is NULL", (long long)d->past_len);
+  if (!io->shared_probs && (!io->shared_lse || !io->producer_query || !io->producer_key))
+    return fail(UA_INVALID_ARGUMENT,
+                "consumer: without shared_probs it needs shared_lse, producer_query and producer_key");
+  return UA_OK;
+}
+
+}  // namespace uniattn
+
+extern "C" {
+int ua_abi_version(void) { return UA_ABI_VERSION; }
+const char* ua_last_error(void) { return uniattn::last_error.c_str(); }
+}

@@ -1,0 +1,28 @@
+// Compiled instead of plugins/kernels/cuda/*.cu when the build found no CUDA compiler (or
+// no CUDA sources): the CUDA entry points exist, so every backend links the same ABI, and
+// they refuse with UA_UNSUPPORTED and a message saying how to get them.
+#include "common.h"
+
+namespace {
+constexpr const char* kNotBuilt =
+    "%s: this library was built without CUDA kernels (no nvcc at build time); rebuild with the CUDA "
+    "toolkit on PATH (or CUDACXX set) to get them";
+}
+
+extern "C" {
+
+int ua_has_cuda(void) { return 0; }
+
+size_t ua_producer_cuda_workspace_size(const ua_attention_desc*, int) { return 0; }
+
+size_t ua_consumer_cuda_workspace_size(const ua_attention_desc*, int) { return 0; }
+
+ua_status ua_producer_cuda(const ua_attention_desc*, const ua_producer_io*, void*, void*) {
+  return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_producer_cuda");
+}
+
+ua_status ua_consumer_cuda(const ua_attention_desc*, const ua_consumer_io*, void*, void*) {
+  return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_consumer_cuda");
+}
+
+}  // extern "C"

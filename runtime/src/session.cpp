@@ -1,0 +1,196 @@
+#include "session.h"
+
+#include <cstring>
+
+namespace uniattn::runtime {
+
+namespace {
+
+// ONNX Runtime's name of CUDA device memory (onnxruntime::CUDA).
+constexpr const char* kCudaMemory = "Cuda";
+
+void append_cuda(const OrtLibrary& library, OrtSessionOptions* session_options, int device_id) {
+  const OrtApi* api = library.api;
+  try {
+    Owned<OrtCUDAProviderOptionsV2> cuda_options(api->ReleaseCUDAProviderOptions);
+    check(api, api->CreateCUDAProviderOptions(cuda_options.out()), "CreateCUDAProviderOptions");
+    const std::string id = std::to_string(device_id);
+    const char* keys[] = {"device_id"};
+    const char* values[] = {id.c_str()};
+    check(api, api->UpdateCUDAProviderOptions(cuda_options.get(), keys, values, 1), "UpdateCUDAProviderOptions");
+    check(api, api->SessionOptionsAppendExecutionProvider_CUDA_V2(session_options, cuda_options.get()),
+          "SessionOptionsAppendExecutionProvider_CUDA_V2");
+  } catch (const Error& error) {
+    throw Error(UNIATTN_ORT_ERROR, "ONNX Runtime " + library.version + " at " + library.path +
+                                       " cannot use the CUDA execution provider (" + error.what() +
+                                       "). Pass the libonnxruntime.so of onnxruntime-gpu " + library.version +
+                                       " with its CUDA libraries on the loader path, or run on the CPU");
+  }
+}
+
+}  // namespace
+
+Session::Session(const Manifest& manifest, const SessionOptions& options)
+    : manifest_(manifest),
+      library_(load_onnxruntime(options.onnxruntime_library)),
+      api_(library_.api),
+      cuda_(options.cuda),
+      env_(api_->ReleaseEnv),
+      session_(api_->ReleaseSession),
+      host_memory_(api_->ReleaseMemoryInfo),
+      device_memory_(api_->ReleaseMemoryInfo),
+      device_allocator_(api_->ReleaseAllocator) {
+  check(api_, api_->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "uniattn_runtime", env_.out()), "CreateEnv");
+  Owned<OrtSessionOptions> session_options(api_->ReleaseSessionOptions);
+  check(api_, api_->CreateSessionOptions(session_options.out()), "CreateSessionOptions");
+  // Warnings about unused initializers and the like are noise for a service.
+  check(api_, api_->SetSessionLogSeverityLevel(session_options.get(), ORT_LOGGING_LEVEL_ERROR),
+        "SetSessionLogSeverityLevel");
+  if (options.intra_op_threads > 0) {
+    check(api_, api_->SetIntraOpNumThreads(session_options.get(), options.intra_op_threads), "SetIntraOpNumThreads");
+  }
+  if (!options.custom_op_library.empty()) {
+    const std::string message =
+        consume(api_, api_->RegisterCustomOpsLibrary_V2(session_options.get(), options.custom_op_library.c_str()));
+    if (!message.empty()) {
+      throw Error(UNIATTN_LIBRARY_ERROR, "ONNX Runtime cannot register the custom-op library " +
+                                             options.custom_op_library + " (" + message +
+                                             "). Rebuild it from this checkout, or set custom_ops to OFF");
+    }
+  }
+  if (cuda_) append_cuda(library_, session_options.get(), options.device_id);
+  const std::string model = manifest_.model_file.string();
+  const std::string message =
+      consume(api_, api_->CreateSession(env_.get(), model.c_str(), session_options.get(), session_.out()));
+  if (!message.empty()) {
+    std::string fix = "Re-export the model with this version of uniattn-export";
+    if (manifest_.dtype == "bfloat16" && !cuda_) {
+      fix = "Run bfloat16 artifacts on CUDA, or export float16 or float32 for the CPU";
+    }
+    throw Error(UNIATTN_ORT_ERROR, "ONNX Runtime cannot load " + model + " (" + message + "). " + fix);
+  }
+  check_io_names();
+  check(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, host_memory_.out()),
+        "CreateCpuMemoryInfo");
+  if (cuda_) {
+    check(api_, api_->CreateMemoryInfo(kCudaMemory, OrtArenaAllocator, options.device_id, OrtMemTypeDefault,
+                                       device_memory_.out()),
+          "CreateMemoryInfo(Cuda)");
+    check(api_, api_->CreateAllocator(session_.get(), device_memory_.get(), device_allocator_.out()),
+          "CreateAllocator(Cuda)");
+  }
+}
+
+// The manifest names the graph's I/O; the session must agree before anything is bound by name.
+void Session::check_io_names() const {
+  OrtAllocator* allocator = nullptr;
+  check(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+  using Count = OrtStatus*(ORT_API_CALL*)(const OrtSession*, size_t*) UA_ORT_NOEXCEPT;
+  using Name = OrtStatus*(ORT_API_CALL*)(const OrtSession*, size_t, OrtAllocator*, char**) UA_ORT_NOEXCEPT;
+  auto names = [&](Count count_of, Name name_of) {
+    size_t count = 0;
+    check(api_, count_of(session_.get(), &count), "SessionGet*Count");
+    std::vector<std::string> names;
+    for (size_t i = 0; i < count; ++i) {
+      char* name = nullptr;
+      check(api_, name_of(session_.get(), i, allocator, &name), "SessionGet*Name");
+      names.emplace_back(name);
+      check(api_, api_->AllocatorFree(allocator, name), "AllocatorFree");
+    }
+    return names;
+  };
+  if (names(api_->SessionGetInputCount, api_->SessionGetInputName) != manifest_.input_names ||
+      names(api_->SessionGetOutputCount, api_->SessionGetOutputName) != manifest_.output_names) {
+    throw Error(UNIATTN_ARTIFACT_ERROR, "the inputs/outputs of " + manifest_.model_file.string() +
+                                            " differ from its manifest's. Re-export the model; the folder "
+                                            "mixes files of different exports");
+  }
+}
+
+std::vector<Owned<OrtValue>> Session::empty_caches(int64_t batch) const {
+  OrtAllocator* allocator = device_allocator_.get();
+  if (!cuda_) check(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+  std::vector<Owned<OrtValue>> caches;
+  for (const CacheTensor& cache : manifest_.caches) {
+    const int64_t shape[4] = {batch, cache.kv_num_heads, 0, cache.head_dim};
+    caches.emplace_back(api_->ReleaseValue);
+    check(api_, api_->CreateTensorAsOrtValue(allocator, shape, 4, manifest_.cache_type, caches.back().out()),
+          "CreateTensorAsOrtValue(" + cache.past + ")");
+  }
+  return caches;
+}
+
+Owned<OrtValue> Session::host_int64(const std::vector<int64_t>& data, int64_t batch, int64_t width) const {
+  Owned<OrtValue> value(api_->ReleaseValue);
+  const int64_t shape[2] = {batch, width};
+  // ORT only reads this buffer (inputs); it stays owned by the caller's vector.
+  check(api_,
+        api_->CreateTensorWithDataAsOrtValue(host_memory_.get(), const_cast<int64_t*>(data.data()),
+                                             data.size() * sizeof(int64_t), shape, 2,
+                                             ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, value.out()),
+        "CreateTensorWithDataAsOrtValue");
+  return value;
+}
+
+std::vector<float> Session::step(const std::vector<int64_t>& input_ids, const std::vector<int64_t>& mask,
+                                 const std::vector<int64_t>& position_ids, int64_t batch, int64_t length,
+                                 std::vector<Owned<OrtValue>>& caches) const {
+  Owned<OrtValue> ids = host_int64(input_ids, batch, length);
+  Owned<OrtValue> attention = host_int64(mask, batch, static_cast<int64_t>(mask.size()) / batch);
+  Owned<OrtValue> positions = host_int64(position_ids, batch, length);
+
+  Owned<OrtIoBinding> binding(api_->ReleaseIoBinding);
+  check(api_, api_->CreateIoBinding(session_.get(), binding.out()), "CreateIoBinding");
+  check(api_, api_->BindInput(binding.get(), "input_ids", ids.get()), "BindInput(input_ids)");
+  check(api_, api_->BindInput(binding.get(), "attention_mask", attention.get()), "BindInput(attention_mask)");
+  check(api_, api_->BindInput(binding.get(), "position_ids", positions.get()), "BindInput(position_ids)");
+  for (size_t i = 0; i < caches.size(); ++i) {
+    check(api_, api_->BindInput(binding.get(), manifest_.caches[i].past.c_str(), caches[i].get()), "BindInput");
+  }
+  check(api_, api_->BindOutputToDevice(binding.get(), "logits", host_memory_.get()), "BindOutputToDevice(logits)");
+  const OrtMemoryInfo* cache_memory = cuda_ ? device_memory_.get() : host_memory_.get();
+  for (const CacheTensor& cache : manifest_.caches) {
+    check(api_, api_->BindOutputToDevice(binding.get(), cache.present.c_str(), cache_memory), "BindOutputToDevice");
+  }
+  check(api_, api_->RunWithBinding(session_.get(), nullptr, binding.get()), "running the model");
+
+  OrtAllocator* allocator = nullptr;
+  check(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+  OrtValue** outputs = nullptr;
+  size_t count = 0;
+  check(api_, api_->GetBoundOutputValues(binding.get(), allocator, &outputs, &count), "GetBoundOutputValues");
+  // Own every output before anything can throw; the array itself came from `allocator`.
+  std::vector<Owned<OrtValue>> owned;
+  for (size_t i = 0; i < count; ++i) {
+    owned.emplace_back(api_->ReleaseValue);
+    *owned.back().out() = outputs[i];
+  }
+  check(api_, api_->AllocatorFree(allocator, outputs), "AllocatorFree");
+  if (count != 1 + caches.size()) throw Error(UNIATTN_INTERNAL_ERROR, "ONNX Runtime returned an unexpected output count");
+
+  Owned<OrtTensorTypeAndShapeInfo> info(api_->ReleaseTensorTypeAndShapeInfo);
+  check(api_, api_->GetTensorTypeAndShape(owned[0].get(), info.out()), "GetTensorTypeAndShape(logits)");
+  ONNXTensorElementDataType type;
+  check(api_, api_->GetTensorElementType(info.get(), &type), "GetTensorElementType(logits)");
+  size_t rank = 0;
+  check(api_, api_->GetDimensionsCount(info.get(), &rank), "GetDimensionsCount(logits)");
+  int64_t dims[3] = {0, 0, 0};
+  if (rank == 3) check(api_, api_->GetDimensions(info.get(), dims, 3), "GetDimensions(logits)");
+  if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank != 3 || dims[0] != batch || dims[2] != manifest_.vocab_size) {
+    throw Error(UNIATTN_ARTIFACT_ERROR, "the model's logits are not float32 (batch, positions, " +
+                                            std::to_string(manifest_.vocab_size) +
+                                            "). Re-export the model with `uniattn-export model`");
+  }
+  void* data = nullptr;
+  check(api_, api_->GetTensorMutableData(owned[0].get(), &data), "GetTensorMutableData(logits)");
+  const float* logits = static_cast<const float*>(data);
+  const int64_t positions_out = dims[1], vocab = dims[2];
+  std::vector<float> last(batch * vocab);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(&last[b * vocab], logits + (b * positions_out + positions_out - 1) * vocab, vocab * sizeof(float));
+  }
+  for (size_t i = 0; i < caches.size(); ++i) caches[i] = std::move(owned[1 + i]);
+  return last;
+}
+
+}  // namespace uniattn::runtime

@@ -1,0 +1,831 @@
+"""Checks and benchmarks of the CUDA kernels (plugins/kernels/cuda) in one GPU run.
+
+On the GPU machine, from the repository root:
+
+    python3 tests/plugins/gpu_kernels.py --lib path/to/libuniattn_kernels.so
+
+(without --lib: uniattn_export/lib or UNIATTN_EXPORT_LIB_DIR, else it builds the kernels
+with nvcc for the local GPU; `--build-only DIR --arch 90` prebuilds that library on a machine
+without a GPU). It
+
+  1. checks every kernel path against uniattn_export/model/attention.py over edge cases and
+     randomized shapes, outputs poisoned with NaN first (one failing case never hides the
+     others: each runs on its own and is recorded);
+  2. times decode (bf16, Hq=32, Hkv=8, D=64, B in {1, 8, 32}, S in {512, 2048, 8192}) against
+     torch SDPA, a torch producer that emits P and torch P @ V, with achieved bandwidth
+     against a device-to-device copy measured in the same run, and prefill against SDPA;
+  3. writes everything to $OUT/gpu_kernels.json and prints a short table last.
+
+The same case runner drives tests/plugins/test_cuda_emulated.py, which runs the kernels on
+the CPU through the emulator (tests/plugins/cuda_emu.h) with device="cpu".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_reference():
+    """model/attention.py by path: it needs only torch, not the rest of the package."""
+    spec = importlib.util.spec_from_file_location("uniattn_reference", REPO / "uniattn_export/model/attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _load_reference()
+
+# ---------------------------------------------------------------------------------------
+# The C ABI (plugins/kernels/include/uniattn/kernels.h; ctypes structures from native.py)
+
+sys.path.insert(0, str(REPO))
+from uniattn_export.native import AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
+
+
+class Kernels:
+    """ua_producer_cuda / ua_consumer_cuda of a built library: device pointers on the current
+    CUDA stream, or host pointers for the emulated build (device="cpu")."""
+
+    def __init__(self, path: str, device: str = "cuda"):
+        self.path, self.device = path, device
+        lib = ctypes.CDLL(path)
+        for name, io in (("producer", ProducerIO), ("consumer", ConsumerIO)):
+            run = getattr(lib, f"ua_{name}_cuda")
+            run.argtypes = [ctypes.POINTER(Desc), ctypes.POINTER(io), ctypes.c_void_p, ctypes.c_void_p]
+            run.restype = ctypes.c_int
+            size = getattr(lib, f"ua_{name}_cuda_workspace_size")
+            size.argtypes = [ctypes.POINTER(Desc), ctypes.c_int]
+            size.restype = ctypes.c_size_t
+        lib.ua_last_error.restype = ctypes.c_char_p
+        lib.ua_has_cuda.restype = ctypes.c_int
+        self.lib = lib
+
+    def has_cuda(self) -> bool:
+        return self.lib.ua_has_cuda() == 1
+
+    def workspace(self, op: str, desc: Desc, flag: bool) -> torch.Tensor | None:
+        size = getattr(self.lib, f"ua_{op}_cuda_workspace_size")(ctypes.byref(desc), int(flag))
+        return torch.empty(size, dtype=torch.uint8, device=self.device) if size else None
+
+    def status(self, op: str, desc: Desc, io, workspace: torch.Tensor | None) -> tuple[int, str]:
+        stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else None
+        status = getattr(self.lib, f"ua_{op}_cuda")(ctypes.byref(desc), ctypes.byref(io), _ptr(workspace), stream)
+        return status, self.lib.ua_last_error().decode()
+
+    def call(self, op: str, desc: Desc, io, workspace: torch.Tensor | None) -> None:
+        status, message = self.status(op, desc, io, workspace)
+        if status != 0:
+            raise RuntimeError(f"ua_{op}_cuda returned {status}: {message}")
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def make_desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, dtype, scale, is_causal, window) -> Desc:
+    return Desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int(is_causal), window,
+                DTYPE_CODES[str(dtype).removeprefix("torch.")])
+
+
+def producer_io(**tensors: torch.Tensor | None) -> ProducerIO:
+    return ProducerIO(**{k: _ptr(v) for k, v in tensors.items()})
+
+
+def consumer_io(**tensors: torch.Tensor | None) -> ConsumerIO:
+    return ConsumerIO(**{k: _ptr(v) for k, v in tensors.items()})
+
+
+# ---------------------------------------------------------------------------------------
+# Correctness
+
+# Outputs are convex combinations of V rows: the kernel and the reference each round once
+# to T (and flash kernels round P to T before P.V), so they may differ by about two units
+# in the last place of T, relative to the largest |V|. P lies in [0, 1]: the same bound with
+# scale 1. lse is float32 from the same T inputs: only the summation order differs.
+REL_TOL = {torch.float32: 2e-5, torch.float16: 2 * 2.0**-10, torch.bfloat16: 2 * 2.0**-7}
+LSE_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    query_len: int
+    past_len: int
+    num_heads: int
+    kv_num_heads: int
+    head_dim: int
+    dtype: str  # "float32" | "float16" | "bfloat16"
+    is_causal: bool = True
+    sliding_window: int = 0
+    padding: str = "none"  # none | left | holes | empty_row
+    emit_probs: bool = True  # producer emits shared_probs (and the consumer reuses them)
+    emit_lse: bool = True
+    in_place: bool = False  # present caches alias the past ones (attention without the copy)
+    query_scale: float = 1.0
+    seed: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def key_len(self) -> int:
+        return self.past_len + self.query_len
+
+    def name(self) -> str:
+        flags = [self.dtype, f"B{self.batch}", f"L{self.query_len}", f"P{self.past_len}",
+                 f"H{self.num_heads}/{self.kv_num_heads}", f"D{self.head_dim}"]
+        if not self.is_causal:
+            flags.append("noncausal")
+        if self.sliding_window:
+            flags.append(f"win{self.sliding_window}")
+        if self.padding != "none":
+            flags.append(self.padding)
+        flags.append("P" if self.emit_probs else "noP")
+        if not self.emit_lse:
+            flags.append("nolse")
+        if self.in_place:
+            flags.append("inplace")
+        return "-".join(flags)
+
+
+def _mask(case: Case, gen: torch.Generator) -> torch.Tensor:
+    mask = torch.ones(case.batch, case.key_len, dtype=torch.int64)
+    if case.padding == "left":
+        for b in range(case.batch):
+            pad = int(torch.randint(0, case.key_len + 1, (1,), generator=gen))
+            mask[b, :pad] = 0
+        mask[0, : min(case.key_len, case.past_len + 1)] = 0  # row 0 of batch 0 sees no key
+    elif case.padding == "holes":
+        mask = (torch.rand(case.batch, case.key_len, generator=gen) > 0.25).to(torch.int64)
+    elif case.padding == "empty_row":
+        mask[case.batch - 1] = 0
+    return mask
+
+
+def _poison(shape, dtype, device) -> torch.Tensor:
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def _max_error(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> dict:
+    got32, want32 = got.float(), want.float()
+    if torch.isnan(got32).any():
+        return {"output": name, "ok": False, "why": f"{int(torch.isnan(got32).sum())} NaN (unwritten or NaN)"}
+    finite = torch.isfinite(want32)
+    if not torch.equal(finite, torch.isfinite(got32)) or not torch.equal(got32[~finite], want32[~finite]):
+        return {"output": name, "ok": False, "why": "infinite entries differ"}
+    err = float((got32[finite] - want32[finite]).abs().max()) if finite.any() else 0.0
+    return {"output": name, "ok": err <= tol, "max_err": err, "tol": tol}
+
+
+def _exact(name: str, got: torch.Tensor, want: torch.Tensor) -> dict:
+    same = torch.equal(got.view(torch.uint8) if got.dtype != torch.float32 else got.view(torch.int32),
+                       want.view(torch.uint8) if want.dtype != torch.float32 else want.view(torch.int32))
+    return {"output": name, "ok": same, "why": None if same else "not a bit-exact copy"}
+
+
+def _caches(case: Case, past: torch.Tensor, new_packed: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(past argument, present buffer) for the producer/consumer call: separate tensors, or
+    for in-place calls one (B, Hkv, S, D) buffer holding the past rows, passed as both."""
+    b, hkv, s, d = case.batch, case.kv_num_heads, case.key_len, case.head_dim
+    present = _poison((b, hkv, s, d), case.torch_dtype, device)
+    if not case.in_place or case.past_len == 0:
+        return past, present
+    present[:, :, : case.past_len] = past
+    return present, present
+
+
+def run_case(kernels: Kernels, case: Case, device: str = "cuda") -> dict:
+    """Producer, then consumer with shared_probs and consumer recomputing from lse, each
+    against the reference. Returns {"case", "ok", "checks": [...]} (never raises)."""
+    result = {"case": case.name(), "params": asdict(case), "ok": False, "checks": []}
+    try:
+        _run_case(kernels, case, device, result["checks"])
+        result["ok"] = all(c["ok"] for c in result["checks"])
+    except Exception as exc:  # recorded, so that the other cases still run
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=4)
+    return result
+
+
+def _run_case(kernels: Kernels, case: Case, device: str, checks: list) -> None:
+    gen = torch.Generator().manual_seed(case.seed)
+    dt = case.torch_dtype
+    B, L, P, S = case.batch, case.query_len, case.past_len, case.key_len
+    Hq, Hkv, D = case.num_heads, case.kv_num_heads, case.head_dim
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dt).to(device)
+
+    query = randn(B, L, Hq * D, scale=case.query_scale)
+    key, value = randn(B, L, Hkv * D), randn(B, L, Hkv * D)
+    past_key, past_value = randn(B, Hkv, P, D), randn(B, Hkv, P, D)
+    mask = _mask(case, gen).to(device)
+    scale = D**-0.5
+    attrs = dict(num_heads=Hq, kv_num_heads=Hkv, scale=scale, is_causal=case.is_causal,
+                 sliding_window=case.sliding_window)
+    ref_out, ref_pk, ref_pv, ref_probs, ref_lse = reference.producer_attention(
+        query, key, value, past_key, past_value, mask, probs_max_query_len=L if case.emit_probs else L - 1, **attrs)
+    desc = make_desc(B, L, P, Hq, Hkv, D, dt, scale, case.is_causal, case.sliding_window)
+
+    # Producer
+    pk_arg, present_key = _caches(case, past_key, key, device)
+    pv_arg, present_value = _caches(case, past_value, value, device)
+    out = _poison((B, L, Hq * D), dt, device)
+    probs = _poison((B, Hq, L, S), dt, device) if case.emit_probs else None
+    lse = _poison((B, Hq, L), torch.float32, device) if case.emit_lse else None
+    ws = kernels.workspace("producer", desc, case.emit_probs)
+    kernels.call("producer", desc, producer_io(
+        query=query, key=key, value=value, past_key=pk_arg, past_value=pv_arg, attention_mask=mask, output=out,
+        present_key=present_key, present_value=present_value, shared_probs=probs, shared_lse=lse), ws)
+    _sync(device)
+    v_scale = max(float(ref_pv.float().abs().max()), 1e-3)
+    checks.append(_max_error("producer.output", out, ref_out, REL_TOL[dt] * v_scale))
+    checks.append(_exact("producer.present_key", present_key, ref_pk))
+    checks.append(_exact("producer.present_value", present_value, ref_pv))
+    if probs is not None:
+        checks.append(_max_error("producer.shared_probs", probs, ref_probs, REL_TOL[dt]))
+    if lse is not None:
+        lse_tol = LSE_TOL * max(1.0, float(ref_lse[torch.isfinite(ref_lse)].abs().max()) if torch.isfinite(ref_lse).any() else 1.0)
+        checks.append(_max_error("producer.shared_lse", lse, ref_lse, lse_tol))
+
+    # Consumers: this layer's own V, the producer's P (or lse, query and keys).
+    value2, past_value2 = randn(B, L, Hkv * D), randn(B, Hkv, P, D)
+    producer_key = ref_pk
+    variants = [("recompute", None)] + ([("probs", ref_probs)] if case.emit_probs else [])
+    for label, shared_probs in variants:
+        empty = ref_probs.new_empty((B, Hq, L, 0))
+        want_out, want_pv = reference.consumer_attention(
+            value2, past_value2, mask, shared_probs if shared_probs is not None else empty, ref_lse, query,
+            producer_key, **attrs)
+        pv_arg2, present_value2 = _caches(case, past_value2, value2, device)
+        out2 = _poison((B, L, Hq * D), dt, device)
+        ws2 = kernels.workspace("consumer", desc, shared_probs is not None)
+        kernels.call("consumer", desc, consumer_io(
+            value=value2, past_value=pv_arg2, attention_mask=mask, shared_probs=shared_probs, shared_lse=ref_lse,
+            producer_query=query, producer_key=producer_key, output=out2, present_value=present_value2), ws2)
+        _sync(device)
+        v2_scale = max(float(want_pv.float().abs().max()), 1e-3)
+        checks.append(_max_error(f"consumer[{label}].output", out2, want_out, REL_TOL[dt] * v2_scale))
+        checks.append(_exact(f"consumer[{label}].present_value", present_value2, want_pv))
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def edge_cases(large: bool) -> list[Case]:
+    """The cases named in the contract: S = 1, P = 0, padded rows, windows, non-causal, odd
+    head dims, every dtype, decode and prefill, batch 1 and a large batch."""
+    cases = []
+    for dt in DTYPE_NAMES:
+        cases += [
+            Case(1, 1, 0, 4, 2, 64, dt),                                   # S = 1
+            Case(2, 1, 37, 8, 2, 64, dt, padding="left"),                  # decode, padded rows
+            Case(2, 3, 50, 4, 4, 40, dt, padding="holes"),                 # MHA, L > 1 decode
+            Case(1, 70, 0, 4, 1, 64, dt, emit_probs=False),                # prefill P = 0 (g = 4)
+            Case(2, 33, 20, 4, 2, 80, dt, emit_probs=False, padding="left"),  # chunked prefill, D 80
+            Case(1, 40, 9, 2, 2, 96, dt, emit_probs=False, is_causal=False),  # non-causal, D 96
+            Case(2, 1, 60, 4, 2, 64, dt, sliding_window=16),               # decode with a window
+            Case(1, 50, 30, 4, 2, 64, dt, emit_probs=False, sliding_window=20),
+            Case(1, 20, 5, 8, 2, 128, dt, emit_probs=False, padding="empty_row"),
+            Case(1, 17, 3, 2, 1, 8, dt, emit_probs=False),                 # smallest head dim
+            Case(1, 2, 40, 4, 2, 64, dt, in_place=True),                   # attention without the copy
+            Case(1, 24, 10, 4, 2, 64, dt, emit_probs=False, in_place=True),
+            Case(1, 16, 30, 8, 4, 32, dt, emit_lse=False),                 # L = probs_max_query_len
+            Case(2, 128, 64, 2, 1, 64, dt, emit_probs=False, padding="left"),  # key tiles masked by padding only
+            Case(1, 1, 700, 4, 2, 64, dt, query_scale=4.0),                # splits of several key tiles
+            Case(1, 5, 520, 2, 1, 128, dt, query_scale=4.0, padding="holes"),
+        ]
+        if large:
+            cases += [
+                Case(1, 1, 4095, 32, 8, 64, dt),                           # many splits at batch 1
+                Case(64, 1, 700, 32, 8, 64, dt, padding="left"),           # large batch
+                Case(1, 300, 0, 8, 2, 256, dt, emit_probs=False),          # D = 256 prefill
+                Case(2, 1, 2000, 16, 4, 256, dt, sliding_window=512),
+                Case(1, 600, 1000, 32, 8, 128, dt, emit_probs=False, padding="left"),
+                Case(4, 1, 8191, 32, 8, 64, dt, emit_lse=False),           # benchmark shape, smaller batch
+            ]
+    return [Case(**{**asdict(c), "seed": i}) for i, c in enumerate(cases)]
+
+
+def random_cases(count: int, seed: int, *, max_batch: int, max_query: int, max_past: int,
+                 head_dims: tuple[int, ...], max_kv_heads: int = 4) -> list[Case]:
+    rng = random.Random(seed)
+    cases = []
+    for n in range(count):
+        kv = rng.randint(1, max_kv_heads)
+        group = rng.choice((1, 2, 4, 8))
+        query_len = rng.choice((1, 1, 2, rng.randint(1, 16), rng.randint(1, max_query)))
+        emit = query_len <= 16 and rng.random() < 0.7
+        cases.append(Case(
+            batch=rng.randint(1, max_batch), query_len=query_len, past_len=rng.choice((0, rng.randint(0, max_past))),
+            num_heads=kv * group, kv_num_heads=kv, head_dim=rng.choice(head_dims), dtype=rng.choice(DTYPE_NAMES),
+            is_causal=rng.random() < 0.8, sliding_window=rng.choice((0, 0, 0, rng.randint(1, 64))),
+            padding=rng.choice(("none", "none", "left", "holes", "empty_row")), emit_probs=emit,
+            emit_lse=rng.random() < 0.8, in_place=rng.random() < 0.15, query_scale=rng.choice((1.0, 3.0)),
+            seed=seed * 1000 + n))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmarks (GPU)
+
+HEADS = (32, 8, 64)  # Hq, Hkv, D of the issue's decode and prefill shapes
+
+
+def _bench(fn, device: str = "cuda") -> tuple[float, str]:
+    """Median milliseconds per call and how they were taken: replays of a CUDA graph of many
+    calls (launch overhead excluded, as in a graph-captured decode step), else CUDA events
+    around single calls (triton.testing); on the CPU (the emulated dry run) host timing."""
+    if not device.startswith("cuda"):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return sorted(times)[1], "host"
+    try:
+        return _graph_ms(fn), "graph"
+    except Exception:
+        torch.cuda.synchronize()
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=200, return_mode="median")), "events"
+
+
+def _graph_ms(fn, budget_ms: float = 20.0) -> float:
+    """Median over 10 replays of a graph holding as many calls as fit in ~budget_ms."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        calls = max(1, min(2000, int(budget_ms / max(start.elapsed_time(end), 1e-3))))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        times = []
+        for _ in range(10):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+    torch.cuda.current_stream().wait_stream(stream)
+    return sorted(times)[len(times) // 2]
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the ceiling for decode)."""
+    src = torch.randn(1 << 28, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms, _ = _bench(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+class Rotation:
+    """Enough independent input sets that one pass over them does not fit in L2, so that
+    small shapes are timed from HBM like the large ones."""
+
+    def __init__(self, make, bytes_per_set: int, budget: int = 1 << 29):
+        self.sets = [make(i) for i in range(max(1, min(256, math.ceil(budget / max(bytes_per_set, 1)))))]
+        self.index = 0
+
+    def next(self):
+        s = self.sets[self.index]
+        self.index = (self.index + 1) % len(self.sets)
+        return s
+
+
+def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: tuple[str, ...] = (),
+                 heads: tuple[int, int, int] = HEADS) -> dict:
+    dt, dev = torch.bfloat16, kernels.device
+    B, S, P = batch, seq, seq - 1
+    Hq, Hkv, D = heads
+    g, scale = Hq // Hkv, D**-0.5
+    kv_bytes = B * Hkv * S * D * 2
+    p_bytes = B * Hq * S * 2
+
+    def make(i):
+        gen = torch.Generator(device=dev).manual_seed(i)
+        r = lambda *shape: torch.randn(*shape, generator=gen, device=dev).to(dt)  # noqa: E731
+        s = dict(q=r(B, 1, Hq * D), k_new=r(B, 1, Hkv * D), v_new=r(B, 1, Hkv * D), past_k=r(B, Hkv, P, D),
+                 past_v=r(B, Hkv, P, D), mask=torch.ones(B, S, dtype=torch.int64, device=dev))
+        # caches already in the present layout, for the in-place (attention only) calls
+        s["cache_k"] = torch.cat([s["past_k"], s["k_new"].view(B, 1, Hkv, D).transpose(1, 2)], 2).contiguous()
+        s["cache_v"] = torch.cat([s["past_v"], s["v_new"].view(B, 1, Hkv, D).transpose(1, 2)], 2).contiguous()
+        s["probs"] = torch.softmax(torch.randn(B, Hq, 1, S, generator=gen, device=dev), -1).to(dt)
+        return s
+
+    rot = Rotation(make, 4 * kv_bytes + p_bytes)
+    desc = make_desc(B, 1, P, Hq, Hkv, D, dt, scale, True, 0)
+    out = torch.empty(B, 1, Hq * D, dtype=dt, device=dev)
+    present_k = torch.empty(B, Hkv, S, D, dtype=dt, device=dev)
+    present_v = torch.empty_like(present_k)
+    probs = torch.empty(B, Hq, 1, S, dtype=dt, device=dev)
+    lse = torch.empty(B, Hq, 1, dtype=torch.float32, device=dev)
+    ws_p = kernels.workspace("producer", desc, True)
+    ws_base = kernels.workspace("producer", desc, False)
+    ws_c = kernels.workspace("consumer", desc, True)
+
+    def producer(emit: bool, in_place: bool):
+        def run():
+            s = rot.next()
+            pk, pv = (s["cache_k"], s["cache_v"]) if in_place else (s["past_k"], s["past_v"])
+            dk, dv = (s["cache_k"], s["cache_v"]) if in_place else (present_k, present_v)
+            kernels.call("producer", desc, producer_io(
+                query=s["q"], key=s["k_new"], value=s["v_new"], past_key=pk, past_value=pv, attention_mask=s["mask"],
+                output=out, present_key=dk, present_value=dv, shared_probs=probs if emit else None,
+                shared_lse=lse if emit else None), ws_p if emit else ws_base)
+        return run
+
+    def consumer(in_place: bool):
+        def run():
+            s = rot.next()
+            pv = s["cache_v"] if in_place else s["past_v"]
+            dv = s["cache_v"] if in_place else present_v
+            kernels.call("consumer", desc, consumer_io(
+                value=s["v_new"], past_value=pv, attention_mask=s["mask"], shared_probs=s["probs"], shared_lse=lse,
+                producer_query=s["q"], producer_key=s["cache_k"], output=out, present_value=dv), ws_c)
+        return run
+
+    def sdpa():
+        s = rot.next()
+        q = s["q"].view(B, 1, Hq, D).transpose(1, 2)
+        torch.nn.functional.scaled_dot_product_attention(q, s["cache_k"], s["cache_v"], enable_gqa=True)
+
+    def torch_producer():
+        s = rot.next()
+        q = s["q"].view(B, Hkv, g, D)
+        p = torch.softmax((q @ s["cache_k"].transpose(-1, -2)).float() * scale, -1).to(dt)
+        return p @ s["cache_v"]
+
+    def torch_pv():
+        s = rot.next()
+        return s["probs"].view(B, Hkv, g, S) @ s["cache_v"]
+
+    def torch_concat():
+        s = rot.next()
+        present_k[:, :, :P].copy_(s["past_k"])
+        present_v[:, :, :P].copy_(s["past_v"])
+
+    ms, method = {}, {}
+    for name, fn in [("sdpa", sdpa), ("torch_producer_P", torch_producer), ("torch_PV", torch_pv),
+                     ("ours_producer_attn", producer(True, True)), ("ours_producer", producer(True, False)),
+                     ("ours_base_attn", producer(False, True)), ("ours_base", producer(False, False)),
+                     ("ours_consumer_attn", consumer(True)), ("ours_consumer", consumer(False)),
+                     ("torch_concat_kv", torch_concat)]:
+        if only and name not in only:
+            continue
+        try:
+            ms[name], method[name] = _bench(fn, device=dev)
+        except Exception as exc:
+            ms[name] = None
+            ms[name + "_error"] = f"{type(exc).__name__}: {exc}"
+    # Fewest bytes each must move (attention: read caches once, write outputs once).
+    moved = {
+        "sdpa": 2 * kv_bytes, "torch_producer_P": 2 * kv_bytes + p_bytes, "torch_PV": kv_bytes + p_bytes,
+        "ours_producer_attn": 2 * kv_bytes + p_bytes, "ours_producer": 4 * kv_bytes + p_bytes,
+        "ours_base_attn": 2 * kv_bytes, "ours_base": 4 * kv_bytes,
+        "ours_consumer_attn": kv_bytes + p_bytes, "ours_consumer": 2 * kv_bytes + p_bytes,
+        "torch_concat_kv": 4 * kv_bytes,
+    }
+    bandwidth = {k: (moved[k] / (v * 1e-3) if isinstance(v, float) else None) for k, v in ms.items() if k in moved}
+    return {
+        "batch": B, "seq": S, "ms": ms, "timing": method, "bytes": moved,
+        "TBps": {k: (v / 1e12 if v else None) for k, v in bandwidth.items()},
+        "fraction_of_copy": {k: (v / copy_bw if v else None) for k, v in bandwidth.items()},
+    }
+
+
+def bench_prefill(kernels: Kernels, seq: int, heads: tuple[int, int, int] = HEADS) -> dict:
+    dt, dev = torch.bfloat16, kernels.device
+    B, L = 1, seq
+    Hq, Hkv, D = heads
+    gen = torch.Generator(device=dev).manual_seed(seq)
+    r = lambda *shape: torch.randn(*shape, generator=gen, device=dev).to(dt)  # noqa: E731
+    q, k, v = r(B, L, Hq * D), r(B, L, Hkv * D), r(B, L, Hkv * D)
+    mask = torch.ones(B, L, dtype=torch.int64, device=dev)
+    empty = torch.empty(B, Hkv, 0, D, dtype=dt, device=dev)
+    desc = make_desc(B, L, 0, Hq, Hkv, D, dt, D**-0.5, True, 0)
+    out = torch.empty(B, L, Hq * D, dtype=dt, device=dev)
+    present_k, present_v = torch.empty(B, Hkv, L, D, dtype=dt, device=dev), torch.empty(B, Hkv, L, D, dtype=dt, device=dev)
+    lse = torch.empty(B, Hq, L, dtype=torch.float32, device=dev)
+    v2 = r(B, L, Hkv * D)
+    present_v2 = torch.empty_like(present_v)
+
+    def producer():
+        kernels.call("producer", desc, producer_io(
+            query=q, key=k, value=v, past_key=empty, past_value=empty, attention_mask=mask, output=out,
+            present_key=present_k, present_value=present_v, shared_probs=None, shared_lse=lse), None)
+
+    def consumer():
+        kernels.call("consumer", desc, consumer_io(
+            value=v2, past_value=empty, attention_mask=mask, shared_probs=None, shared_lse=lse, producer_query=q,
+            producer_key=present_k, output=out, present_value=present_v2), None)
+
+    qh = q.view(B, L, Hq, D).transpose(1, 2).contiguous()
+    kh = k.view(B, L, Hkv, D).transpose(1, 2).contiguous()
+    vh = v.view(B, L, Hkv, D).transpose(1, 2).contiguous()
+
+    def sdpa():
+        torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
+
+    flops = 4 * B * Hq * L * L * D * 0.5  # causal: half the score matrix
+    ms, method = {}, {}
+    for name, fn in [("sdpa", sdpa), ("ours_producer", producer), ("ours_consumer", consumer)]:
+        try:
+            producer()  # the consumer needs the producer's lse and keys
+            ms[name], method[name] = _bench(fn, device=dev)
+        except Exception as exc:
+            ms[name] = None
+            ms[name + "_error"] = f"{type(exc).__name__}: {exc}"
+    return {"seq": seq, "ms": ms, "timing": method, "TFLOPs": {k: (flops / (v * 1e-3) / 1e12 if isinstance(v, float) else None)
+                                              for k, v in ms.items() if not k.endswith("_error")}}
+
+
+def kernel_breakdown(kernels: Kernels, batch: int, seq: int) -> dict:
+    """Per-kernel device time of one producer (P emitted) and one consumer call (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dt, dev = torch.bfloat16, "cuda"
+    B, S, P = batch, seq, seq - 1
+    Hq, Hkv, D = HEADS
+    r = lambda *shape: torch.randn(*shape, device=dev, dtype=dt)  # noqa: E731
+    desc = make_desc(B, 1, P, Hq, Hkv, D, dt, D**-0.5, True, 0)
+    q, kn, vn = r(B, 1, Hq * D), r(B, 1, Hkv * D), r(B, 1, Hkv * D)
+    pk, pv = r(B, Hkv, P, D), r(B, Hkv, P, D)
+    mask = torch.ones(B, S, dtype=torch.int64, device=dev)
+    out, probs = torch.empty(B, 1, Hq * D, dtype=dt, device=dev), torch.empty(B, Hq, 1, S, dtype=dt, device=dev)
+    lse = torch.empty(B, Hq, 1, dtype=torch.float32, device=dev)
+    prk, prv = torch.empty(B, Hkv, S, D, dtype=dt, device=dev), torch.empty(B, Hkv, S, D, dtype=dt, device=dev)
+    ws_p, ws_c = kernels.workspace("producer", desc, True), kernels.workspace("consumer", desc, True)
+    prv2 = torch.empty_like(prv)
+
+    def step():
+        kernels.call("producer", desc, producer_io(
+            query=q, key=kn, value=vn, past_key=pk, past_value=pv, attention_mask=mask, output=out, present_key=prk,
+            present_value=prv, shared_probs=probs, shared_lse=lse), ws_p)
+        kernels.call("consumer", desc, consumer_io(
+            value=vn, past_value=pv, attention_mask=mask, shared_probs=probs, shared_lse=lse, producer_query=q,
+            producer_key=prk, output=out, present_value=prv2), ws_c)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":  # kernels and copies: their own duration on the GPU
+            totals.setdefault(e.name, []).append(e.time_range.elapsed_us())
+    return {name.split("(")[0][-80:]: {"calls": len(t), "mean_us": sum(t) / len(t)} for name, t in totals.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Driver
+
+# Builds that differ from the default in one compile-time knob, each checked and timed on what
+# it changes: the choices NOTES.md could not settle without a GPU.
+VARIANTS = {
+    "keys2": (["-DUA_KEYS_PER_THREAD=2"], "decode"),
+    "keys8": (["-DUA_KEYS_PER_THREAD=8"], "decode"),
+    "blocks1k": (["-DUA_SPLIT_TARGET_BLOCKS=1024"], "decode"),
+    "blocks16k": (["-DUA_SPLIT_TARGET_BLOCKS=16384"], "decode"),
+    "flash16rows": (["-DUA_FLASH_TILES_D64=1"], "prefill"),
+}
+
+
+def build_libraries(out_dir: Path, flags_by_name: dict[str, list[str]], arch: str | None = None) -> dict[str, str]:
+    """nvcc builds for `arch` (default: the local GPU's), one library per entry ("default": no
+    extra flags), all objects compiled in parallel."""
+    arch = arch or "".join(map(str, torch.cuda.get_device_capability()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = ["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", f"-arch=sm_{arch}",
+            f"-I{REPO / 'plugins/kernels/include'}", "-c"]
+    sources = [*sorted((REPO / "plugins/kernels/cuda").glob("*.cu")), REPO / "plugins/kernels/src/common.cpp"]
+    objects: dict[str, list[Path]] = {}
+    jobs = []
+    for name, flags in flags_by_name.items():
+        objects[name] = [out_dir / f"{name}_{src.stem}.o" for src in sources]
+        jobs += [base + flags + [str(src), "-o", str(obj)] for src, obj in zip(sources, objects[name])]
+    procs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)) for cmd in jobs]
+    for cmd, proc in procs:
+        output = proc.communicate()[0].decode()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{output[-2000:]}")
+    libraries = {}
+    for name, objs in objects.items():
+        target = out_dir / f"libuniattn_kernels_{name}.so"
+        subprocess.run(["nvcc", "-shared", *map(str, objs), "-o", str(target)], check=True)
+        libraries[name] = str(target)
+    return libraries
+
+
+def find_library(explicit: str | None) -> str | None:
+    from uniattn_export.native import kernels_library
+
+    return explicit or kernels_library()
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
+VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn")
+
+
+def run_checks(kernels: Kernels, cases: list[Case]) -> list[dict]:
+    results = []
+    for case in cases:
+        results.append(run_case(kernels, case, "cuda"))
+        if "illegal" in results[-1].get("error", "").lower():
+            results.append({"case": "remaining cases", "ok": False, "checks": [],
+                            "error": "CUDA context lost (illegal memory access); later cases not run"})
+            break
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lib", help="built libuniattn_kernels.so (default: uniattn_export/lib, else build with nvcc)")
+    ap.add_argument("--random", type=int, default=150, help="randomized correctness cases")
+    ap.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=450, help="start no further variant after this many seconds")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--build-only", metavar="DIR", help="only build the default library into DIR (no GPU needed)")
+    ap.add_argument("--arch", help="with --build-only: compute capability to build for, e.g. 90")
+    args = ap.parse_args(argv)
+    if args.build_only:
+        print(build_libraries(Path(args.build_only), {"default": []}, args.arch)["default"])
+        return 0
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    started = time.time()
+
+    def save():
+        report["seconds"] = round(time.time() - started, 1)
+        (out_dir / "gpu_kernels.json").write_text(json.dumps(report, indent=1))
+
+    # The default library is built first when none was given or found; the variants build in
+    # the background while the checks run.
+    scratch = Path(tempfile.mkdtemp())
+    try:
+        library = find_library(args.lib)
+        if library is None:
+            if shutil.which("nvcc") is None:
+                raise RuntimeError("no built library and no nvcc to build one")
+            library = build_libraries(scratch / "default", {"default": []})["default"]
+        kernels = Kernels(library)
+        report["library"] = library
+        if not kernels.has_cuda():
+            raise RuntimeError(f"{library} was built without the CUDA kernels")
+    except Exception as exc:
+        report["fatal"] = f"{type(exc).__name__}: {exc}"
+        save()
+        print("FATAL:", report["fatal"])
+        return 1
+    builds = None
+    if not args.no_variants and not args.skip_bench and shutil.which("nvcc"):
+        builds = ThreadPoolExecutor(1).submit(
+            build_libraries, scratch / "variants", {name: flags for name, (flags, _) in VARIANTS.items()})
+
+    cases = edge_cases(large=True) + random_cases(args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
+                                                  head_dims=(8, 16, 40, 64, 64, 64, 80, 96, 128, 128, 256),
+                                                  max_kv_heads=8)
+    report["checks"] = run_checks(kernels, cases)
+    save()
+
+    if not args.skip_bench:
+        def attempt(what: dict, run):
+            try:
+                return run()
+            except Exception as exc:  # recorded; the other configurations still run
+                return {**what, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=4)}
+
+        try:
+            bw = copy_bandwidth()
+            report["copy_TBps"] = bw / 1e12
+        except Exception as exc:
+            bw, report["bench_error"] = float("nan"), f"copy bandwidth: {type(exc).__name__}: {exc}"
+        report["decode"] = []
+        for b in (1, 8, 32):
+            for seq in (512, 2048, 8192):
+                report["decode"].append(attempt({"batch": b, "seq": seq}, lambda: bench_decode(kernels, b, seq, bw)))
+                save()
+        report["prefill"] = [attempt({"seq": seq}, lambda: bench_prefill(kernels, seq)) for seq in (2048, 8192)]
+        report["breakdown_B32_S8192"] = attempt({}, lambda: kernel_breakdown(kernels, 32, 8192))
+        save()
+        if builds is not None:
+            report["variants"] = {}
+            try:
+                for name, path in builds.result().items():
+                    flags, kind = VARIANTS[name]
+                    if time.time() - started > args.budget_s:
+                        report["variants"][name] = {"flags": flags, "skipped": "time budget spent"}
+                        continue
+                    variant = Kernels(path)
+                    checks = run_checks(variant, [c for c in edge_cases(large=True)
+                                                  if (c.query_len <= 16) == (kind == "decode")])
+                    entry = {"flags": flags, "kind": kind, "checks_passed": sum(c["ok"] for c in checks),
+                             "checks": len(checks), "failed": [c["case"] for c in checks if not c["ok"]][:10]}
+                    if entry["checks_passed"] == entry["checks"] and kind == "decode" and "copy_TBps" in report:
+                        entry["decode"] = [bench_decode(variant, b, s, report["copy_TBps"] * 1e12, VARIANT_BENCHES)
+                                           for b, s in VARIANT_SHAPES]
+                    elif entry["checks_passed"] == entry["checks"] and kind == "prefill":
+                        entry["prefill"] = [bench_prefill(variant, s) for s in (2048, 8192)]
+                    report["variants"][name] = entry
+                    save()
+            except Exception as exc:
+                report["variants_error"] = f"{type(exc).__name__}: {exc}"
+        save()
+
+    print_summary(report, out_dir)
+    failed = [c for c in report["checks"] if not c["ok"]]
+    return 0 if not failed and "fatal" not in report else 1
+
+
+def print_summary(report: dict, out_dir: Path) -> None:
+    checks = report["checks"]
+    failed = [c for c in checks if not c["ok"]]
+    print(f"\ncorrectness: {len(checks) - len(failed)}/{len(checks)} cases passed")
+    for c in failed[:12]:
+        bad = [k for k in c["checks"] if not k["ok"]]
+        print("  FAIL", c["case"], c.get("error", ""), bad[:2])
+    if "copy_TBps" in report:
+        print(f"device-to-device copy: {report['copy_TBps']:.2f} TB/s (read+write)")
+    if report.get("decode"):
+        print("decode, ms (bf16, Hq 32, Hkv 8, D 64; attn = cache already in place, full = with the concat copy)")
+        print("   B     S |  sdpa torchP torchPV | prod.attn prod.full base.attn base.full | cons.attn cons.full "
+              "concat | cons.attn %copy  prod.attn/sdpa")
+        for d in report["decode"]:
+            if "error" in d:
+                print(f"{d['batch']:>4} {d['seq']:>5} | error: {d['error'][:150]}")
+                continue
+            m, f = d["ms"], d["fraction_of_copy"]
+            ratio = m["ours_producer_attn"] / m["sdpa"] if m.get("ours_producer_attn") and m.get("sdpa") else None
+            frac = f.get("ours_consumer_attn")
+            print(f"{d['batch']:>4} {d['seq']:>5} | {_fmt(m.get('sdpa'))} {_fmt(m.get('torch_producer_P'))} "
+                  f"{_fmt(m.get('torch_PV'))} | {_fmt(m.get('ours_producer_attn'))} {_fmt(m.get('ours_producer'))} "
+                  f"{_fmt(m.get('ours_base_attn'))} {_fmt(m.get('ours_base'))} | {_fmt(m.get('ours_consumer_attn'))} "
+                  f"{_fmt(m.get('ours_consumer'))} {_fmt(m.get('torch_concat_kv'))} | "
+                  f"{_fmt(frac and 100 * frac, '.0f')}% {_fmt(ratio, '.2f')}")
+    for p in report.get("prefill", []):
+        if "error" in p:
+            print(f"prefill L=S={p['seq']}: error: {p['error'][:150]}")
+            continue
+        m, t = p["ms"], p["TFLOPs"]
+        print(f"prefill causal L=S={p['seq']}: sdpa {_fmt(m.get('sdpa'))} ms ({_fmt(t.get('sdpa'), '.0f')} TFLOP/s), "
+              f"ours producer {_fmt(m.get('ours_producer'))} ms ({_fmt(t.get('ours_producer'), '.0f')}), "
+              f"consumer {_fmt(m.get('ours_consumer'))} ms ({_fmt(t.get('ours_consumer'), '.0f')})")
+    for name, v in report.get("variants", {}).items():
+        cells = [f"B{d['batch']} S{d['seq']}: " + " ".join(_fmt(d["ms"].get(k)) for k in VARIANT_BENCHES)
+                 for d in v.get("decode", [])]
+        cells += [f"prefill {p['seq']}: " + " ".join(_fmt(p["ms"].get(k)) for k in ("ours_producer", "ours_consumer"))
+                  for p in v.get("prefill", [])]
+        passed = f"{v['checks_passed']}/{v['checks']} checks" if "checks" in v else v.get("skipped", "")
+        print(f"variant {name} ({passed}): {' | '.join(cells)}")
+    for key in ("bench_error", "variants_error"):
+        if key in report:
+            print(key, report[key][:400])
+    print(f"full results: {out_dir / 'gpu_kernels.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The CPU kernels (ua_producer_cpu / ua_consumer_cpu, called through ctypes) against the
+PyTorch reference of docs/ops.md (model/attention.py), over randomized geometries."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uniattn_export import native
+from uniattn_export.model import attention as reference
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def geometries(draw):
+    batch, query_len, past_len = draw(st.integers(1, 3)), draw(st.integers(1, 20)), draw(st.integers(0, 20))
+    kv_num_heads = draw(st.integers(1, 3))
+    key_len = past_len + query_len
+    return dict(
+        batch=batch,
+        query_len=query_len,
+        past_len=past_len,
+        kv_num_heads=kv_num_heads,
+        num_heads=kv_num_heads * draw(st.sampled_from([1, 2, 4])),
+        head_dim=draw(st.sampled_from([1, 3, 8, 40, 64, 72, 80, 96])),
+        dtype=draw(st.sampled_from(["float32", "float16", "bfloat16"])),
+        is_causal=draw(st.booleans()),
+        sliding_window=draw(st.sampled_from([0, 0, 1, 3, 8])),
+        probs_max_query_len=draw(st.sampled_from([0, 4, 16])),
+        # Left padding; a pad >= P + i + 1 leaves causal row i with no visible key at all.
+        padded_rows=tuple(draw(st.integers(0, key_len)) for _ in range(batch)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def check_producer(case, assert_close, num_threads=0):
+    expected = reference.producer_attention(
+        *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len
+    )
+    actual = native.run_producer(
+        *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len,
+        num_threads=num_threads,
+    )
+    names = ("output", "present_key", "present_value", "shared_probs", "shared_lse")
+    for name, a, e in zip(names, actual, expected):
+        if name.startswith("present"):
+            assert torch.equal(a, e), f"{name} is not the exact concatenation of past and new"
+        else:
+            assert_close(a, e, case.tolerance if name != "shared_lse" else 2e-5, name)
+    return expected
+
+
+def check_consumer(case, assert_close, expected_producer, reuse_probs):
+    _, present_key, _, _, shared_lse = expected_producer
+    if reuse_probs:  # decode branch: P of every key, taken from a producer that emits it
+        shared_probs = reference.producer_attention(
+            *case.producer_args, **case.attributes, probs_max_query_len=case.query_len
+        )[3]
+    else:  # prefill branch: recompute from the producer's query, key cache and lse
+        shared_probs = torch.empty(case.batch, case.num_heads, case.query_len, 0, dtype=case.torch_dtype)
+    args = case.consumer_args(shared_probs, shared_lse, present_key)
+    expected = reference.consumer_attention(*args, **case.attributes)
+    actual = native.run_consumer(*args, **case.attributes)
+    assert_close(actual[0], expected[0], case.tolerance, "consumer output")
+    assert torch.equal(actual[1], expected[1]), "consumer present_value"
+
+
+@SETTINGS
+@given(geometry=geometries())
+def test_producer_matches_reference(geometry, make_case, assert_close):
+    check_producer(make_case(**geometry), assert_close)
+
+
+@SETTINGS
+@given(geometry=geometries(), reuse_probs=st.booleans())
+def test_consumer_matches_reference(geometry, reuse_probs, make_case, assert_close):
+    case = make_case(**geometry)
+    expected = reference.producer_attention(*case.producer_args, **case.attributes)
+    check_consumer(case, assert_close, expected, reuse_probs)
+
+
+EDGE_CASES = {
+    "S=1": dict(batch=1, query_len=1, past_len=0, num_heads=2, kv_num_heads=1, head_dim=8),
+    "L=0: present = past": dict(batch=2, query_len=0, past_len=3, num_heads=4, kv_num_heads=2, head_dim=8),
+    "P=0 prefill": dict(batch=2, query_len=19, past_len=0, num_heads=4, kv_num_heads=2, head_dim=40,
+                        probs_max_query_len=4),
+    "decode over a long past": dict(batch=2, query_len=1, past_len=300, num_heads=8, kv_num_heads=2, head_dim=64),
+    "fully padded batch row": dict(batch=2, query_len=5, past_len=3, num_heads=4, kv_num_heads=2, head_dim=16,
+                                   padded_rows=(8, 2)),
+    "padded prefix rows without keys": dict(batch=1, query_len=6, past_len=0, num_heads=2, kv_num_heads=2,
+                                            head_dim=72, padded_rows=(4,)),
+    "non-causal": dict(batch=2, query_len=7, past_len=5, num_heads=6, kv_num_heads=3, head_dim=80,
+                       is_causal=False, padded_rows=(0, 3)),
+    "sliding window": dict(batch=1, query_len=12, past_len=9, num_heads=4, kv_num_heads=1, head_dim=96,
+                           sliding_window=4),
+    "non-causal sliding window": dict(batch=1, query_len=6, past_len=2, num_heads=2, kv_num_heads=1, head_dim=5,
+                                      is_causal=False, sliding_window=3),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_cases(name, dtype, make_case, assert_close):
+    case = make_case(**EDGE_CASES[name], dtype=dtype)
+    expected = check_producer(case, assert_close)
+    for reuse_probs in (True, False):
+        check_consumer(case, assert_close, expected, reuse_probs)
+
+
+def test_rows_without_keys_are_zero_with_infinite_lse(make_case):
+    case = make_case(batch=1, query_len=4, past_len=0, num_heads=2, kv_num_heads=1, head_dim=8,
+                     dtype="float16", padded_rows=(2,))  # fmt: skip
+    output, _, _, probs, lse = native.run_producer(*case.producer_args, **case.attributes)
+    assert torch.all(output[0, :2] == 0) and torch.all(probs[0, :, :2] == 0)
+    assert torch.all(lse[0, :, :2] == float("inf")) and torch.isfinite(lse[0, :, 2:]).all()
+
+
+def test_result_does_not_depend_on_thread_count(make_case, assert_close):
+    case = make_case(batch=2, query_len=40, past_len=7, num_heads=4, kv_num_heads=2, head_dim=24, dtype="float32",
+                     padded_rows=(3, 0))  # fmt: skip
+    single = native.run_producer(*case.producer_args, **case.attributes, num_threads=1)
+    many = native.run_producer(*case.producer_args, **case.attributes, num_threads=7)
+    for a, b in zip(single, many):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_conversions_round_trip_every_value(dtype):
+    """One key: p = 1 and the output is value converted to float32 and back, bit for bit,
+    for every 16-bit pattern (subnormals, infinities and NaNs included; -0 comes back as +0,
+    the float32 sum starting at +0)."""
+    torch_dtype = getattr(torch, dtype)
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    value = bits.view(torch_dtype).reshape(1, 1, -1)
+    zeros = torch.zeros_like(value)
+    empty = torch.empty(1, 1, 0, value.shape[-1], dtype=torch_dtype)
+    output = native.run_producer(zeros, zeros, value, empty, empty, torch.ones(1, 1, dtype=torch.int64),
+                                 num_heads=1, kv_num_heads=1, scale=1.0, emit_shared=False)[0]  # fmt: skip
+    nan, zero = value.isnan(), value == 0
+    assert torch.equal(output.isnan(), nan) and torch.all(output[zero] == 0)
+    assert torch.equal(output[~nan & ~zero].view(torch.int16), value[~nan & ~zero].view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_output_rounding_matches_torch_bit_for_bit(dtype):
+    """Two keys with equal scores: p = 0.5 exactly and the float32 output 0.5*v1 + 0.5*v2 is
+    computed identically by both sides, so only the rounding to T can differ: it must not."""
+    torch_dtype = getattr(torch, dtype)
+    g = torch.Generator().manual_seed(1)
+    value = (torch.randn(1, 2, 4096, generator=g) * torch.logspace(-6, 4, 4096)).to(torch_dtype)
+    zeros = torch.zeros_like(value)
+    empty = torch.empty(1, 1, 0, 4096, dtype=torch_dtype)
+    args = (zeros, zeros, value, empty, empty, torch.ones(1, 2, dtype=torch.int64))
+    attributes = dict(num_heads=1, kv_num_heads=1, scale=1.0, is_causal=False)
+    actual = native.run_producer(*args, **attributes)
+    expected = reference.producer_attention(*args, **attributes)
+    assert torch.equal(actual[0].view(torch.int16), expected[0].view(torch.int16))
+    assert torch.equal(actual[3], expected[3])
+
+
+def _desc(**overrides):
+    fields = dict(batch=1, query_len=2, past_len=1, num_heads=4, kv_num_heads=2, head_dim=8, scale=0.35,
+                  is_causal=1, sliding_window=0, dtype=0)  # fmt: skip
+    fields.update(overrides)
+    return native.AttentionDesc(**fields)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_heads=3), "num_heads=3 must be a positive multiple of kv_num_heads=2"),
+        (dict(head_dim=0), "head_dim=0 must be positive"),
+        (dict(query_len=-1), "negative size: batch=1 query_len=-1 past_len=1"),
+        (dict(dtype=7), "unknown dtype code 7"),
+        (dict(sliding_window=-2), "sliding_window=-2 must be >= 0"),
+    ],
+)
+def test_invalid_geometry_is_refused_with_its_values(kernels, overrides, message):
+    status = kernels.ua_producer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ProducerIO()), 0)
+    assert status == 1 and kernels.ua_last_error().decode() == message
+    status = kernels.ua_consumer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ConsumerIO()), 0)
+    assert status == 1 and kernels.ua_last_error().decode() == message
+
+
+def test_missing_tensors_are_refused(kernels):
+    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(native.ProducerIO()), 0) == 1
+    assert kernels.ua_last_error() == b"producer: a required tensor pointer is NULL"
+    buffer = torch.zeros(4096)
+    io = native.ConsumerIO(*([buffer.data_ptr()] * 9))
+    io.shared_probs = io.shared_lse = None
+    assert kernels.ua_consumer_cpu(ctypes.byref(_desc()), ctypes.byref(io), 0) == 1
+    assert kernels.ua_last_error() == b"consumer: without shared_probs it needs shared_lse, producer_query and producer_key"
+    # A successful call clears the message.
+    empty = _desc(batch=0)
+    assert kernels.ua_producer_cpu(ctypes.byref(empty), ctypes.byref(native.ProducerIO()), 0) == 0
+    assert kernels.ua_last_error() == b""
+
+
+def test_wrapper_raises_the_kernel_message(make_case):
+    case = make_case(batch=1, query_len=2, past_len=0, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float32")
+    with pytest.raises(native.KernelError, match="num_heads=2 must be a positive multiple of kv_num_heads=3"):
+        native.run_producer(*case.producer_args, num_heads=2, kv_num_heads=3, scale=0.5)

@@ -1,0 +1,215 @@
+"""The CUDA kernels (plugins/kernels/cuda) run on the CPU through tests/plugins/cuda_emu.h and
+are checked against model/attention.py, with the same case runner as the GPU run
+(tests/plugins/gpu_kernels.py). This tests their indexing, masking, split/combine logic,
+fragment layouts and barriers in CI, where no GPU exists; speed and the hardware itself are
+the GPU run's job.
+
+The emulated build aims at 6 blocks per call (UA_SPLIT_TARGET_BLOCKS) instead of 4096, so
+that small shapes still cut the key axis into several splits of several tiles each.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("uniattn_gpu_kernels", HERE / "gpu_kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _load_runner()
+
+
+def _cuda_include() -> Path | None:
+    """The CUDA headers nvcc compiles with (cuda_fp16.h, cuda_bf16.h), as nvcc reports them."""
+    if shutil.which("nvcc") is None:
+        return None
+    dryrun = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", "/dev/null"], capture_output=True, text=True)
+    for line in dryrun.stderr.splitlines():
+        if "INCLUDES=" in line and "SYSTEM_INCLUDES" not in line:
+            include = Path(line.split('"-I', 1)[1].split('"', 1)[0])
+            if (include / "cuda_fp16.h").is_file():
+                return include
+    return None
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> runner.Kernels:
+    include = _cuda_include()
+    if include is None:
+        pytest.skip("the CUDA toolkit headers (next to nvcc) are needed to compile the kernels for the emulator")
+    library = tmp_path_factory.mktemp("cuda_emu") / "libuniattn_cuda_emulated.so"
+    command = [
+        "g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-DUA_CUDA_EMULATE", "-DUA_SPLIT_TARGET_BLOCKS=6",
+        "-include", str(HERE / "cuda_emu.h"), f"-I{include}", f"-I{REPO / 'plugins/kernels/include'}",
+        "-x", "c++", *map(str, sorted((REPO / "plugins/kernels/cuda").glob("*.cu"))),
+        "-x", "none", str(REPO / "plugins/kernels/src/common.cpp"), "-o", str(library),
+    ]
+    build = subprocess.run(command, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-4000:]
+    return runner.Kernels(str(library), device="cpu")
+
+
+def _assert_ok(result: dict) -> None:
+    assert "error" not in result, f"{result['case']}: {result['error']}\n{result.get('traceback', '')}"
+    failed = [c for c in result["checks"] if not c["ok"]]
+    assert not failed, f"{result['case']}: {failed}"
+
+
+@pytest.mark.parametrize("case", runner.edge_cases(large=False), ids=lambda c: c.name())
+def test_edge_case_matches_reference(kernels, case):
+    _assert_ok(runner.run_case(kernels, case, "cpu"))
+
+
+@st.composite
+def cases(draw) -> runner.Case:
+    kv_heads = draw(st.integers(1, 2))
+    # up to 72 query rows reach the second 16-row tile of a flash warp; up to 300 keys give
+    # splits of several key tiles
+    query_len = draw(st.one_of(st.integers(1, 4), st.integers(1, 72)))
+    return runner.Case(
+        batch=draw(st.integers(1, 2)),
+        query_len=query_len,
+        past_len=draw(st.one_of(st.just(0), st.integers(0, 260))),
+        num_heads=kv_heads * draw(st.sampled_from((1, 2, 4, 8))),
+        kv_num_heads=kv_heads,
+        head_dim=draw(st.sampled_from((8, 16, 24, 40, 64, 72, 80, 96, 128))),
+        dtype=draw(st.sampled_from(runner.DTYPE_NAMES)),
+        is_causal=draw(st.booleans()),
+        sliding_window=draw(st.one_of(st.just(0), st.integers(1, 80))),
+        padding=draw(st.sampled_from(("none", "left", "holes", "empty_row"))),
+        emit_probs=query_len <= 16 and draw(st.booleans()),
+        emit_lse=draw(st.booleans()),
+        in_place=draw(st.booleans()),
+        query_scale=draw(st.sampled_from((1.0, 4.0))),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases())
+def test_random_shapes_match_reference(kernels, case):
+    _assert_ok(runner.run_case(kernels, case, "cpu"))
+
+
+def _call(kernels, op: str, case: runner.Case, *, workspace="auto", misalign: str | None = None,
+          alias_only_key: bool = False) -> tuple[int, str]:
+    """One producer or consumer call on zero-free random tensors; returns (status, message)."""
+    dt = case.torch_dtype
+    B, L, P, S, Hq, Hkv, D = (case.batch, case.query_len, case.past_len, case.key_len, case.num_heads,
+                              case.kv_num_heads, case.head_dim)
+    t = {
+        "query": torch.randn(B, L, Hq * D).to(dt), "key": torch.randn(B, L, Hkv * D).to(dt),
+        "value": torch.randn(B, L, Hkv * D).to(dt), "past_key": torch.randn(B, Hkv, P, D).to(dt),
+        "past_value": torch.randn(B, Hkv, P, D).to(dt), "attention_mask": torch.ones(B, S, dtype=torch.int64),
+        "output": torch.empty(B, L, Hq * D, dtype=dt), "present_key": torch.empty(B, Hkv, S, D, dtype=dt),
+        "present_value": torch.empty(B, Hkv, S, D, dtype=dt), "shared_probs": torch.empty(B, Hq, L, S, dtype=dt),
+        "shared_lse": torch.empty(B, Hq, L),
+    }
+    if misalign:  # the same data one element further on
+        shifted = torch.empty(t[misalign].numel() + 1, dtype=dt)
+        t[misalign] = shifted[1:].view(t[misalign].shape)
+    if alias_only_key:
+        t["past_key"] = t["present_key"]
+    desc = runner.make_desc(B, L, P, Hq, Hkv, D, dt, D**-0.5, True, 0)
+    if op == "producer":
+        io = runner.producer_io(**t)
+    else:
+        io = runner.consumer_io(
+            value=t["value"], past_value=t["past_value"], attention_mask=t["attention_mask"], shared_probs=None,
+            shared_lse=t["shared_lse"].zero_(), producer_query=t["query"], producer_key=t["present_key"],
+            output=t["output"], present_value=t["present_value"])
+    ws = kernels.workspace(op, desc, op == "producer") if workspace == "auto" else workspace
+    return kernels.status(op, desc, io, ws)
+
+
+def test_missing_workspace_is_reported(kernels):
+    case = runner.Case(1, 1, 500, 4, 2, 64, "bfloat16")
+    desc = runner.make_desc(1, 1, 500, 4, 2, 64, torch.bfloat16, 0.125, True, 0)
+    needed = kernels.lib.ua_producer_cuda_workspace_size(ctypes.byref(desc), 1)
+    assert needed > 0
+    status, message = _call(kernels, "producer", case, workspace=None)
+    assert status == 1
+    assert f"workspace is NULL but {needed} bytes are needed" in message
+
+
+def test_flash_path_needs_no_workspace(kernels):
+    desc = runner.make_desc(1, 128, 0, 4, 2, 64, torch.float16, 0.125, True, 0)
+    assert kernels.lib.ua_producer_cuda_workspace_size(ctypes.byref(desc), 0) == 0
+    assert kernels.lib.ua_consumer_cuda_workspace_size(ctypes.byref(desc), 0) == 0
+    assert kernels.lib.ua_producer_cuda_workspace_size(ctypes.byref(desc), 1) > 0  # emitting P: split-KV
+
+
+@pytest.mark.parametrize("head_dim, status, words", [(12, 2, "head_dim=12 unsupported"), (264, 2, "head_dim=264")])
+def test_unsupported_head_dim(kernels, head_dim, status, words):
+    got, message = _call(kernels, "producer", runner.Case(1, 1, 3, 2, 1, head_dim, "float16"))
+    assert got == status and words in message
+
+
+@pytest.mark.parametrize("op, tensor", [("producer", "key"), ("producer", "present_value"), ("consumer", "value")])
+def test_misaligned_tensor_is_rejected(kernels, op, tensor):
+    status, message = _call(kernels, op, runner.Case(1, 2, 5, 4, 2, 64, "bfloat16"), misalign=tensor)
+    assert status == 1
+    assert f"{tensor} must be 16-byte aligned" in message
+
+
+def test_half_in_place_append_is_rejected(kernels):
+    status, message = _call(kernels, "producer", runner.Case(1, 1, 5, 4, 2, 64, "float32"), alias_only_key=True)
+    assert status == 1 and "must both alias" in message
+
+
+def test_empty_query_copies_the_past(kernels):
+    """L = 0: nothing to attend, but present = past still holds."""
+    B, P, Hkv, D = 2, 7, 2, 16
+    past_k, past_v = torch.randn(B, Hkv, P, D), torch.randn(B, Hkv, P, D)
+    present_k, present_v = torch.full_like(past_k, float("nan")), torch.full_like(past_v, float("nan"))
+    empty = torch.empty(B, 0, 4 * D)
+    desc = runner.make_desc(B, 0, P, 4, Hkv, D, torch.float32, 0.25, True, 0)
+    io = runner.producer_io(query=empty, key=empty[..., : Hkv * D], value=empty[..., : Hkv * D], past_key=past_k,
+                            past_value=past_v, attention_mask=torch.ones(B, P, dtype=torch.int64), output=empty,
+                            present_key=present_k, present_value=present_v, shared_probs=None, shared_lse=None)
+    kernels.call("producer", desc, io, None)
+    assert torch.equal(present_k, past_k) and torch.equal(present_v, past_v)
+
+
+def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
+    """The GPU run's benchmark and report code, on tiny shapes (the times mean nothing here):
+    a broken benchmark must show up in CI, not in the one GPU run."""
+    decode = runner.bench_decode(kernels, batch=1, seq=40, copy_bw=1e9, heads=(4, 2, 16))
+    assert not [k for k in decode["ms"] if k.endswith("_error")], decode["ms"]
+    assert all(decode["ms"][k] > 0 for k in decode["bytes"])
+    subset = runner.bench_decode(kernels, batch=2, seq=24, copy_bw=1e9, only=runner.VARIANT_BENCHES, heads=(4, 2, 16))
+    assert sorted(subset["ms"]) == sorted(runner.VARIANT_BENCHES)
+    prefill = runner.bench_prefill(kernels, seq=70, heads=(4, 2, 16))
+    assert not [k for k in prefill["ms"] if k.endswith("_error")], prefill["ms"]
+    report = {
+        "checks": [runner.run_case(kernels, runner.Case(1, 1, 5, 2, 1, 16, "float16"), "cpu")],
+        "copy_TBps": 1e-3,
+        "decode": [decode, {"batch": 8, "seq": 99, "error": "RuntimeError: out of memory"}],
+        "prefill": [prefill, {"seq": 99, "error": "RuntimeError: out of memory"}],
+        "variants": {"keys8": {"checks_passed": 1, "checks": 1, "decode": [subset]},
+                     "flash16rows": {"checks_passed": 1, "checks": 1, "prefill": [prefill]},
+                     "keys2": {"flags": [], "skipped": "time budget spent"}},
+    }
+    runner.print_summary(report, tmp_path)
+    printed = capsys.readouterr().out
+    assert "correctness: 1/1 cases passed" in printed
+    assert "   8    99 | error: RuntimeError: out of memory" in printed
+    assert "variant flash16rows (1/1 checks): prefill 70:" in printed and "variant keys2 (time budget spent)" in printed

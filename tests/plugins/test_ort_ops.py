@@ -1,0 +1,192 @@
+"""The custom-op library inside the pinned onnxruntime wheel (CPUExecutionProvider): ONNX
+graphs holding single UniAttnProducer / UniAttnConsumer nodes, run with the library
+registered, against model/attention.py; and the errors ORT reports for bad nodes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uniattn_export.export.functions import function_protos
+from uniattn_export.model import attention as reference
+
+
+def _load_device_script():
+    """tests/plugins/ort_on_device.py (the GPU run) builds the single-node graphs for both."""
+    spec = importlib.util.spec_from_file_location("uniattn_ort_on_device", Path(__file__).with_name("ort_on_device.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+graphs = _load_device_script()
+PRODUCER_INPUTS, PRODUCER_OUTPUTS = graphs.PRODUCER_INPUTS, graphs.PRODUCER_OUTPUTS
+CONSUMER_INPUTS, CONSUMER_OUTPUTS = graphs.CONSUMER_INPUTS, graphs.CONSUMER_OUTPUTS
+
+
+def run(model: bytes, inputs: dict, library: str | None) -> list[torch.Tensor]:
+    options = ort.SessionOptions()
+    if library:
+        options.register_custom_ops_library(library)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feeds = {name: ort.OrtValue.from_dlpack(tensor.contiguous()) for name, tensor in inputs.items()}
+    return [torch.from_dlpack(value).clone() for value in session.run_with_ort_values(None, feeds)]
+
+
+def node_attributes(case) -> dict:
+    return case.attributes | dict(is_causal=int(case.is_causal), probs_max_query_len=case.probs_max_query_len)
+
+
+def producer_model(case, outputs=PRODUCER_OUTPUTS, **kwargs):
+    inputs = dict(zip(PRODUCER_INPUTS, case.producer_args))
+    return graphs.producer_node(case.torch_dtype, node_attributes(case), outputs, inputs, **kwargs)
+
+
+def consumer_inputs(case, reuse_probs):
+    """The consumer's inputs from a producer that emits P (decode branch) or not (recompute)."""
+    expected = reference.producer_attention(*case.producer_args, **case.attributes,
+                                            probs_max_query_len=case.query_len if reuse_probs else -1)  # fmt: skip
+    return dict(zip(CONSUMER_INPUTS, case.consumer_args(expected[3], expected[4], expected[1])))
+
+
+def consumer_model(case, inputs, **kwargs):
+    return graphs.consumer_node(case.torch_dtype, node_attributes(case), inputs, **kwargs)
+
+
+def check_producer_outputs(case, outputs, actual, assert_close):
+    expected = dict(zip(PRODUCER_OUTPUTS, reference.producer_attention(
+        *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len)))  # fmt: skip
+    assert len(actual) == len([name for name in outputs if name])
+    for name, value in zip([name for name in outputs if name], actual):
+        assert_close(value, expected[name], 2e-5 if name == "shared_lse" else case.tolerance, name)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+    batch=st.integers(1, 2), query_len=st.integers(1, 9), past_len=st.integers(0, 9),
+    kv_num_heads=st.integers(1, 2), group=st.sampled_from([1, 3]), head_dim=st.sampled_from([4, 40, 80]),
+    is_causal=st.booleans(), sliding_window=st.sampled_from([0, 2]), probs_max_query_len=st.sampled_from([1, 16]),
+    pad=st.integers(0, 4), seed=st.integers(0, 1000),
+)  # fmt: skip
+def test_ops_in_onnxruntime_match_reference(dtype, batch, query_len, past_len, kv_num_heads, group, head_dim,
+                                            is_causal, sliding_window, probs_max_query_len, pad, seed, make_case,
+                                            assert_close, ort_library):  # fmt: skip
+    case = make_case(batch=batch, query_len=query_len, past_len=past_len, num_heads=kv_num_heads * group,
+                     kv_num_heads=kv_num_heads, head_dim=head_dim, dtype=dtype, is_causal=is_causal,
+                     sliding_window=sliding_window, probs_max_query_len=probs_max_query_len,
+                     padded_rows=(pad,) * batch, seed=seed)  # fmt: skip
+    actual = run(producer_model(case), dict(zip(PRODUCER_INPUTS, case.producer_args)), ort_library)
+    check_producer_outputs(case, PRODUCER_OUTPUTS, actual, assert_close)
+    # The probs_max_query_len rule: the last dim of shared_probs is S or 0.
+    assert actual[3].shape[-1] == (past_len + query_len if query_len <= probs_max_query_len else 0)
+    for reuse_probs in (True, False):
+        inputs = consumer_inputs(case, reuse_probs)
+        expected = reference.consumer_attention(*inputs.values(), **case.attributes)
+        output, present_value = run(consumer_model(case, inputs), inputs, ort_library)
+        assert_close(output, expected[0], case.tolerance, "consumer output")
+        assert torch.equal(present_value, expected[1])
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [PRODUCER_OUTPUTS[:3], (*PRODUCER_OUTPUTS[:3], "", ""), (*PRODUCER_OUTPUTS[:3], "", "shared_lse"),
+     PRODUCER_OUTPUTS[:4]],
+    ids=["3 outputs", "outputs 3-4 empty", "lse only", "probs only"],
+)  # fmt: skip
+def test_producer_with_optional_outputs_left_out(outputs, make_case, assert_close, ort_library):
+    case = make_case(batch=2, query_len=3, past_len=4, num_heads=4, kv_num_heads=2, head_dim=8, dtype="float16",
+                     padded_rows=(0, 5))  # fmt: skip
+    actual = run(producer_model(case, outputs), dict(zip(PRODUCER_INPUTS, case.producer_args)), ort_library)
+    check_producer_outputs(case, outputs, actual, assert_close)
+
+
+def test_registered_kernel_wins_over_the_model_function(make_case, assert_close, ort_library):
+    """The exporter attaches a model-local function to every node. Decode-branch inputs whose
+    shared_probs disagree with shared_lse tell the two apart: the kernel applies P as given,
+    the function (always the recompute branch) ignores it."""
+    case = make_case(batch=1, query_len=1, past_len=6, num_heads=2, kv_num_heads=1, head_dim=8, dtype="float32")
+    inputs = consumer_inputs(case, reuse_probs=True)
+    inputs["shared_probs"] = torch.softmax(torch.randn(inputs["shared_probs"].shape), dim=-1)
+    model = consumer_model(case, inputs, functions=function_protos())
+    with_library = run(model, inputs, ort_library)[0]
+    without_library = run(model, inputs, None)[0]
+    assert_close(with_library, reference.consumer_attention(*inputs.values(), **case.attributes)[0], 2e-5, "kernel")
+    recomputed = consumer_inputs(case, reuse_probs=False)
+    recomputed["shared_probs"] = inputs["shared_probs"][..., :0]
+    assert_close(without_library, reference.consumer_attention(*recomputed.values(), **case.attributes)[0], 2e-5,
+                 "function")  # fmt: skip
+    assert not torch.allclose(with_library, without_library)
+
+
+def test_library_serves_sessions_side_by_side(make_case, ort_library):
+    """Each SessionOptions registers the library; the ops and the domain are shared statics."""
+    case = make_case(batch=1, query_len=2, past_len=1, num_heads=2, kv_num_heads=2, head_dim=4, dtype="float32")
+    model = producer_model(case)
+    feeds = {name: tensor.numpy() for name, tensor in zip(PRODUCER_INPUTS, case.producer_args)}
+    sessions = []
+    for _ in range(3):
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(ort_library)
+        sessions.append(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]))
+    results = [session.run(None, feeds) for session in sessions]
+    expected = reference.producer_attention(*case.producer_args, **case.attributes)
+    for result in results[1:]:
+        assert all((a == b).all() for a, b in zip(result, results[0]))
+    for actual, want in zip(results[0], expected):
+        assert torch.allclose(torch.from_numpy(actual), want, rtol=2e-5, atol=2e-6)
+
+
+def error_of(model: bytes, inputs: dict, library: str) -> str:
+    with pytest.raises(Exception) as caught:
+        run(model, inputs, library)
+    return str(caught.value)
+
+
+def test_bad_key_shape_is_an_ort_error_naming_the_shapes(make_case, ort_library):
+    case = make_case(batch=2, query_len=3, past_len=4, num_heads=4, kv_num_heads=2, head_dim=8, dtype="float32")
+    inputs = dict(zip(PRODUCER_INPUTS, case.producer_args))
+    inputs["key"] = inputs["key"][..., :12]
+    message = error_of(producer_model(case), inputs, ort_library)
+    assert ("UniAttnProducer node 'attn': key has shape [2, 3, 12] but [2, 3, 16] (B, L, kv_num_heads*D) is "
+            "expected (query [2, 3, 32] with num_heads=4, kv_num_heads=2, so D=8; past_key [2, 2, 4, 8])") in message
+
+
+def test_bad_mask_length_is_an_ort_error(make_case, ort_library):
+    case = make_case(batch=1, query_len=2, past_len=3, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float16")
+    inputs = dict(zip(PRODUCER_INPUTS, case.producer_args))
+    inputs["attention_mask"] = torch.ones(1, 4, dtype=torch.int64)
+    message = error_of(producer_model(case), inputs, ort_library)
+    assert "attention_mask has shape [1, 4] but [1, 5] (B, P + L) is expected" in message
+
+
+def test_bad_shared_probs_is_an_ort_error(make_case, ort_library):
+    case = make_case(batch=1, query_len=1, past_len=3, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float32")
+    inputs = consumer_inputs(case, reuse_probs=True)
+    inputs["shared_probs"] = inputs["shared_probs"][..., :3]
+    message = error_of(consumer_model(case, inputs), inputs, ort_library)
+    assert ("UniAttnConsumer node 'attn': shared_probs has shape [1, 2, 1, 3] but [1, 2, 1, 0] "
+            "(B, num_heads, L, P + L or 0) is expected") in message
+
+
+def test_heads_that_do_not_divide_are_refused_at_session_creation(make_case, ort_library):
+    case = make_case(batch=1, query_len=2, past_len=0, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float32")
+    inputs = dict(zip(PRODUCER_INPUTS, case.producer_args))
+    model = graphs.node_model("UniAttnProducer", inputs, ["output", "present_key", "present_value"],
+                              dict.fromkeys(PRODUCER_OUTPUTS, torch.float32), num_heads=3, kv_num_heads=2,
+                              scale=0.5)  # fmt: skip
+    assert "num_heads=3 must be a positive multiple of kv_num_heads=2" in error_of(model, inputs, ort_library)
+
+
+def test_missing_scale_is_refused(make_case, ort_library):
+    case = make_case(batch=1, query_len=2, past_len=0, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float32")
+    inputs = dict(zip(PRODUCER_INPUTS, case.producer_args))
+    model = graphs.node_model("UniAttnProducer", inputs, ["output", "present_key", "present_value"],
+                              dict.fromkeys(PRODUCER_OUTPUTS, torch.float32), num_heads=2, kv_num_heads=1)  # fmt: skip
+    assert "UniAttnProducer node 'attn': the float attribute 'scale' is missing or not a float" in error_of(model, inputs, ort_library)

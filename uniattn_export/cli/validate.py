@@ -1,0 +1,110 @@
+"""`uniattn-export validate ARTIFACT`: re-run validation on an exported artifact.
+
+Exit codes: 0 passed, 1 validation failed (numbers outside tolerance), 2 bad input.
+The validation options are shared with `uniattn-export model`, which validates what it built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+REPORT_NAME = "validation.json"
+
+
+def add_validation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="onnxruntime execution provider for the artifact (default: cpu)")
+    g.add_argument("--custom-ops", choices=("auto", "on", "off"), default="auto",
+                   help="use the uniattn custom-op library: auto = when built (default), "
+                        "off = ONNX function bodies only")  # fmt: skip
+    g.add_argument("--prompt", action="append", default=None,
+                   help="prompt text (repeat for a left-padded batch; default: built-in prompts, "
+                        "or random token ids when the artifact has no tokenizer)")  # fmt: skip
+    g.add_argument("--max-new-tokens", type=int, default=12, help="generation steps compared (default: 12)")
+    g.add_argument("--perplexity-text", type=Path, default=None, help="also compare perplexity on this text file")
+    g.add_argument("--perplexity-tokens", type=int, default=512, help="tokens of the text used (default: 512)")
+    g.add_argument("--golden", type=Path, default=None,
+                   help="folder of reference outputs: checked against when it holds them, "
+                        "stored there (from the PyTorch reference) when it does not")  # fmt: skip
+    g.add_argument("--update-golden", action="store_true", help="store the golden outputs again")
+    g.add_argument("--report", type=Path, default=None,
+                   help=f"JSON report path (default: ARTIFACT/reports/{REPORT_NAME})")
+    g.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    g.add_argument("--junit", type=Path, default=None,
+                   help="also write the checks as JUnit XML to this path (for CI test reports)")  # fmt: skip
+
+
+def check_validation_arguments(args: argparse.Namespace) -> None:
+    """Reject bad validation flags before any work (an export takes a while)."""
+    from ..errors import UniAttnError
+
+    if args.max_new_tokens < 1:
+        raise UniAttnError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "pass a positive number")
+    if args.update_golden and args.golden is None:
+        raise UniAttnError("--update-golden needs --golden DIR", "pass the folder to store the outputs in")
+    if args.perplexity_text is not None:
+        try:
+            args.perplexity_text.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UniAttnError(f"cannot read {args.perplexity_text} ({exc})", "pass a UTF-8 text file") from None
+
+
+def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None) -> int:
+    """Validate, write the report, print the summary; returns the exit code (0 / 1)."""
+    from rich.console import Console
+
+    from ..export import load_artifact
+    from ..targets.ort import OrtSession
+    from ..validate import validate_artifact
+    from ..validate.report import print_summary, write_report
+
+    check_validation_arguments(args)
+    text = args.perplexity_text.read_text() if args.perplexity_text is not None else None
+    artifact = load_artifact(artifact_dir)
+    custom_ops = {"auto": None, "on": True, "off": False}[args.custom_ops]
+    session = OrtSession(artifact, device=args.device, custom_ops=custom_ops)
+    report = validate_artifact(
+        artifact, session=session, checkpoint=checkpoint, prompts=args.prompt,
+        max_new_tokens=args.max_new_tokens, perplexity_text=text,
+        perplexity_tokens=args.perplexity_tokens, golden=args.golden,
+        update_golden=args.update_golden,
+    )  # fmt: skip
+    path = write_report(report, args.report or artifact.path / "reports" / REPORT_NAME)
+    if args.junit is not None:
+        from ..validate.junit import write_junit
+
+        write_junit(report, args.junit)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        console = Console()
+        print_summary(report, console)
+        console.print(f"report: {path}")
+    return 0 if report["passed"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="compare an exported artifact with the PyTorch reference or golden outputs",
+        description=(
+            "Run a multi-step generation with the artifact (onnxruntime) and compare it step by "
+            "step with the PyTorch reference (the checkpoint it was exported from, or "
+            "--checkpoint), or with stored --golden outputs. Exit code 0 = passed, 1 = failed."
+        ),
+    )
+    p.add_argument("artifact", type=Path, help="artifact folder written by `uniattn-export model`")
+    p.add_argument("--checkpoint", default=None,
+                   help="reference checkpoint folder (default: the one recorded in the manifest)")
+    add_validation_arguments(p)
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..model.real import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    return run_validation(args, args.artifact, checkpoint)

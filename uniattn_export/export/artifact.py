@@ -1,0 +1,251 @@
+"""The artifact folder: what the exporter writes and what every later stage loads.
+
+    OUT/model.onnx             the graph (optimum naming, uniattn nodes + their functions)
+    OUT/model.onnx_data        weights, when stored externally (large models)
+    OUT/config.json            the model config with the explicit layer map ("uniattn")
+    OUT/uniattn_layer_map.json the layer map alone (producer -> consumers)
+    OUT/uniattn_manifest.json  versions, opset, dtype, I/O names, per-layer roles, hashes
+    OUT/tokenizer*, generation_config.json   copied from the checkpoint when present
+
+`load_artifact` is the only way in: it checks the hashes and the graph's structure before
+any runtime sees the file, so a tampered or mismatched folder fails with one sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import onnx
+
+from .. import __version__
+from ..errors import UniAttnError
+from ..model.config import UniAttnConfig
+from .ops import CONSUMER_OP, DOMAIN, DOMAIN_VERSION, ONNX_OPSET, PLUGIN_NAMESPACE, PLUGIN_VERSION, PRODUCER_OP
+
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx_data"
+MANIFEST_FILE = "uniattn_manifest.json"
+LAYER_MAP_FILE = "uniattn_layer_map.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FORMAT = "uniattn-export/artifact"
+MANIFEST_VERSION = 1
+
+_ELEMENT_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _io_spec(values) -> list[dict]:
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
+        specs.append({"name": value.name, "dtype": _ELEMENT_TYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": dims})
+    return specs
+
+
+def package_versions() -> dict[str, str]:
+    found = {"uniattn_export": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def build_manifest(
+    folder: Path, model, *, input_names: list[str], output_names: list[str],
+    source: Path | None, side_files: list[str], logits: str,
+) -> dict:  # fmt: skip
+    """The manifest of a freshly written folder (the graph and config already in it)."""
+    graph = onnx.load(folder / MODEL_FILE, load_external_data=False)
+    uniattn: UniAttnConfig = model.uniattn_config
+    layers = []
+    for i in range(uniattn.num_layers):
+        g = model.geometry(i)
+        role = uniattn.role(i)
+        layers.append({
+            "index": i, "role": role,
+            "producer": uniattn.producer_of(i) if role == "consumer" else None,
+            "key_cache": uniattn.has_key_cache(i),
+            "num_heads": g.num_heads, "kv_num_heads": g.kv_num_heads, "head_dim": g.head_dim,
+            "scale": g.scale, "sliding_window": g.sliding_window,
+        })  # fmt: skip
+    itemsize = model.model.embed_tokens.weight.element_size()
+    files = [MODEL_FILE, CONFIG_FILE, LAYER_MAP_FILE, *side_files]
+    if (folder / EXTERNAL_DATA_FILE).is_file():
+        files.insert(1, EXTERNAL_DATA_FILE)
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "created_with": package_versions(),
+        "source_checkpoint": str(source.resolve()) if source is not None else None,
+        "model_type": model.config.model_type,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "logits": logits,
+        "onnx": {
+            "file": MODEL_FILE,
+            "external_data": EXTERNAL_DATA_FILE if EXTERNAL_DATA_FILE in files else None,
+            "ir_version": graph.ir_version,
+            "opset": ONNX_OPSET,
+            "custom_opsets": {DOMAIN: DOMAIN_VERSION},
+        },
+        "custom_ops": {
+            "domain": DOMAIN, "producer": PRODUCER_OP, "consumer": CONSUMER_OP,
+            "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE,
+        },  # fmt: skip
+        "geometry": {
+            "num_layers": uniattn.num_layers,
+            "hidden_size": model.config.hidden_size,
+            "vocab_size": model.config.vocab_size,
+        },
+        "layer_map": uniattn.to_dict(),
+        "layers": layers,
+        "kv_cache_bytes_per_token": sum(
+            (1 + layer["key_cache"]) * layer["kv_num_heads"] * layer["head_dim"] * itemsize
+            for layer in layers
+        ),
+        "inputs": _io_spec(graph.graph.input),
+        "outputs": _io_spec(graph.graph.output),
+        "files": {name: {"sha256": sha256_of(folder / name), "bytes": (folder / name).stat().st_size} for name in files},
+    }
+
+
+def check_destination(out_dir: Path, marker: str, what: str) -> None:
+    """Refuse to replace anything but an empty folder or an earlier `what` (which holds
+    `marker`): the write replaces the whole folder."""
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file()):
+        raise UniAttnError(
+            f"{out_dir} exists and is not {what}", f"pass a new folder name (an existing {what} is replaced)"
+        )
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, folder / MANIFEST_FILE)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A checked artifact folder."""
+
+    path: Path
+    manifest: dict
+    uniattn: UniAttnConfig
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["dtype"]
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.manifest["layers"]
+
+    @property
+    def input_specs(self) -> list[dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def output_specs(self) -> list[dict]:
+        return self.manifest["outputs"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["geometry"]["vocab_size"]
+
+    @property
+    def source_checkpoint(self) -> Path | None:
+        source = self.manifest.get("source_checkpoint")
+        return Path(source) if source else None
+
+    def cache_names(self) -> list[tuple[str, str]]:
+        """(past input, present output) pairs, in graph order."""
+        pasts = [s["name"] for s in self.input_specs if s["name"].startswith("past_key_values.")]
+        return [(p, "present." + p.removeprefix("past_key_values.")) for p in pasts]
+
+    def has_tokenizer(self) -> bool:
+        return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer.model").is_file()
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise UniAttnError(f"{path.parent} has no {path.name} ({what})", "re-export the model with `uniattn-export model`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UniAttnError(f"{path} is not valid JSON ({exc})", "re-export the model") from None
+
+
+def _check_folder(path: Path, manifest: dict, verify_hashes: bool) -> UniAttnConfig:
+    """Files, hashes, layer map copies and graph structure; returns the layer map."""
+    from .structure import check_structure
+
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise UniAttnError(f"{file} is missing (the manifest lists it)", "re-export the model or restore the file")
+        if verify_hashes and sha256_of(file) != entry["sha256"]:
+            raise UniAttnError(
+                f"{file} was modified after export (sha256 differs from the manifest)",
+                "re-export the model; never edit an artifact in place",
+            )
+    uniattn = UniAttnConfig.from_dict(manifest["layer_map"])
+    copies = {
+        LAYER_MAP_FILE: _read_json(path / LAYER_MAP_FILE, "the layer map"),
+        CONFIG_FILE: _read_json(path / CONFIG_FILE, "the model config").get("uniattn"),
+    }
+    for name, copy in copies.items():
+        if copy is None or UniAttnConfig.from_dict(copy).layer_map != uniattn.layer_map:
+            raise UniAttnError(
+                f"the layer map in {path / name} differs from the manifest's",
+                "re-export the model; the folder mixes files of different exports",
+            )
+    graph = onnx.load(path / MODEL_FILE, load_external_data=False)
+    check_structure(graph, manifest, uniattn)
+    return uniattn
+
+
+def load_artifact(path: str | Path, *, verify_hashes: bool = True) -> Artifact:
+    """Open an artifact folder: manifest, hashes, layer map copies and graph structure."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UniAttnError(f"artifact folder {path} does not exist", "pass the -o folder of `uniattn-export model`")
+    manifest = _read_json(path / MANIFEST_FILE, "the export manifest")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise UniAttnError(f"{path / MANIFEST_FILE} is not a uniattn-export manifest", "re-export the model")
+    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
+        raise UniAttnError(
+            f"{path} was written by a newer uniattn-export (manifest format {manifest['format_version']})",
+            "upgrade uniattn-export",
+        )
+    try:
+        uniattn = _check_folder(path, manifest, verify_hashes)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise UniAttnError(
+            f"the artifact in {path} is malformed ({type(exc).__name__}: {exc} in its manifest or graph)",
+            "re-export the model",
+        ) from None
+    return Artifact(path=path, manifest=manifest, uniattn=uniattn)

@@ -1,0 +1,149 @@
+"""Portable definitions of the custom ops: model-local ONNX functions (docs/ops.md).
+
+Attached to every exported model under the custom nodes' own domain and name, so any ONNX
+runtime without our kernels (plain onnxruntime, onnx.reference, TensorRT without plugins)
+inlines them. A registered kernel or plugin wins over them where present. Bodies use only
+opset-18 standard ops; statistics are float32 as the contract requires. Rows that see no key
+give probabilities 0, output 0 and lse +inf without producing a NaN on the way.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx.inliner
+import onnxscript
+from onnxscript import opset18 as op
+
+from .ops import DOMAIN, ONNX_OPSET, uniattn_opset
+
+assert op.version == ONNX_OPSET  # noqa: S101 - the bodies are written against this opset
+
+
+@onnxscript.script(default_opset=op)
+def _append(past, packed, kv_heads):
+    """present = concat(past (B, Hkv, P, D), packed (B, L, Hkv*D) as (B, Hkv, L, D))."""
+    batch_len = op.Shape(packed, start=0, end=2)
+    head_dim = op.Shape(past, start=3, end=4)
+    heads = op.Reshape(packed, op.Concat(batch_len, kv_heads, head_dim, axis=0))
+    return op.Concat(past, op.Transpose(heads, perm=[0, 2, 1, 3]), axis=2)
+
+
+@onnxscript.script(default_opset=op)
+def _masked_scores(query, key_cache, attention_mask, q_heads, kv_heads, scale, is_causal, sliding_window):
+    """float32 scores (B, Hkv, g, L, S), keys hidden by docs/ops.md's visibility rule at -inf.
+
+    Query head h = kv*g + r reads KV head kv. q_heads / kv_heads are 1-element int64
+    tensors; the flags int64 scalars."""
+    batch = op.Shape(query, start=0, end=1)
+    query_len = op.Shape(query, start=1, end=2)
+    key_len = op.Shape(key_cache, start=2, end=3)
+    head_dim = op.Shape(key_cache, start=3, end=4)
+    q = op.Reshape(op.Cast(query, to=1), op.Concat(batch, query_len, q_heads, head_dim, axis=0))
+    q = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Concat(batch, kv_heads, q_heads / kv_heads, query_len, head_dim, axis=0))
+    k = op.Unsqueeze(op.Cast(key_cache, to=1), [2])  # (B, Hkv, 1, S, D)
+    scores = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3])) * scale
+
+    zero = op.Constant(value_int=0)
+    one = op.Constant(value_int=1)
+    last = op.Squeeze(key_len)
+    query_pos = op.Unsqueeze(op.Range(last - op.Squeeze(query_len), last, one), [1])  # (L, 1)
+    key_pos = op.Unsqueeze(op.Range(zero, last, one), [0])  # (1, S)
+    causal_ok = op.Or(op.Equal(is_causal, zero), op.LessOrEqual(key_pos, query_pos))
+    window_ok = op.Or(op.Equal(sliding_window, zero), op.Less(query_pos - key_pos, sliding_window))
+    padding_ok = op.Unsqueeze(op.Not(op.Equal(attention_mask, zero)), [1, 2, 3])  # (B, 1, 1, 1, S)
+    visible = op.And(padding_ok, op.And(causal_ok, window_ok))
+    return op.Where(visible, scores, op.Constant(value_float=float("-inf")))
+
+
+@onnxscript.script(default_opset=op)
+def _apply_probs(probs, value_cache, like):
+    """probs (B, Hkv, g, L, S) float32 x V (B, Hkv, S, D), accumulated in float32, returned
+    packed (B, L, Hq*D) in the type of `like`."""
+    out = op.MatMul(probs, op.Unsqueeze(op.Cast(value_cache, to=1), [2]))  # (B, Hkv, g, L, D)
+    batch_heads = op.Shape(probs, start=0, end=1)
+    query_len = op.Shape(probs, start=3, end=4)
+    head_dim = op.Shape(value_cache, start=3, end=4)
+    minus_one = op.Constant(value_ints=[-1])
+    out = op.Reshape(out, op.Concat(batch_heads, minus_one, query_len, head_dim, axis=0))
+    packed = op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), op.Concat(batch_heads, query_len, minus_one, axis=0))
+    return op.CastLike(packed, like)
+
+
+@onnxscript.script(opset=uniattn_opset, default_opset=op)
+def UniAttnProducer(
+    query, key, value, past_key, past_value, attention_mask,
+    num_heads: int, kv_num_heads: int, scale: float, is_causal: int = 1,
+    sliding_window: int = 0, probs_max_query_len: int = 16,
+    plugin_version: str = "1", plugin_namespace: str = "uniattn",
+):  # fmt: skip
+    q_heads = op.Unsqueeze(op.Constant(value_int=num_heads), [0])
+    kv_heads = op.Unsqueeze(op.Constant(value_int=kv_num_heads), [0])
+    present_key = _append(past_key, key, kv_heads)
+    present_value = _append(past_value, value, kv_heads)
+    masked = _masked_scores(
+        query, present_key, attention_mask, q_heads, kv_heads, op.Constant(value_float=scale),
+        op.Constant(value_int=is_causal), op.Constant(value_int=sliding_window),
+    )  # fmt: skip
+    row_max = op.ReduceMax(masked, [-1], keepdims=1)
+    row_sees_a_key = op.Not(op.IsInf(row_max, detect_positive=0))
+    safe_max = op.Where(row_sees_a_key, row_max, op.Constant(value_float=0.0))
+    exps = op.Exp(masked - safe_max)  # exp(-inf) = 0 for hidden keys
+    sums = op.ReduceSum(exps, [-1], keepdims=1)
+    denominators = op.Where(row_sees_a_key, sums, op.Constant(value_float=1.0))
+    probs = exps / denominators
+    lse = op.Where(row_sees_a_key, safe_max + op.Log(denominators), op.Constant(value_float=float("inf")))
+    output = _apply_probs(probs, present_value, query)
+
+    batch = op.Shape(query, start=0, end=1)
+    query_len = op.Shape(query, start=1, end=2)
+    key_len = op.Shape(present_key, start=2, end=3)
+    all_probs = op.CastLike(op.Reshape(probs, op.Concat(batch, q_heads, query_len, key_len, axis=0)), query)
+    shared_lse = op.Reshape(lse, op.Concat(batch, q_heads, query_len, axis=0))
+    # Decode-sized calls hand their probabilities on; longer ones an empty (..., 0) tensor.
+    limit = op.Unsqueeze(op.Constant(value_int=probs_max_query_len), [0])
+    width = op.Where(op.LessOrEqual(query_len, limit), key_len, op.Constant(value_ints=[0]))
+    shared_probs = op.Slice(all_probs, op.Constant(value_ints=[0]), width, op.Constant(value_ints=[3]))
+    return output, present_key, present_value, shared_probs, shared_lse
+
+
+@onnxscript.script(opset=uniattn_opset, default_opset=op)
+def UniAttnConsumer(
+    value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key,
+    num_heads: int, kv_num_heads: int, scale: float, is_causal: int = 1, sliding_window: int = 0,
+    plugin_version: str = "1", plugin_namespace: str = "uniattn",
+):  # fmt: skip
+    # Always the exact recompute branch: exp(s - lse) is the producer's softmax, so it is
+    # right whether or not shared_probs was emitted, and needs no data-dependent control flow.
+    q_heads = op.Unsqueeze(op.Constant(value_int=num_heads), [0])
+    kv_heads = op.Unsqueeze(op.Constant(value_int=kv_num_heads), [0])
+    present_value = _append(past_value, value, kv_heads)
+    masked = _masked_scores(
+        producer_query, producer_key, attention_mask, q_heads, kv_heads, op.Constant(value_float=scale),
+        op.Constant(value_int=is_causal), op.Constant(value_int=sliding_window),
+    )  # fmt: skip
+    lse_shape = op.Concat(op.Shape(masked, start=0, end=4), op.Constant(value_ints=[1]), axis=0)
+    probs = op.Exp(masked - op.Reshape(shared_lse, lse_shape))  # hidden keys: exp(-inf) = 0
+    output = _apply_probs(probs, present_value, value)
+    return output, present_value
+
+
+def function_protos() -> list[onnx.FunctionProto]:
+    """The two op functions, helpers inlined (bodies of standard ops only), ready for
+    `model.functions`."""
+    helpers = (_append, _masked_scores, _apply_probs)
+    helper_domain = _append.to_function_proto().domain
+    holder = onnx.helper.make_model(
+        onnx.helper.make_graph([], "holder", [], []),
+        functions=[f.to_function_proto() for f in (UniAttnProducer, UniAttnConsumer, *helpers)],
+        opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
+    )
+    inlined = onnx.inliner.inline_selected_functions(
+        holder, [(helper_domain, f.name) for f in helpers]
+    )
+    protos = list(inlined.functions)
+    for proto in protos:
+        assert proto.domain == DOMAIN  # noqa: S101 - every helper call was inlined
+        kept = [imp for imp in proto.opset_import if imp.domain != helper_domain]
+        del proto.opset_import[:]
+        proto.opset_import.extend(kept)
+    return protos

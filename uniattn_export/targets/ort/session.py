@@ -1,0 +1,165 @@
+"""Generation over an exported artifact with ONNX Runtime (CPU, or CUDA with IOBinding).
+
+The project's custom-op library (uniattn_export.native.ort_custom_op_library()) is
+registered automatically when it was built, so the `uniattn` nodes run our kernels;
+without it onnxruntime inlines the model-local function bodies. `description` says which.
+
+On CUDA the caches and the shared state never leave the device: each step binds the
+previous step's `present.*` OrtValues (device memory ORT allocated) as this step's
+`past_key_values.*`, and only the token ids, mask and positions go up and the logits come
+down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from ...errors import UniAttnError
+from ...export.artifact import Artifact, load_artifact
+from ...native import ort_custom_op_library
+from ..session import GenerationSession
+
+Device = Literal["cpu", "cuda"]
+_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
+FUNCTION_BODIES = "ONNX function bodies (no custom-op library)"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class OrtSession(GenerationSession):
+    """An onnxruntime InferenceSession over an artifact, with the KV cache kept inside.
+
+    custom_ops: None registers the library when it is built; True requires it; False
+    never loads it (function bodies only). io_binding: keep the caches as OrtValues on the
+    device between steps (always on CUDA; optional on the CPU).
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact | str | Path,
+        *,
+        device: Device = "cpu",
+        device_id: int = 0,
+        custom_ops: bool | None = None,
+        io_binding: bool | None = None,
+        intra_op_threads: int = 0,
+    ):
+        import onnxruntime as ort
+
+        self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        self.device, self.device_id = device, device_id
+        # The CUDA path always binds; on the CPU binding is optional (same code, testable here).
+        self.io_binding = device == "cuda" or bool(io_binding)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+        library = ort_custom_op_library() if custom_ops is not False else None
+        if custom_ops and library is None:
+            raise UniAttnError(
+                "the custom-op library (libuniattn_ort.so) is not built",
+                "build the package with its native libraries, or run without --custom-ops",
+            )
+        if library is not None:
+            try:
+                options.register_custom_ops_library(library)
+            except Exception as exc:  # onnxruntime reports a failed dlopen/registration this way
+                raise UniAttnError(
+                    f"onnxruntime {ort.__version__} cannot load the custom-op library {library} ({_first_line(exc)})",
+                    "rebuild it for this onnxruntime, or run with --custom-ops off",
+                ) from None
+        self.custom_op_library = library
+
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UniAttnError(
+                    f"onnxruntime {ort.__version__} here has no CUDA execution provider",
+                    "install onnxruntime-gpu (same version) or run on the CPU",
+                )
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        elif device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise UniAttnError(f"unknown device {device!r}", "use cpu or cuda")
+        try:
+            self.session = ort.InferenceSession(str(self.artifact.onnx_path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types per status code
+            if self.artifact.dtype == "bfloat16" and device == "cpu":
+                raise UniAttnError(
+                    f"onnxruntime's CPU execution provider cannot run this bfloat16 artifact ({_first_line(exc)})",
+                    "run bfloat16 artifacts with --device cuda, or export float16 or float32 for the CPU",
+                ) from None
+            raise UniAttnError(
+                f"onnxruntime cannot load {self.artifact.onnx_path} ({_first_line(exc)})",
+                "re-export the model with this version of uniattn-export",
+            ) from None
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise UniAttnError("onnxruntime did not enable the CUDA execution provider", "check the CUDA installation")
+
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.cache_names = self.artifact.cache_names()
+        self._cache_shapes = {}
+        for spec in self.artifact.input_specs:
+            if spec["name"].startswith("past_key_values."):
+                self._cache_shapes[spec["name"]] = (spec["shape"][1], spec["shape"][3])
+        self._cache: dict = {}
+        kernels = f"custom-op library {library}" if library else FUNCTION_BODIES
+        self.description = (
+            f"onnxruntime {ort.__version__}, {self.session.get_providers()[0]}, {kernels}, "
+            f"{self.artifact.dtype}"
+        )
+
+    @property
+    def uses_custom_ops(self) -> bool:
+        return self.custom_op_library is not None
+
+    def reset(self, batch_size: int) -> None:
+        import onnxruntime as ort
+
+        self._cache = {}
+        for name, (heads, head_dim) in self._cache_shapes.items():
+            shape = [batch_size, heads, 0, head_dim]
+            if self.io_binding:
+                self._cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, _ONNX_TYPES[self.artifact.dtype], self.device, self.device_id
+                )
+            else:
+                self._cache[name] = np.zeros(shape, dtype=np.dtype(self.artifact.dtype))
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        if not self._cache:
+            raise UniAttnError("step() called before reset()", "call reset(batch_size) first")
+        if self.io_binding:
+            return self._step_bound(input_ids, attention_mask, position_ids)
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, **self._cache}
+        results = dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        self._cache = {past: results[present] for past, present in self.cache_names}
+        return results["logits"]
+
+    def _step_bound(self, input_ids, attention_mask, position_ids) -> np.ndarray:
+        """One step with IOBinding: the previous step's present.* OrtValues (device memory
+        ORT allocated) are this step's past_key_values.*; ids, mask and positions go up,
+        the logits come down, nothing else crosses."""
+        binding = self.session.io_binding()
+        for name, host in (("input_ids", input_ids), ("attention_mask", attention_mask), ("position_ids", position_ids)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(host, dtype=np.int64))
+        for past, _ in self.cache_names:
+            binding.bind_ortvalue_input(past, self._cache[past])
+        bound = ["logits"] + [present for _, present in self.cache_names]
+        binding.bind_output("logits", "cpu")
+        for present in bound[1:]:
+            binding.bind_output(present, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(bound, binding.get_outputs()))
+        self._cache = {past: outputs[present] for past, present in self.cache_names}
+        return outputs["logits"].numpy()
+
+    def cache_on_device(self) -> bool:
+        """True when every cache tensor is an OrtValue in the session device's memory, where
+        IOBinding keeps it between steps (on CUDA: no host copies of the cache)."""
+        return self.io_binding and all(v.device_name() == self.device for v in self._cache.values())

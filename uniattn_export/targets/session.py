@@ -1,0 +1,168 @@
+"""The generation loop every runtime shares (ONNX Runtime, TensorRT, the PyTorch reference).
+
+A runtime implements `reset(batch)` (empty caches) and `step(...)` (one forward call over
+new tokens, its caches kept inside); `generate` does the rest the same way for all of
+them: left-padded batches, position ids, greedy or sampled choice, eos/pad handling and,
+optionally, the logits of every step. Because the loop is shared, two runtimes fed the same
+prompts see identical inputs at every step, which is what validation compares.
+
+Conventions (those of transformers' generate): prompts are left-padded with `pad_token_id`
+and attention_mask 0; position ids count real tokens only (a padding slot gets 0); a row
+that emitted eos gets `pad_token_id` afterwards and stays in the batch with mask 1.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UniAttnError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; generation without one is greedy."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise UniAttnError(f"temperature must be > 0, got {self.temperature}", "omit it for greedy decoding")
+        if self.top_k is not None and self.top_k < 1:
+            raise UniAttnError(f"top_k must be >= 1, got {self.top_k}", "pass a positive top-k")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UniAttnError(f"top_p must be in (0, 1], got {self.top_p}", "pass e.g. --top-p 0.9")
+
+
+@dataclass
+class Generation:
+    """What `generate` returns.
+
+    tokens[b, t]: the token chosen at step t (pad after the row's eos), shape (B, steps).
+    prompt_ids / prompt_mask: the left-padded prompt batch that was fed at step 0.
+    step_logits[t]: float32 logits of step t, (B, L_t, V) where step 0 covers the padded
+    prompt (L_0 = prompt length, or 1 for artifacts that keep only the last position) and
+    later steps one token; None unless requested.
+    """
+
+    tokens: np.ndarray
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+    step_logits: list[np.ndarray] | None = None
+    finished: np.ndarray | None = None  # (B,) rows that emitted eos
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UniAttnError("every prompt needs at least one token", "drop empty prompts")
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def position_ids_for(mask: np.ndarray) -> np.ndarray:
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+
+
+def choose_tokens(logits: np.ndarray, sampling: Sampling | None, rng: np.random.Generator) -> np.ndarray:
+    """Next token per row from (B, V) logits: argmax, or a draw after temperature/top-k/top-p."""
+    if sampling is None:
+        return logits.argmax(axis=-1)
+    scores = logits.astype(np.float64) / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < scores.shape[-1]:
+        kth = np.partition(scores, -sampling.top_k, axis=-1)[:, -sampling.top_k][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        order = np.argsort(-scores, axis=-1)
+        ranked = np.take_along_axis(scores, order, axis=-1)
+        probs = np.exp(ranked - ranked[:, :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        mass_before = np.cumsum(probs, axis=-1) - probs
+        # Keep the smallest prefix whose mass reaches top_p (at least the top token).
+        ranked = np.where(mass_before < sampling.top_p, ranked, -np.inf)
+        scores = np.full_like(scores, -np.inf)
+        np.put_along_axis(scores, order, ranked, axis=-1)
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    draws = rng.random(len(probs))[:, None]
+    return np.minimum((np.cumsum(probs, axis=-1) < draws).sum(axis=-1), probs.shape[-1] - 1)
+
+
+class GenerationSession(ABC):
+    """A runtime that can run the exported graph step by step."""
+
+    #: one line saying what runs (library, execution provider, kernels or function bodies)
+    description: str = ""
+
+    @abstractmethod
+    def reset(self, batch_size: int) -> None:
+        """Drop the caches; the next step starts a new batch of `batch_size` rows."""
+
+    @abstractmethod
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """Run new tokens (B, L) over the cached ones; returns float32 logits (B, L or 1, V).
+
+        attention_mask covers cached + new tokens (B, S). The caches grow by L.
+        """
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        *,
+        sampling: Sampling | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int = 0,
+        return_logits: bool = False,
+        forced_tokens: np.ndarray | None = None,
+    ) -> Generation:
+        """Generate up to `max_new_tokens` tokens per prompt.
+
+        forced_tokens (B, max_new_tokens): feed these instead of the chosen tokens (teacher
+        forcing), so two runtimes can be compared step by step on identical inputs; the
+        returned tokens are still the ones this runtime chose.
+        """
+        if max_new_tokens < 1:
+            raise UniAttnError(f"max_new_tokens must be >= 1, got {max_new_tokens}", "pass a positive number")
+        ids, mask = left_pad(prompts, pad_token_id)
+        batch = len(ids)
+        if forced_tokens is not None and (
+            forced_tokens.shape[0] != batch or forced_tokens.shape[1] < max_new_tokens
+        ):
+            raise UniAttnError(
+                f"forced_tokens has shape {forced_tokens.shape}, need ({batch}, >= {max_new_tokens})",
+                "pass one forced token per row and step",
+            )
+        rng = np.random.default_rng(sampling.seed if sampling else 0)
+        self.reset(batch)
+        chosen = np.full((batch, max_new_tokens), pad_token_id, dtype=np.int64)
+        finished = np.zeros(batch, dtype=bool)
+        step_logits = [] if return_logits else None
+        step_ids, step_mask, positions = ids, mask, position_ids_for(mask)
+        for t in range(max_new_tokens):
+            logits = self.step(step_ids, step_mask, positions)
+            if step_logits is not None:
+                step_logits.append(logits)
+            tokens = choose_tokens(logits[:, -1, :], sampling, rng)
+            tokens = np.where(finished, pad_token_id, tokens)
+            chosen[:, t] = tokens
+            if eos_token_id is not None:
+                finished |= tokens == eos_token_id
+            if t + 1 == max_new_tokens or (finished.all() and forced_tokens is None):
+                chosen = chosen[:, : t + 1]
+                break
+            fed = forced_tokens[:, t] if forced_tokens is not None else tokens
+            step_ids = fed[:, None].astype(np.int64)
+            step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
+            positions = positions[:, -1:] + 1
+        return Generation(chosen, ids, mask, step_logits, finished)

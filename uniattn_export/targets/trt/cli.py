@@ -1,0 +1,102 @@
+"""The TensorRT flags of `uniattn-export model ... --target trt`, and the build they drive.
+
+The `model` command calls `add_arguments(parser)` when it builds its parser and
+`build_from_args(args, artifact_dir)` after the export; the engine lands in
+ARTIFACT/trt/ (engine.plan + engine_manifest.json). Heavy imports happen in the build only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+TRT_DIR = "trt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .profiles import ProfileSpec
+
+    defaults = ProfileSpec()
+    group = parser.add_argument_group(
+        "TensorRT (--target trt)",
+        "Engines are built with the TensorRT in this environment: NVIDIA TensorRT 10/11 (on "
+        "the GPU it will run on) or TensorRT-RTX 1.x (on any machine, for Ampere/Ada/Blackwell).",
+    )
+    group.add_argument("--trt-plugins", choices=("uniattn", "none"), default="uniattn",
+                       help="uniattn: the custom nodes run the UniAttn plugins (shared kernels); "
+                            "none: a self-contained engine from the ONNX function bodies")
+    group.add_argument("--trt-batch", default=str(defaults.batch), metavar="MIN:OPT:MAX",
+                       help="batch sizes of the optimization profile (default %(default)s)")
+    group.add_argument("--trt-seq", default=str(defaults.sequence), metavar="MIN:OPT:MAX",
+                       help="new tokens per call: 1 in decode, the prompt in prefill (default %(default)s)")
+    group.add_argument("--trt-past", default=str(defaults.past), metavar="MIN:OPT:MAX",
+                       help="cached tokens before a call (default %(default)s)")
+    group.add_argument("--trt-precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                       help="must match the exported dtype: networks are strongly typed (default auto)")
+    group.add_argument("--trt-tf32", action="store_true", help="allow TF32 math in float32 layers")
+    group.add_argument("--trt-opt-level", type=int, default=3, metavar="0-5",
+                       help="builder optimization level (default %(default)s)")
+    group.add_argument("--trt-workspace-mib", type=int, default=None, metavar="MIB",
+                       help="cap on the builder's scratch memory")
+    group.add_argument("--trt-timing-cache", type=Path, default=None, metavar="PATH",
+                       help="read and update this timing cache (faster rebuilds)")
+    group.add_argument("--trt-compute-capability", default="", metavar="LIST",
+                       help="TensorRT-RTX only: targets, e.g. 8.6,8.9 (default: all it supports)")
+    group.add_argument("--trt-flavour", choices=("tensorrt", "tensorrt_rtx"), default=None,
+                       help="which TensorRT when both are installed")
+    group.add_argument("--trt-preflight-only", action="store_true",
+                       help="report whether every custom node resolves, and build nothing")
+
+
+def options_from_args(args: argparse.Namespace):
+    from .build import BuildOptions
+    from .profiles import DimRange, ProfileSpec
+
+    profile = ProfileSpec(
+        batch=DimRange.parse(args.trt_batch, "--trt-batch", 1),
+        sequence=DimRange.parse(args.trt_seq, "--trt-seq", 1),
+        past=DimRange.parse(args.trt_past, "--trt-past", 0),
+    )
+    return BuildOptions(
+        plugins=args.trt_plugins,
+        profile=profile,
+        precision=args.trt_precision,
+        tf32=args.trt_tf32,
+        optimization_level=args.trt_opt_level,
+        workspace_mib=args.trt_workspace_mib,
+        timing_cache=args.trt_timing_cache,
+        compute_capabilities=tuple(c.strip() for c in args.trt_compute_capability.split(",") if c.strip()),
+        flavour=args.trt_flavour,
+    )
+
+
+def build_from_args(args: argparse.Namespace, artifact_dir: Path) -> dict:
+    """Build ARTIFACT/trt/ from an exported artifact; returns the report (JSON-ready)."""
+    from ...export import load_artifact
+    from . import compat
+    from .build import build_engine
+    from .graph import load_graph
+    from .preflight import preflight
+
+    options = options_from_args(args)
+    artifact = load_artifact(artifact_dir)
+    if args.trt_preflight_only:
+        checks = preflight(load_graph(artifact.onnx_path), compat.load(options.flavour))
+        return {"target": "trt", "preflight": checks.to_dict(), "engine": None}
+    built = build_engine(artifact.onnx_path, Path(artifact_dir) / TRT_DIR, options)
+    manifest = built.manifest
+    return {
+        "target": "trt",
+        "engine": str(built.engine_path),
+        "tensorrt": manifest["tensorrt"],
+        "compute_capabilities": manifest["target"]["compute_capabilities"],
+        "plugins": manifest["plugins"]["mode"],
+        "dtype": manifest["dtype"],
+        "profile": manifest["profiles"][0]["dims"],
+        "network": {k: manifest["network"][k] for k in ("layers", "layer_types")},
+        "plugin_layers": [layer["name"] for layer in manifest["network"]["plugin_layers"]],
+        "engine_bytes": manifest["engine"]["bytes"],
+        "build_seconds": manifest["build"]["seconds"],
+        "preflight": built.preflight.to_dict(),
+        "engine_executed": False,  # a build never runs the engine; that needs a GPU it supports
+    }
