@@ -148,7 +148,7 @@ def create_app(artifact_dir: str | Path, *, workers: int = 1, device: str = "cpu
                 [ids], body.max_new_tokens, sampling=body.sampling(),
                 eos_token_id=eos_token_id, pad_token_id=pad_token_id,
             )  # fmt: skip
-        tokens = run.sequences(pad_token_id, eos_token_id)[0]
+        tokens = run.sequences(eos_token_id)[0]
         text = None
         if tokenizer is not None:
             with tokenizer_lock:

@@ -76,7 +76,7 @@ def test_eos_stops_rows_and_pads_like_python(runtimes):
     expected = python.generate(PROMPTS, MAX_NEW, eos_token_id=eos, pad_token_id=pad)
     got = c.generate(PROMPTS, MAX_NEW, eos_token_id=eos, pad_token_id=pad)
     np.testing.assert_array_equal(got.tokens, expected.tokens)
-    lengths = [len(s) for s in expected.sequences(pad, eos)]
+    lengths = [len(s) for s in expected.sequences(eos)]
     assert got.lengths.tolist() == lengths
     assert lengths[1] <= 3 and got.tokens[1, lengths[1]:].tolist() == [pad] * (got.tokens.shape[1] - lengths[1])
 

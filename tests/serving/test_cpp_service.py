@@ -70,7 +70,7 @@ def test_eos_and_pad(cpp_service, tiny_artifact, prompt_file, python_runtime):
     out = _generate(cpp_service, tiny_artifact, prompt_file, "--max-new-tokens", 12, "--eos", eos, "--pad", 2)
     expected = python_runtime.generate(PROMPTS, 12, eos_token_id=eos, pad_token_id=2)
     assert out["tokens"] == expected.tokens.tolist()
-    assert out["lengths"] == [len(s) for s in expected.sequences(2, eos)]
+    assert out["lengths"] == [len(s) for s in expected.sequences(eos)]
     assert out["lengths"][0] <= 4
 
 

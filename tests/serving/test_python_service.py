@@ -54,7 +54,7 @@ def reference(tiny_artifact):
 
     def expected(ids, max_new_tokens=16, sampling=None):
         run = session.generate([ids], max_new_tokens, sampling=sampling, eos_token_id=EOS, pad_token_id=PAD)
-        return run.sequences(PAD, EOS)[0]
+        return run.sequences(EOS)[0]
 
     return expected
 

@@ -57,6 +57,15 @@ class Generation:
     step_logits: list[np.ndarray] | None = None
     finished: np.ndarray | None = None  # (B,) rows that emitted eos
 
+    def sequences(self, eos_token_id: int | None) -> list[list[int]]:
+        """Each row's generated tokens up to and including its first eos (no padding)."""
+        rows = []
+        for row in self.tokens.tolist():
+            if eos_token_id is not None and eos_token_id in row:
+                row = row[: row.index(eos_token_id) + 1]
+            rows.append(row)
+        return rows
+
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
     if not prompts or any(len(p) == 0 for p in prompts):
