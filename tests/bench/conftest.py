@@ -1,0 +1,54 @@
+"""Tiny artifacts for the benchmark tests, built once per session the way a GPU machine whose
+exporter fails gets them: `prepare_preset` exports the tiny preset's graphs without weight
+files, then `run_preset` over that folder refills the weights (and runs a first benchmark)."""
+
+from __future__ import annotations
+
+import pytest
+
+from uniattn_export.bench import BenchSettings, prepare_preset, run_preset
+from uniattn_export.bench.build import ARTIFACT_FOLDER, BASELINE_FOLDER
+from uniattn_export.export import load_artifact
+
+# float32: the tests compare logits of two runtimes on the same random cache.
+DTYPE = "float32"
+
+
+def small_settings(**overrides) -> BenchSettings:
+    """A matrix that runs in seconds on the CPU."""
+    fields = dict(
+        batches=(1, 2), contexts=(8, 24), device="cpu", decode_steps=3, warmup_steps=1, prefill_repeats=2,
+        backends=("ort-library", "ort-bodies", "transformers-dynamic"), time_budget=600.0,
+    )  # fmt: skip
+    fields.update(overrides)
+    return BenchSettings(**fields)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """(prepare report, folder) of the tiny preset's weight-less artifacts."""
+    folder = tmp_path_factory.mktemp("prepared")
+    return prepare_preset("tiny", folder, dtype=DTYPE), folder
+
+
+@pytest.fixture(scope="session")
+def preset_run(prepared, tmp_path_factory):
+    """(bench document, output folder, work folder) of run_preset over the prepared folder."""
+    _, work = prepared
+    out = tmp_path_factory.mktemp("preset_run")
+    doc = run_preset("tiny", out, work_dir=work, dtype=DTYPE, settings=small_settings())
+    return doc, out, work
+
+
+@pytest.fixture(scope="session")
+def artifacts(preset_run):
+    """(UniAttn artifact, base artifact) with their weights filled in."""
+    _, _, work = preset_run
+    return load_artifact(work / ARTIFACT_FOLDER), load_artifact(work / BASELINE_FOLDER)
+
+
+@pytest.fixture
+def settings():
+    """settings(**overrides) -> BenchSettings of a small CPU matrix."""
+    return small_settings
+

@@ -1,0 +1,73 @@
+"""Random-weight artifacts: the preset layer map, prepared (weight-less) artifacts and the
+refill of their weights on the machine that runs them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from uniattn_export.bench.build import (
+    ARTIFACT_FOLDER, BASELINE_FOLDER, preset_layer_map, preset_targets, reuse_artifact,
+)  # fmt: skip
+from uniattn_export.errors import UniAttnError
+from uniattn_export.export.artifact import EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE, sha256_of
+
+
+def test_llama_1b_preset_has_superblocks_of_4_over_the_top_half():
+    layer_map = preset_layer_map(16)
+    assert layer_map.producers == [8, 12]
+    assert layer_map.consumers == [9, 10, 11, 13, 14, 15]
+    assert layer_map.kv_cache_saving == 6 / 32
+    assert [layer_map.role(i) for i in range(8)] == ["ordinary"] * 8
+
+
+def test_tiny_preset_layer_map():
+    layer_map = preset_layer_map(6)
+    assert layer_map.layer_map == {3: (4, 5)}
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(UniAttnError, match="unknown preset 'llama-70b'. Use one of llama-3.2-1b, tiny"):
+        preset_targets("llama-70b", tmp_path)
+
+
+def test_prepared_artifacts_carry_graphs_only(prepared):
+    report, folder = prepared
+    for target, name in (("artifact", ARTIFACT_FOLDER), ("baseline", BASELINE_FOLDER)):
+        manifest = json.loads((folder / name / MANIFEST_FILE).read_text())
+        assert EXTERNAL_DATA_FILE in manifest["files"]  # the weights were external ...
+        assert not (folder / name / EXTERNAL_DATA_FILE).exists()  # ... and are gone
+        assert report["bytes_left"][target] < manifest["files"][EXTERNAL_DATA_FILE]["bytes"]
+    assert report["steps"]["artifact"]["reused"] is False
+
+
+def test_refilled_weights_are_finite_random_values_with_a_matching_hash(preset_run, artifacts):
+    doc, _, work = preset_run
+    assert doc["build"]["status"] == "ok"
+    assert doc["build"]["steps"]["artifact"]["reused"] is True  # found prepared, weights refilled
+    for artifact in artifacts:
+        entry = artifact.manifest["files"][EXTERNAL_DATA_FILE]
+        data = artifact.path / EXTERNAL_DATA_FILE
+        assert data.stat().st_size == entry["bytes"]
+        assert sha256_of(data) == entry["sha256"]
+        graph = onnx.load(artifact.path / MODEL_FILE, load_external_data=False).graph
+        external = {t.name for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        model = onnx.load(artifact.path / MODEL_FILE)  # reads the refilled file
+        weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name in external]
+        assert weights and all(np.isfinite(w).all() for w in weights)
+        largest = max(weights, key=np.size)
+        assert 0.01 < largest.std() < 0.04  # the refill's scale (0.02), not zeros or garbage
+
+
+def test_reuse_only_what_matches(artifacts):
+    uniattn, base = artifacts
+    geometry = uniattn.manifest["geometry"]
+    assert reuse_artifact(uniattn.path, "float32", uniattn.uniattn, geometry) is not None
+    assert reuse_artifact(uniattn.path, "float16", uniattn.uniattn, geometry) is None
+    assert reuse_artifact(uniattn.path, "float32", base.uniattn, geometry) is None
+    assert reuse_artifact(uniattn.path, "float32", uniattn.uniattn, {**geometry, "hidden_size": 128}) is None
+    assert reuse_artifact(uniattn.path / "missing", "float32", uniattn.uniattn, geometry) is None

@@ -1,0 +1,239 @@
+"""The benchmark run on the CPU with tiny artifacts: what it records (numbers are not
+asserted, their relations are), the runtimes' decode on a directly built cache, the time
+budget, skips and failures, and the errors for bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uniattn_export.bench import run_bench, run_preset
+from uniattn_export.bench.report import JSON_FILE, PLOT_FILE, RATIOS
+from uniattn_export.bench.runtimes import OrtRuntime, TransformersRuntime
+from uniattn_export.errors import UniAttnError
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: per-op overhead only
+
+# The tiny preset: 6 layers, 2 KV heads of 16, layers 4-5 consume layer 3 (no K), float32.
+LAYERS, KV_HEADS, HEAD_DIM, CONSUMERS, ITEMSIZE = 6, 2, 16, 2, 4
+
+
+def kv_bytes(batch: int, context: int, consumers: int) -> int:
+    """K and V for every layer but no K for consumers (the layer map formula)."""
+    return batch * context * (2 * LAYERS - consumers) * KV_HEADS * HEAD_DIM * ITEMSIZE
+
+
+def test_the_document_covers_every_runtime_and_cell(preset_run):
+    doc, out, _ = preset_run
+    assert doc["complete"] and doc["stopped"] is None and doc["failures"] == 0
+    assert json.loads((out / JSON_FILE).read_text()) == doc
+    ids = [r["id"] for r in doc["runtimes"]]
+    assert ids == [
+        "artifact/ort-library", "baseline/ort-library", "baseline/transformers-dynamic",
+        "artifact/ort-bodies", "baseline/ort-bodies",
+    ]  # fmt: skip
+    # ort-library rows need the custom-op library (built by `pip install .`).
+    assert [r["status"] for r in doc["runtimes"]] == ["ok"] * len(ids)
+    cells = {(r["runtime"], r["batch"], r["context"]) for r in doc["results"]}
+    assert cells == set(itertools.product(ids, (1, 2), (8, 24)))
+    assert len(doc["results"]) == len(cells)
+    assert doc["models"]["artifact"]["consumers"] == [4, 5] and doc["models"]["baseline"]["consumers"] == []
+    assert doc["device"]["type"] == "cpu" and doc["settings"]["batches"] == [1, 2]
+
+
+def test_measurements_are_consistent(preset_run):
+    doc, _, _ = preset_run
+    weights = {r["id"]: r["weight_bytes"] for r in doc["runtimes"]}
+    for result in doc["results"]:
+        batch, context, decode, prefill = result["batch"], result["context"], result["decode"], result["prefill"]
+        assert decode["status"] == prefill["status"] == "ok", result
+        assert decode["samples"] == 3 and prefill["samples"] == 2 and len(decode["warmup_ms"]) == 1
+        assert 0 < decode["min_ms"] <= decode["median_ms"] <= decode["p90_ms"]
+        assert decode["tokens_per_s"] == pytest.approx(batch / (decode["median_ms"] / 1000))
+        assert prefill["tokens_per_s"] == pytest.approx(batch * context / (prefill["median_ms"] / 1000))
+        total = weights[result["runtime"]] + result["kv_cache_bytes"]
+        assert decode["effective_bandwidth_gbps"] == pytest.approx(total / (decode["median_ms"] / 1000) / 1e9)
+        assert result["peak_memory_bytes"] is None  # no device memory on the CPU
+
+
+def test_kv_cache_bytes_follow_the_layer_map(preset_run):
+    doc, _, _ = preset_run
+    for result in doc["results"]:
+        consumers = CONSUMERS if result["runtime"].startswith("artifact/") else 0
+        assert result["kv_cache_bytes"] == kv_bytes(result["batch"], result["context"], consumers), result["runtime"]
+    # The ORT artifacts and transformers agree on the base model's weights too.
+    weights = {r["id"]: r["weight_bytes"] for r in doc["runtimes"]}
+    assert weights["baseline/ort-bodies"] == pytest.approx(weights["baseline/transformers-dynamic"], rel=0.01)
+
+
+def test_ratios_divide_medians_of_the_same_cell(preset_run):
+    doc, _, _ = preset_run
+    medians = {(r["runtime"], r["batch"], r["context"], phase): r[phase]["median_ms"]
+               for r in doc["results"] for phase in ("decode", "prefill")}  # fmt: skip
+    names = {entry["name"] for entry in doc["ratios"]}
+    assert names == {name for name, numerator, denominator in RATIOS if "compiled" not in name}
+    for entry in doc["ratios"]:
+        for phase in ("decode", "prefill"):
+            top = medians[(entry["numerator"], entry["batch"], entry["context"], phase)]
+            bottom = medians[(entry["denominator"], entry["batch"], entry["context"], phase)]
+            assert entry[phase] == pytest.approx(top / bottom)
+    assert len(doc["ratios"]) == len(names) * 4
+
+
+def test_plot_is_a_png(preset_run):
+    import matplotlib.image
+
+    _, out, _ = preset_run
+    image = matplotlib.image.imread(out / PLOT_FILE)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    assert image.std() > 0.01  # lines were drawn, not an empty canvas
+
+
+def _decode_logits(runtime, batch=2, context=20, steps=3) -> np.ndarray:
+    run = runtime.start_decode(batch, context, steps)
+    for _ in range(steps):
+        run.step()
+    logits = run.last_logits()
+    runtime.close()
+    return logits
+
+
+def test_library_and_function_bodies_decode_the_same_cache_alike(artifacts):
+    uniattn, _ = artifacts
+    library = _decode_logits(OrtRuntime(uniattn, "artifact", "ort-library", "cpu", seed=5))
+    bodies = _decode_logits(OrtRuntime(uniattn, "artifact", "ort-bodies", "cpu", seed=5))
+    assert library.shape == (2, 1, 256) and np.isfinite(library).all()
+    np.testing.assert_allclose(library, bodies, rtol=1e-4, atol=1e-4)
+    other = _decode_logits(OrtRuntime(uniattn, "artifact", "ort-bodies", "cpu", seed=6))
+    assert np.abs(other - bodies).max() > 1e-3  # the cache's values matter: they were bound
+
+
+def test_ort_decode_grows_the_cache_like_generation(artifacts):
+    uniattn, _ = artifacts
+    runtime = OrtRuntime(uniattn, "artifact", "ort-bodies", "cpu", seed=0)
+    run = runtime.start_decode(2, 10, 2)
+    for _ in range(2):
+        run.step()
+    shapes = {name: value.shape() for name, value in run.pasts.items()}
+    assert shapes["past_key_values.4.value"] == [2, KV_HEADS, 12, HEAD_DIM]
+    assert "past_key_values.4.key" not in shapes and shapes["past_key_values.3.key"] == [2, KV_HEADS, 12, HEAD_DIM]
+    runtime.close()
+
+
+def test_static_cache_decodes_like_the_dynamic_cache(artifacts):
+    """The bench fills a StaticCache directly; with its unfilled slots masked, it must give
+    the DynamicCache's logits (same seed: same weights, cache and tokens)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(artifacts[1].path)
+    dynamic = _decode_logits(TransformersRuntime(config, "float32", "transformers-dynamic", "cpu", seed=3))
+    static = _decode_logits(TransformersRuntime(config, "float32", "transformers-static", "cpu", seed=3))
+    compiled = _decode_logits(
+        TransformersRuntime(config, "float32", "transformers-static-compiled", "cpu", seed=3, compile_backend="eager")
+    )
+    np.testing.assert_allclose(static, dynamic, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(compiled, dynamic, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_runs_only_on_requested_shapes(artifacts, settings, tmp_path):
+    uniattn, base = artifacts
+    chosen = settings(backends=("transformers-static-compiled",), compile_shapes=frozenset({(1, 8)}),
+                      compile_backend="eager")  # fmt: skip
+    doc = run_bench(uniattn, tmp_path, baseline=base, settings=chosen)
+    decode = {(r["batch"], r["context"]): r["decode"] for r in doc["results"]}
+    assert decode[(1, 8)]["status"] == "ok" and decode[(1, 8)]["compile_seconds"] > 0
+    assert decode[(2, 24)]["status"] == "skipped: torch.compile not requested for this shape (--compile 2x24)"
+    assert all(r["prefill"]["status"].startswith("not measured: generate() prefills eagerly") for r in doc["results"])
+
+
+def test_time_budget_stops_gracefully(artifacts, settings, tmp_path):
+    ticks = itertools.count()
+    doc = run_bench(*artifacts[:1], tmp_path, baseline=artifacts[1], settings=settings(time_budget=12.0),
+                    clock=lambda: float(next(ticks)))  # fmt: skip
+    statuses = [r["decode"]["status"] for r in doc["results"]]
+    budget = "skipped: time budget of 12 s spent"
+    assert statuses[0] == "ok" and budget in statuses
+    first_skip = statuses.index(budget)
+    assert set(statuses[first_skip:]) == {budget}  # nothing ran after the budget was spent
+    assert doc["complete"] and doc["stopped"].startswith("time budget of 12 s spent after")
+    assert f"{statuses.count(budget)} cells not run" in doc["stopped"]
+    assert json.loads((tmp_path / JSON_FILE).read_text()) == doc and (tmp_path / PLOT_FILE).is_file()
+
+
+def test_missing_library_skips_its_runtimes(artifacts, settings, tmp_path, monkeypatch):
+    monkeypatch.setattr("uniattn_export.bench.runtimes.ort_custom_op_library", lambda: None)
+    doc = run_bench(artifacts[0], tmp_path, settings=settings(backends=("ort-library",)))
+    reason = "skipped: the custom-op library (libuniattn_ort.so) is not built. Build the package's native libraries."
+    assert [r["status"] for r in doc["runtimes"]] == [reason]
+    assert {r["decode"]["status"] for r in doc["results"]} == {reason} and doc["failures"] == 0
+
+
+def test_failures_and_out_of_memory_are_recorded_and_the_run_goes_on(artifacts, settings, tmp_path, monkeypatch):
+    def decode_fails(self, batch, context, steps):
+        if batch == 1:
+            raise RuntimeError("Failed to allocate memory for requested buffer of size 1073741824")
+        raise ValueError("the kernel refused")
+
+    monkeypatch.setattr(OrtRuntime, "start_decode", decode_fails)
+    chosen = settings(backends=("ort-bodies", "transformers-dynamic"), contexts=(8,))
+    doc = run_bench(artifacts[0], tmp_path, settings=chosen)
+    decode = {(r["runtime"], r["batch"]): r["decode"]["status"] for r in doc["results"]}
+    assert decode[("artifact/ort-bodies", 1)].startswith("skipped: out of memory (RuntimeError: Failed to allocate")
+    assert decode[("artifact/ort-bodies", 2)] == "failed: ValueError: the kernel refused"
+    assert decode[("baseline/transformers-dynamic", 2)] == "ok"  # the run went on
+    assert all(r["prefill"]["status"] == "ok" for r in doc["results"])
+    assert doc["failures"] == 1 and doc["complete"]
+
+
+def test_prefill_that_cannot_fit_is_skipped(artifacts, settings, tmp_path, monkeypatch):
+    monkeypatch.setattr("uniattn_export.bench.run.device_free_bytes", lambda device: 1 << 10)
+    doc = run_bench(artifacts[0], tmp_path, settings=settings(backends=("ort-bodies",), contexts=(8,), batches=(1,)))
+    (result,) = doc["results"]
+    assert result["prefill"]["status"] == (
+        f"skipped: needs ~{result['prefill']['estimated_bytes'] / (1 << 30):.2f} GiB of device memory, 0.00 GiB free"
+    )
+    assert result["decode"]["status"] == "ok"
+
+
+def test_baseline_can_be_built_from_the_artifact(artifacts, settings, tmp_path):
+    doc = run_bench(artifacts[0], tmp_path, build_baseline=True,
+                    settings=settings(backends=("ort-bodies",), batches=(1,), contexts=(8,)))  # fmt: skip
+    assert doc["models"]["baseline"]["consumers"] == []
+    assert doc["models"]["baseline"]["path"] == str(tmp_path / "baseline_artifact")
+    assert [r["runtime"] for r in doc["results"]] == ["artifact/ort-bodies", "baseline/ort-bodies"]
+    assert doc["results"][1]["kv_cache_bytes"] == kv_bytes(1, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda a, b, out, s: run_bench(a.path / "nope", out, settings=s), r"artifact folder .*nope does not exist"),
+        (lambda a, b, out, s: run_bench(a, out, baseline=a, settings=s), r"the baseline .* has SuperBlocks \(6 layers"),
+        (lambda a, b, out, s: run_bench(a, out, baseline=b, build_baseline=True, settings=s),
+         "both a baseline artifact and --baseline build were given"),
+        (lambda a, b, out, s: run_preset("tiny", out, dtype="bfloat16", settings=s),
+         "onnxruntime's CPU execution provider has no bfloat16 kernels"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_error_and_writes_nothing(artifacts, settings, tmp_path, call, message):
+    out = tmp_path / "out"
+    with pytest.raises(UniAttnError, match=message):
+        call(*artifacts, out, settings())
+    assert not out.exists()
+
+
+def test_cuda_without_a_gpu(artifacts, settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UniAttnError, match="no CUDA device is visible to torch. Run on a GPU machine or pass --device cpu"):
+        run_bench(artifacts[0], tmp_path / "out", settings=settings(device="cuda"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_that_is_a_file(artifacts, settings, tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(UniAttnError, match="is a file. Pass a folder for the benchmark's outputs"):
+        run_bench(artifacts[0], tmp_path / "taken", settings=settings())

@@ -1,0 +1,97 @@
+"""Timing statistics, the run's time budget, device memory and out-of-memory detection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Clock = Callable[[], float]
+GIB = 1 << 30
+
+
+@dataclass
+class Deadline:
+    """The run's total time budget, read from `clock` (injectable so tests control time)."""
+
+    seconds: float
+    clock: Clock = time.monotonic
+    start: float = field(init=False)
+
+    def __post_init__(self):
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def expired(self) -> bool:
+        return self.elapsed() >= self.seconds
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Median, p90 and min of timed samples, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000
+    return {
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(ms.min()),
+        "samples": len(ms),
+    }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or onnxruntime's allocation failure (it raises a generic
+    RuntimeException whose text names the failed allocation)."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate memory" in text or "bfcarena" in text
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Free device memory, counting what torch's caching allocator holds but does not use
+    (it is ours to take back); None on the CPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+
+def device_used_bytes(device: str) -> int | None:
+    """Device memory in use by anyone but torch's allocator (ONNX Runtime's arena, contexts)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return total - free - torch.cuda.memory_reserved()
+
+
+def release_device_memory(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def gib(n: float | None) -> str:
+    return "n/a" if n is None else f"{n / GIB:.2f} GiB"

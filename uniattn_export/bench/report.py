@@ -1,0 +1,165 @@
+"""The benchmark's outputs: bench.json (rewritten after every cell), bench.png and a table.
+
+Ratios are time ratios (numerator median / denominator median) of two runtimes measured in
+the same run on the same cell: below 1 the numerator is faster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from ..validate.report import write_report
+
+REPORT_FORMAT = "uniattn-export/bench"
+REPORT_VERSION = 1
+JSON_FILE, PLOT_FILE = "bench.json", "bench.png"
+
+# (name, numerator runtime, denominator runtime)
+RATIOS = (
+    ("uniattn / base, ort-library", "artifact/ort-library", "baseline/ort-library"),
+    ("uniattn / base, ort-bodies", "artifact/ort-bodies", "baseline/ort-bodies"),
+    ("library / function bodies, uniattn", "artifact/ort-library", "artifact/ort-bodies"),
+    ("uniattn ort-library / transformers static compiled", "artifact/ort-library", "baseline/transformers-static-compiled"),
+    ("uniattn ort-library / transformers dynamic", "artifact/ort-library", "baseline/transformers-dynamic"),
+    ("base ort-library / transformers static compiled", "baseline/ort-library", "baseline/transformers-static-compiled"),
+)
+PHASES = ("decode", "prefill")
+_SHORT_MODEL = {"artifact": "ua", "baseline": "base"}
+_SHORT_BACKEND = {
+    "ort-library": "lib", "ort-bodies": "bodies", "transformers-dynamic": "hf dyn",
+    "transformers-static": "hf static", "transformers-static-compiled": "hf compiled",
+}  # fmt: skip
+
+
+def short_name(runtime_id: str) -> str:
+    model, backend = runtime_id.split("/")
+    return f"{_SHORT_MODEL[model]} {_SHORT_BACKEND[backend]}"
+
+
+def _median(phase: dict | None) -> float | None:
+    return phase["median_ms"] if phase and phase.get("status") == "ok" else None
+
+
+def compute_ratios(results: list[dict]) -> list[dict]:
+    """Every RATIOS pair on every cell where at least one phase was measured by both."""
+    cells = {(r["runtime"], r["batch"], r["context"]): r for r in results}
+    shapes = sorted({(r["batch"], r["context"]) for r in results})
+    ratios = []
+    for name, numerator, denominator in RATIOS:
+        for batch, context in shapes:
+            top, bottom = cells.get((numerator, batch, context)), cells.get((denominator, batch, context))
+            if top is None or bottom is None:
+                continue
+            entry = {"name": name, "numerator": numerator, "denominator": denominator, "batch": batch, "context": context}
+            for phase in PHASES:
+                a, b = _median(top.get(phase)), _median(bottom.get(phase))
+                entry[phase] = a / b if a is not None and b is not None else None
+            if any(entry[phase] is not None for phase in PHASES):
+                ratios.append(entry)
+    return ratios
+
+
+class BenchReport:
+    """The JSON document, written whole (atomically) after every change so an interrupted run
+    leaves a readable file; `complete` says whether the run reached its end."""
+
+    def __init__(self, out_dir: Path, header: dict):
+        self.out_dir = out_dir
+        self.doc = {
+            "format": REPORT_FORMAT, "format_version": REPORT_VERSION, "complete": False, "stopped": None,
+            **header, "runtimes": [], "results": [], "ratios": [], "failures": 0,
+        }  # fmt: skip
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / JSON_FILE
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out_dir / PLOT_FILE
+
+    def add_result(self, result: dict) -> None:
+        self.doc["results"].append(result)
+        self.doc["failures"] += sum(str(result.get(p, {}).get("status", "")).startswith("failed") for p in PHASES)
+        self.write()
+
+    def write(self) -> None:
+        self.doc["ratios"] = compute_ratios(self.doc["results"])
+        write_report(self.doc, self.json_path)
+
+
+def plot(doc: dict, path: Path) -> Path:
+    """Decode and prefill medians against context, one column per batch size, one line per
+    runtime (log-log). Written beside `path` and renamed into place."""
+    from matplotlib.figure import Figure
+
+    batches = doc["settings"]["batches"]
+    figure = Figure(figsize=(4.2 * len(batches), 7.5), layout="constrained")
+    axes = figure.subplots(len(PHASES), len(batches), squeeze=False)
+    runtimes = [r["id"] for r in doc["runtimes"]]
+    for row, phase in enumerate(PHASES):
+        for col, batch in enumerate(batches):
+            ax = axes[row][col]
+            for runtime in runtimes:
+                points = sorted(
+                    (r["context"], r[phase]["median_ms"])
+                    for r in doc["results"]
+                    if r["runtime"] == runtime and r["batch"] == batch and _median(r.get(phase)) is not None
+                )
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=short_name(runtime))
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{phase}, batch {batch}")
+            ax.set_xlabel("context (tokens)")
+            ax.set_ylabel("ms per step (median)" if phase == "decode" else "ms per prefill (median)")
+            ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
+    models = doc["models"]
+    figure.suptitle(f"{doc['device']['name']}, {models['artifact']['dtype']}: {models['artifact']['layer_map']}", fontsize=9)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
+def summary_table(doc: dict) -> Table:
+    """Decode medians (ms per step) per cell and runtime, then the two headline ratios."""
+    runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
+    table = Table(
+        title=f"decode ms/step, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
+        caption="ua = the UniAttn artifact, base = the base model; lib = ORT + custom-op library, bodies = ORT "
+        "function bodies, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + torch.compile). "
+        "Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
+    )
+    table.add_column("B", justify="right")
+    table.add_column("S", justify="right")
+    for runtime in runtimes:
+        table.add_column(short_name(runtime), justify="right")
+    headline = RATIOS[0][0], RATIOS[3][0]
+    table.add_column("ua/base lib", justify="right")
+    table.add_column("ua lib/hf compiled", justify="right")
+    ratios = {(r["name"], r["batch"], r["context"]): r["decode"] for r in doc["ratios"]}
+    cells = {(r["runtime"], r["batch"], r["context"]): r for r in doc["results"]}
+    for batch in doc["settings"]["batches"]:
+        for context in doc["settings"]["contexts"]:
+            row = [str(batch), str(context)]
+            for runtime in runtimes:
+                result = cells.get((runtime, batch, context))
+                median = _median(result.get("decode")) if result else None
+                row.append(f"{median:.3f}" if median is not None else "-")
+            for name in headline:
+                ratio = ratios.get((name, batch, context))
+                row.append(f"{ratio:.3f}" if ratio is not None else "-")
+            table.add_row(*row)
+    return table

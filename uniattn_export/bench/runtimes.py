@@ -1,0 +1,379 @@
+"""The runtimes a benchmark compares, behind one interface.
+
+  ort-library / ort-bodies        an artifact in onnxruntime (CUDA or CPU EP) with or without
+                                  the uniattn custom-op library, caches bound on the device
+  transformers-dynamic / -static  the base architecture in transformers (SDPA attention),
+  / -static-compiled              DynamicCache, StaticCache, StaticCache + torch.compile
+
+Decode is timed on a cache of the target length built directly from random values of the
+right shapes (consumer layers of a UniAttn artifact have no K), with a full attention mask:
+exactly the per-token work of generation at that context, without prefilling B x S tokens
+first (which the function-body path cannot do at batch 32 x 8192: it materializes
+B*Hq*L*S scores). Every step is synchronized before its clock stops, and logits stay on
+the device in every runtime (the generation loop's host copy of the (B, vocab) logits is a
+fixed cost outside the model step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import UniAttnError
+from ..export.artifact import Artifact
+from ..native import ort_custom_op_library
+from .measure import device_used_bytes, release_device_memory, synchronize
+
+_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Live float32 (B, Hq, L, S) buffers in the function bodies' prefill (scores, masked scores,
+# exps, probabilities) when onnxruntime does not reuse them.
+_BODY_SCORE_COPIES = 4
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that decide a prefill's memory footprint."""
+
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    num_heads: int
+    kv_bytes_per_token: int
+    itemsize: int
+    logits_all_positions: bool
+
+    def prefill_bytes(self, batch: int, length: int, materializes_scores: bool) -> int:
+        """A generous estimate of one prefill's activations (the weights are already there):
+        MLP and attention activations, the new caches, the logits and, for the function
+        bodies, their float32 score matrices."""
+        tokens = batch * length
+        activations = tokens * (3 * self.intermediate_size + 6 * self.hidden_size) * self.itemsize
+        caches = 2 * tokens * self.kv_bytes_per_token
+        logits = batch * (length if self.logits_all_positions else 1) * self.vocab_size * 4
+        scores = _BODY_SCORE_COPIES * 4 * batch * self.num_heads * length * length if materializes_scores else 0
+        return activations + caches + logits + scores
+
+
+def random_bits(shape: tuple[int, ...], dtype: str, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """Normal values (standard deviation `scale`) with the bit layout of `dtype` (bfloat16 as
+    uint16: numpy has no bfloat16, onnxruntime copies the bytes)."""
+    values = rng.standard_normal(shape, dtype=np.float32)
+    if scale != 1.0:
+        values *= scale
+    if dtype == "float16":
+        return values.astype(np.float16)
+    if dtype == "bfloat16":
+        return (values.view(np.uint32) >> 16).astype(np.uint16)
+    return values
+
+
+class DecodeRun(ABC):
+    """A cache of `context` tokens; each `step()` decodes one token per row and returns its
+    synchronized wall time in seconds. kv_cache_bytes: the cache as built (context tokens)."""
+
+    kv_cache_bytes: int
+
+    @abstractmethod
+    def step(self) -> float: ...
+
+    @abstractmethod
+    def last_logits(self) -> np.ndarray:
+        """float32 (B, 1, vocab) of the last step, on the host."""
+
+
+class Runtime(ABC):
+    """One backend over one model, loaded once and measured cell by cell."""
+
+    backend: str
+    model: str  # "artifact" | "baseline"
+    description: str
+    weight_bytes: int
+    memory_method: str
+    measures_prefill: bool = True
+
+    def __init__(self, model: str, backend: str, device: str, seed: int):
+        self.model, self.backend, self.device, self.seed = model, backend, device, seed
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.backend}"
+
+    @abstractmethod
+    def prefill_bytes(self, batch: int, length: int) -> int: ...
+
+    @abstractmethod
+    def prefill(self, batch: int, length: int) -> float:
+        """One synchronized prefill of `length` new tokens per row from an empty cache."""
+
+    @abstractmethod
+    def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
+        """A cache of `context` random tokens, room for `steps` more."""
+
+    def reset_peak_memory(self) -> None:
+        """Start a cell's peak-memory window (where the backend can)."""
+
+    @abstractmethod
+    def peak_memory(self) -> int | None:
+        """Peak device bytes of this runtime since reset_peak_memory (weights included);
+        None on the CPU."""
+
+    def close(self) -> None:
+        release_device_memory(self.device)
+
+
+# ---- onnxruntime ---------------------------------------------------------------------------
+
+
+def artifact_weight_bytes(artifact: Artifact) -> int:
+    graph = onnx.load(artifact.onnx_path, load_external_data=False).graph
+    return sum(
+        int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in graph.initializer
+    )
+
+
+def artifact_shape(artifact: Artifact) -> ModelShape:
+    config = artifact.manifest["geometry"]
+    raw = json.loads((artifact.path / "config.json").read_text())
+    return ModelShape(
+        hidden_size=config["hidden_size"], intermediate_size=raw["intermediate_size"],
+        vocab_size=config["vocab_size"], num_heads=max(layer["num_heads"] for layer in artifact.layers),
+        kv_bytes_per_token=artifact.manifest["kv_cache_bytes_per_token"], itemsize=_ITEMSIZE[artifact.dtype],
+        logits_all_positions=artifact.manifest["logits"] == "all",
+    )  # fmt: skip
+
+
+class OrtRuntime(Runtime):
+    """An artifact in onnxruntime; ort-library registers the custom-op library, ort-bodies
+    runs the model-local function bodies."""
+
+    _CUDA_MEMORY_METHOD = (
+        "device memory in use (cudaMemGetInfo, torch's pool excluded) above the level before the "
+        "session was created: onnxruntime's arena keeps its high-water mark, and cells run smallest first"
+    )
+
+    def __init__(self, artifact: Artifact, model: str, backend: str, device: str, seed: int):
+        import onnxruntime as ort
+
+        from ..targets.ort import OrtSession
+
+        super().__init__(model, backend, device, seed)
+        library = backend == "ort-library"
+        if library and ort_custom_op_library() is None:
+            raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")
+        self._ort = ort
+        self.memory_method = self._CUDA_MEMORY_METHOD if device == "cuda" else "n/a on the CPU"
+        self._used_before = device_used_bytes(device)
+        self.runner = OrtSession(artifact, device=device, custom_ops=library, io_binding=True)
+        self.artifact = artifact
+        self.description = self.runner.description
+        self.weight_bytes = artifact_weight_bytes(artifact)
+        self.shape = artifact_shape(artifact)
+        self._type = _ONNX_TYPES[artifact.dtype]
+        self._outputs = [o.name for o in self.runner.session.get_outputs()]
+        specs = {s["name"]: s["shape"] for s in artifact.input_specs}
+        # past input -> (present output, kv heads, head dim), in graph order
+        self._caches = {past: (present, specs[past][1], specs[past][3]) for past, present in artifact.cache_names()}
+        self._rng = np.random.default_rng(seed)
+
+    def device_value(self, bits: np.ndarray):
+        """An OrtValue on this runtime's device holding `bits` (the artifact's dtype)."""
+        value = self._ort.OrtValue.ortvalue_from_shape_and_type(list(bits.shape), self._type, self.device, 0)
+        value.update_inplace(bits)
+        return value
+
+    def run(self, input_ids: np.ndarray, position_ids: np.ndarray, key_len: int, pasts: dict) -> dict:
+        """One synchronized call with every output left on the device."""
+        binding = self.runner.session.io_binding()
+        mask = np.ones((len(input_ids), key_len), dtype=np.int64)
+        for name, host in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", position_ids)):
+            binding.bind_cpu_input(name, host)
+        for name, value in pasts.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in self._outputs:
+            binding.bind_output(name, self.device, 0)
+        self.runner.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return dict(zip(self._outputs, binding.get_outputs()))
+
+    def random_ids(self, batch: int, length: int) -> np.ndarray:
+        return self._rng.integers(0, self.shape.vocab_size, (batch, length), dtype=np.int64)
+
+    def prefill_bytes(self, batch: int, length: int) -> int:
+        return self.shape.prefill_bytes(batch, length, materializes_scores=self.backend == "ort-bodies")
+
+    def prefill(self, batch: int, length: int) -> float:
+        empty = {
+            past: self._ort.OrtValue.ortvalue_from_shape_and_type([batch, heads, 0, dim], self._type, self.device, 0)
+            for past, (_, heads, dim) in self._caches.items()
+        }
+        ids = self.random_ids(batch, length)
+        positions = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
+        start = time.perf_counter()
+        self.run(ids, positions, length, empty)
+        return time.perf_counter() - start
+
+    def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
+        return _OrtDecode(self, batch, context)
+
+    def peak_memory(self) -> int | None:
+        used = device_used_bytes(self.device)
+        return None if used is None else used - self._used_before
+
+    def close(self) -> None:
+        del self.runner
+        super().close()
+
+
+class _OrtDecode(DecodeRun):
+    def __init__(self, runtime: OrtRuntime, batch: int, context: int):
+        self.runtime, self.batch, self.length = runtime, batch, context
+        bits_by_shape: dict[tuple, np.ndarray] = {}  # layers of one geometry share their random values
+        self.pasts = {}
+        for past, (_, heads, dim) in runtime._caches.items():
+            shape = (batch, heads, context, dim)
+            if shape not in bits_by_shape:
+                bits_by_shape[shape] = random_bits(shape, runtime.artifact.dtype, runtime._rng)
+            self.pasts[past] = runtime.device_value(bits_by_shape[shape])
+        self.kv_cache_bytes = sum(v.tensor_size_in_bytes() for v in self.pasts.values())
+        self.outputs: dict = {}
+
+    def step(self) -> float:
+        ids = self.runtime.random_ids(self.batch, 1)
+        positions = np.full((self.batch, 1), self.length, dtype=np.int64)
+        start = time.perf_counter()
+        self.outputs = self.runtime.run(ids, positions, self.length + 1, self.pasts)
+        elapsed = time.perf_counter() - start
+        self.pasts = {past: self.outputs[present] for past, (present, _, _) in self.runtime._caches.items()}
+        self.length += 1
+        return elapsed
+
+    def last_logits(self) -> np.ndarray:
+        return self.outputs["logits"].numpy()
+
+
+# ---- transformers ----------------------------------------------------------------------------
+
+
+class TransformersRuntime(Runtime):
+    """The base architecture of `config` in transformers with random weights (timing does not
+    depend on their values), SDPA attention, no padding (attention_mask None: transformers'
+    fastest path)."""
+
+    def __init__(self, config, dtype: str, backend: str, device: str, seed: int, compile_backend: str = "inductor"):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        super().__init__("baseline", backend, device, seed)
+        self._torch = torch
+        torch.manual_seed(seed)
+        with torch.device(device):
+            self.network = AutoModelForCausalLM.from_config(
+                config, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+            ).eval()
+        self.config, self.dtype = config, dtype
+        self.static = backend != "transformers-dynamic"
+        self.compiled = backend == "transformers-static-compiled"
+        # generate() runs prefill eagerly with every cache kind; its number is the dynamic row's.
+        self.measures_prefill = backend == "transformers-dynamic"
+        self.forward = self.network.forward
+        compile_note = ""
+        if self.compiled:
+            options = {"mode": "reduce-overhead"} if compile_backend == "inductor" else {"backend": compile_backend}
+            self.forward = torch.compile(self.network.forward, **options)
+            compile_note = f", torch.compile({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+        import transformers
+
+        self.description = (
+            f"transformers {transformers.__version__}, torch {torch.__version__}, {device}, {dtype}, sdpa, "
+            f"{'StaticCache' if self.static else 'DynamicCache'}{compile_note}"
+        )
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.network.parameters())
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.shape = ModelShape(
+            hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, vocab_size=config.vocab_size,
+            num_heads=config.num_attention_heads,
+            kv_bytes_per_token=2 * config.num_hidden_layers * config.num_key_value_heads * self.head_dim * _ITEMSIZE[dtype],
+            itemsize=_ITEMSIZE[dtype], logits_all_positions=False,
+        )  # fmt: skip
+        self.memory_method = "torch.cuda.max_memory_allocated (weights included)" if device == "cuda" else "n/a on the CPU"
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def random_ids(self, batch: int, length: int):
+        return self._torch.randint(
+            0, self.config.vocab_size, (batch, length), generator=self.generator, device=self.device
+        )
+
+    def prefill_bytes(self, batch: int, length: int) -> int:
+        return self.shape.prefill_bytes(batch, length, materializes_scores=False)
+
+    def prefill(self, batch: int, length: int) -> float:
+        ids = self.random_ids(batch, length)
+        with self._torch.no_grad():
+            synchronize(self.device)
+            start = time.perf_counter()
+            self.network(input_ids=ids, use_cache=True, logits_to_keep=1)
+            synchronize(self.device)
+            return time.perf_counter() - start
+
+    def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
+        return _TorchDecode(self, batch, context, steps)
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> int | None:
+        return self._torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+
+    def close(self) -> None:
+        del self.network, self.forward
+        if self.compiled:
+            self._torch._dynamo.reset()
+        super().close()
+
+
+class _TorchDecode(DecodeRun):
+    def __init__(self, runtime: TransformersRuntime, batch: int, context: int, steps: int):
+        from transformers import DynamicCache, StaticCache
+
+        torch, config = runtime._torch, runtime.config
+        self.runtime, self.batch, self.length = runtime, batch, context
+        if runtime.static:
+            self.cache = StaticCache(config=config, max_cache_len=context + steps)
+        else:
+            self.cache = DynamicCache(config=config)
+        shape = (batch, config.num_key_value_heads, context, runtime.head_dim)
+        dtype = getattr(torch, runtime.dtype)
+        for layer in range(config.num_hidden_layers):
+            keys, values = (
+                torch.randn(shape, generator=runtime.generator, device=runtime.device, dtype=torch.float32).to(dtype)
+                for _ in range(2)
+            )
+            self.cache.update(keys, values, layer)
+        # Bytes of the context's tokens (a StaticCache also reserves room for the new ones).
+        self.kv_cache_bytes = 2 * config.num_hidden_layers * keys.numel() * keys.element_size()
+        self.logits = None
+
+    def step(self) -> float:
+        torch = self.runtime._torch
+        ids = self.runtime.random_ids(self.batch, 1)
+        positions = torch.full((self.batch, 1), self.length, device=self.runtime.device, dtype=torch.int64)
+        with torch.no_grad():
+            synchronize(self.runtime.device)
+            start = time.perf_counter()
+            out = self.runtime.forward(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True)
+            synchronize(self.runtime.device)
+            elapsed = time.perf_counter() - start
+        self.logits = out.logits
+        self.length += 1
+        return elapsed
+
+    def last_logits(self) -> np.ndarray:
+        return self.logits.float().cpu().numpy()

@@ -1,0 +1,101 @@
+"""What a benchmark run measures: the matrix, the runtimes and the time limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import UniAttnError
+
+# A runtime is a model ("artifact": the UniAttn ARTIFACT, "baseline": the base model of the
+# same shape) run by a backend. transformers has no UniAttn model, so its backends always run
+# the base architecture.
+ORT_BACKENDS = ("ort-library", "ort-bodies")
+TRANSFORMERS_BACKENDS = ("transformers-dynamic", "transformers-static", "transformers-static-compiled")
+BACKENDS = ORT_BACKENDS + TRANSFORMERS_BACKENDS
+DEFAULT_BACKENDS = ("ort-library", "ort-bodies", "transformers-dynamic", "transformers-static-compiled")
+COMPILE_BACKENDS = ("inductor", "eager")
+
+Device = Literal["cuda", "cpu"]
+Shape = tuple[int, int]  # (batch, context)
+
+
+def parse_shapes(text: str) -> frozenset[Shape]:
+    """"1x2048,32x2048" -> {(1, 2048), (32, 2048)}; "" or "none" -> empty."""
+    shapes = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if item == "none":
+            continue
+        batch, sep, context = item.partition("x")
+        if not sep or not batch.isdigit() or not context.isdigit():
+            raise UniAttnError(f"cannot read the shape {item!r}", "write shapes as BATCHxCONTEXT, e.g. 32x2048")
+        shapes.add((int(batch), int(context)))
+    return frozenset(shapes)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The matrix (batches x contexts), which backends run, and the time limits.
+
+    decode_steps timed decode steps per cell after warmup_steps untimed ones; prefill_repeats
+    timed prefills after one untimed. cell_seconds caps one cell (prefill gets the first half,
+    decode the rest; at least one timed sample each); time_budget caps the whole run (build
+    included in preset mode): cells after it are recorded as skipped. compile_shapes: the
+    (batch, context) cells where transformers-static-compiled runs (torch.compile takes about
+    a minute per shape on a 1B model).
+    """
+
+    batches: tuple[int, ...] = (1, 8, 32)
+    contexts: tuple[int, ...] = (512, 2048, 8192)
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    device: Device = "cuda"
+    decode_steps: int = 20
+    warmup_steps: int = 3
+    prefill: bool = True
+    prefill_repeats: int = 3
+    cell_seconds: float = 10.0
+    time_budget: float = 420.0
+    compile_shapes: frozenset[Shape] = field(default_factory=frozenset)
+    compile_backend: str = "inductor"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batches", "contexts"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                raise UniAttnError(f"{name} must be positive integers, got {list(values)}", f"pass e.g. --{name} 1,8,32")
+        unknown = sorted(set(self.backends) - set(BACKENDS))
+        if unknown or not self.backends:
+            raise UniAttnError(f"unknown backend(s) {unknown or '(none given)'}", f"choose from {', '.join(BACKENDS)}")
+        if self.device not in ("cuda", "cpu"):
+            raise UniAttnError(f"unknown device {self.device!r}", "use cuda or cpu")
+        for name in ("decode_steps", "prefill_repeats"):
+            if getattr(self, name) < 1:
+                raise UniAttnError(f"{name} must be >= 1, got {getattr(self, name)}", "pass a positive number")
+        if self.warmup_steps < 0:
+            raise UniAttnError(f"warmup_steps must be >= 0, got {self.warmup_steps}", "pass 0 or more")
+        for name in ("cell_seconds", "time_budget"):
+            if not getattr(self, name) > 0:
+                raise UniAttnError(f"{name} must be > 0, got {getattr(self, name)}", "pass a positive number of seconds")
+        outside = sorted(set(self.compile_shapes) - set(self.cells()))
+        if outside:
+            raise UniAttnError(
+                f"compile shape {outside[0][0]}x{outside[0][1]} is not in the matrix",
+                "pick shapes from --batches x --contexts, or pass --compile all",
+            )
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise UniAttnError(f"unknown compile backend {self.compile_backend!r}", f"use one of {COMPILE_BACKENDS}")
+
+    def cells(self) -> list[Shape]:
+        """Every (batch, context), smallest KV cache first: memory then grows monotonically,
+        so ONNX Runtime's arena (which never shrinks) reports each cell's own high-water mark."""
+        return sorted(((b, c) for b in self.batches for c in self.contexts), key=lambda s: (s[0] * s[1], s))
+
+    def to_dict(self) -> dict:
+        return {
+            "batches": list(self.batches), "contexts": list(self.contexts), "backends": list(self.backends),
+            "device": self.device, "decode_steps": self.decode_steps, "warmup_steps": self.warmup_steps,
+            "prefill": self.prefill, "prefill_repeats": self.prefill_repeats, "cell_seconds": self.cell_seconds,
+            "time_budget": self.time_budget, "compile_shapes": [f"{b}x{c}" for b, c in sorted(self.compile_shapes)],
+            "compile_backend": self.compile_backend, "seed": self.seed,
+        }  # fmt: skip

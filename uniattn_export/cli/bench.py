@@ -1,0 +1,153 @@
+"""`uniattn-export bench ARTIFACT [--baseline BASE|build]` or `bench --preset NAME`: time
+prefill and decode of an artifact against its base model and transformers, in one run.
+
+For every batch x context cell and every runtime (ORT with the custom-op library, ORT with
+the ONNX function bodies, transformers with DynamicCache / StaticCache / StaticCache +
+torch.compile on the base architecture) it records prefill latency, decode latency per step
+(median and p90; the cache of the target length is built directly from random values),
+tokens/s, peak device memory and KV-cache bytes, and the time ratios between runtimes
+(UniAttn / base in the same runtime, ORT-with-library / transformers). Outputs:
+OUT/bench.json (rewritten after every cell), OUT/bench.png, and a table on stdout.
+
+--preset NAME builds a UniAttn artifact (SuperBlocks of 4 over the top half of the layers)
+and its base model from a shape preset with random weights first (in OUT/work, or --work
+DIR, reused when already there); --prepare DIR only exports those graphs without weights
+(to carry to a machine whose exporter fails).
+Exit codes: 0 ran (skipped cells are listed in the JSON), 1 some measurement failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    from ..bench import BACKENDS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown or text!r}; choose from {', '.join(BACKENDS)}")
+    return names
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..bench import DEFAULT_BACKENDS, BenchSettings
+
+    defaults = BenchSettings()
+    p = sub.add_parser(
+        "bench",
+        help="benchmark an artifact against its base model and transformers (JSON + table + plot)",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("artifact", nargs="?", type=Path, help="artifact folder (omit with --preset)")
+    p.add_argument("--baseline", default=None,
+                   help="artifact of the base model, or 'build' to export the artifact's architecture "
+                        "without SuperBlocks (random weights) into OUT/baseline_artifact")  # fmt: skip
+    p.add_argument("-o", "--output", type=Path, help="folder for bench.json and bench.png")
+    g = p.add_argument_group("preset mode")
+    g.add_argument("--preset", default=None, help="build the artifacts from this shape preset (llama-3.2-1b, tiny)")
+    g.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
+                   help="precision of the preset's artifacts (default float16)")  # fmt: skip
+    g.add_argument("--work", type=Path, default=None, help="where the preset's artifacts are built or reused (default OUT/work)")
+    g.add_argument("--prepare", type=Path, default=None,
+                   help="only export the preset's graphs into this folder, without weight files, and stop")  # fmt: skip
+    m = p.add_argument_group("matrix and limits")
+    m.add_argument("--device", choices=("cuda", "cpu"), default=defaults.device)
+    m.add_argument("--batches", type=_ints, default=defaults.batches, help="default 1,8,32")
+    m.add_argument("--contexts", type=_ints, default=defaults.contexts, help="default 512,2048,8192")
+    m.add_argument("--backends", type=_backends, default=DEFAULT_BACKENDS,
+                   help=f"default {','.join(DEFAULT_BACKENDS)} (also: transformers-static)")  # fmt: skip
+    m.add_argument("--compile", default="none",
+                   help="cells where transformers-static-compiled runs: BxS[,BxS...], 'all' or 'none' "
+                        "(default; torch.compile takes about a minute per shape on a 1B model)")  # fmt: skip
+    m.add_argument("--compile-backend", choices=("inductor", "eager"), default=defaults.compile_backend,
+                   help="inductor = mode reduce-overhead (CUDA graphs, what generate uses); eager = dynamo only")  # fmt: skip
+    m.add_argument("--decode-steps", type=int, default=defaults.decode_steps, help="timed decode steps per cell")
+    m.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="untimed decode steps first")
+    m.add_argument("--prefill-repeats", type=int, default=defaults.prefill_repeats, help="timed prefills per cell")
+    m.add_argument("--no-prefill", action="store_true", help="time decode only")
+    m.add_argument("--cell-seconds", type=float, default=defaults.cell_seconds,
+                   help="stop sampling a cell after this long (at least one sample each)")  # fmt: skip
+    m.add_argument("--time-budget", type=float, default=defaults.time_budget,
+                   help="seconds for the whole run, build included; later cells are recorded as skipped")  # fmt: skip
+    m.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    p.set_defaults(run=run)
+
+
+def _settings(args: argparse.Namespace):
+    from ..bench import BenchSettings, parse_shapes
+
+    compile_shapes = (
+        frozenset((b, c) for b in args.batches for c in args.contexts) if args.compile == "all" else parse_shapes(args.compile)
+    )
+    return BenchSettings(
+        batches=args.batches, contexts=args.contexts, backends=args.backends, device=args.device,
+        decode_steps=args.decode_steps, warmup_steps=args.warmup_steps, prefill=not args.no_prefill,
+        prefill_repeats=args.prefill_repeats, cell_seconds=args.cell_seconds, time_budget=args.time_budget,
+        compile_shapes=compile_shapes, compile_backend=args.compile_backend, seed=args.seed,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..errors import UniAttnError
+
+    stderr = Console(stderr=True, soft_wrap=True)
+
+    def log(line: str) -> None:
+        stderr.print(f"[dim]bench[/] {line}", highlight=False)
+
+    if args.prepare is not None:
+        if args.preset is None or args.artifact is not None:
+            raise UniAttnError("--prepare exports a preset's graphs", "pass --preset NAME --prepare DIR (no ARTIFACT)")
+        from ..bench import prepare_preset
+
+        info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed, log=log)
+        print(json.dumps(info, indent=2))
+        return 0
+    if (args.artifact is None) == (args.preset is None):
+        raise UniAttnError("pass either an ARTIFACT folder or --preset NAME", "see `uniattn-export bench --help`")
+    if args.output is None:
+        raise UniAttnError("no output folder", "pass -o OUT (bench.json and bench.png are written there)")
+    if args.preset is not None and args.baseline is not None:
+        raise UniAttnError("--preset builds its own baseline", "drop --baseline")
+    if args.preset is None and (args.dtype is not None or args.work is not None):
+        raise UniAttnError("--dtype and --work apply to --preset", "an artifact keeps the dtype it was exported in")
+    settings = _settings(args)
+    if args.preset is not None:
+        from ..bench import run_preset
+
+        doc = run_preset(args.preset, args.output, work_dir=args.work, dtype=args.dtype or "float16", settings=settings, log=log)
+    else:
+        from ..bench import run_bench
+
+        build = args.baseline == "build"
+        baseline = None if build or args.baseline is None else Path(args.baseline)
+        doc = run_bench(args.artifact, args.output, baseline=baseline, build_baseline=build, settings=settings, log=log)
+
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        from ..bench.report import summary_table
+
+        Console(width=200).print(summary_table(doc))
+        if doc["stopped"]:
+            print(f"stopped early: {doc['stopped']}")
+        print(f"wrote {args.output / 'bench.json'} and {args.output / 'bench.png'}")
+    return 1 if doc["failures"] else 0
