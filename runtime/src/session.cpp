@@ -15,9 +15,11 @@ void append_cuda(const OrtLibrary& library, OrtSessionOptions* session_options, 
     Owned<OrtCUDAProviderOptionsV2> cuda_options(api->ReleaseCUDAProviderOptions);
     check(api, api->CreateCUDAProviderOptions(cuda_options.out()), "CreateCUDAProviderOptions");
     const std::string id = std::to_string(device_id);
-    const char* keys[] = {"device_id"};
-    const char* values[] = {id.c_str()};
-    check(api, api->UpdateCUDAProviderOptions(cuda_options.get(), keys, values, 1), "UpdateCUDAProviderOptions");
+    // use_tf32 is on by default in ORT's CUDA EP: float32 MatMuls would round their inputs to
+    // 10 mantissa bits, far outside a float32 tolerance.
+    const char* keys[] = {"device_id", "use_tf32"};
+    const char* values[] = {id.c_str(), "0"};
+    check(api, api->UpdateCUDAProviderOptions(cuda_options.get(), keys, values, 2), "UpdateCUDAProviderOptions");
     check(api, api->SessionOptionsAppendExecutionProvider_CUDA_V2(session_options, cuda_options.get()),
           "SessionOptionsAppendExecutionProvider_CUDA_V2");
   } catch (const Error& error) {

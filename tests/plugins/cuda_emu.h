@@ -11,6 +11,8 @@
 //   * mma.m16n8k16 and ldmatrix.m8n8.x4 follow the fragment layouts of the PTX ISA, written
 //     here from the ISA's tables independently of the kernels' indexing;
 //   * cp.async copies land only at cp.async.wait_group, and shared memory starts as NaN;
+//   * the device has UA_EMU_SMS multiprocessors running one block each (what the split-KV
+//     planner sizes its grid from), and memsets and global atomics act at once;
 //   * a barrier that not all threads reach, a thread that exits while others wait, a
 //     misaligned 16-byte access or a write past the dynamic shared memory is reported through
 //     cudaGetLastError(), which the kernels' launchers already check.
@@ -167,11 +169,13 @@ Out warp_collective(int kind, const In& in, Compute compute) {
   return out;
 }
 
-enum Kind { kShuffle = 1, kMma = 2, kLdmatrix = 3, kLdmatrixTrans = 4 };
+enum Kind { kShuffle = 1, kMma = 2, kLdmatrix = 3, kLdmatrixTrans = 4, kVote = 5 };
 
-inline void check_aligned16(const void* p, const char* what) {
-  if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) fail(std::string(what) + ": address not 16-byte aligned");
+inline void check_aligned(const void* p, size_t bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    fail(std::string(what) + ": address not " + std::to_string(bytes) + "-byte aligned");
 }
+inline void check_aligned16(const void* p, const char* what) { check_aligned(p, 16, what); }
 
 template <typename T>
 float half_to_float(uint16_t bits) {
@@ -393,10 +397,41 @@ V __shfl_xor_sync(unsigned mask, V value, int lane_mask) {
                                     [&](int lane, auto deposit) { return deposit(lane ^ lane_mask); });
 }
 
-inline float atomicAdd(float* address, float value) {
-  const float old = *address;
+// Lane `source` of the caller's segment of `width` lanes.
+template <typename V>
+V __shfl_sync(unsigned mask, V value, int source, int width = 32) {
+  if (mask != 0xffffffffu) ua_emu::fail("__shfl_sync with a partial mask");
+  return ua_emu::warp_collective<V>(ua_emu::kShuffle, value, [&](int lane, auto deposit) {
+    return deposit(lane / width * width + source % width);
+  });
+}
+
+inline int __any_sync(unsigned mask, int predicate) {
+  if (mask != 0xffffffffu) ua_emu::fail("__any_sync with a partial mask");
+  return ua_emu::warp_collective<int>(ua_emu::kVote, predicate != 0, [](int, auto deposit) {
+    int any = 0;
+    for (int l = 0; l < 32; ++l) any |= deposit(l);
+    return any;
+  });
+}
+
+template <typename V>
+V atomicAdd(V* address, V value) {
+  const V old = *address;
   *address = old + value;
   return old;
+}
+
+// Blocks run one after another: every write is visible to the next block already.
+inline void __threadfence() {}
+
+template <typename V>
+V __ldcs(const V* p) {
+  return *p;
+}
+template <typename V>
+V __ldcg(const V* p) {
+  return *p;
 }
 
 inline cudaError_t cudaGetLastError() {
@@ -404,6 +439,32 @@ inline cudaError_t cudaGetLastError() {
   const cudaError_t e = m.last_error;
   m.last_error = cudaSuccess;
   return e;
+}
+
+#ifndef UA_EMU_SMS
+#define UA_EMU_SMS 6
+#endif
+
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int) {
+  if (attribute != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+  *value = UA_EMU_SMS;
+  return cudaSuccess;
+}
+
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int, size_t) {
+  *blocks = 1;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
 }
 
 inline const char* cudaGetErrorString(cudaError_t e) {

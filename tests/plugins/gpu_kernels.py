@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import importlib.util
+import itertools
 import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +143,7 @@ class Case:
     emit_lse: bool = True
     in_place: bool = False  # present caches alias the past ones (attention without the copy)
     query_scale: float = 1.0
+    rising_keys: bool = False  # key norms grow along the sequence: a row's running max keeps rising
     seed: int = 0
 
     @property
@@ -165,6 +168,8 @@ class Case:
             flags.append("nolse")
         if self.in_place:
             flags.append("inplace")
+        if self.rising_keys:
+            flags.append("rising")
         return "-".join(flags)
 
 
@@ -236,9 +241,11 @@ def _run_case(kernels: Kernels, case: Case, device: str, checks: list) -> None:
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(dt).to(device)
 
+    growth = torch.linspace(0.25, 3.0, S) if case.rising_keys else torch.ones(S)
     query = randn(B, L, Hq * D, scale=case.query_scale)
-    key, value = randn(B, L, Hkv * D), randn(B, L, Hkv * D)
-    past_key, past_value = randn(B, Hkv, P, D), randn(B, Hkv, P, D)
+    key = randn(B, L, Hkv, D, scale=growth[P:].view(1, L, 1, 1)).view(B, L, Hkv * D)
+    value = randn(B, L, Hkv * D)
+    past_key, past_value = randn(B, Hkv, P, D, scale=growth[:P].view(1, 1, P, 1)), randn(B, Hkv, P, D)
     mask = _mask(case, gen).to(device)
     scale = D**-0.5
     attrs = dict(num_heads=Hq, kv_num_heads=Hkv, scale=scale, is_causal=case.is_causal,
@@ -319,6 +326,10 @@ def edge_cases(large: bool) -> list[Case]:
             Case(2, 128, 64, 2, 1, 64, dt, emit_probs=False, padding="left"),  # key tiles masked by padding only
             Case(1, 1, 700, 4, 2, 64, dt, query_scale=4.0),                # splits of several key tiles
             Case(1, 5, 520, 2, 1, 128, dt, query_scale=4.0, padding="holes"),
+            Case(1, 1, 511, 4, 1, 64, dt, query_scale=4.0, rising_keys=True),  # S % 8 == 0: 16-byte P rows
+            Case(2, 2, 254, 8, 2, 256, dt, padding="holes"),               # D 256 decode, two row groups
+            Case(1, 3, 381, 6, 2, 128, dt, rising_keys=True, in_place=True),  # g = 3, L = 3: rows 9 of 12
+            Case(1, 1, 20, 2, 1, 8, dt, in_place=True),                    # D 8: lanes past the head dim load nothing
         ]
         if large:
             cases += [
@@ -406,20 +417,42 @@ def _graph_ms(fn, budget_ms: float = 20.0) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def copy_bandwidth() -> float:
-    """Device-to-device copy, bytes read + written per second (the ceiling for decode)."""
-    src = torch.randn(1 << 28, device="cuda")  # 1 GiB
-    dst = torch.empty_like(src)
-    ms, _ = _bench(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / (ms * 1e-3)
+def device_bandwidth(gib: int = 1) -> dict[str, float]:
+    """HBM ceilings in bytes per second, over buffers of `gib` GiB (20x the H100's 50 MB L2;
+    two buffer pairs used in turn): a copy with read and write both counted, through
+    cudaMemcpy (`copy_`) and through an elementwise kernel (`torch.mul`), and a read-only
+    reduction (`sum`). Decode kernels mostly read, so `read` is the stricter ceiling."""
+    n = gib << 28  # float32 elements
+    pairs = [(torch.empty(n, device="cuda").normal_(), torch.empty(n, device="cuda")) for _ in range(2)]
+    turn = itertools.cycle(pairs)
+
+    def memcpy():
+        src, dst = next(turn)
+        dst.copy_(src)
+
+    def elementwise():
+        src, dst = next(turn)
+        torch.mul(src, 1.0, out=dst)
+
+    def read():
+        src, _ = next(turn)
+        src.sum()
+
+    moved = {"memcpy": 2 * n * 4, "elementwise": 2 * n * 4, "read": n * 4}
+    result = {name: moved[name] / (_bench(fn)[0] * 1e-3) for name, fn in
+              (("memcpy", memcpy), ("elementwise", elementwise), ("read", read))}
+    del pairs, turn
+    torch.cuda.empty_cache()
+    return result
 
 
 class Rotation:
-    """Enough independent input sets that one pass over them does not fit in L2, so that
-    small shapes are timed from HBM like the large ones."""
+    """Enough independent sets of inputs and outputs that one pass over them does not fit in
+    L2 (50 MB), so that every shape, small ones included, is timed from HBM: consecutive calls
+    of a timed op (captured in one graph) use consecutive sets."""
 
-    def __init__(self, make, bytes_per_set: int, budget: int = 1 << 29):
-        self.sets = [make(i) for i in range(max(1, min(256, math.ceil(budget / max(bytes_per_set, 1)))))]
+    def __init__(self, make, bytes_per_set: int, budget: int = 1 << 30):
+        self.sets = [make(i) for i in range(max(1, min(64, math.ceil(budget / max(bytes_per_set, 1)))))]
         self.index = 0
 
     def next(self):
@@ -430,6 +463,9 @@ class Rotation:
 
 def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: tuple[str, ...] = (),
                  heads: tuple[int, int, int] = HEADS) -> dict:
+    """One decode step (L = 1, P = seq - 1) of every op, ms per call. `_attn`: the caches are
+    already in the present layout (in-place append, kernels.h): attention alone; otherwise the
+    op also writes the present caches (the concat). Bytes are the least each must move."""
     dt, dev = torch.bfloat16, kernels.device
     B, S, P = batch, seq, seq - 1
     Hq, Hkv, D = heads
@@ -440,44 +476,46 @@ def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: t
     def make(i):
         gen = torch.Generator(device=dev).manual_seed(i)
         r = lambda *shape: torch.randn(*shape, generator=gen, device=dev).to(dt)  # noqa: E731
+        empty = lambda *shape: torch.empty(*shape, dtype=dt, device=dev)  # noqa: E731
         s = dict(q=r(B, 1, Hq * D), k_new=r(B, 1, Hkv * D), v_new=r(B, 1, Hkv * D), past_k=r(B, Hkv, P, D),
-                 past_v=r(B, Hkv, P, D), mask=torch.ones(B, S, dtype=torch.int64, device=dev))
+                 past_v=r(B, Hkv, P, D), mask=torch.ones(B, S, dtype=torch.int64, device=dev),
+                 out=empty(B, 1, Hq * D), present_k=empty(B, Hkv, S, D), present_v=empty(B, Hkv, S, D),
+                 probs_out=empty(B, Hq, 1, S), lse_out=torch.empty(B, Hq, 1, device=dev))
         # caches already in the present layout, for the in-place (attention only) calls
         s["cache_k"] = torch.cat([s["past_k"], s["k_new"].view(B, 1, Hkv, D).transpose(1, 2)], 2).contiguous()
         s["cache_v"] = torch.cat([s["past_v"], s["v_new"].view(B, 1, Hkv, D).transpose(1, 2)], 2).contiguous()
-        s["probs"] = torch.softmax(torch.randn(B, Hq, 1, S, generator=gen, device=dev), -1).to(dt)
+        scores = (s["q"].view(B, Hkv, g, D) @ s["cache_k"].transpose(-1, -2)).float() * scale
+        s["probs"] = torch.softmax(scores, -1).to(dt).view(B, Hq, 1, S)
+        s["lse"] = torch.logsumexp(scores, -1).view(B, Hq, 1)
         return s
 
-    rot = Rotation(make, 4 * kv_bytes + p_bytes)
+    rot = Rotation(make, 6 * kv_bytes + 2 * p_bytes)
     desc = make_desc(B, 1, P, Hq, Hkv, D, dt, scale, True, 0)
-    out = torch.empty(B, 1, Hq * D, dtype=dt, device=dev)
-    present_k = torch.empty(B, Hkv, S, D, dtype=dt, device=dev)
-    present_v = torch.empty_like(present_k)
-    probs = torch.empty(B, Hq, 1, S, dtype=dt, device=dev)
-    lse = torch.empty(B, Hq, 1, dtype=torch.float32, device=dev)
     ws_p = kernels.workspace("producer", desc, True)
     ws_base = kernels.workspace("producer", desc, False)
     ws_c = kernels.workspace("consumer", desc, True)
+    ws_rc = kernels.workspace("consumer", desc, False)
 
     def producer(emit: bool, in_place: bool):
         def run():
             s = rot.next()
             pk, pv = (s["cache_k"], s["cache_v"]) if in_place else (s["past_k"], s["past_v"])
-            dk, dv = (s["cache_k"], s["cache_v"]) if in_place else (present_k, present_v)
+            dk, dv = (s["cache_k"], s["cache_v"]) if in_place else (s["present_k"], s["present_v"])
             kernels.call("producer", desc, producer_io(
                 query=s["q"], key=s["k_new"], value=s["v_new"], past_key=pk, past_value=pv, attention_mask=s["mask"],
-                output=out, present_key=dk, present_value=dv, shared_probs=probs if emit else None,
-                shared_lse=lse if emit else None), ws_p if emit else ws_base)
+                output=s["out"], present_key=dk, present_value=dv, shared_probs=s["probs_out"] if emit else None,
+                shared_lse=s["lse_out"] if emit else None), ws_p if emit else ws_base)
         return run
 
-    def consumer(in_place: bool):
+    def consumer(in_place: bool, reuse_probs: bool = True):
         def run():
             s = rot.next()
             pv = s["cache_v"] if in_place else s["past_v"]
-            dv = s["cache_v"] if in_place else present_v
+            dv = s["cache_v"] if in_place else s["present_v"]
             kernels.call("consumer", desc, consumer_io(
-                value=s["v_new"], past_value=pv, attention_mask=s["mask"], shared_probs=s["probs"], shared_lse=lse,
-                producer_query=s["q"], producer_key=s["cache_k"], output=out, present_value=dv), ws_c)
+                value=s["v_new"], past_value=pv, attention_mask=s["mask"],
+                shared_probs=s["probs"] if reuse_probs else None, shared_lse=s["lse"], producer_query=s["q"],
+                producer_key=s["cache_k"], output=s["out"], present_value=dv), ws_c if reuse_probs else ws_rc)
         return run
 
     def sdpa():
@@ -497,14 +535,15 @@ def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: t
 
     def torch_concat():
         s = rot.next()
-        present_k[:, :, :P].copy_(s["past_k"])
-        present_v[:, :, :P].copy_(s["past_v"])
+        s["present_k"][:, :, :P].copy_(s["past_k"])
+        s["present_v"][:, :, :P].copy_(s["past_v"])
 
     ms, method = {}, {}
     for name, fn in [("sdpa", sdpa), ("torch_producer_P", torch_producer), ("torch_PV", torch_pv),
                      ("ours_producer_attn", producer(True, True)), ("ours_producer", producer(True, False)),
                      ("ours_base_attn", producer(False, True)), ("ours_base", producer(False, False)),
                      ("ours_consumer_attn", consumer(True)), ("ours_consumer", consumer(False)),
+                     ("ours_consumer_recompute_attn", consumer(True, reuse_probs=False)),
                      ("torch_concat_kv", torch_concat)]:
         if only and name not in only:
             continue
@@ -519,11 +558,11 @@ def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: t
         "ours_producer_attn": 2 * kv_bytes + p_bytes, "ours_producer": 4 * kv_bytes + p_bytes,
         "ours_base_attn": 2 * kv_bytes, "ours_base": 4 * kv_bytes,
         "ours_consumer_attn": kv_bytes + p_bytes, "ours_consumer": 2 * kv_bytes + p_bytes,
-        "torch_concat_kv": 4 * kv_bytes,
+        "ours_consumer_recompute_attn": 2 * kv_bytes, "torch_concat_kv": 4 * kv_bytes,
     }
     bandwidth = {k: (moved[k] / (v * 1e-3) if isinstance(v, float) else None) for k, v in ms.items() if k in moved}
     return {
-        "batch": B, "seq": S, "ms": ms, "timing": method, "bytes": moved,
+        "batch": B, "seq": S, "ms": ms, "timing": method, "bytes": moved, "input_sets": len(rot.sets),
         "TBps": {k: (v / 1e12 if v else None) for k, v in bandwidth.items()},
         "fraction_of_copy": {k: (v / copy_bw if v else None) for k, v in bandwidth.items()},
     }
@@ -575,8 +614,22 @@ def bench_prefill(kernels: Kernels, seq: int, heads: tuple[int, int, int] = HEAD
                                               for k, v in ms.items() if not k.endswith("_error")}}
 
 
+def kernel_name(name: str) -> str:
+    """A profiler kernel name without return type, namespaces and argument list:
+    'void uniattn::cuda::(anonymous namespace)::split_kv_kernel<float, (uniattn::cuda::Weights)0,
+    true, 8>(uniattn::...)' -> 'split_kv_kernel<float, (Weights)0, true, 8>'."""
+    name = re.sub(r"\(anonymous namespace\)::|uniattn::cuda::|^void ", "", name)
+    depth = 0
+    for i, c in enumerate(name):
+        depth += {"<": 1, ">": -1}.get(c, 0)
+        if c == "(" and depth == 0 and i > 0 and name[i - 1] != " ":  # "Memset (Device)" keeps its words
+            return name[:i]
+    return name
+
+
 def kernel_breakdown(kernels: Kernels, batch: int, seq: int) -> dict:
-    """Per-kernel device time of one producer (P emitted) and one consumer call (profiler)."""
+    """Per-kernel device time (profiler) of one decode step of a SuperBlock's attention: the
+    producer emitting P, then a consumer reusing it, both writing their present caches."""
     from torch.profiler import ProfilerActivity, profile
 
     dt, dev = torch.bfloat16, "cuda"
@@ -604,15 +657,15 @@ def kernel_breakdown(kernels: Kernels, batch: int, seq: int) -> dict:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
         for _ in range(10):
             step()
         torch.cuda.synchronize()
     totals: dict[str, list[float]] = {}
     for e in prof.events():
-        if e.device_type.name == "CUDA":  # kernels and copies: their own duration on the GPU
-            totals.setdefault(e.name, []).append(e.time_range.elapsed_us())
-    return {name.split("(")[0][-80:]: {"calls": len(t), "mean_us": sum(t) / len(t)} for name, t in totals.items()}
+        if e.device_type.name == "CUDA":  # kernels, memsets, copies: their own duration on the GPU
+            totals.setdefault(kernel_name(e.name), []).append(e.time_range.elapsed_us())
+    return {name: {"calls": len(t), "mean_us": sum(t) / len(t)} for name, t in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,28 +674,36 @@ def kernel_breakdown(kernels: Kernels, batch: int, seq: int) -> dict:
 # Builds that differ from the default in one compile-time knob, each checked and timed on what
 # it changes: the choices NOTES.md could not settle without a GPU.
 VARIANTS = {
-    "keys2": (["-DUA_KEYS_PER_THREAD=2"], "decode"),
-    "keys8": (["-DUA_KEYS_PER_THREAD=8"], "decode"),
-    "blocks1k": (["-DUA_SPLIT_TARGET_BLOCKS=1024"], "decode"),
-    "blocks16k": (["-DUA_SPLIT_TARGET_BLOCKS=16384"], "decode"),
-    "flash16rows": (["-DUA_FLASH_TILES_D64=1"], "prefill"),
+    "keys2": (["-DUA_KEYS_PER_THREAD=2"], "decode"),  # K/V rows in flight per lane (producer): 2 / 4
+    "ckeys4": (["-DUA_CONSUMER_KEYS_PER_THREAD=4"], "decode"),  # V rows in flight per lane (consumer): 4 / 8
+    "warps2": (["-DUA_DECODE_WARPS=2"], "decode"),  # warps per split-KV block: 2 / 4
+    "blocks512": (["-DUA_SPLIT_MAX_BLOCKS=512"], "decode"),  # at most 512 blocks: fewer splits at batch 1
+    "flash32rows": (["-DUA_FLASH_TILES_D64=2"], "prefill"),  # run 1's default, for the record
 }
+# The one source a variant's flags change.
+VARIANT_SOURCE = {"decode": "split_kv.cu", "prefill": "flash.cu"}
 
 
-def build_libraries(out_dir: Path, flags_by_name: dict[str, list[str]], arch: str | None = None) -> dict[str, str]:
-    """nvcc builds for `arch` (default: the local GPU's), one library per entry ("default": no
-    extra flags), all objects compiled in parallel."""
+def build_libraries(out_dir: Path, variants: dict[str, tuple[list[str], str]], arch: str | None = None
+                    ) -> dict[str, str]:
+    """nvcc builds of the CUDA kernels alone for `arch` (default: the local GPU's): every
+    source once without flags, plus each variant's one changed source with its flags, all
+    compiled in parallel; one library per variant (and "default"). Their C ABI is ua_*_cuda
+    (the CPU kernels are not built: --build-only builds the full library)."""
     arch = arch or "".join(map(str, torch.cuda.get_device_capability()))
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", f"-arch=sm_{arch}",
             f"-I{REPO / 'plugins/kernels/include'}", "-c"]
     sources = [*sorted((REPO / "plugins/kernels/cuda").glob("*.cu")), REPO / "plugins/kernels/src/common.cpp"]
-    objects: dict[str, list[Path]] = {}
-    jobs = []
-    for name, flags in flags_by_name.items():
-        objects[name] = [out_dir / f"{name}_{src.stem}.o" for src in sources]
-        jobs += [base + flags + [str(src), "-o", str(obj)] for src, obj in zip(sources, objects[name])]
-    procs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)) for cmd in jobs]
+    jobs = {out_dir / f"default_{src.stem}.o": base + [str(src)] for src in sources}
+    objects = {"default": list(jobs)}
+    for name, (flags, kind) in variants.items():
+        stem = Path(VARIANT_SOURCE[kind]).stem
+        changed = out_dir / f"{name}_{stem}.o"
+        jobs[changed] = base + flags + [str(REPO / "plugins/kernels/cuda" / VARIANT_SOURCE[kind])]
+        objects[name] = [changed if obj.stem == f"default_{stem}" else obj for obj in objects["default"]]
+    procs = [(cmd, subprocess.Popen(cmd + ["-o", str(obj)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+             for obj, cmd in jobs.items()]
     for cmd, proc in procs:
         output = proc.communicate()[0].decode()
         if proc.returncode != 0:
@@ -653,6 +714,20 @@ def build_libraries(out_dir: Path, flags_by_name: dict[str, list[str]], arch: st
         subprocess.run(["nvcc", "-shared", *map(str, objs), "-o", str(target)], check=True)
         libraries[name] = str(target)
     return libraries
+
+
+def build_full_library(build_dir: Path, arch: str) -> str:
+    """The package's own CMake build for one GPU architecture: libuniattn_kernels.so (CPU and
+    CUDA kernels, the library every backend and tests/targets/trt/gpu_enqueue_check.py load)
+    and libuniattn_ort.so, in build_dir/lib. Needs no GPU."""
+    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                    "-DUNIATTN_CUDA=ON", f"-DUNIATTN_CUDA_ARCHITECTURES={arch}"], check=True)
+    subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), "--target",
+                    "uniattn_kernels", "uniattn_ort"], check=True)
+    library = build_dir / "lib" / "libuniattn_kernels.so"
+    if Kernels(str(library), device="cpu").lib.ua_has_cuda() != 1:
+        raise RuntimeError(f"{library} was built without its CUDA kernels (is nvcc on PATH?)")
+    return str(library)
 
 
 def find_library(explicit: str | None) -> str | None:
@@ -666,7 +741,7 @@ def _fmt(x, spec=".3f"):
 
 
 VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
-VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn")
+VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn", "ours_consumer_recompute_attn")
 
 
 def run_checks(kernels: Kernels, cases: list[Case]) -> list[dict]:
@@ -680,19 +755,40 @@ def run_checks(kernels: Kernels, cases: list[Case]) -> list[dict]:
     return results
 
 
+def sanitize(library: str, tool: str, timeout_s: float) -> dict:
+    """This script's small edge cases (the emulator's set) under compute-sanitizer `tool`
+    (memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory hazards)."""
+    command = ["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", sys.executable, __file__, "--lib",
+               library, "--cases", "small", "--random", "0", "--skip-bench", "--out", tempfile.mkdtemp()]
+    started = time.time()
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"tool": tool, "ok": None, "why": f"stopped after {timeout_s:.0f} s"}
+    errors = [line for line in run.stdout.splitlines() if "ERROR SUMMARY" in line or line.startswith("=========")]
+    return {"tool": tool, "ok": run.returncode == 0, "returncode": run.returncode,
+            "seconds": round(time.time() - started, 1), "summary": errors[-12:], "tail": run.stdout[-1500:]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lib", help="built libuniattn_kernels.so (default: uniattn_export/lib, else build with nvcc)")
+    ap.add_argument("--cases", choices=("all", "small"), default="all",
+                    help="small: the emulator's edge cases only (for compute-sanitizer)")
     ap.add_argument("--random", type=int, default=150, help="randomized correctness cases")
     ap.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
     ap.add_argument("--skip-bench", action="store_true")
-    ap.add_argument("--budget-s", type=float, default=450, help="start no further variant after this many seconds")
+    ap.add_argument("--sanitize", action="store_true",
+                    help="last, run the small cases under compute-sanitizer memcheck and racecheck")
+    ap.add_argument("--budget-s", type=float, default=330,
+                    help="whole run: no variant or sanitizer starts that cannot finish inside it")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--build-only", metavar="DIR", help="only build the default library into DIR (no GPU needed)")
-    ap.add_argument("--arch", help="with --build-only: compute capability to build for, e.g. 90")
+    ap.add_argument("--build-only", metavar="DIR",
+                    help="only build the full kernel library (CPU + CUDA, CMake) into DIR/lib; no GPU needed")
+    ap.add_argument("--arch", default="90", help="with --build-only: CUDA architectures, e.g. 90 or '80-real;90'")
     args = ap.parse_args(argv)
     if args.build_only:
-        print(build_libraries(Path(args.build_only), {"default": []}, args.arch)["default"])
+        print(build_full_library(Path(args.build_only), args.arch))
         return 0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -703,6 +799,9 @@ def main(argv=None) -> int:
         report["seconds"] = round(time.time() - started, 1)
         (out_dir / "gpu_kernels.json").write_text(json.dumps(report, indent=1))
 
+    def left_s() -> float:
+        return args.budget_s - (time.time() - started)
+
     # The default library is built first when none was given or found; the variants build in
     # the background while the checks run.
     scratch = Path(tempfile.mkdtemp())
@@ -711,7 +810,7 @@ def main(argv=None) -> int:
         if library is None:
             if shutil.which("nvcc") is None:
                 raise RuntimeError("no built library and no nvcc to build one")
-            library = build_libraries(scratch / "default", {"default": []})["default"]
+            library = build_libraries(scratch / "default", {})["default"]
         kernels = Kernels(library)
         report["library"] = library
         if not kernels.has_cuda():
@@ -723,12 +822,11 @@ def main(argv=None) -> int:
         return 1
     builds = None
     if not args.no_variants and not args.skip_bench and shutil.which("nvcc"):
-        builds = ThreadPoolExecutor(1).submit(
-            build_libraries, scratch / "variants", {name: flags for name, (flags, _) in VARIANTS.items()})
+        builds = ThreadPoolExecutor(1).submit(build_libraries, scratch / "variants", VARIANTS)
 
-    cases = edge_cases(large=True) + random_cases(args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
-                                                  head_dims=(8, 16, 40, 64, 64, 64, 80, 96, 128, 128, 256),
-                                                  max_kv_heads=8)
+    cases = edge_cases(large=args.cases == "all") + random_cases(
+        args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
+        head_dims=(8, 16, 40, 64, 64, 64, 80, 96, 128, 128, 256), max_kv_heads=8)
     report["checks"] = run_checks(kernels, cases)
     save()
 
@@ -740,24 +838,30 @@ def main(argv=None) -> int:
                 return {**what, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=4)}
 
         try:
-            bw = copy_bandwidth()
-            report["copy_TBps"] = bw / 1e12
+            ceilings = device_bandwidth()
+            report["bandwidth_TBps"] = {k: v / 1e12 for k, v in ceilings.items()}
+            report["copy_TBps"] = max(ceilings["memcpy"], ceilings["elementwise"]) / 1e12
+            report["read_TBps"] = ceilings["read"] / 1e12
+            bw = report["copy_TBps"] * 1e12
         except Exception as exc:
-            bw, report["bench_error"] = float("nan"), f"copy bandwidth: {type(exc).__name__}: {exc}"
+            bw, report["bench_error"] = float("nan"), f"bandwidth: {type(exc).__name__}: {exc}"
         report["decode"] = []
         for b in (1, 8, 32):
             for seq in (512, 2048, 8192):
                 report["decode"].append(attempt({"batch": b, "seq": seq}, lambda: bench_decode(kernels, b, seq, bw)))
                 save()
         report["prefill"] = [attempt({"seq": seq}, lambda: bench_prefill(kernels, seq)) for seq in (2048, 8192)]
-        report["breakdown_B32_S8192"] = attempt({}, lambda: kernel_breakdown(kernels, 32, 8192))
+        report["breakdown"] = {f"B{b}_S{seq}": attempt({}, lambda: kernel_breakdown(kernels, b, seq))
+                               for b, seq in ((32, 8192), (1, 8192))}
         save()
         if builds is not None:
             report["variants"] = {}
             try:
                 for name, path in builds.result().items():
+                    if name not in VARIANTS:
+                        continue  # the default build of the variants' base objects
                     flags, kind = VARIANTS[name]
-                    if time.time() - started > args.budget_s:
+                    if left_s() < 45:
                         report["variants"][name] = {"flags": flags, "skipped": "time budget spent"}
                         continue
                     variant = Kernels(path)
@@ -766,8 +870,7 @@ def main(argv=None) -> int:
                     entry = {"flags": flags, "kind": kind, "checks_passed": sum(c["ok"] for c in checks),
                              "checks": len(checks), "failed": [c["case"] for c in checks if not c["ok"]][:10]}
                     if entry["checks_passed"] == entry["checks"] and kind == "decode" and "copy_TBps" in report:
-                        entry["decode"] = [bench_decode(variant, b, s, report["copy_TBps"] * 1e12, VARIANT_BENCHES)
-                                           for b, s in VARIANT_SHAPES]
+                        entry["decode"] = [bench_decode(variant, b, s, bw, VARIANT_BENCHES) for b, s in VARIANT_SHAPES]
                     elif entry["checks_passed"] == entry["checks"] and kind == "prefill":
                         entry["prefill"] = [bench_prefill(variant, s) for s in (2048, 8192)]
                     report["variants"][name] = entry
@@ -775,10 +878,24 @@ def main(argv=None) -> int:
             except Exception as exc:
                 report["variants_error"] = f"{type(exc).__name__}: {exc}"
         save()
+    if args.sanitize:
+        report["sanitizer"] = []
+        for tool in ("memcheck", "racecheck"):
+            if left_s() < 30:
+                report["sanitizer"].append({"tool": tool, "ok": None, "why": "time budget spent"})
+                continue
+            report["sanitizer"].append(sanitize(library, tool, left_s() - 10))
+            save()
 
     print_summary(report, out_dir)
     failed = [c for c in report["checks"] if not c["ok"]]
     return 0 if not failed and "fatal" not in report else 1
+
+
+def _decode_row(d: dict, cells) -> str:
+    if "error" in d:
+        return f"{d['batch']:>4} {d['seq']:>5} | error: {d['error'][:150]}"
+    return f"{d['batch']:>4} {d['seq']:>5} | " + " | ".join(" ".join(c(d) for c in group) for group in cells)
 
 
 def print_summary(report: dict, out_dir: Path) -> None:
@@ -788,24 +905,36 @@ def print_summary(report: dict, out_dir: Path) -> None:
     for c in failed[:12]:
         bad = [k for k in c["checks"] if not k["ok"]]
         print("  FAIL", c["case"], c.get("error", ""), bad[:2])
+    for s in report.get("sanitizer", []):
+        print(f"compute-sanitizer {s['tool']}: {'clean' if s.get('ok') else s.get('why') or s.get('summary')}")
     if "copy_TBps" in report:
-        print(f"device-to-device copy: {report['copy_TBps']:.2f} TB/s (read+write)")
+        b = report["bandwidth_TBps"]
+        print(f"HBM: copy {report['copy_TBps']:.2f} TB/s read+write (cudaMemcpy {b['memcpy']:.2f}, elementwise "
+              f"{b['elementwise']:.2f}), read-only {report['read_TBps']:.2f} TB/s; 1 GiB buffers")
     if report.get("decode"):
-        print("decode, ms (bf16, Hq 32, Hkv 8, D 64; attn = cache already in place, full = with the concat copy)")
+        ms = lambda k: lambda d: _fmt(d["ms"].get(k))  # noqa: E731
+        tbps = lambda k: lambda d: _fmt(d["TBps"].get(k), ".2f")  # noqa: E731
+        print("decode, ms (bf16, Hq 32, Hkv 8, D 64; attn = caches already in place, full = with the concat copy)")
         print("   B     S |  sdpa torchP torchPV | prod.attn prod.full base.attn base.full | cons.attn cons.full "
-              "concat | cons.attn %copy  prod.attn/sdpa")
+              "cons.rec | concat")
         for d in report["decode"]:
-            if "error" in d:
-                print(f"{d['batch']:>4} {d['seq']:>5} | error: {d['error'][:150]}")
-                continue
-            m, f = d["ms"], d["fraction_of_copy"]
-            ratio = m["ours_producer_attn"] / m["sdpa"] if m.get("ours_producer_attn") and m.get("sdpa") else None
+            print(_decode_row(d, [[ms("sdpa"), ms("torch_producer_P"), ms("torch_PV")],
+                                  [ms("ours_producer_attn"), ms("ours_producer"), ms("ours_base_attn"), ms("ours_base")],
+                                  [ms("ours_consumer_attn"), ms("ours_consumer"), ms("ours_consumer_recompute_attn")],
+                                  [ms("torch_concat_kv")]]))
+        print("decode, TB/s of the least bytes (copy ceiling above) and targets: cons.attn >= 85% of copy and < "
+              "torchPV; prod.attn <= 1.15 sdpa")
+        print("   B     S |  sdpa torchPV | prod.attn base.attn cons.attn cons.rec | %copy(cons) prod/sdpa cons/torchPV")
+        for d in report["decode"]:
+            m, f = d.get("ms", {}), d.get("fraction_of_copy", {})
+            ratio = lambda a, b: (m[a] / m[b] if m.get(a) and m.get(b) else None)  # noqa: E731, B023
             frac = f.get("ours_consumer_attn")
-            print(f"{d['batch']:>4} {d['seq']:>5} | {_fmt(m.get('sdpa'))} {_fmt(m.get('torch_producer_P'))} "
-                  f"{_fmt(m.get('torch_PV'))} | {_fmt(m.get('ours_producer_attn'))} {_fmt(m.get('ours_producer'))} "
-                  f"{_fmt(m.get('ours_base_attn'))} {_fmt(m.get('ours_base'))} | {_fmt(m.get('ours_consumer_attn'))} "
-                  f"{_fmt(m.get('ours_consumer'))} {_fmt(m.get('torch_concat_kv'))} | "
-                  f"{_fmt(frac and 100 * frac, '.0f')}% {_fmt(ratio, '.2f')}")
+            print(_decode_row(d, [[tbps("sdpa"), tbps("torch_PV")],
+                                  [tbps("ours_producer_attn"), tbps("ours_base_attn"), tbps("ours_consumer_attn"),
+                                   tbps("ours_consumer_recompute_attn")],
+                                  [lambda _: _fmt(frac and 100 * frac, ".0f") + "%",
+                                   lambda _: _fmt(ratio("ours_producer_attn", "sdpa"), ".2f"),
+                                   lambda _: _fmt(ratio("ours_consumer_attn", "torch_PV"), ".2f")]]))
     for p in report.get("prefill", []):
         if "error" in p:
             print(f"prefill L=S={p['seq']}: error: {p['error'][:150]}")
@@ -814,6 +943,12 @@ def print_summary(report: dict, out_dir: Path) -> None:
         print(f"prefill causal L=S={p['seq']}: sdpa {_fmt(m.get('sdpa'))} ms ({_fmt(t.get('sdpa'), '.0f')} TFLOP/s), "
               f"ours producer {_fmt(m.get('ours_producer'))} ms ({_fmt(t.get('ours_producer'), '.0f')}), "
               f"consumer {_fmt(m.get('ours_consumer'))} ms ({_fmt(t.get('ours_consumer'), '.0f')})")
+    for shape, kernels in report.get("breakdown", {}).items():
+        if "error" in kernels:
+            print(f"kernels {shape}: error: {kernels['error'][:150]}")
+            continue
+        print(f"kernels {shape} (producer + consumer, us): " +
+              ", ".join(f"{name[:60]} {v['mean_us']:.1f}" for name, v in kernels.items()))
     for name, v in report.get("variants", {}).items():
         cells = [f"B{d['batch']} S{d['seq']}: " + " ".join(_fmt(d["ms"].get(k)) for k in VARIANT_BENCHES)
                  for d in v.get("decode", [])]

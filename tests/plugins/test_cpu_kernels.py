@@ -205,3 +205,57 @@ def test_wrapper_raises_the_kernel_message(make_case):
     case = make_case(batch=1, query_len=2, past_len=0, num_heads=2, kv_num_heads=1, head_dim=4, dtype="float32")
     with pytest.raises(native.KernelError, match="num_heads=2 must be a positive multiple of kv_num_heads=3"):
         native.run_producer(*case.producer_args, num_heads=2, kv_num_heads=3, scale=0.5)
+
+
+def _in_place_cache(past: torch.Tensor, query_len: int) -> torch.Tensor:
+    """A present-layout buffer (B, Hkv, S, D) holding the past rows, the new rows NaN."""
+    batch, heads, past_len, dim = past.shape
+    buffer = torch.full((batch, heads, past_len + query_len, dim), float("nan"), dtype=past.dtype)
+    buffer[:, :, :past_len] = past
+    return buffer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_in_place_append_matches_reference(dtype, kernels, make_case, assert_close):
+    """present_* == past_* (kernels.h): the kernels read the past rows from the present buffer
+    itself and write only the new rows, with the results of separate buffers."""
+    case = make_case(batch=2, query_len=3, past_len=6, num_heads=4, kv_num_heads=2, head_dim=16, dtype=dtype,
+                     padded_rows=(0, 2))  # fmt: skip
+    b, l, p, hq, hkv, d = (case.batch, case.query_len, case.past_len, case.num_heads, case.kv_num_heads,
+                           case.head_dim)  # fmt: skip
+    desc = native.AttentionDesc(b, l, p, hq, hkv, d, d**-0.5, 1, 0, native.DTYPE_CODES[dtype])
+    want_out, want_key, want_value, want_probs, want_lse = reference.producer_attention(
+        *case.producer_args, **case.attributes)
+    cache_key, cache_value = _in_place_cache(case.past_key, l), _in_place_cache(case.past_value, l)
+    out, probs = torch.empty_like(want_out), torch.empty_like(want_probs)
+    lse = torch.empty_like(want_lse)
+    io = native.ProducerIO(*[t.data_ptr() for t in (
+        case.query, case.key, case.value, cache_key, cache_value, case.attention_mask, out, cache_key, cache_value,
+        probs, lse)])  # fmt: skip
+    assert kernels.ua_producer_cpu(ctypes.byref(desc), ctypes.byref(io), 0) == 0, kernels.ua_last_error()
+    assert torch.equal(cache_key, want_key) and torch.equal(cache_value, want_value)
+    for name, got, want in (("output", out, want_out), ("shared_probs", probs, want_probs)):
+        assert_close(got, want, case.tolerance, name)
+    assert_close(lse, want_lse, 2e-5, "shared_lse")
+
+    for shared_probs in (want_probs, None):  # decode branch, then the recompute branch
+        args = case.consumer_args(
+            shared_probs if shared_probs is not None else want_probs[..., :0], want_lse, want_key)
+        want_out2, want_value2 = reference.consumer_attention(*args, **case.attributes)
+        cache_value2, out2 = _in_place_cache(case.consumer_past_value, l), torch.empty_like(want_out2)
+        io2 = native.ConsumerIO(*[None if t is None else t.data_ptr() for t in (
+            case.consumer_value, cache_value2, case.attention_mask, shared_probs, want_lse, case.query, want_key,
+            out2, cache_value2)])  # fmt: skip
+        assert kernels.ua_consumer_cpu(ctypes.byref(desc), ctypes.byref(io2), 0) == 0, kernels.ua_last_error()
+        assert torch.equal(cache_value2, want_value2)
+        assert_close(out2, want_out2, case.tolerance, "consumer output")
+
+
+def test_half_in_place_producer_is_refused(kernels):
+    """Only one of the producer's caches aliasing its past has no meaning: refused, as on CUDA."""
+    buffer = torch.zeros(4096)
+    io = native.ProducerIO(*([buffer.data_ptr()] * 11))
+    io.past_value = torch.zeros(4096).data_ptr()
+    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(io), 0) == 1
+    assert kernels.ua_last_error() == (
+        b"producer: present_key and present_value must both alias their past (in-place append) or neither")

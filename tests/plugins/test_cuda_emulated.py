@@ -4,14 +4,16 @@ are checked against model/attention.py, with the same case runner as the GPU run
 fragment layouts and barriers in CI, where no GPU exists; speed and the hardware itself are
 the GPU run's job.
 
-The emulated build aims at 6 blocks per call (UA_SPLIT_TARGET_BLOCKS) instead of 4096, so
-that small shapes still cut the key axis into several splits of several tiles each.
+The emulated device has 6 SMs running one block each (cuda_emu.h), so that the split-KV
+planner cuts even small shapes' key axes into several splits (and the last block of each row
+group combines them).
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -50,21 +52,29 @@ def _cuda_include() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory) -> runner.Kernels:
+def _compile(tmp_path_factory, *flags: str) -> Path:
     include = _cuda_include()
     if include is None:
         pytest.skip("the CUDA toolkit headers (next to nvcc) are needed to compile the kernels for the emulator")
     library = tmp_path_factory.mktemp("cuda_emu") / "libuniattn_cuda_emulated.so"
     command = [
-        "g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-DUA_CUDA_EMULATE", "-DUA_SPLIT_TARGET_BLOCKS=6",
+        "g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-DUA_CUDA_EMULATE", *flags,
         "-include", str(HERE / "cuda_emu.h"), f"-I{include}", f"-I{REPO / 'plugins/kernels/include'}",
         "-x", "c++", *map(str, sorted((REPO / "plugins/kernels/cuda").glob("*.cu"))),
         "-x", "none", str(REPO / "plugins/kernels/src/common.cpp"), "-o", str(library),
     ]
     build = subprocess.run(command, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]
-    return runner.Kernels(str(library), device="cpu")
+    return library
+
+
+def _build(tmp_path_factory, *flags: str) -> runner.Kernels:
+    return runner.Kernels(str(_compile(tmp_path_factory, *flags)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory) -> runner.Kernels:
+    return _build(tmp_path_factory)
 
 
 def _assert_ok(result: dict) -> None:
@@ -99,6 +109,7 @@ def cases(draw) -> runner.Case:
         emit_lse=draw(st.booleans()),
         in_place=draw(st.booleans()),
         query_scale=draw(st.sampled_from((1.0, 4.0))),
+        rising_keys=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -107,6 +118,22 @@ def cases(draw) -> runner.Case:
 @given(case=cases())
 def test_random_shapes_match_reference(kernels, case):
     _assert_ok(runner.run_case(kernels, case, "cpu"))
+
+
+# Tuning knobs the GPU run times as variants, pushed further: 16 keys per lane make each lane
+# own the scores of two keys after the dot-product sum, 2 V rows per lane make the consumer
+# read P with 4-byte loads, 2 warps per block make more, shorter splits.
+ALTERNATE_TUNING = ("-DUA_KEYS_PER_THREAD=16", "-DUA_CONSUMER_KEYS_PER_THREAD=2", "-DUA_DECODE_WARPS=2")
+
+
+@pytest.fixture(scope="module")
+def alternate_kernels(tmp_path_factory) -> runner.Kernels:
+    return _build(tmp_path_factory, *ALTERNATE_TUNING)
+
+
+@pytest.mark.parametrize("case", [c for c in runner.edge_cases(large=False) if c.query_len <= 16], ids=lambda c: c.name())
+def test_alternate_tuning_matches_reference(alternate_kernels, case):
+    _assert_ok(runner.run_case(alternate_kernels, case, "cpu"))
 
 
 def _call(kernels, op: str, case: runner.Case, *, workspace="auto", misalign: str | None = None,
@@ -138,6 +165,39 @@ def _call(kernels, op: str, case: runner.Case, *, workspace="auto", misalign: st
             output=t["output"], present_value=t["present_value"])
     ws = kernels.workspace(op, desc, op == "producer") if workspace == "auto" else workspace
     return kernels.status(op, desc, io, ws)
+
+
+# Shapes where a kernel once read past the end of a tensor: lanes beyond the head dim loaded
+# the rows after a full step's keys, past the cache when the step ended at P (on the H100, ORT's
+# tiny fp16 model "CUDA failure 700: an illegal memory access" in decode at P = 48). The
+# emulated build with AddressSanitizer sees such an access: every tensor is its own exact-size
+# malloc (torch's CPU allocator), the workspace included.
+OUT_OF_BOUNDS_CASES = [
+    runner.Case(3, 1, 48, 4, 2, 16, "float16", padding="left"),  # that model's decode step
+    runner.Case(3, 1, 40, 4, 2, 16, "float32", padding="left", emit_probs=False),
+    runner.Case(3, 40, 0, 4, 2, 16, "bfloat16", padding="left", emit_probs=False),  # its prefill (flash)
+    runner.Case(1, 1, 64, 2, 1, 72, "bfloat16"),  # 16 lanes per key row, 9 of them in the head dim
+    runner.Case(2, 1, 32, 2, 1, 136, "float16", emit_lse=False),  # 32 lanes, 17 in the head dim
+    runner.Case(1, 3, 29, 4, 1, 8, "float32", is_causal=False),  # D 8: 7 of 8 lanes idle
+]
+
+
+def _asan_runtime() -> str:
+    path = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    assert Path(path).is_file(), f"g++ has no AddressSanitizer runtime (got {path!r})"
+    return path
+
+
+def test_no_access_outside_the_tensors(tmp_path_factory):
+    """The cases above on an AddressSanitizer build, in a child process that preloads the
+    ASan runtime (stack instrumentation off: the emulator's fibers switch stacks)."""
+    # not loaded here: an ASan library refuses a process whose runtime was not preloaded
+    asan = _compile(tmp_path_factory, "-fsanitize=address", "-fno-omit-frame-pointer", "--param", "asan-stack=0")
+    env = {**os.environ, "LD_PRELOAD": _asan_runtime(), "ASAN_OPTIONS": "detect_leaks=0"}
+    child = subprocess.run([sys.executable, __file__, str(asan)], capture_output=True, text=True, env=env)
+    report = child.stderr[child.stderr.find("ERROR: AddressSanitizer"):][:3000] or child.stderr[-3000:]
+    assert child.returncode == 0, f"{child.stdout[-2000:]}\n{report}"
+    assert [line.endswith(": ok") for line in child.stdout.splitlines()] == [True] * len(OUT_OF_BOUNDS_CASES)
 
 
 def test_missing_workspace_is_reported(kernels):
@@ -201,7 +261,10 @@ def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
     assert not [k for k in prefill["ms"] if k.endswith("_error")], prefill["ms"]
     report = {
         "checks": [runner.run_case(kernels, runner.Case(1, 1, 5, 2, 1, 16, "float16"), "cpu")],
-        "copy_TBps": 1e-3,
+        "copy_TBps": 1e-3, "read_TBps": 2e-3, "bandwidth_TBps": {"memcpy": 1e-3, "elementwise": 5e-4, "read": 2e-3},
+        "breakdown": {"B1_S40": {"split_kv_kernel<float, (Weights)0, true, 8>": {"calls": 10, "mean_us": 3.5}},
+                      "B32_S8192": {"error": "RuntimeError: out of memory"}},
+        "sanitizer": [{"tool": "memcheck", "ok": True}, {"tool": "racecheck", "ok": None, "why": "time budget spent"}],
         "decode": [decode, {"batch": 8, "seq": 99, "error": "RuntimeError: out of memory"}],
         "prefill": [prefill, {"seq": 99, "error": "RuntimeError: out of memory"}],
         "variants": {"keys8": {"checks_passed": 1, "checks": 1, "decode": [subset]},
@@ -213,3 +276,26 @@ def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
     assert "correctness: 1/1 cases passed" in printed
     assert "   8    99 | error: RuntimeError: out of memory" in printed
     assert "variant flash16rows (1/1 checks): prefill 70:" in printed and "variant keys2 (time budget spent)" in printed
+    assert "HBM: copy 0.00 TB/s read+write (cudaMemcpy 0.00, elementwise 0.00), read-only 0.00 TB/s" in printed
+    assert "kernels B1_S40 (producer + consumer, us): split_kv_kernel<float, (Weights)0, true, 8> 3.5" in printed
+    assert "compute-sanitizer memcheck: clean" in printed and "compute-sanitizer racecheck: time budget spent" in printed
+    assert printed.count("   2    24 |") == 0 and printed.count("   1    40 |") == 2  # the ms and TB/s tables
+
+
+def test_profiler_kernel_names_are_shortened_not_cut():
+    """Run 1 lost every kernel name to the argument list of '(anonymous namespace)'."""
+    name = ("void uniattn::cuda::(anonymous namespace)::split_kv_kernel<__nv_bfloat16, (uniattn::cuda::Weights)0, "
+            "true, 8>(uniattn::cuda::(anonymous namespace)::SplitKvKernelArgs<__nv_bfloat16>)")
+    assert runner.kernel_name(name) == "split_kv_kernel<__nv_bfloat16, (Weights)0, true, 8>"
+    assert runner.kernel_name("Memset (Device)") == "Memset (Device)"
+
+
+if __name__ == "__main__":  # the child of test_no_access_outside_the_tensors: python this.py LIBRARY
+    sanitized = runner.Kernels(sys.argv[1], device="cpu")
+    all_ok = True
+    for case in OUT_OF_BOUNDS_CASES:
+        result = runner.run_case(sanitized, case, "cpu")
+        failed = result.get("error") or [c for c in result["checks"] if not c["ok"]]
+        all_ok &= not failed
+        print(f"{case.name()}: {f'failed {failed}' if failed else 'ok'}", flush=True)
+    sys.exit(0 if all_ok else 1)

@@ -84,8 +84,12 @@ def UniAttnProducer(
         query, present_key, attention_mask, q_heads, kv_heads, op.Constant(value_float=scale),
         op.Constant(value_int=is_causal), op.Constant(value_int=sliding_window),
     )  # fmt: skip
+    # Whether a row sees a key is counted from the mask, not read off ReduceMax: ReduceMax of
+    # an all -inf row is -inf on the CPU provider, but a body that relied on it gave NaN logits
+    # on the CUDA provider (H100), and a wrong answer here turns the row into 0/0.
+    visible_keys = op.ReduceSum(op.Cast(op.Not(op.IsInf(masked, detect_positive=0)), to=1), [-1], keepdims=1)
+    row_sees_a_key = op.Greater(visible_keys, op.Constant(value_float=0.0))
     row_max = op.ReduceMax(masked, [-1], keepdims=1)
-    row_sees_a_key = op.Not(op.IsInf(row_max, detect_positive=0))
     safe_max = op.Where(row_sees_a_key, row_max, op.Constant(value_float=0.0))
     exps = op.Exp(masked - safe_max)  # exp(-inf) = 0 for hidden keys
     sums = op.ReduceSum(exps, [-1], keepdims=1)

@@ -58,10 +58,13 @@ struct CacheRows {
   const T* row(int64_t j) const { return j < past_len ? past + j * dim : fresh + (j - past_len) * fresh_stride; }
 };
 
+// An in-place past (kernels.h) is the present buffer: S rows per (batch, KV head).
 template <typename T>
-CacheRows<T> cache_rows(const ua_attention_desc& d, const void* past, const void* fresh, int64_t b, int64_t hk) {
+CacheRows<T> cache_rows(const ua_attention_desc& d, const void* past, const void* present, const void* fresh,
+                        int64_t b, int64_t hk) {
   const int64_t dim = d.head_dim;
-  const T* past_slice = past ? static_cast<const T*>(past) + (b * d.kv_num_heads + hk) * d.past_len * dim : nullptr;
+  const int64_t past_stride = in_place(d, past, present) ? key_len(d) : d.past_len;
+  const T* past_slice = past ? static_cast<const T*>(past) + (b * d.kv_num_heads + hk) * past_stride * dim : nullptr;
   const T* fresh_slice =
       fresh ? static_cast<const T*>(fresh) + (b * d.query_len * d.kv_num_heads + hk) * dim : nullptr;
   return {past_slice, d.past_len, fresh_slice, d.kv_num_heads * dim, dim};
@@ -80,7 +83,7 @@ void write_present(const ua_attention_desc& d, const CacheRows<T>& rows, void* p
   if (present == nullptr || (d.past_len > 0 && rows.past == nullptr)) return;  // an empty call may omit them
   const int64_t dim = d.head_dim;
   T* dst = static_cast<T*>(present) + (b * d.kv_num_heads + hk) * key_len(d) * dim;
-  if (d.past_len > 0) std::memcpy(dst, rows.past, size_t(d.past_len * dim) * sizeof(T));
+  if (d.past_len > 0 && rows.past != dst) std::memcpy(dst, rows.past, size_t(d.past_len * dim) * sizeof(T));
   for (int64_t i = 0; i < d.query_len; ++i)
     std::memcpy(dst + (d.past_len + i) * dim, rows.fresh + i * rows.fresh_stride, size_t(dim) * sizeof(T));
 }
@@ -150,8 +153,8 @@ void weighted_sum(const float* weights, int64_t count, const float* values, int6
 template <typename T>
 void producer_item(const ua_attention_desc& d, const ua_producer_io& io, const Item& item, Scratch& s) {
   const int64_t dim = d.head_dim, group = d.num_heads / d.kv_num_heads, keys = key_len(d);
-  const CacheRows<T> k_rows = cache_rows<T>(d, io.past_key, io.key, item.batch, item.kv_head);
-  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.value, item.batch, item.kv_head);
+  const CacheRows<T> k_rows = cache_rows<T>(d, io.past_key, io.present_key, io.key, item.batch, item.kv_head);
+  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.present_value, io.value, item.batch, item.kv_head);
   if (item.first_block) {
     write_present(d, k_rows, io.present_key, item.batch, item.kv_head);
     write_present(d, v_rows, io.present_value, item.batch, item.kv_head);
@@ -208,7 +211,7 @@ void producer_item(const ua_attention_desc& d, const ua_producer_io& io, const I
 template <typename T>
 void consumer_item(const ua_attention_desc& d, const ua_consumer_io& io, const Item& item, Scratch& s) {
   const int64_t dim = d.head_dim, group = d.num_heads / d.kv_num_heads, keys = key_len(d);
-  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.value, item.batch, item.kv_head);
+  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.present_value, io.value, item.batch, item.kv_head);
   if (item.first_block) write_present(d, v_rows, io.present_value, item.batch, item.kv_head);
   if (item.row_begin == item.row_end) return;
   const bool reuse_probs = io.shared_probs != nullptr;

@@ -77,18 +77,36 @@ struct Slice8 {
   uint4 raw[sizeof(T) / 2];
 };
 
-template <typename T>
+// How a load may be cached. kStreaming: data read once (K/V rows), evicted from L2 first so
+// that what is read again soon (shared_probs, partial results) stays there. kL2: data that
+// other blocks of the same grid wrote, read past L1 (which is not coherent across SMs).
+enum class Load { kNormal, kStreaming, kL2 };
+
+template <Load kHow, typename V>
+__device__ __forceinline__ V load_as(const V* p) {
+#ifdef UA_CUDA_EMULATE
+  ua_emu::check_aligned(p, sizeof(V), "vector load");  // the GPU faults on a misaligned one
+#endif
+  if constexpr (kHow == Load::kStreaming) return __ldcs(p);
+  else if constexpr (kHow == Load::kL2) return __ldcg(p);
+  else return *p;
+}
+
+template <typename T, Load kHow = Load::kNormal>
 __device__ __forceinline__ Slice8<T> load_slice(const T* p) {
   Slice8<T> s;
   const uint4* src = reinterpret_cast<const uint4*>(p);
 #pragma unroll
-  for (int i = 0; i < int(sizeof(T) / 2); ++i) s.raw[i] = src[i];
+  for (int i = 0; i < int(sizeof(T) / 2); ++i) s.raw[i] = load_as<kHow>(src + i);
   return s;
 }
 
 template <typename T>
 __device__ __forceinline__ void store_slice(T* p, const Slice8<T>& s) {
   uint4* dst = reinterpret_cast<uint4*>(p);
+#ifdef UA_CUDA_EMULATE
+  ua_emu::check_aligned(dst, sizeof(uint4), "vector store");
+#endif
 #pragma unroll
   for (int i = 0; i < int(sizeof(T) / 2); ++i) dst[i] = s.raw[i];
 }
@@ -114,6 +132,16 @@ __device__ __forceinline__ void slice_to_floats(const Slice8<T>& s, float (&f)[8
     f[2 * e] = x.x;
     f[2 * e + 1] = x.y;
   }
+}
+
+// Eight floats rounded to T as one slice (the inverse of slice_to_floats).
+template <typename T>
+__device__ __forceinline__ Slice8<T> floats_to_slice(const float (&f)[8]) {
+  Slice8<T> s;
+  T* e = reinterpret_cast<T*>(s.raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = from_float<T>(f[i]);
+  return s;
 }
 
 // Row j of a key/value sequence for batch b, KV head hk (see RowSource).

@@ -8,11 +8,8 @@
 //                                                 also writes the present caches
 //   otherwise (fp16/bf16 prefill)              -> append.cu + tensor-core flash.cu
 //
-// In-place append: when present_key/present_value are the very buffers passed as
-// past_key/past_value (P > 0), the first P rows are taken to be in place already, in the
-// present layout (B, Hkv, S, D), and only the L new rows are written. With B*Hkv = 1 this is
-// the concat itself; otherwise such aliasing would have no meaning under docs/ops.md. It lets
-// the benchmarks time the attention without the cache copy.
+// In-place append (present_* == past_*, kernels.h): past rows are read from the present
+// buffer and only the new rows are written.
 #include <stdint.h>
 
 #include "../src/common.h"
@@ -122,10 +119,7 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
                            {"present_value", io->present_value}};
   if (ua_status s = admit(d, tensors); s != UA_OK) return s;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const bool in_place = d.past_len > 0 && io->past_key == io->present_key;
-  if (in_place != (d.past_len > 0 && io->past_value == io->present_value))
-    return fail(UA_INVALID_ARGUMENT, "producer: present_key and present_value must both alias their past (in-place "
-                                     "append) or neither");
+  const bool in_place = uniattn::in_place(d, io->past_key, io->present_key);  // both or neither: checked
   const RowSource keys = layer_rows(d, io->past_key, io->present_key, io->key, in_place);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
@@ -178,7 +172,7 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
                            {"producer_key", io->producer_key}};
   if (ua_status s = admit(d, tensors); s != UA_OK) return s;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const bool in_place = d.past_len > 0 && io->past_value == io->present_value;
+  const bool in_place = uniattn::in_place(d, io->past_value, io->present_value);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
   if (d.query_len == 0) {  // present = past

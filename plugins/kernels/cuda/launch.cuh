@@ -48,18 +48,19 @@ struct SplitKvArgs {
   void* output;           // (B, L, Hq*D)
 };
 
-// How the split-KV kernel covers the problem. Blocks own 4 query rows of one KV head (of the
-// g heads x L tokens; with g <= 4 and one token each K/V row is read once for the g heads
-// sharing it) and one split of the key axis, walked in tiles of `tile_keys` keys.
+// How the split-KV kernel may cover a call, independently of the device (so that the
+// workspace size is a function of the descriptor alone): blocks own up to 4 query rows of one
+// KV head (a "row group": of the g heads x L tokens sharing that KV head, so with g <= 4 and
+// one token each K/V row is read once for all of them) and one split of the key axis. The
+// launch picks the number of splits in [min_splits, max_splits] from the device's SM count.
 struct SplitKvPlan {
-  int row_tiles;
-  int lanes_per_key;   // threads sharing one key row (8, 16 or 32)
-  int tile_keys;
-  int64_t n_tiles;     // ceil(S / tile_keys)
-  int splits;
-  int64_t split_len;   // keys per split, a multiple of tile_keys
-  bool finalize;       // one split and no P: blocks write the output themselves
-  size_t partial_out_offset, partial_stats_offset, tile_max_offset;
+  int lanes_per_key;      // lanes sharing one key row (8, 16 or 32: D <= 64, 128, 256)
+  int row_tiles;          // row groups per KV head
+  int64_t align;          // split lengths are multiples of it
+  int64_t min_split_len;  // every warp of a block gets at least one step of keys
+  int min_splits;         // more when P is emitted: a block keeps its split's scores in shared memory
+  int max_splits;
+  size_t partial_out_offset, partial_stats_offset, arrivals_offset;
   size_t workspace_bytes;
 };
 

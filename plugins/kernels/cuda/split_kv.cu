@@ -1,21 +1,40 @@
 // Split-KV attention on CUDA cores: decode (flash-decoding), emission of shared_probs and
 // shared_lse, the consumer's P . V, and every call the tensor-core kernel does not take
-// (float32, few query rows).
+// (float32, few query rows). Decode is memory-bound (every K/V byte is used for a few
+// multiply-adds), so everything here is arranged for bytes in flight:
 //
-// A block owns R query rows of one KV head (the g query heads of that KV head times the L
-// tokens, so every K/V row is read once for all heads sharing it) and one split of the key
-// axis. The key axis is cut into enough splits to fill the GPU even at batch 1; a second
-// small kernel combines the splits. Threads own 8-element slices of key rows
-// (`lanes_per_key` lanes cover one row with 16-byte accesses), so loads are coalesced and
-// each thread keeps kKeysPerThread keys of K and V in flight.
-//
-// The present-cache copy is fused: the blocks of row tile 0 write every K/V row they read to
-// present_key/present_value, so the concat costs one write and no extra read.
-//
-// Emitting P without a second pass over K: each block writes exp(s - m_t) to shared_probs,
-// m_t being its running max when tile t was processed, and records m_t per tile; the
-// combine kernel, which knows the row's lse, rescales each tile by exp(m_t - lse).
+// * A block owns a row group (up to R = 4 query rows of one KV head: the g heads x L tokens
+//   sharing it, so every K/V row is read once for all of them) and one split of the key axis.
+//   Its warps are independent: each streams whole steps of keys (warp w takes steps w,
+//   w + kWarps, ...) with 16-byte loads, every lane keeping kKeys rows of K and V in flight,
+//   and runs its own online softmax. No barrier inside the key loop.
+// * Lanes: `kLanes` consecutive lanes cover one key row (8 elements each), so one load
+//   instruction reads 32 / kLanes whole rows. A lane's kKeys keys are consecutive (the
+//   consumer reads their P with one vector load). Dot products are summed across a row's
+//   lanes by a transposing butterfly (each level halves the values a lane keeps), after which
+//   every lane owns kHeld (key, row) scores; the weights travel back to the lanes holding the
+//   V slices by shuffles.
+// * Lazy rescaling: a warp keeps a reference max per row and rescales its accumulators only
+//   when a score exceeds it by more than kRescaleSlack (log2 units), which after the first
+//   step almost never happens: the common step has no cross-lane max at all. Weights stay
+//   below 2^kRescaleSlack, harmless in fp32.
+// * Splits are sized from the SM count (enough blocks to fill every SM at batch 1). At the
+//   end the warps of a block combine through shared memory; with several splits each block
+//   writes its partial output and (max, sum) to the workspace and the last block of a row
+//   group to arrive (an atomic counter, zeroed before the launch) combines them.
+// * The present-cache copy is fused: the blocks of row group 0 store every K/V row they load
+//   (the concat costs one write and no extra read); in-place calls store only the new rows.
+// * P emission without a second pass over K: a block keeps its split's scores in shared
+//   memory; with one split it writes P = exp(s - lse) directly, otherwise exp(s - m_split),
+//   which the last block rescales by exp(m_split - lse) (reading back what is likely still in
+//   L2: K/V loads are marked evict-first).
+#include <limits.h>
 #include <math.h>
+
+#include <string.h>
+
+#include <atomic>
+#include <type_traits>
 
 #include "../src/common.h"
 #include "device.cuh"
@@ -25,32 +44,102 @@ namespace uniattn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-// Keys of K and V each thread keeps in flight per tile (a tile is kKeysPerThread * 256 /
-// lanes_per_key keys, a power of two).
+// Warps per block. Small blocks let more of them share an SM whatever the register count.
+#ifndef UA_DECODE_WARPS
+#define UA_DECODE_WARPS 4
+#endif
+// Keys each lane streams per step: rows of K and V in flight (producer, recompute consumer),
+// rows of V only in the consumer reusing P. Halved for float32 (twice the bytes per row).
 #ifndef UA_KEYS_PER_THREAD
 #define UA_KEYS_PER_THREAD 4
 #endif
-constexpr int kKeysPerThread = UA_KEYS_PER_THREAD;
-static_assert((kKeysPerThread & (kKeysPerThread - 1)) == 0, "tiles must be a power of two keys");
-constexpr int R = 4;  // query rows per block (8 would double the accumulators: 250 registers)
-// Blocks to aim for: many waves of blocks keep the last, partial wave short.
-#ifndef UA_SPLIT_TARGET_BLOCKS
-#define UA_SPLIT_TARGET_BLOCKS 4096
+#ifndef UA_CONSUMER_KEYS_PER_THREAD
+#define UA_CONSUMER_KEYS_PER_THREAD 8
 #endif
-constexpr int64_t kTargetBlocks = UA_SPLIT_TARGET_BLOCKS;
-constexpr int64_t kProbsChunk = 4096;  // shared_probs elements rescaled per combine block
+// Upper bound on the blocks of one launch, whatever the device (fixes the workspace).
+#ifndef UA_SPLIT_MAX_BLOCKS
+#define UA_SPLIT_MAX_BLOCKS 4096
+#endif
 
-__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-__host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+constexpr int kWarps = UA_DECODE_WARPS;
+constexpr int kThreads = 32 * kWarps;
+constexpr int R = 4;  // query rows per block
+constexpr float kRescaleSlack = 8.f;
+constexpr int kMaxSplits = 256;          // splits whose combine factors live in shared memory
+constexpr int64_t kMaxBlocks = UA_SPLIT_MAX_BLOCKS;
+constexpr size_t kSmemBudget = 48 * 1024;  // no opt-in needed below 48 KB
+constexpr int kMaxScoreKeys = 2048;
+constexpr float kInf = INFINITY;
+
+__host__ __device__ constexpr int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ constexpr int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The shape of one kernel instance, shared by the planner (host) and the kernel.
+__host__ __device__ constexpr int keys_per_thread(size_t element_size, Weights w) {
+  return (w == Weights::kGivenProbs ? UA_CONSUMER_KEYS_PER_THREAD : UA_KEYS_PER_THREAD) /
+         (element_size == 4 && (w == Weights::kGivenProbs ? UA_CONSUMER_KEYS_PER_THREAD : UA_KEYS_PER_THREAD) > 1
+              ? 2
+              : 1);
+}
+__host__ __device__ constexpr int step_keys(size_t element_size, Weights w, int lanes) {
+  return 32 / lanes * keys_per_thread(element_size, w);
+}
+__host__ __device__ constexpr int64_t split_align(size_t element_size, Weights w, int lanes) {
+  return imax(8, step_keys(element_size, w, lanes));  // P is written in chunks of 8 keys
+}
+// Floats of shared memory besides the scores: per-warp outputs and statistics, per-row
+// statistics, per-split combine factors, the last-block flag.
+__host__ __device__ constexpr size_t fixed_floats(int lanes) {
+  return size_t(kWarps) * R * lanes * 8 + 2 * kWarps * R + 2 * R + R * kMaxSplits + 1;
+}
+// Keys per split whose scores fit next to the rest (P emission only).
+__host__ __device__ constexpr int64_t score_keys(bool emit, size_t element_size, Weights w, int lanes) {
+  return emit ? imin(kMaxScoreKeys, int64_t((kSmemBudget / 4 - fixed_floats(lanes)) / R) /
+                                        split_align(element_size, w, lanes) * split_align(element_size, w, lanes))
+              : 0;
+}
+
+template <typename T, Weights W, bool kEmit, int kLanes>
+struct Shape {
+  static constexpr int kKeysPerLoad = 32 / kLanes;  // key rows one load instruction covers
+  static constexpr int kKeys = keys_per_thread(sizeof(T), W);
+  static constexpr int kStepKeys = kKeysPerLoad * kKeys;
+  static constexpr int kDots = kKeys * R;  // dot products per lane and step
+  // After the dot products are summed over a key row's lanes, each lane owns the scores of
+  // kHeldKeys keys for all R rows, each key's scores being shared by kShared lanes.
+  static constexpr int kHeldKeys = kKeys >= kLanes ? kKeys / kLanes : 1;
+  static constexpr int kShared = kKeys >= kLanes ? 1 : kLanes / kKeys;
+  static constexpr int kAccHeld = R * 8 / kKeysPerLoad;           // output values a lane owns at the end
+  static constexpr int kDim = kLanes * 8;                          // largest head dim of the instance
+  static constexpr int64_t kScoreKeys = score_keys(kEmit, sizeof(T), W, kLanes);
+  static constexpr size_t kSmemBytes = (R * kScoreKeys + fixed_floats(kLanes)) * sizeof(float);
+  static_assert(kSmemBytes <= kSmemBudget, "shared memory above the default 48 KB");
+  static_assert((kKeys & (kKeys - 1)) == 0, "keys per thread must be a power of two");
+};
+
+// Resident warps per SM the register allocation must allow (65536 registers: 16 warps at 128
+// registers a thread, 12 at 168). The consumer reusing P keeps fewer values live (no query,
+// no scores) and fits 16 without spilling; the other kernels need up to 168.
+#ifndef UA_PRODUCER_RESIDENT_WARPS
+#define UA_PRODUCER_RESIDENT_WARPS 12
+#endif
+#ifndef UA_CONSUMER_RESIDENT_WARPS
+#define UA_CONSUMER_RESIDENT_WARPS 16
+#endif
+template <Weights W>
+constexpr int min_blocks() {
+  const int warps = W == Weights::kGivenProbs ? UA_CONSUMER_RESIDENT_WARPS : UA_PRODUCER_RESIDENT_WARPS;
+  return warps > kWarps ? warps / kWarps : 1;
+}
 
 template <typename T>
 struct SplitKvKernelArgs : Geometry {
-  int64_t group;
-  int row_tiles, lanes_per_key, tile_keys, tile_shift, splits;  // tile_keys = 1 << tile_shift
-  int64_t split_len, n_tiles;
-  bool finalize, copy_past;
+  int64_t group;  // g
+  int row_tiles, splits, max_splits;
+  int64_t split_len;
+  bool copy_past;     // false: rows j < P already sit in present (in-place append)
+  bool vector_probs;  // shared_probs rows are 16-byte aligned (S % 8 == 0): chunks of 8 keys
   const T* query;
   RowSource keys, values;
   T* present_key;
@@ -61,396 +150,596 @@ struct SplitKvKernelArgs : Geometry {
   T* probs_out;
   float* lse_out;
   T* output;
-  float* partial_out;    // (rows, splits, D): unnormalized output of each split
-  float* partial_stats;  // (rows, splits, 2): running max (log2) and sum of each split
-  float* tile_max;       // (rows, n_tiles): the max each emitted tile of P was scaled by
+  float* partial_out;    // (rows, max_splits, D): each split's output before normalization
+  float* partial_stats;  // (rows, max_splits, 2): each split's max (log2) and sum
+  int* arrivals;         // (B, Hkv, row_tiles): splits done, zeroed before the launch
 };
 
-// Query row r of a block: head h, token i, its index among the B*Hq*L rows, and the range
-// of keys the causal and sliding-window conditions leave it (the mask is checked per key).
+// Query row r of a row group: head h, token i, its index among the B*Hq*L rows, and the keys
+// the causal and sliding-window conditions leave it (the padding mask is checked per key).
 struct QueryRow {
   bool valid;
   int64_t h, i, global;
-  int lo, hi;  // key positions (S < 2^31)
+  int lo, hi;
 };
 
 template <typename T>
 __device__ __forceinline__ QueryRow query_row(const SplitKvKernelArgs<T>& a, int64_t b, int64_t hk, int row_tile,
                                               int r) {
   QueryRow q;
-  const int64_t rows = a.group * a.query_len;
   const int64_t gr = int64_t(row_tile) * R + r;
-  q.valid = gr < rows;
+  q.valid = gr < a.group * a.query_len;
   const int64_t idx = q.valid ? gr : 0;
   q.h = hk * a.group + idx / a.query_len;
   q.i = idx % a.query_len;
   q.global = (b * a.num_heads + q.h) * a.query_len + q.i;
   const int64_t position = a.past_len + q.i;
-  q.hi = int(a.is_causal ? imin(a.key_len - 1, position) : a.key_len - 1);
-  q.lo = int(a.window > 0 ? imax(0, position - a.window + 1) : 0);
+  q.hi = q.valid ? int(a.is_causal ? imin(a.key_len - 1, position) : a.key_len - 1) : -1;
+  q.lo = q.valid ? int(a.window > 0 ? imax(0, position - a.window + 1) : 0) : INT_MAX;
   return q;
 }
 
-// Resident blocks per SM (caps the registers): bytes in flight per SM = blocks x 256 threads x
-// kKeysPerThread rows of 16 bytes, so fewer keys per thread call for more blocks. The decode
-// kernels are the hot ones; the float32 and recompute variants run unconstrained.
-template <typename T, Weights W>
-constexpr int min_blocks() {
-  const int more = kKeysPerThread <= 2 ? 1 : kKeysPerThread >= 8 ? -1 : 0;
-  return sizeof(T) == 4 ? 1 : W == Weights::kGivenProbs ? 3 + more : W == Weights::kSoftmax ? 2 + more : 1;
+// Sums v[0..N) over the lanes that differ in bits kOffset..kLast of the lane index. While
+// more than kKeep values remain, each level halves what a lane keeps (it sends the half its
+// partner keeps): afterwards the lane whose bits read k holds the full sums of values
+// [k * kKeep', ...), kKeep' = max(kKeep, N / 2^levels); below kKeep the levels sum in place.
+template <int N, int kOffset, int kLast, int kKeep, int N0>
+__device__ __forceinline__ void transpose_sum(float (&v)[N0], int lane) {
+  if constexpr (kOffset >= kLast) {
+    if constexpr (N > kKeep) {
+      const bool upper = (lane & kOffset) != 0;
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        const float send = upper ? v[i] : v[i + N / 2];
+        const float keep = upper ? v[i + N / 2] : v[i];
+        v[i] = keep + __shfl_xor_sync(kFullMask, send, kOffset);
+      }
+      transpose_sum<N / 2, kOffset / 2, kLast, kKeep>(v, lane);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] += __shfl_xor_sync(kFullMask, v[i], kOffset);
+      transpose_sum<N, kOffset / 2, kLast, kKeep>(v, lane);
+    }
+  }
 }
 
-template <typename T, Weights W>
-__global__ void __launch_bounds__(kThreads, (min_blocks<T, W>())) split_kv_kernel(const SplitKvKernelArgs<T> a) {
+// This lane's slice of the rows of a RowSource for one (batch, KV head).
+template <typename T>
+struct LaneRows {
+  const T* cache;
+  const T* packed;
+  __device__ __forceinline__ const T* row(int64_t j, int64_t split, int64_t head_dim, int64_t packed_stride) const {
+    return j < split ? cache + j * head_dim : packed + (j - split) * packed_stride;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ LaneRows<T> lane_rows(const RowSource& s, const Geometry& g, int64_t b, int64_t hk,
+                                                 int slice) {
+  const int64_t offset = slice * 8;
+  LaneRows<T> rows;
+  rows.cache = s.cache == nullptr
+                   ? nullptr
+                   : static_cast<const T*>(s.cache) + (b * g.kv_heads + hk) * s.cache_rows * g.head_dim + offset;
+  rows.packed = s.packed == nullptr
+                    ? nullptr
+                    : static_cast<const T*>(s.packed) + (b * g.query_len * g.kv_heads + hk) * g.head_dim + offset;
+  return rows;
+}
+
+// kKeys consecutive weights of one shared_probs row (`valid` of them inside the split);
+// 16-byte loads where the row is aligned (`vector`) and the keys all valid.
+template <typename T, int kKeys>
+__device__ __forceinline__ void load_weights(const T* p, bool vector, int64_t valid, float (&w)[kKeys]) {
+  constexpr int kBytes = kKeys * int(sizeof(T)), kPerChunk = 16 / int(sizeof(T));
+  if constexpr (kBytes % 16 == 0) {
+    if (vector && valid >= kKeys) {
+#pragma unroll
+      for (int c = 0; c < kBytes / 16; ++c) {
+        const uint4 chunk = load_as<Load::kNormal>(reinterpret_cast<const uint4*>(p) + c);
+        T e[kPerChunk];
+        memcpy(e, &chunk, sizeof(chunk));
+#pragma unroll
+        for (int k = 0; k < kPerChunk; ++k) w[c * kPerChunk + k] = to_float(e[k]);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kKeys; ++k) w[k] = k < valid ? to_float(p[k]) : 0.f;
+}
+
+template <typename T, Weights W, bool kEmit, int kLanes>
+__global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(const SplitKvKernelArgs<T> a) {
+  using K = Shape<T, W, kEmit, kLanes>;
+  constexpr int kKeys = K::kKeys, kDots = K::kDots, kDim = K::kDim;
+  constexpr bool kSoftmax = W == Weights::kSoftmax;
   UA_DYNAMIC_SMEM(smem);
-  const int D = int(a.head_dim);
-  const int C = a.tile_keys;
-  int64_t* s_row = reinterpret_cast<int64_t*>(smem);  // R: row among B*Hq*L, -1 past the last
-  int* s_row_head = reinterpret_cast<int*>(s_row + R);  // R
-  int* s_row_token = s_row_head + R;                    // R
-  float* s_query = reinterpret_cast<float*>(s_row_token + R);  // R x D, pre-scaled by scale*log2(e)
-  float* s_out = s_query + R * D;                   // R x D, the block's output before division
-  float* s_weight = s_out + R * D;                  // R x C, weights of the current tile's keys
-  float* s_alpha = s_weight + R * C;                // R: rescale of the running output
-  float* s_max = s_alpha + R;                       // R: running max (log2 domain)
-  float* s_sum = s_max + R;                         // R: running sum of exp2(s - max)
-  float* s_lse = s_sum + R;                         // R: kFromLse, lse in the log2 domain
+  float* s_scores = reinterpret_cast<float*>(smem);    // R x kScoreKeys: the split's scores (log2)
+  float* s_acc = s_scores + R * K::kScoreKeys;          // kWarps x R x kDim: each warp's output
+  float* s_warp_max = s_acc + kWarps * R * kDim;       // kWarps x R
+  float* s_warp_sum = s_warp_max + kWarps * R;         // kWarps x R
+  float* s_row = s_warp_sum + kWarps * R;              // R x 2: (max, sum) of the split, then of the row
+  float* s_factor = s_row + 2 * R;                     // R x kMaxSplits: exp(m_split - lse) per split
+  int* s_last = reinterpret_cast<int*>(s_factor + R * kMaxSplits);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int row_tile = int(blockIdx.x % a.row_tiles);
-  const int split = int(blockIdx.x / a.row_tiles);
-  const int64_t hk = blockIdx.y, b = blockIdx.z;
-  const int lanes_per_key = a.lanes_per_key, keys_per_step = kThreads / lanes_per_key;
-  const int slice = tid % lanes_per_key, key_lane = tid / lanes_per_key;
+  const int slice = lane % kLanes, key_group = lane / kLanes;
+  const int D = int(a.head_dim);
   const bool slice_active = slice * 8 < D;
+  const int row_tile = int(blockIdx.x % a.row_tiles), split = int(blockIdx.x / a.row_tiles);
+  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int S = int(a.key_len);  // < 2^31 (entry.cu)
+  const int k0 = int(split * a.split_len), k1 = int(imin(S, k0 + a.split_len));
+  const int rows_here = int(imin(R, a.group * a.query_len - int64_t(row_tile) * R));
 
-  bool row_valid[R];
-  int row_lo[R], row_hi[R];
-  int64_t attend_lo = a.key_len, attend_hi = -1;
+  // The rows: queries (this lane's slice, pre-scaled into the log2 domain), P rows, and the
+  // keys the causal and sliding-window conditions leave each (the mask is checked per key):
+  // any row may see keys in [attend_lo, attend_hi], every row sees [common_lo, common_hi].
+  float q[R][8];
+  int64_t probs_row[R];
+  int lo[R], hi[R];
+  float lse[R];  // kFromLse, log2 domain
+  int attend_lo = INT_MAX, attend_hi = -1, common_lo = 0, common_hi = INT_MAX;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const QueryRow q = query_row<T>(a, b, hk, row_tile, r);
-    row_valid[r] = q.valid;
-    row_lo[r] = q.lo;
-    row_hi[r] = q.hi;
-    if (q.valid) {
-      attend_lo = imin(attend_lo, q.lo);
-      attend_hi = imax(attend_hi, q.hi);
+    const QueryRow row = query_row(a, b, hk, row_tile, r);
+    lo[r] = row.lo;
+    hi[r] = row.hi;
+    if (row.valid) {
+      attend_lo = int(imin(attend_lo, row.lo));
+      attend_hi = int(imax(attend_hi, row.hi));
+      common_lo = int(imax(common_lo, row.lo));
+      common_hi = int(imin(common_hi, row.hi));
     }
-    if (tid == r) {
-      s_row[r] = q.valid ? q.global : -1;
-      s_row_head[r] = int(q.h);
-      s_row_token[r] = int(q.i);
-      s_max[r] = -INFINITY;
-      s_sum[r] = 0.f;
-      s_lse[r] = (W == Weights::kFromLse && q.valid) ? a.lse_in[q.global] * kLog2e : INFINITY;
+    probs_row[r] = row.valid ? row.global * S : -1;
+    lse[r] = (W == Weights::kFromLse && row.valid) ? a.lse_in[row.global] * kLog2e : kInf;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[r][e] = 0.f;
+    if (W != Weights::kGivenProbs && row.valid && slice_active) {
+      const T* src = a.query + ((b * a.query_len + row.i) * a.num_heads + row.h) * D + slice * 8;
+      slice_to_floats(load_slice(src), q[r]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[r][e] *= a.scale_log2;
     }
   }
-  // Tiles no row can see are skipped, except where P must be written for every key.
-  if (W == Weights::kGivenProbs || a.probs_out != nullptr) {
-    attend_lo = 0;
-    attend_hi = a.key_len - 1;
+  if (W == Weights::kGivenProbs) {  // P is given for every key
+    attend_lo = common_lo = 0;
+    attend_hi = common_hi = S - 1;
   }
-  __syncthreads();
 
-  for (int x = tid; x < R * D; x += kThreads) {
-    const int r = x / D, d = x % D;
-    float q_value = 0.f;
-    if (W != Weights::kGivenProbs && s_row[r] >= 0)
-      q_value = to_float(a.query[((b * a.query_len + s_row_token[r]) * a.num_heads + s_row_head[r]) * D + d]) *
-                a.scale_log2;
-    s_query[x] = q_value;
-    s_out[x] = 0.f;
-  }
-  __syncthreads();
+  // Where this lane's slice of key/value row j lives: rows j < split in the cache, the rest
+  // in the packed projection.
+  const LaneRows<T> k_src = lane_rows<T>(a.keys, a, b, hk, slice), v_src = lane_rows<T>(a.values, a, b, hk, slice);
+  const int cached = int(imin(a.keys.split, a.values.split));  // keys below it: both rows in the caches
+  const int64_t packed_stride = a.kv_heads * D;
+  T* const present_k = a.present_key == nullptr ? nullptr : a.present_key + (b * a.kv_heads + hk) * S * D + slice * 8;
+  T* const present_v =
+      a.present_value == nullptr ? nullptr : a.present_value + (b * a.kv_heads + hk) * S * D + slice * 8;
+  const bool copy_k = kSoftmax && row_tile == 0 && present_k != nullptr;
+  const bool copy_v = row_tile == 0 && present_v != nullptr;
+  const int64_t* mask = a.mask + b * S;
 
+  // Keys of a step this lane owns scores of (after the sum over a key row's lanes).
+  const int held_key = K::kKeys >= kLanes ? slice * K::kHeldKeys : slice / K::kShared;
   float acc[R][8] = {};
-
-  const bool copy_k = row_tile == 0 && W == Weights::kSoftmax && a.present_key != nullptr;
-  const bool copy_v = row_tile == 0 && a.present_value != nullptr;
-  const int64_t key_begin = int64_t(split) * a.split_len;
-  const int64_t key_end = imin(a.key_len, key_begin + a.split_len);
-
-  for (int64_t t0 = key_begin; t0 < key_end; t0 += C) {
-    const int tile_n = int(imin(C, key_end - t0));
-    const bool attend = t0 <= attend_hi && t0 + tile_n - 1 >= attend_lo;
-    if (!attend && !(copy_k || copy_v)) continue;
-    const bool load_k = W != Weights::kGivenProbs && (attend || copy_k);
-
-    // Issue every load of the tile before using any (K and V both in flight).
-    Slice8<T> k_rows[kKeysPerThread] = {};
-    Slice8<T> v_rows[kKeysPerThread] = {};
+  float row_max[R];  // kSoftmax: the warp's reference max per row (log2), warp-uniform
+  float row_sum[R];  // kSoftmax: this lane's part of the sum of weights
 #pragma unroll
-    for (int n = 0; n < kKeysPerThread; ++n) {
-      const int jj = key_lane + n * keys_per_step;
-      if (slice_active && jj < tile_n) {
-        const int64_t j = t0 + jj;
-        if (load_k)
-          k_rows[n] = load_slice(source_row<T>(a.keys, b, hk, j, a.query_len, a.kv_heads, D) + slice * 8);
-        v_rows[n] = load_slice(source_row<T>(a.values, b, hk, j, a.query_len, a.kv_heads, D) + slice * 8);
-      }
+  for (int r = 0; r < R; ++r) {
+    row_max[r] = -kInf;
+    row_sum[r] = 0.f;
+  }
+
+  // One step of kStepKeys keys. kFull: every key of the step is inside the split, in the
+  // caches and visible to every row up to the mask (and, for the consumer, every row valid and
+  // P 16-byte aligned): no per-key bounds, sources or row limits. The others: the step with the
+  // new tokens, the split's ragged end, causal diagonals and window edges.
+  const auto step = [&](auto full, const int step0, const bool copy) {
+    constexpr bool kFull = decltype(full)::value;
+    const int key0 = step0 + key_group * kKeys;  // this lane's first key
+    const int64_t row0 = int64_t(key0) * D;
+
+    // Every load of the step before any use. Lanes past the head dim (D < kDim) load nothing,
+    // full steps included: their slice pointer lies in the following rows (or past the end
+    // of the cache), and its values, poisoned or garbage, would reach the scores as 0 * NaN.
+    Slice8<T> k_rows[kKeys], v_rows[kKeys];
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      const int j = key0 + u;
+      k_rows[u] = Slice8<T>{};
+      v_rows[u] = Slice8<T>{};
+      if (!slice_active || (!kFull && j >= k1)) continue;
+      if (W != Weights::kGivenProbs)
+        k_rows[u] = load_slice<T, Load::kStreaming>(kFull ? k_src.cache + row0 + u * D
+                                                          : k_src.row(j, a.keys.split, D, packed_stride));
+      v_rows[u] = load_slice<T, Load::kStreaming>(kFull ? v_src.cache + row0 + u * D
+                                                        : v_src.row(j, a.values.split, D, packed_stride));
     }
-    if (copy_k || copy_v) {
+    if (copy) {  // full steps hold past keys only: stored unless the append is in place
 #pragma unroll
-      for (int n = 0; n < kKeysPerThread; ++n) {
-        const int jj = key_lane + n * keys_per_step;
-        const int64_t j = t0 + jj;
-        if (slice_active && jj < tile_n && (a.copy_past || j >= a.past_len)) {
-          const int64_t at = ((b * a.kv_heads + hk) * a.key_len + j) * D + slice * 8;
-          if (copy_k) store_slice(a.present_key + at, k_rows[n]);
-          if (copy_v) store_slice(a.present_value + at, v_rows[n]);
+      for (int u = 0; u < kKeys; ++u) {
+        const int j = key0 + u;
+        if (slice_active && (kFull || (j < k1 && (a.copy_past || j >= a.past_len)))) {
+          if (copy_k) store_slice(present_k + row0 + u * D, k_rows[u]);
+          if (copy_v) store_slice(present_v + row0 + u * D, v_rows[u]);
         }
       }
     }
-    if (!attend) continue;
 
-    // Weights of the tile's keys for each row -> s_weight.
-    if (W == Weights::kGivenProbs) {
-      for (int x = tid; x < R * C; x += kThreads) {
-        const int r = x >> a.tile_shift, jj = x & (C - 1);
-        const int64_t row = s_row[r];
-        s_weight[x] = (jj < tile_n && row >= 0) ? to_float(a.probs_in[row * a.key_len + t0 + jj]) : 0.f;
+    float w[kKeys][R];  // weight of each of this lane's keys for each row
+    if constexpr (W == Weights::kGivenProbs) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float row_w[kKeys];
+        if (kFull)
+          load_weights<T, kKeys>(a.probs_in + probs_row[r] + key0, true, kKeys, row_w);
+        else if (probs_row[r] >= 0)
+          load_weights<T, kKeys>(a.probs_in + probs_row[r] + key0, a.vector_probs, k1 - key0, row_w);
+        else
+#pragma unroll
+          for (int u = 0; u < kKeys; ++u) row_w[u] = 0.f;
+#pragma unroll
+        for (int u = 0; u < kKeys; ++u) w[u][r] = row_w[u];
       }
     } else {
-      float dot[kKeysPerThread][R] = {};
-      if (slice_active) {
+      float dots[kDots];
 #pragma unroll
-        for (int n = 0; n < kKeysPerThread; ++n) {
-          float k[8];
-          slice_to_floats(k_rows[n], k);
+      for (int u = 0; u < kKeys; ++u) {
+        float k[8];
+        slice_to_floats(k_rows[u], k);
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const float4 q0 = *reinterpret_cast<const float4*>(s_query + r * D + slice * 8);
-            const float4 q1 = *reinterpret_cast<const float4*>(s_query + r * D + slice * 8 + 4);
-            float s = q0.x * k[0];
-            s = fmaf(q0.y, k[1], s);
-            s = fmaf(q0.z, k[2], s);
-            s = fmaf(q0.w, k[3], s);
-            s = fmaf(q1.x, k[4], s);
-            s = fmaf(q1.y, k[5], s);
-            s = fmaf(q1.z, k[6], s);
-            s = fmaf(q1.w, k[7], s);
-            dot[n][r] = s;
+        for (int r = 0; r < R; ++r) {
+          float s = q[r][0] * k[0];
+#pragma unroll
+          for (int e = 1; e < 8; ++e) s = fmaf(q[r][e], k[e], s);
+          dots[u * R + r] = s;
+        }
+      }
+      transpose_sum<kDots, kLanes / 2, 1, R>(dots, lane);
+
+      float p[K::kHeldKeys][R];
+      bool rescale = false;
+#pragma unroll
+      for (int k = 0; k < K::kHeldKeys; ++k) {
+        const int j = key0 + held_key + k;
+        const bool real = (kFull || j < k1) && mask[j] != 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const float score = real && (kFull || (j >= lo[r] && j <= hi[r])) ? dots[k * R + r] : -kInf;
+          if (kEmit && (kFull || j < k1)) s_scores[r * K::kScoreKeys + (j - k0)] = score;
+          rescale |= score > row_max[r] + kRescaleSlack;
+          p[k][r] = score;
+        }
+      }
+      if (kSoftmax && __any_sync(kFullMask, rescale)) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          float step_max = -kInf;
+#pragma unroll
+          for (int k = 0; k < K::kHeldKeys; ++k) step_max = fmaxf(step_max, p[k][r]);
+          step_max = warp_max(step_max);
+          if (step_max > row_max[r]) {
+            const float alpha = exp2f(row_max[r] - step_max);
+            row_max[r] = step_max;
+            row_sum[r] *= alpha;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[r][e] *= alpha;
           }
         }
       }
-      // Sum the slices of each key row: its lanes are consecutive.
-      for (int offset = lanes_per_key >> 1; offset > 0; offset >>= 1) {
 #pragma unroll
-        for (int n = 0; n < kKeysPerThread; ++n)
+      for (int k = 0; k < K::kHeldKeys; ++k)
 #pragma unroll
-          for (int r = 0; r < R; ++r) dot[n][r] += __shfl_xor_sync(kFullMask, dot[n][r], offset);
-      }
-      if (slice == 0) {
-#pragma unroll
-        for (int n = 0; n < kKeysPerThread; ++n) {
-          const int jj = key_lane + n * keys_per_step;
-          if (jj < tile_n) {
-            const int j = int(t0 + jj);
-            const bool real_key = a.mask[b * a.key_len + j] != 0;
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-              const bool visible = row_valid[r] && real_key && j >= row_lo[r] && j <= row_hi[r];
-              float w;
-              if (W == Weights::kSoftmax)
-                w = visible ? dot[n][r] : -INFINITY;
-              else
-                w = visible ? exp2f(dot[n][r] - s_lse[r]) : 0.f;
-              s_weight[r * C + jj] = w;
-            }
-          }
+        for (int r = 0; r < R; ++r) {
+          p[k][r] = p[k][r] == -kInf ? 0.f : exp2f(p[k][r] - (kSoftmax ? row_max[r] : lse[r]));
+          row_sum[r] += p[k][r];
         }
+      // Hand each weight to the lanes holding the V slices of its key.
+#pragma unroll
+      for (int u = 0; u < kKeys; ++u)
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          w[u][r] = K::kKeys >= kLanes ? __shfl_sync(kFullMask, p[u % K::kHeldKeys][r], u / K::kHeldKeys, kLanes)
+                                       : __shfl_sync(kFullMask, p[0][r], u * K::kShared, kLanes);
+    }
+
+#pragma unroll
+    for (int u = 0; u < kKeys; ++u) {
+      float v[8];
+      slice_to_floats(v_rows[u], v);
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(w[u][r], v[e], acc[r][e]);
+    }
+  };
+
+  const bool vector_weights = W != Weights::kGivenProbs || (rows_here == R && a.vector_probs &&
+                                                            K::kKeys * sizeof(T) % 16 == 0);
+  const int steps = (k1 - k0 + K::kStepKeys - 1) / K::kStepKeys;
+  for (int t = warp; t < steps; t += kWarps) {
+    const int step0 = k0 + t * K::kStepKeys, step_end = step0 + K::kStepKeys;  // exclusive
+    const bool copy = (copy_k || copy_v) && (a.copy_past || step_end > a.past_len);  // (all keys < S)
+    if (step0 > attend_hi || step_end <= attend_lo) {  // no row sees these keys
+      if (kEmit)
+        for (int x = lane; x < R * K::kStepKeys; x += 32) {
+          const int j = step0 + x % K::kStepKeys;
+          if (j < k1) s_scores[(x / K::kStepKeys) * K::kScoreKeys + (j - k0)] = -kInf;
+        }
+      if (!copy) continue;
+    }
+    // (a copy-only step runs the general path: its weights are 0, its stores are what counts)
+    if (step_end <= k1 && step_end <= cached && step0 >= common_lo && step_end - 1 <= common_hi && vector_weights)
+      step(std::true_type{}, step0, copy);
+    else
+      step(std::false_type{}, step0, copy);
+  }
+
+  // This warp's output: sum the key groups (lanes with the same slice), then to shared memory.
+  {
+    float flat[R * 8];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) flat[r * 8 + e] = acc[r][e];
+    transpose_sum<R * 8, 16, kLanes, 1>(flat, lane);
+    if (slice_active) {
+#pragma unroll
+      for (int i = 0; i < K::kAccHeld; ++i) {
+        const int n = key_group * K::kAccHeld + i;
+        s_acc[(warp * R + n / 8) * kDim + slice * 8 + n % 8] = flat[i];
       }
+    }
+  }
+  if (kSoftmax) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sum = warp_sum(row_sum[r]) / float(K::kShared);  // each score sits in kShared lanes
+      if (lane == 0) {
+        s_warp_max[warp * R + r] = row_max[r];
+        s_warp_sum[warp * R + r] = sum;
+      }
+    }
+  }
+  __syncthreads();
+
+  // The block's output: its warps combined.
+  for (int x = tid; x < rows_here * D; x += kThreads) {
+    const int r = x / D, d = x % D;
+    float m = -kInf, l = 0.f, v = 0.f;
+    if (kSoftmax)
+      for (int w = 0; w < kWarps; ++w) m = fmaxf(m, s_warp_max[w * R + r]);
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = !kSoftmax ? 1.f : m == -kInf ? 0.f : exp2f(s_warp_max[w * R + r] - m);
+      v += s_acc[(w * R + r) * kDim + d] * f;
+      if (kSoftmax) l += s_warp_sum[w * R + r] * f;
+    }
+    const QueryRow row = query_row(a, b, hk, row_tile, r);
+    if (a.splits == 1) {
+      a.output[((b * a.query_len + row.i) * a.num_heads + row.h) * D + d] =
+          from_float<T>(!kSoftmax ? v : l > 0.f ? v / l : 0.f);
+      if (kSoftmax && d == 0 && a.lse_out != nullptr) a.lse_out[row.global] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
+    } else {
+      a.partial_out[(row.global * a.max_splits + split) * D + d] = v;
+      if (kSoftmax && d == 0) {
+        a.partial_stats[(row.global * a.max_splits + split) * 2] = m;
+        a.partial_stats[(row.global * a.max_splits + split) * 2 + 1] = l;
+      }
+    }
+    if (d == 0) {
+      s_row[2 * r] = m;
+      s_row[2 * r + 1] = l;
+    }
+  }
+
+  // The split's P, from the scores: exp(s - lse) with one split, else exp(s - m_split).
+  if (kEmit) {
+    __syncthreads();
+    const int64_t chunks = ceil_div(k1 - k0, 8);
+    for (int64_t x = tid; x < rows_here * chunks; x += kThreads) {
+      const int r = int(x / chunks);
+      const int64_t j = k0 + (x % chunks) * 8;
+      const float m = s_row[2 * r], l = s_row[2 * r + 1];
+      const float reference = a.splits > 1 ? m : m + log2f(l);  // rows without a visible key: all -inf
+      float f[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float s = j + e < k1 ? s_scores[r * K::kScoreKeys + (j + e - k0)] : -kInf;
+        f[e] = s == -kInf ? 0.f : exp2f(s - reference);
+      }
+      T* dst = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
+      if (a.vector_probs) {
+        store_slice(dst, floats_to_slice<T>(f));
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (j + e < k1) dst[e] = from_float<T>(f[e]);
+      }
+    }
+  }
+  if (a.splits == 1) return;
+
+  // Several splits: the last block of the row group to finish combines them.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) *s_last = atomicAdd(a.arrivals + (b * a.kv_heads + hk) * a.row_tiles + row_tile, 1) == a.splits - 1;
+  __syncthreads();
+  if (!*s_last) return;
+  __threadfence();
+
+  // Each row's max and sum over all splits (a warp per row, lanes over the splits).
+  for (int r = warp; r < rows_here; r += kWarps) {
+    const int64_t row = query_row(a, b, hk, row_tile, r).global;
+    const float* stats = a.partial_stats + row * a.max_splits * 2;
+    float m = -kInf, l = 0.f;
+    if (kSoftmax) {
+      for (int s = lane; s < a.splits; s += 32) m = fmaxf(m, __ldcg(stats + 2 * s));
+      m = warp_max(m);
+      if (m != -kInf)
+        for (int s = lane; s < a.splits; s += 32) l += __ldcg(stats + 2 * s + 1) * exp2f(__ldcg(stats + 2 * s) - m);
+      l = warp_sum(l);
+    }
+    if (lane == 0) {
+      s_row[2 * r] = m;
+      s_row[2 * r + 1] = l;
+      if (kSoftmax && a.lse_out != nullptr) a.lse_out[row] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
+    }
+  }
+
+  // The output: each (row, 4 columns) is summed over the splits by `parts` threads (16-byte
+  // loads, many in flight: this runs on one block while the others are done) into shared
+  // memory (the per-warp outputs are no longer needed), then the parts are added.
+  const int quads = D / 4, pairs = rows_here * quads;
+  const int parts = int(imax(1, kThreads / pairs));
+  float4* s_part = reinterpret_cast<float4*>(s_acc);  // parts x pairs
+  for (int x = tid; x < parts * pairs; x += kThreads) s_part[x] = make_float4(0.f, 0.f, 0.f, 0.f);
+  // Splits in chunks of kMaxSplits, whose factors exp(m_split - lse) fit in shared memory.
+  for (int chunk = 0; chunk < a.splits; chunk += kMaxSplits) {
+    const int chunk_end = int(imin(a.splits, chunk + kMaxSplits));
+    __syncthreads();
+    for (int r = warp; r < rows_here; r += kWarps) {
+      const float* stats = a.partial_stats + query_row(a, b, hk, row_tile, r).global * a.max_splits * 2;
+      const float m = s_row[2 * r], l = s_row[2 * r + 1];
+      for (int s = chunk + lane; s < chunk_end; s += 32)
+        s_factor[r * kMaxSplits + s - chunk] = !kSoftmax ? 1.f : l > 0.f ? exp2f(__ldcg(stats + 2 * s) - m) / l : 0.f;
     }
     __syncthreads();
 
-    if (W == Weights::kSoftmax) {
-      // Online softmax, one warp per row.
-      if (warp < R) {
-        const int r = warp;
-        float* w = s_weight + r * C;
-        float tile_max = -INFINITY;
-        for (int jj = lane; jj < tile_n; jj += 32) tile_max = fmaxf(tile_max, w[jj]);
-        tile_max = warp_max(tile_max);
-        const float old_max = s_max[r];
-        const float new_max = fmaxf(old_max, tile_max);
-        // A row that has seen no visible key yet keeps weights 0 (never exp2(-inf + inf)).
-        const float base = new_max == -INFINITY ? 0.f : new_max;
-        const int64_t row = s_row[r];
-        T* probs = (a.probs_out != nullptr && row >= 0) ? a.probs_out + row * a.key_len + t0 : nullptr;
-        float sum = 0.f;
-        for (int jj = lane; jj < tile_n; jj += 32) {
-          const float e = exp2f(w[jj] - base);
-          w[jj] = e;
-          sum += e;
-          if (probs != nullptr) probs[jj] = from_float<T>(e);
-        }
-        sum = warp_sum(sum);
-        if (lane == 0) {
-          const float alpha = exp2f(old_max - base);
-          s_alpha[r] = alpha;
-          s_sum[r] = s_sum[r] * alpha + sum;
-          s_max[r] = new_max;
-          if (a.tile_max != nullptr && row >= 0) a.tile_max[row * a.n_tiles + (t0 >> a.tile_shift)] = base;
-        }
+    for (int x = tid; x < parts * pairs; x += kThreads) {
+      const int pair = x % pairs, part = x / pairs, r = pair / quads;
+      const int64_t row = query_row(a, b, hk, row_tile, r).global;
+      const float4* partial = reinterpret_cast<const float4*>(a.partial_out + row * a.max_splits * D) + pair % quads;
+      float4 sum = s_part[x];
+#pragma unroll 8
+      for (int s = chunk + part; s < chunk_end; s += parts) {
+        const float4 v = load_as<Load::kL2>(partial + int64_t(s) * quads);
+        const float f = s_factor[r * kMaxSplits + s - chunk];
+        sum = make_float4(fmaf(v.x, f, sum.x), fmaf(v.y, f, sum.y), fmaf(v.z, f, sum.z), fmaf(v.w, f, sum.w));
       }
-      __syncthreads();
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float alpha = s_alpha[r];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r][e] *= alpha;
-      }
+      s_part[x] = sum;
     }
 
-    if (slice_active) {
+    // The chunk's P, from exp(s - m_split) to exp(s - lse): batches of loads before their
+    // stores (a store may alias the next load as far as the compiler knows).
+    if (kEmit) {
+      constexpr int kBatch = 16 / int(sizeof(T));
+      const int64_t first_key = chunk * a.split_len, keys = imin(S, chunk_end * a.split_len) - first_key;
+      const int64_t chunks = ceil_div(keys, 8), total = rows_here * chunks;
+      for (int64_t first = tid; first < total; first += int64_t(kThreads) * kBatch) {
+        Slice8<T> values[kBatch];
 #pragma unroll
-      for (int n = 0; n < kKeysPerThread; ++n) {
-        const int jj = key_lane + n * keys_per_step;
-        if (jj < tile_n) {
-          float v[8];
-          slice_to_floats(v_rows[n], v);
+        for (int n = 0; n < kBatch; ++n) {
+          const int64_t x = first + int64_t(n) * kThreads;
+          if (x >= total) continue;
+          const int64_t j = first_key + (x % chunks) * 8;
+          const T* p = a.probs_out + query_row(a, b, hk, row_tile, int(x / chunks)).global * S + j;
+          if (a.vector_probs) {
+            values[n] = load_slice<T, Load::kL2>(p);
+          } else {
+            T* e = reinterpret_cast<T*>(values[n].raw);
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const float w = s_weight[r * C + jj];
+            for (int k = 0; k < 8; ++k) e[k] = j + k < S ? __ldcg(p + k) : from_float<T>(0.f);
+          }
+        }
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc[r][e] = fmaf(w, v[e], acc[r][e]);
+        for (int n = 0; n < kBatch; ++n) {
+          const int64_t x = first + int64_t(n) * kThreads;
+          if (x >= total) continue;
+          const int r = int(x / chunks);
+          const int64_t j = first_key + (x % chunks) * 8;
+          const float f = s_factor[r * kMaxSplits + int(j / a.split_len) - chunk];
+          float scaled[8];
+          slice_to_floats(values[n], scaled);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) scaled[k] *= f;
+          T* p = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
+          if (a.vector_probs) {
+            store_slice(p, floats_to_slice<T>(scaled));
+          } else {
+            for (int k = 0; k < 8 && j + k < S; ++k) p[k] = from_float<T>(scaled[k]);
           }
         }
       }
     }
-    __syncthreads();  // s_weight is rewritten by the next tile
-  }
-
-  // Sum the key lanes of each warp (lanes with the same slice), then the warps.
-  for (int offset = lanes_per_key; offset < 32; offset <<= 1) {
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r][e] += __shfl_xor_sync(kFullMask, acc[r][e], offset);
-  }
-  if (lane < lanes_per_key && slice_active) {
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) atomicAdd(&s_out[r * D + slice * 8 + e], acc[r][e]);
   }
   __syncthreads();
 
-  for (int x = tid; x < R * D; x += kThreads) {
-    const int r = x / D, d = x % D;
-    const int64_t row = s_row[r];
-    if (row < 0) continue;
-    if (a.finalize) {
-      float v = s_out[x];
-      if (W == Weights::kSoftmax) v = s_sum[r] > 0.f ? v / s_sum[r] : 0.f;
-      a.output[((b * a.query_len + s_row_token[r]) * a.num_heads + s_row_head[r]) * D + d] = from_float<T>(v);
-    } else {
-      a.partial_out[(row * a.splits + split) * D + d] = s_out[x];
+  for (int pair = tid; pair < pairs; pair += kThreads) {
+    const QueryRow row = query_row(a, b, hk, row_tile, pair / quads);
+    float4 sum = s_part[pair];
+    for (int part = 1; part < parts; ++part) {
+      const float4 v = s_part[part * pairs + pair];
+      sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
     }
-  }
-  if (W == Weights::kSoftmax && tid < R && s_row[tid] >= 0) {
-    const int64_t row = s_row[tid];
-    const float m = s_max[tid], l = s_sum[tid];
-    if (!a.finalize) {
-      a.partial_stats[(row * a.splits + split) * 2] = m;
-      a.partial_stats[(row * a.splits + split) * 2 + 1] = l;
-    } else if (a.lse_out != nullptr) {
-      a.lse_out[row] = l > 0.f ? (m + log2f(l)) * kLn2 : INFINITY;
-    }
+    T* out = a.output + ((b * a.query_len + row.i) * a.num_heads + row.h) * D + (pair % quads) * 4;
+    out[0] = from_float<T>(sum.x);
+    out[1] = from_float<T>(sum.y);
+    out[2] = from_float<T>(sum.z);
+    out[3] = from_float<T>(sum.w);
   }
 }
 
-template <typename T>
-struct CombineArgs {
-  int64_t query_len, num_heads, key_len, head_dim, n_tiles;
-  int splits, tile_shift;  // tile_keys = 1 << tile_shift
-  const float* partial_out;
-  const float* partial_stats;
-  const float* tile_max;
-  T* output;
-  float* lse_out;
-  T* probs;  // exp(s - m_t) from the split kernel, rescaled here to exp(s - lse)
-};
+// ---- host side -------------------------------------------------------------------------
 
-// Block-wide max or sum of kThreads values; every thread gets the result.
-template <bool kMax>
-__device__ __forceinline__ float block_reduce(float x, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  x = kMax ? warp_max(x) : warp_sum(x);
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float y = lane < kThreads / 32 ? scratch[lane] : (kMax ? -INFINITY : 0.f);
-  y = kMax ? warp_max(y) : warp_sum(y);
-  __syncthreads();
-  return y;
+// Blocks of `kernel` the current device runs at once (SMs x resident blocks per SM), asked
+// once per device: the split count is chosen to fill them.
+template <typename Kernel>
+ua_status resident_blocks(Kernel kernel, size_t smem, std::atomic<int> (&cache)[64], int64_t& blocks) {
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "split_kv: no current CUDA device: %s", cudaGetErrorString(e));
+  std::atomic<int>& slot = cache[device & 63];
+  int known = slot.load();
+  if (known == 0) {
+    int sms = 0, per_sm = 0;
+    if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "split_kv: cannot read the SM count: %s", cudaGetErrorString(e));
+    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+        e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "split_kv: cannot read the occupancy: %s", cudaGetErrorString(e));
+    known = int(imax(1, int64_t(sms) * per_sm));
+    slot.store(known);
+  }
+  blocks = known;
+  return UA_OK;
 }
 
-// One block per query row (blockIdx.x) and chunk of its P row (blockIdx.y); chunk 0 also
-// writes the output and lse. kNormalize: softmax splits (weighted by exp(m_k - max));
-// otherwise the consumer's splits, which simply add up.
-template <typename T, bool kNormalize>
-__global__ void __launch_bounds__(kThreads) combine_kernel(const CombineArgs<T> a) {
-  UA_DYNAMIC_SMEM(smem);
-  float* scratch = reinterpret_cast<float*>(smem);
-  const int64_t row = blockIdx.x;
-  const int64_t chunk = blockIdx.y;
-  const int tid = threadIdx.x;
-  const int64_t D = a.head_dim;
-  const float* stats = a.partial_stats + row * a.splits * 2;
-  float row_max = -INFINITY, row_sum = 0.f, lse = INFINITY;  // log2 domain
-  if (kNormalize) {
-    float m = -INFINITY;
-    for (int k = tid; k < a.splits; k += kThreads) m = fmaxf(m, stats[2 * k]);
-    row_max = block_reduce<true>(m, scratch);
-    float s = 0.f;
-    if (row_max != -INFINITY)
-      for (int k = tid; k < a.splits; k += kThreads) s += stats[2 * k + 1] * exp2f(stats[2 * k] - row_max);
-    row_sum = block_reduce<false>(s, scratch);
-    if (row_sum > 0.f) lse = row_max + log2f(row_sum);
-  }
-  if (chunk == 0) {
-    const int64_t i = row % a.query_len, h = (row / a.query_len) % a.num_heads;
-    const int64_t b = row / (a.query_len * a.num_heads);
-    T* out = a.output + ((b * a.query_len + i) * a.num_heads + h) * D;
-    const float* partial = a.partial_out + row * a.splits * D;
-    for (int64_t d = tid; d < D; d += kThreads) {
-      float v = 0.f;
-      if (!kNormalize) {
-        for (int k = 0; k < a.splits; ++k) v += partial[k * D + d];
-      } else if (lse != INFINITY) {
-        for (int k = 0; k < a.splits; ++k) v += partial[k * D + d] * exp2f(stats[2 * k] - row_max);
-        v /= row_sum;
-      }
-      out[d] = from_float<T>(v);
-    }
-    if (kNormalize && tid == 0 && a.lse_out != nullptr) a.lse_out[row] = lse == INFINITY ? INFINITY : lse * kLn2;
-  }
-  if (kNormalize && a.probs != nullptr) {
-    T* p = a.probs + row * a.key_len;
-    const float* tile_max = a.tile_max + row * a.n_tiles;
-    const int end = int(imin(a.key_len, (chunk + 1) * kProbsChunk));
-    for (int j = int(chunk * kProbsChunk) + tid; j < end; j += kThreads)
-      p[j] = from_float<T>(to_float(p[j]) * exp2f(tile_max[j >> a.tile_shift] - lse));
-  }
+// Splits for `groups` row groups on `resident` block slots: the fewest whose last wave of
+// blocks is nearly as full as the best choice's (flash-decoding's rule).
+int choose_splits(const SplitKvPlan& plan, int64_t groups, int64_t resident) {
+  const auto efficiency = [&](int splits) {
+    const double waves = double(groups * splits) / double(resident);
+    return waves / ceil(waves);
+  };
+  double best = 0.;
+  for (int s = plan.min_splits; s <= plan.max_splits; ++s) best = fmax(best, efficiency(s));
+  for (int s = plan.min_splits; s <= plan.max_splits; ++s)
+    if (efficiency(s) >= 0.95 * best) return s;
+  return plan.min_splits;
 }
 
-template <typename T, Weights W>
-ua_status launch_typed(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
-                       unsigned char* workspace, cudaStream_t stream) {
+template <typename T, Weights W, bool kEmit, int kLanes>
+ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
+                          unsigned char* workspace, cudaStream_t stream) {
+  using K = Shape<T, W, kEmit, kLanes>;
+  const auto kernel = split_kv_kernel<T, W, kEmit, kLanes>;
+  static std::atomic<int> resident_cache[64];
+  int64_t resident = 0;
+  if (ua_status s = resident_blocks(kernel, K::kSmemBytes, resident_cache, resident); s != UA_OK) return s;
+
   SplitKvKernelArgs<T> a;
   static_cast<Geometry&>(a) = geometry_of(d);
   a.group = d.num_heads / d.kv_num_heads;
   a.row_tiles = plan.row_tiles;
-  a.lanes_per_key = plan.lanes_per_key;
-  a.tile_keys = plan.tile_keys;
-  a.tile_shift = 0;
-  while ((1 << a.tile_shift) < a.tile_keys) ++a.tile_shift;
-  a.splits = plan.splits;
-  a.split_len = plan.split_len;
-  a.n_tiles = plan.n_tiles;
-  a.finalize = plan.finalize;
+  const int64_t groups = d.batch * d.kv_num_heads * plan.row_tiles;
+  const int wanted = choose_splits(plan, groups, resident);
+  a.split_len = ceil_div(ceil_div(a.key_len, wanted), plan.align) * plan.align;
+  a.splits = int(ceil_div(a.key_len, a.split_len));
+  a.max_splits = plan.max_splits;
   a.copy_past = args.copy_past;
+  a.vector_probs = a.key_len % 8 == 0 &&
+                   (reinterpret_cast<uintptr_t>(args.probs_in) | reinterpret_cast<uintptr_t>(args.probs_out)) % 16 == 0;
   a.query = static_cast<const T*>(args.query);
   a.keys = args.keys;
   a.values = args.values;
@@ -462,50 +751,37 @@ ua_status launch_typed(const ua_attention_desc& d, const SplitKvArgs& args, cons
   a.probs_out = static_cast<T*>(args.probs_out);
   a.lse_out = args.lse_out;
   a.output = static_cast<T*>(args.output);
-  a.partial_out = plan.finalize ? nullptr : reinterpret_cast<float*>(workspace + plan.partial_out_offset);
-  a.partial_stats = (plan.finalize || W != Weights::kSoftmax)
-                        ? nullptr
-                        : reinterpret_cast<float*>(workspace + plan.partial_stats_offset);
-  a.tile_max = args.probs_out != nullptr ? reinterpret_cast<float*>(workspace + plan.tile_max_offset) : nullptr;
+  a.partial_out = reinterpret_cast<float*>(workspace + plan.partial_out_offset);
+  a.partial_stats = reinterpret_cast<float*>(workspace + plan.partial_stats_offset);
+  a.arrivals = reinterpret_cast<int*>(workspace + plan.arrivals_offset);
+  if (a.splits > 1) {
+    if (cudaError_t e = cudaMemsetAsync(a.arrivals, 0, size_t(groups) * sizeof(int), stream); e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "split_kv: cannot clear the workspace counters: %s", cudaGetErrorString(e));
+  }
+  const dim3 grid{unsigned(plan.row_tiles * a.splits), unsigned(d.kv_num_heads), unsigned(d.batch)};
+  UA_LAUNCH(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a);
+  return launch_status("split_kv");
+}
 
-  const size_t smem = R * (sizeof(int64_t) + 2 * sizeof(int)) +
-                      size_t(2 * R * d.head_dim + R * plan.tile_keys + 4 * R) * sizeof(float);
-  const dim3 grid{unsigned(plan.row_tiles * plan.splits), unsigned(d.kv_num_heads), unsigned(d.batch)};
-  const auto kernel = split_kv_kernel<T, W>;
-  UA_LAUNCH(kernel, grid, dim3(kThreads), smem, stream, a);
-  if (ua_status s = launch_status("split_kv"); s != UA_OK) return s;
-  if (plan.finalize) return UA_OK;
-
-  CombineArgs<T> c;
-  c.query_len = a.query_len;
-  c.num_heads = a.num_heads;
-  c.key_len = a.key_len;
-  c.head_dim = a.head_dim;
-  c.n_tiles = a.n_tiles;
-  c.splits = a.splits;
-  c.tile_shift = a.tile_shift;
-  c.partial_out = a.partial_out;
-  c.partial_stats = a.partial_stats;
-  c.tile_max = a.tile_max;
-  c.output = a.output;
-  c.lse_out = a.lse_out;
-  c.probs = a.probs_out;
-  const int64_t rows = d.batch * d.num_heads * d.query_len;
-  const int64_t chunks = a.probs_out != nullptr ? ceil_div(a.key_len, kProbsChunk) : 1;
-  const dim3 combine_grid{unsigned(rows), unsigned(chunks)};
-  const size_t combine_smem = (kThreads / 32) * sizeof(float);
-  const auto combine = combine_kernel<T, W == Weights::kSoftmax>;
-  UA_LAUNCH(combine, combine_grid, dim3(kThreads), combine_smem, stream, c);
-  return launch_status("split_kv_combine");
+template <typename T, Weights W, bool kEmit>
+ua_status launch_lanes(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
+                       unsigned char* workspace, cudaStream_t stream) {
+  switch (plan.lanes_per_key) {
+    case 8: return launch_instance<T, W, kEmit, 8>(d, args, plan, workspace, stream);
+    case 16: return launch_instance<T, W, kEmit, 16>(d, args, plan, workspace, stream);
+    default: return launch_instance<T, W, kEmit, 32>(d, args, plan, workspace, stream);
+  }
 }
 
 template <typename T>
 ua_status launch_dtype(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
                        unsigned char* workspace, cudaStream_t stream) {
   switch (args.weights) {
-    case Weights::kSoftmax: return launch_typed<T, Weights::kSoftmax>(d, args, plan, workspace, stream);
-    case Weights::kGivenProbs: return launch_typed<T, Weights::kGivenProbs>(d, args, plan, workspace, stream);
-    case Weights::kFromLse: return launch_typed<T, Weights::kFromLse>(d, args, plan, workspace, stream);
+    case Weights::kSoftmax:
+      return args.probs_out != nullptr ? launch_lanes<T, Weights::kSoftmax, true>(d, args, plan, workspace, stream)
+                                       : launch_lanes<T, Weights::kSoftmax, false>(d, args, plan, workspace, stream);
+    case Weights::kGivenProbs: return launch_lanes<T, Weights::kGivenProbs, false>(d, args, plan, workspace, stream);
+    case Weights::kFromLse: return launch_lanes<T, Weights::kFromLse, false>(d, args, plan, workspace, stream);
   }
   return fail(UA_INVALID_ARGUMENT, "split_kv: unknown weights mode");
 }
@@ -520,29 +796,24 @@ size_t reserve(size_t& offset, size_t bytes) {
 
 SplitKvPlan plan_split_kv(const ua_attention_desc& d, Weights weights, bool emit_probs) {
   SplitKvPlan p{};
+  const size_t element = dtype_size(d.dtype);
   const int64_t key_len = d.past_len + d.query_len;
-  const int64_t rows = d.num_heads / d.kv_num_heads * d.query_len;
-  p.row_tiles = int(ceil_div(rows, R));
-  int lanes = 8;
-  while (lanes * 8 < d.head_dim) lanes *= 2;
-  p.lanes_per_key = lanes;
-  p.tile_keys = kKeysPerThread * kThreads / lanes;
-  p.n_tiles = ceil_div(key_len, p.tile_keys);
+  p.lanes_per_key = d.head_dim <= 64 ? 8 : d.head_dim <= 128 ? 16 : 32;
+  p.row_tiles = int(ceil_div(d.num_heads / d.kv_num_heads * d.query_len, R));
+  p.align = split_align(element, weights, p.lanes_per_key);
+  p.min_split_len = ceil_div(kWarps * step_keys(element, weights, p.lanes_per_key), p.align) * p.align;
+  p.min_splits = emit_probs ? int(ceil_div(key_len, score_keys(true, element, weights, p.lanes_per_key))) : 1;
   const int64_t groups = d.batch * d.kv_num_heads * p.row_tiles;
-  const int64_t wanted = imax(1, imin(p.n_tiles, ceil_div(kTargetBlocks, groups)));
-  const int64_t tiles_per_split = ceil_div(p.n_tiles, wanted);
-  p.splits = int(ceil_div(p.n_tiles, tiles_per_split));
-  p.split_len = tiles_per_split * p.tile_keys;
-  p.finalize = p.splits == 1 && !emit_probs;
+  const int64_t useful = imin(imin(ceil_div(key_len, p.min_split_len), kMaxSplits), ceil_div(kMaxBlocks, groups));
+  p.max_splits = int(imax(p.min_splits, imax(1, useful)));
 
-  const size_t rows_total = size_t(d.batch * d.num_heads * d.query_len);
   size_t offset = 0;
-  if (!p.finalize) {
-    p.partial_out_offset = reserve(offset, rows_total * p.splits * d.head_dim * sizeof(float));
-    if (weights == Weights::kSoftmax)
-      p.partial_stats_offset = reserve(offset, rows_total * p.splits * 2 * sizeof(float));
+  if (p.max_splits > 1) {
+    const size_t rows = size_t(d.batch * d.num_heads * d.query_len) * size_t(p.max_splits);
+    p.partial_out_offset = reserve(offset, rows * size_t(d.head_dim) * sizeof(float));
+    if (weights == Weights::kSoftmax) p.partial_stats_offset = reserve(offset, rows * 2 * sizeof(float));
+    p.arrivals_offset = reserve(offset, size_t(groups) * sizeof(int));
   }
-  if (emit_probs) p.tile_max_offset = reserve(offset, rows_total * p.n_tiles * sizeof(float));
   p.workspace_bytes = offset;
   return p;
 }

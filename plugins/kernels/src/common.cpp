@@ -47,6 +47,9 @@ ua_status ok() {
 ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, int64_t max_head_dim) {
   if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
   if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "producer io is NULL");
+  if (in_place(*d, io->past_key, io->present_key) != in_place(*d, io->past_value, io->present_value))
+    return fail(UA_INVALID_ARGUMENT,
+                "producer: present_key and present_value must both alias their past (in-place append) or neither");
   if (d->batch == 0 || d->query_len == 0) return UA_OK;  // empty call: nothing is read
   if (!io->query || !io->key || !io->value || !io->attention_mask || !io->output ||
       !io->present_key || !io->present_value)

@@ -22,6 +22,11 @@ ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io
 
 inline int64_t key_len(const ua_attention_desc& d) { return d.past_len + d.query_len; }
 
+// In-place append (kernels.h): the past cache is the present buffer itself.
+inline bool in_place(const ua_attention_desc& d, const void* past, const void* present) {
+  return d.past_len > 0 && past != nullptr && past == present;
+}
+
 inline size_t dtype_size(ua_dtype t) { return t == UA_FLOAT32 ? 4 : 2; }
 
 // Is key j visible to query row i (absolute position P + i)? mask_row is attention_mask[b].

@@ -81,7 +81,10 @@ class OrtSession(GenerationSession):
                     f"onnxruntime {ort.__version__} here has no CUDA execution provider",
                     "install onnxruntime-gpu (same version) or run on the CPU",
                 )
-            providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            # use_tf32 defaults to on in ORT's CUDA EP: float32 MatMuls would round their inputs
+            # to 10 mantissa bits (logit errors ~1e-2 on the H100), far outside a float32 tolerance.
+            cuda_options = {"device_id": device_id, "use_tf32": 0}
+            providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:

@@ -44,12 +44,19 @@ typedef struct ua_attention_desc {
   ua_dtype dtype;         /* of every T tensor */
 } ua_attention_desc;
 
+/* In-place append (for runtimes with a preallocated, static KV cache; ONNX outputs never
+ * alias inputs, so docs/ops.md does not use it). When present_key == past_key (producer) or
+ * present_value == past_value (producer and consumer), with past_len > 0, that buffer has the
+ * present layout (B, Hkv, S, D), S = past_len + query_len, with the first past_len rows of every
+ * (b, h) valid: they are read in place, and only rows past_len..S-1 are written (from key /
+ * value). A producer's two caches must both alias their past or neither (UA_INVALID_ARGUMENT
+ * otherwise). No other input may overlap an output. The CPU and CUDA kernels both implement it. */
 typedef struct ua_producer_io {
   const void* query;             /* (B, L, Hq*D) post-RoPE */
   const void* key;               /* (B, L, Hkv*D) post-RoPE */
   const void* value;             /* (B, L, Hkv*D) */
-  const void* past_key;          /* (B, Hkv, P, D); may be NULL when P == 0 */
-  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0 */
+  const void* past_key;          /* (B, Hkv, P, D); may be NULL when P == 0; or present_key (in place) */
+  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0; or present_value (in place) */
   const int64_t* attention_mask; /* (B, S) */
   void* output;                  /* (B, L, Hq*D) */
   void* present_key;             /* (B, Hkv, S, D) */
@@ -60,7 +67,7 @@ typedef struct ua_producer_io {
 
 typedef struct ua_consumer_io {
   const void* value;             /* (B, L, Hkv*D) */
-  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0 */
+  const void* past_value;        /* (B, Hkv, P, D); may be NULL when P == 0; or present_value (in place) */
   const int64_t* attention_mask; /* (B, S) */
   const void* shared_probs;      /* (B, Hq, L, S), or NULL: recompute from the next three */
   const float* shared_lse;       /* (B, Hq, L) */
@@ -82,8 +89,9 @@ ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* i
 
 /* CUDA: device pointers, enqueued on `stream` (a cudaStream_t; NULL = default stream).
  * `workspace` must hold at least the bytes the *_workspace_size function returns for the
- * same desc (may be NULL when that is 0). Asynchronous: errors of the launch itself are
- * returned; the caller synchronizes. */
+ * same desc (may be NULL when that is 0); that size depends on the desc alone (not on the
+ * device), and the contents need no initialization. Asynchronous: errors of the launch itself
+ * are returned; the caller synchronizes. */
 size_t ua_producer_cuda_workspace_size(const ua_attention_desc* desc, int emit_probs);
 size_t ua_consumer_cuda_workspace_size(const ua_attention_desc* desc, int has_probs);
 ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* io,
