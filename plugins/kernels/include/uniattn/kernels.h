@@ -15,7 +15,7 @@
 extern "C" {
 #endif
 
-#define UA_ABI_VERSION 1
+#define UA_ABI_VERSION 2
 
 typedef enum ua_dtype {
   UA_FLOAT32 = 0,
@@ -30,27 +30,47 @@ typedef enum ua_status {
   UA_DEVICE_ERROR = 3      /* a CUDA call failed */
 } ua_status;
 
-/* Geometry of one attention call. S = past_len + query_len. */
+/* Geometry of one attention call.
+ *
+ * Two cache layouts (docs/ops.md, op versions 1 and 2):
+ *   capacity == 0  dynamic (v1): caches are (B, Hkv, P, D) in and (B, Hkv, S, D) out,
+ *                  S = past_len + query_len; visibility from attention_mask.
+ *   capacity  > 0  static (v2): caches are (B, Hkv, capacity, D) in and out; new token i of
+ *                  row b goes to slot position_ids[b, i] and query (b, i) sees slots
+ *                  j <= position_ids[b, i] (and inside the window). past_len and
+ *                  attention_mask are ignored. Kernels read position_ids where the work runs
+ *                  (on the device for CUDA) and touch only the slots a row uses, so one
+ *                  desc serves every decode step (CUDA-graph safe). */
 typedef struct ua_attention_desc {
   int64_t batch;        /* B */
   int64_t query_len;    /* L */
-  int64_t past_len;     /* P */
+  int64_t past_len;     /* P (dynamic layout only) */
   int64_t num_heads;    /* Hq */
   int64_t kv_num_heads; /* Hkv, divides Hq */
   int64_t head_dim;     /* D */
   float scale;
-  int32_t is_causal;
+  int32_t is_causal;      /* dynamic layout only; the static layout is always causal */
   int64_t sliding_window; /* 0 = unlimited */
   ua_dtype dtype;         /* of every T tensor */
+  int64_t capacity;       /* 0 = dynamic layout; > 0 = static layout with this many slots */
 } ua_attention_desc;
 
-/* In-place append (for runtimes with a preallocated, static KV cache; ONNX outputs never
- * alias inputs, so docs/ops.md does not use it). When present_key == past_key (producer) or
- * present_value == past_value (producer and consumer), with past_len > 0, that buffer has the
- * present layout (B, Hkv, S, D), S = past_len + query_len, with the first past_len rows of every
- * (b, h) valid: they are read in place, and only rows past_len..S-1 are written (from key /
- * value). A producer's two caches must both alias their past or neither (UA_INVALID_ARGUMENT
- * otherwise). No other input may overlap an output. The CPU and CUDA kernels both implement it. */
+/* In place. Dynamic layout: when present_key == past_key (producer) or present_value ==
+ * past_value (producer and consumer), with past_len > 0, that buffer has the present layout
+ * (B, Hkv, S, D), S = past_len + query_len, with the first past_len rows of every (b, h) valid:
+ * they are read in place, and only rows past_len..S-1 are written (from key / value).
+ * Static layout: past and present are (B, Hkv, capacity, D); when they are the same buffer only
+ * the slots position_ids[b, :] are written; when they differ the kernel first copies past to
+ * present (the whole buffer), so the op is correct on runtimes that do not alias.
+ * A producer's two caches must both alias their past or neither (UA_INVALID_ARGUMENT
+ * otherwise). No other input may overlap an output. The CPU and CUDA kernels implement both.
+ *
+ * Static layout, shared_probs is (B, Hq, L, capacity): entries of visible slots hold p, entries
+ * of hidden slots up to the row's last position hold 0, and entries beyond a row's last
+ * position (position_ids[b, L-1]) are not written and must not be read. position_ids must
+ * satisfy 0 <= position_ids[b, i] < capacity and position_ids[b, i] = position_ids[b, 0] + i;
+ * kernels never access memory outside the buffers when they do not (the results are then
+ * unspecified). */
 typedef struct ua_producer_io {
   const void* query;             /* (B, L, Hq*D) post-RoPE */
   const void* key;               /* (B, L, Hkv*D) post-RoPE */
@@ -63,6 +83,7 @@ typedef struct ua_producer_io {
   void* present_value;           /* (B, Hkv, S, D) */
   void* shared_probs;            /* (B, Hq, L, S) or NULL: not emitted */
   float* shared_lse;             /* (B, Hq, L) or NULL: not emitted */
+  const int64_t* position_ids;   /* (B, L): static layout only (NULL otherwise) */
 } ua_producer_io;
 
 typedef struct ua_consumer_io {
@@ -75,6 +96,7 @@ typedef struct ua_consumer_io {
   const void* producer_key;      /* (B, Hkv, S, D) */
   void* output;                  /* (B, L, Hq*D) */
   void* present_value;           /* (B, Hkv, S, D) */
+  const int64_t* position_ids;   /* (B, L): static layout only (NULL otherwise) */
 } ua_consumer_io;
 
 int ua_abi_version(void);
@@ -83,14 +105,25 @@ int ua_has_cuda(void);
 /* Message of the last failure on this thread ("" if none). */
 const char* ua_last_error(void);
 
-/* CPU: host pointers. num_threads <= 0 picks the hardware concurrency. */
-ua_status ua_producer_cpu(const ua_attention_desc* desc, const ua_producer_io* io, int num_threads);
-ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* io, int num_threads);
+/* CPU threading: the kernels split their work into independent tasks and hand them to the
+ * caller's thread pool (ONNX Runtime's, through KernelContext_ParallelFor), so they never
+ * start threads of their own. parallel_for(pool, count, fn, task) must call fn(task, i) once
+ * for every i in [0, count), on any threads, and return when all calls are done. */
+typedef void (*ua_task_fn)(void* task, size_t index);
+typedef struct ua_cpu_threads {
+  void (*parallel_for)(void* pool, size_t count, ua_task_fn fn, void* task);
+  void* pool;
+} ua_cpu_threads;
+
+/* CPU: host pointers. threads == NULL runs everything on the calling thread. */
+ua_status ua_producer_cpu(const ua_attention_desc* desc, const ua_producer_io* io, const ua_cpu_threads* threads);
+ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* io, const ua_cpu_threads* threads);
 
 /* CUDA: device pointers, enqueued on `stream` (a cudaStream_t; NULL = default stream).
  * `workspace` must hold at least the bytes the *_workspace_size function returns for the
  * same desc (may be NULL when that is 0); that size depends on the desc alone (not on the
- * device), and the contents need no initialization. Asynchronous: errors of the launch itself
+ * device), and the contents need no initialization; for the static layout it does not depend
+ * on the positions, so it is the same for every decode step. Asynchronous: errors of the launch itself
  * are returned; the caller synchronizes. */
 size_t ua_producer_cuda_workspace_size(const ua_attention_desc* desc, int emit_probs);
 size_t ua_consumer_cuda_workspace_size(const ua_attention_desc* desc, int has_probs);
