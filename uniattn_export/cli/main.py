@@ -10,7 +10,7 @@ import sys
 from ..errors import UniAttnError
 
 # In pipeline order.
-SUBCOMMANDS = ("convert", "generate", "model", "validate", "bench", "runtime_paths")
+SUBCOMMANDS = ("convert", "heal", "generate", "model", "validate", "bench", "runtime_paths")
 
 
 def build_parser() -> argparse.ArgumentParser:

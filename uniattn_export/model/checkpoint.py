@@ -295,11 +295,11 @@ def save_model(
     model: UniAttnForCausalLM,
     out_dir: str | os.PathLike,
     tokenizer=None,
-    extra_files: dict[str, str] | None = None,
+    extra_files: dict[str, str | bytes] | None = None,
 ) -> Path:
     """Save in our format (save_pretrained + explicit layer map), atomically.
 
-    extra_files: name -> text written alongside (e.g. conversion_report.json).
+    extra_files: name -> text or bytes written alongside (e.g. conversion_report.json).
     """
     out_dir = check_output_folder(out_dir)
     for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
@@ -309,6 +309,9 @@ def save_model(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content)
     return out_dir

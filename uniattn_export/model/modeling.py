@@ -235,20 +235,43 @@ class UniAttnModel(nn.Module):
         Calibration passes stop after `last_layer` (the deepest layer they measure) and read
         each layer's normed input and post-attention residual stream through `tap`.
         """
-        cos, sin = self.rotary_emb(hidden, position_ids)
-        shared_by_producer: dict[int, SharedState] = {}
+        end = len(self.layers) if last_layer is None else last_layer + 1
+        state = LayerState(hidden, *self.rotary_emb(hidden, position_ids), attention_mask, {})
+        presents = self.run_layer_range(state, range(end), past, ops, tap)
+        return self.norm(state.hidden), presents
+
+    def run_layer_range(
+        self, state: "LayerState", layers: range, past: list[tuple], ops: AttentionOps, tap: LayerTap | None = None
+    ) -> list[tuple]:
+        """Advance `state` through `layers` (in order); returns their (present_key, present_value).
+
+        A later call can continue from the state where an earlier one stopped: this is how
+        healing runs the layers a base model and its UniAttn version share only once.
+        """
         presents = []
-        layers = self.layers if last_layer is None else self.layers[: last_layer + 1]
-        for layer in layers:
+        for layer in (self.layers[i] for i in layers):
             past_key, past_value = past[layer.layer]
-            shared_in = shared_by_producer.get(layer.producer)
             hidden, present_key, present_value, shared = layer(
-                hidden, cos, sin, attention_mask, past_key, past_value, shared_in, ops, tap
-            )
+                state.hidden, state.cos, state.sin, state.attention_mask, past_key, past_value,
+                state.shared_by_producer.get(layer.producer), ops, tap,
+            )  # fmt: skip
+            state.hidden = hidden
             if layer.role == "producer":
-                shared_by_producer[layer.layer] = shared
+                state.shared_by_producer[layer.layer] = shared
             presents.append((present_key, present_value))
-        return self.norm(hidden), presents
+        return presents
+
+
+@dataclass
+class LayerState:
+    """What flows from one decoder layer to the next: the residual stream, the rotary
+    tables, the mask and the shared state of the producers seen so far."""
+
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    attention_mask: torch.Tensor
+    shared_by_producer: dict[int, SharedState]
 
 
 class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
