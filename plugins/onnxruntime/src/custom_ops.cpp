@@ -93,7 +93,7 @@ struct Kernel {
 
   ua_attention_desc desc(int64_t batch, int64_t query_len, int64_t past_len, int64_t head_dim) const {
     return {batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int32_t(is_causal != 0),
-            sliding_window, op->dtype};
+            sliding_window, op->dtype, 0};
   }
 };
 
@@ -255,7 +255,7 @@ OrtStatus* geometry(const Kernel& k, const Tensor& packed, size_t packed_index, 
 // The two implementations of one op behind the kernel ABI.
 template <typename Io>
 struct Implementations {
-  ua_status (*cpu)(const ua_attention_desc*, const Io*, int);
+  ua_status (*cpu)(const ua_attention_desc*, const Io*, const ua_cpu_threads*);
   size_t (*cuda_workspace_size)(const ua_attention_desc*, int);
   ua_status (*cuda)(const ua_attention_desc*, const Io*, void*, void*);
 };
@@ -278,7 +278,7 @@ OrtStatus* launch(const Kernel& k, OrtKernelContext* context, const OrtValue* fi
     UA_RETURN_IF_ERROR(workspace.allocate(context, first_output, impl.cuda_workspace_size(&desc, with_probs)));
     status = impl.cuda(&desc, &io, workspace.data(), stream);
   } else {
-    status = impl.cpu(&desc, &io, 0);
+    status = impl.cpu(&desc, &io, nullptr);
   }
   return status == UA_OK ? nullptr : k.kernel_error(status);
 }
@@ -299,7 +299,7 @@ OrtStatus* compute_producer(const Kernel& k, OrtKernelContext* context) {
 
   const bool emit_probs = length <= k.probs_max_query_len;
   ua_producer_io io{query.data, key.data, value.data, past_key.data, past_value.data,
-                    static_cast<const int64_t*>(mask.data), nullptr, nullptr, nullptr, nullptr, nullptr};
+                    static_cast<const int64_t*>(mask.data), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   const OrtValue* out_value = nullptr;
   void* probs = nullptr;
   void* lse = nullptr;
@@ -336,7 +336,7 @@ OrtStatus* compute_consumer(const Kernel& k, OrtKernelContext* context) {
 
   ua_consumer_io io{value.data,        past_value.data, static_cast<const int64_t*>(mask.data),
                     reuse_probs ? probs.data : nullptr, static_cast<const float*>(lse.data),
-                    producer_query.data, producer_key.data, nullptr, nullptr};
+                    producer_query.data, producer_key.data, nullptr, nullptr, nullptr};
   const OrtValue* out_value = nullptr;
   UA_RETURN_IF_ERROR(output(k, context, 0, {batch, length, k.num_heads * dim}, io.output, &out_value));
   UA_RETURN_IF_ERROR(output(k, context, 1, {batch, k.kv_num_heads, keys, dim}, io.present_value));
