@@ -40,6 +40,36 @@ constexpr int64_t kRowsPerBlock = 32;  // query rows per prefill item
 constexpr int64_t kTransposeRows = 8;  // from this many query rows on, scores use a transposed key tile
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
+// e^x, branch-free so that loops over it vectorize: range reduction to r in [-ln2/2, ln2/2]
+// (ln 2 in two parts), a degree-6 Taylor polynomial (relative error below 1e-7 there), and the
+// power of two put into the exponent bits. Exactly 0 below -87 (hidden keys, -inf scores).
+inline float exp_approx(float x) {
+  const float clamped = std::min(std::max(x, -87.f), 88.f);
+  const float n = std::floor(clamped * 1.44269504f + 0.5f);
+  const float r = clamped - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const float power = float_from_bits(uint32_t(int32_t(n) + 127) << 23);
+  return x < -87.f ? 0.f : p * power;
+}
+
+// w[n] = e^(w[n] - shift) for n < count; returns their sum.
+UA_VECTOR_CLONES float exp_shifted(float* w, int64_t count, float shift) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t n = 0; n < count; ++n) {
+    const float e = exp_approx(w[n] - shift);
+    w[n] = e;
+    sum += e;
+  }
+  return sum;
+}
+
 // tile[m, n] = dot(q[m], keys[n]) for m < rows, n < count (row stride kTile).
 UA_VECTOR_CLONES void scores_by_dots(const float* q, int64_t rows, const float* keys, int64_t count, int64_t dim,
                                      float* tile) {
@@ -311,11 +341,14 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
         for (int64_t n = 0; n < count; ++n) w[n] = n >= lo && n < hi ? to_float(p[n]) : 0.f;
         continue;
       }
-      for (int64_t n = 0; n < count; ++n)
-        w[n] = n >= lo && n < hi && !row_keys.hidden(j0 + n) ? d.scale * w[n] : -kInfinity;
+      std::fill(w, w + lo, -kInfinity);
+      for (int64_t n = lo; n < hi; ++n) w[n] *= d.scale;
+      std::fill(w + hi, w + count, -kInfinity);
+      if (row_keys.mask)
+        for (int64_t n = lo; n < hi; ++n)
+          if (row_keys.hidden(j0 + n)) w[n] = -kInfinity;
       if (job.weights == Weights::kRecompute) {  // exp(s - lse) is the producer's softmax
-        const float lse = job.lse_in[stat_row(m)];
-        for (int64_t n = 0; n < count; ++n) w[n] = std::exp(w[n] - lse);
+        exp_shifted(w, count, job.lse_in[stat_row(m)]);
         continue;
       }
       if (keep_scores) std::memcpy(s.scores.data() + m * span + (j0 - first), w, size_t(count) * sizeof(float));
@@ -331,9 +364,7 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
         s.sum[m] *= rescale;
         for (int64_t i = 0; i < dim; ++i) s.acc[m * dim + i] *= rescale;
       }
-      float sum = 0.f;
-      for (int64_t n = 0; n < count; ++n) sum += (w[n] = std::exp(w[n] - new_max));
-      s.sum[m] += sum;
+      s.sum[m] += exp_shifted(w, count, new_max);
       s.max[m] = new_max;
     }
     accumulate(tile, m_rows, as_float(value_slice + j0 * dim, count * dim, s.values), count, dim, s.acc.data());
@@ -352,10 +383,11 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
       if (keep_scores) {
         const SlotRange range = s.ranges[m / heads];
         T* probs = static_cast<T*>(job.probs_out) + stat_row(m) * rows;
-        const float* scores = s.scores.data() + m * span;
+        float* scores = s.scores.data() + m * span;
+        exp_shifted(scores + (range.begin - first), range.end - range.begin, lse);
         const int64_t end = row_keys.probs_end();
         for (int64_t j = 0; j < end; ++j)
-          probs[j] = from_float<T>(j >= range.begin && j < range.end ? std::exp(scores[j - first] - lse) : 0.f);
+          probs[j] = from_float<T>(j >= range.begin && j < range.end ? scores[j - first] : 0.f);
       }
     }
     from_float_row(acc, output + packed_row(m) * dim, dim);
