@@ -93,52 +93,100 @@ void transpose_tile(const float* keys, int64_t count, int64_t dim, float* keys_t
   }
 }
 
-// tile[m, :] = sum_i q[m, i] * keys_t[i, :]: a whole tile row accumulates in registers.
+// Register blocking: 4 rows x 64 floats of results stay in 16 vector registers (AVX-512; the
+// narrower clones split each vector) while the inner loop streams the other operand.
+typedef float Vec16 __attribute__((vector_size(64)));
+constexpr int64_t kBlockRows = 4;
+
+// The helpers below pass Vec16 by value but are always inlined into the clones, so the
+// default target's ABI for 64-byte vectors (GCC's -Wpsabi note) never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+__attribute__((always_inline)) inline Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+__attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// tile[m, :] = sum_i q[m, i] * keys_t[i, :] (kTile = 64 columns).
 UA_VECTOR_CLONES void scores_by_columns(const float* q, int64_t rows, const float* keys_t, int64_t dim,
                                         float* tile) {
-  for (int64_t m = 0; m < rows; ++m) {
-    float sum[kTile] = {};
-    const float* a = q + m * dim;
+  static_assert(kTile == 64, "one tile row is 4 vectors");
+  int64_t m = 0;
+  for (; m + kBlockRows <= rows; m += kBlockRows) {
+    Vec16 acc[kBlockRows][4] = {};
     for (int64_t i = 0; i < dim; ++i) {
-      const float x = a[i];
       const float* column = keys_t + i * kTile;
-#pragma omp simd
-      for (int64_t n = 0; n < kTile; ++n) sum[n] += x * column[n];
+      const Vec16 k0 = load16(column), k1 = load16(column + 16), k2 = load16(column + 32), k3 = load16(column + 48);
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r) {
+        const float x = q[(m + r) * dim + i];
+        acc[r][0] += x * k0, acc[r][1] += x * k1, acc[r][2] += x * k2, acc[r][3] += x * k3;
+      }
     }
-    std::memcpy(tile + m * kTile, sum, sizeof(sum));
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kBlockRows; ++r)
+      for (int c = 0; c < 4; ++c) store16(tile + (m + r) * kTile + 16 * c, acc[r][c]);
+  }
+  for (; m < rows; ++m) {
+    Vec16 acc[4] = {};
+    for (int64_t i = 0; i < dim; ++i) {
+      const float x = q[m * dim + i];
+      for (int c = 0; c < 4; ++c) acc[c] += x * load16(keys_t + i * kTile + 16 * c);
+    }
+    for (int c = 0; c < 4; ++c) store16(tile + m * kTile + 16 * c, acc[c]);
   }
 }
 
 // acc[m, :] += sum_n p[m, n] * values[n, :], skipping p == 0 (hidden keys: their values may
-// be anything, even NaN, and must not reach the output).
+// be anything, even NaN, and must not reach the output). Columns in groups of 64 (4 vectors)
+// for 4 rows at a time; a narrower rest column by column.
 UA_VECTOR_CLONES void accumulate(const float* p, int64_t rows, const float* values, int64_t count, int64_t dim,
                                  float* acc) {
-  constexpr int64_t kChunk = 64;
-  for (int64_t m = 0; m < rows; ++m) {
-    const float* weights = p + m * kTile;
-    for (int64_t d0 = 0; d0 < dim; d0 += kChunk) {
-      const int64_t width = std::min(kChunk, dim - d0);
-      float sum[kChunk];
-      float* out = acc + m * dim + d0;
-      if (width == kChunk) {
-        std::memcpy(sum, out, sizeof(sum));
-        for (int64_t n = 0; n < count; ++n) {
-          if (weights[n] == 0.f) continue;
-          const float w = weights[n];
-          const float* v = values + n * dim + d0;
-#pragma omp simd
-          for (int64_t i = 0; i < kChunk; ++i) sum[i] += w * v[i];
-        }
-        std::memcpy(out, sum, sizeof(sum));
-      } else {
-        for (int64_t n = 0; n < count; ++n) {
-          if (weights[n] == 0.f) continue;
-          const float w = weights[n];
-          const float* v = values + n * dim + d0;
-#pragma omp simd
-          for (int64_t i = 0; i < width; ++i) out[i] += w * v[i];
+  int64_t d0 = 0;
+  for (; d0 + 64 <= dim; d0 += 64) {
+    int64_t m = 0;
+    for (; m + kBlockRows <= rows; m += kBlockRows) {
+      Vec16 sum[kBlockRows][4];
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        for (int c = 0; c < 4; ++c) sum[r][c] = load16(acc + (m + r) * dim + d0 + 16 * c);
+      for (int64_t n = 0; n < count; ++n) {
+        const float* v = values + n * dim + d0;
+        const Vec16 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const float w = p[(m + r) * kTile + n];
+          if (w == 0.f) continue;
+          sum[r][0] += w * v0, sum[r][1] += w * v1, sum[r][2] += w * v2, sum[r][3] += w * v3;
         }
       }
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        for (int c = 0; c < 4; ++c) store16(acc + (m + r) * dim + d0 + 16 * c, sum[r][c]);
+    }
+    for (; m < rows; ++m) {
+      Vec16 sum[4];
+      for (int c = 0; c < 4; ++c) sum[c] = load16(acc + m * dim + d0 + 16 * c);
+      for (int64_t n = 0; n < count; ++n) {
+        const float w = p[m * kTile + n];
+        if (w == 0.f) continue;
+        for (int c = 0; c < 4; ++c) sum[c] += w * load16(values + n * dim + d0 + 16 * c);
+      }
+      for (int c = 0; c < 4; ++c) store16(acc + m * dim + d0 + 16 * c, sum[c]);
+    }
+  }
+  if (d0 == dim) return;
+  for (int64_t m = 0; m < rows; ++m) {
+    float* out = acc + m * dim;
+    for (int64_t n = 0; n < count; ++n) {
+      const float w = p[m * kTile + n];
+      if (w == 0.f) continue;
+      const float* v = values + n * dim;
+#pragma omp simd
+      for (int64_t i = d0; i < dim; ++i) out[i] += w * v[i];
     }
   }
 }
