@@ -9,8 +9,10 @@ Set UNIATTN_EXPORT_LIB_DIR to use libraries from a development build folder inst
 (`cmake -S . -B build/dev && cmake --build build/dev` puts them in build/dev/lib).
 
 `run_producer` / `run_consumer` call the kernels on torch tensors with the signature of
-model/attention.py: CPU tensors go to the CPU kernels, CUDA tensors to the CUDA kernels on
-torch's current stream.
+model/attention.py (op version 1, growing caches); `run_producer_static` / `run_consumer_static`
+call them with version 2's fixed-capacity caches (slots = position_ids, optionally in place).
+CPU tensors go to the CPU kernels (on the calling thread: Python passes no thread pool), CUDA
+tensors to the CUDA kernels on torch's current stream.
 """
 
 from __future__ import annotations
