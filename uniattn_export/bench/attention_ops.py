@@ -121,6 +121,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompts", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--phases", nargs="+", choices=["decode", "prefill"], default=["decode", "prefill"])
     args = parser.parse_args(argv)
     library = native.ort_custom_op_library()
     rng = np.random.default_rng(0)
@@ -130,6 +131,8 @@ def main(argv=None):
     print(f"{'phase':8} {'prompt':>6}  {'implementation':34} {'wall ms':>8} {'x30':>8} {'cpu ms':>8} {'x30':>8}")
     for prompt in args.prompts:
         for phase, name, model_bytes, inputs, uses_library, aliased in cases(prompt, rng):
+            if phase not in args.phases:
+                continue
             repeats = args.repeats if phase == "decode" else max(5, args.repeats // 5)
             lib = library if uses_library else None
             wall, _ = time_session(model_bytes, inputs, args.threads, lib, aliased, repeats)
