@@ -1,6 +1,6 @@
 """Per-op CPU timings of the attention ops in onnxruntime: our custom-op library (op versions 1
-and 2), the model-local function bodies (plain onnxruntime, version 1), and ORT's own
-com.microsoft GroupQueryAttention, on one layer of SmolLM2-135M's geometry (9 query heads,
+and 2; producers as ordinary layers, and a version-2 consumer), the model-local function bodies
+(plain onnxruntime, version 1), and ORT's own com.microsoft GroupQueryAttention, on one layer of SmolLM2-135M's geometry (9 query heads,
 3 KV heads, D = 64, float32, batch 1), decode (one token after a prompt) and prefill (the
 prompt). Single-node models, inputs and outputs pre-bound (IOBinding; version 2's caches bound
 to one buffer as a static-cache runtime binds them), median of repeated runs.
@@ -105,6 +105,16 @@ def cases(prompt: int, rng):
                           total_sequence_length=np.array(past + length, np.int32))  # fmt: skip
         gqa = model("GroupQueryAttention", "com.microsoft", gqa_inputs, outputs[:3], {"": 18, "com.microsoft": 1},
                     num_heads=HEADS, kv_num_heads=KV_HEADS, scale=SCALE)  # fmt: skip
+        # A consumer layer of version 2: decode reuses the producer's P (no K reads), prefill
+        # recomputes exp(q.k - lse).
+        probs_len = capacity if length == 1 else 0
+        probs = rng.random((1, HEADS, length, probs_len), dtype=np.float32) / (past + length)
+        consumer_inputs = dict(value=v, past_value=rand(1, KV_HEADS, capacity, DIM),
+                               position_ids=v2_inputs["position_ids"], shared_probs=probs,
+                               shared_lse=np.full((1, HEADS, length), 5.0, np.float32), producer_query=q,
+                               producer_key=v2_inputs["past_key"])  # fmt: skip
+        consumer = model("UniAttnConsumer", "uniattn", consumer_inputs, ["output", "present_value"],
+                         {"": 18, "uniattn": 2}, plugin_version="2", **attrs)  # fmt: skip
         rows += [
             (phase, "library v1 (dynamic caches)", v1, v1_inputs, True, ()),
             (phase, "library v2 (static, in place)", v2, v2_inputs, True,
@@ -112,6 +122,8 @@ def cases(prompt: int, rng):
             (phase, "function bodies v1", bodies, v1_inputs, False, ()),
             (phase, "ORT GroupQueryAttention (shared)", gqa, gqa_inputs, False,
              (("past_key", "present_key"), ("past_value", "present_value"))),
+            (phase, "library v2 consumer " + ("(reuse P)" if length == 1 else "(recompute)"), consumer,
+             consumer_inputs, True, (("past_value", "present_value"),)),
         ]  # fmt: skip
     return rows
 
