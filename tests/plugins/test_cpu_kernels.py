@@ -357,3 +357,36 @@ def test_static_layout_refusals(kernels):
     assert kernels.ua_last_error() == b"static layout: query_len=5 exceeds capacity=4"
     assert kernels.ua_producer_cpu(ctypes.byref(_static_desc(capacity=-1)), ctypes.byref(io), None) == 1
     assert kernels.ua_last_error() == b"capacity=-1 must be >= 0"
+
+
+@st.composite
+def static_geometries(draw):
+    batch, query_len = draw(st.integers(1, 3)), draw(st.integers(1, 40))
+    capacity = query_len + draw(st.integers(0, 70))
+    kv_num_heads = draw(st.integers(1, 3))
+    return dict(
+        starts=tuple(draw(st.integers(0, capacity - query_len)) for _ in range(batch)),
+        query_len=query_len, capacity=capacity, kv_num_heads=kv_num_heads,
+        num_heads=kv_num_heads * draw(st.sampled_from([1, 2, 3, 4])),
+        head_dim=draw(st.sampled_from([1, 8, 16, 40, 64, 72, 128])),
+        dtype=draw(st.sampled_from(["float32", "float16", "bfloat16"])),
+        sliding_window=draw(st.sampled_from([0, 0, 1, 4, 33])),
+        probs_max_query_len=draw(st.sampled_from([0, 8, 64])),
+        seed=draw(st.integers(0, 2**16)),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(geometry=static_geometries(), in_place=st.booleans())
+def test_static_layout_randomized(geometry, in_place, make_static_case, assert_close, static_reference):
+    case = make_static_case(**geometry)
+    caches = (case.past_key.clone(), case.past_value.clone())
+    actual = native.run_producer_static(*case.producer_args[:3], *caches, case.position_ids, **case.attributes,
+                                        probs_max_query_len=case.probs_max_query_len, in_place=in_place)  # fmt: skip
+    expected = check_static_producer(case, actual, assert_close, static_reference)
+    recompute = (case.consumer_value, case.consumer_past_value.clone(), case.position_ids, expected[3][..., :0],
+                 expected[4], case.query, expected[1])  # fmt: skip
+    want = static_reference[1](*recompute, **case.attributes)
+    output, present_value = native.run_consumer_static(*recompute, **case.attributes, in_place=in_place)
+    assert_close(output, want[0], case.tolerance, "consumer output (recompute)")
+    assert torch.equal(present_value.nan_to_num(), want[1].nan_to_num())
