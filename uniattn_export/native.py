@@ -9,8 +9,10 @@ Set UNIATTN_EXPORT_LIB_DIR to use libraries from a development build folder inst
 (`cmake -S . -B build/dev && cmake --build build/dev` puts them in build/dev/lib).
 
 `run_producer` / `run_consumer` call the kernels on torch tensors with the signature of
-model/attention.py: CPU tensors go to the CPU kernels, CUDA tensors to the CUDA kernels on
-torch's current stream.
+model/attention.py (op version 1, growing caches); `run_producer_static` / `run_consumer_static`
+call them with version 2's fixed-capacity caches (slots = position_ids, optionally in place).
+CPU tensors go to the CPU kernels (on the calling thread: Python passes no thread pool), CUDA
+tensors to the CUDA kernels on torch's current stream.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def onnxruntime_library() -> str | None:
 
 # ---- plugins/kernels/include/uniattn/kernels.h ----------------------------------------
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 UA_OK = 0
 
@@ -106,6 +108,7 @@ class AttentionDesc(ctypes.Structure):
         ("is_causal", ctypes.c_int32),
         ("sliding_window", ctypes.c_int64),
         ("dtype", ctypes.c_int),
+        ("capacity", ctypes.c_int64),  # 0: dynamic layout (op version 1); > 0: static layout (version 2)
     ]
 
 
@@ -114,7 +117,7 @@ class ProducerIO(ctypes.Structure):
         (name, ctypes.c_void_p)
         for name in (
             "query", "key", "value", "past_key", "past_value", "attention_mask",
-            "output", "present_key", "present_value", "shared_probs", "shared_lse",
+            "output", "present_key", "present_value", "shared_probs", "shared_lse", "position_ids",
         )
     ]
 
@@ -124,9 +127,13 @@ class ConsumerIO(ctypes.Structure):
         (name, ctypes.c_void_p)
         for name in (
             "value", "past_value", "attention_mask", "shared_probs", "shared_lse",
-            "producer_query", "producer_key", "output", "present_value",
+            "producer_query", "producer_key", "output", "present_value", "position_ids",
         )
     ]
+
+
+# The CPU entry points take a `const ua_cpu_threads*`; Python passes NULL (the calling thread).
+CPU_THREADS = ctypes.c_void_p
 
 
 @functools.cache
@@ -141,8 +148,8 @@ def kernels() -> ctypes.CDLL:
         "ua_abi_version": ([], ctypes.c_int),
         "ua_has_cuda": ([], ctypes.c_int),
         "ua_last_error": ([], ctypes.c_char_p),
-        "ua_producer_cpu": ([desc, ctypes.POINTER(ProducerIO), ctypes.c_int], status),
-        "ua_consumer_cpu": ([desc, ctypes.POINTER(ConsumerIO), ctypes.c_int], status),
+        "ua_producer_cpu": ([desc, ctypes.POINTER(ProducerIO), CPU_THREADS], status),
+        "ua_consumer_cpu": ([desc, ctypes.POINTER(ConsumerIO), CPU_THREADS], status),
         "ua_producer_cuda_workspace_size": ([desc, ctypes.c_int], size),
         "ua_consumer_cuda_workspace_size": ([desc, ctypes.c_int], size),
         "ua_producer_cuda": ([desc, ctypes.POINTER(ProducerIO), ctypes.c_void_p, ctypes.c_void_p], status),
@@ -172,7 +179,7 @@ def _pointer(tensor) -> int | None:
 
 
 def _dense(*tensors):
-    """The kernels read dense row-major tensors; the mask as int64."""
+    """The kernels read dense row-major tensors; masks and positions as int64."""
     import torch
 
     return [
@@ -181,7 +188,7 @@ def _dense(*tensors):
     ]
 
 
-def _call(function: str, desc: AttentionDesc, io, num_threads: int, device, workspace_size_args: tuple):
+def _call(function: str, desc: AttentionDesc, io, device, workspace_size_args: tuple):
     import torch
 
     lib = kernels()
@@ -191,24 +198,26 @@ def _call(function: str, desc: AttentionDesc, io, num_threads: int, device, work
         stream = torch.cuda.current_stream(device).cuda_stream
         status = getattr(lib, f"{function}_cuda")(ctypes.byref(desc), ctypes.byref(io), _pointer(workspace), stream)
     else:
-        status = getattr(lib, f"{function}_cpu")(ctypes.byref(desc), ctypes.byref(io), num_threads)
+        status = getattr(lib, f"{function}_cpu")(ctypes.byref(desc), ctypes.byref(io), None)
     if status != UA_OK:
         raise KernelError(function, status, lib.ua_last_error().decode())
 
 
-def _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window, dtype):
+def _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window, dtype,
+          capacity=0):  # fmt: skip
     code = DTYPE_CODES[str(dtype).removeprefix("torch.")]
     return AttentionDesc(
-        batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int(is_causal), sliding_window, code
+        batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int(is_causal), sliding_window, code,
+        capacity,
     )
 
 
 def run_producer(
     query, key, value, past_key, past_value, attention_mask, *, num_heads: int, kv_num_heads: int,
     scale: float, is_causal: bool = True, sliding_window: int = 0, probs_max_query_len: int = 16,
-    emit_shared: bool = True, num_threads: int = 0,
+    emit_shared: bool = True,
 ):
-    """UniAttnProducer through the kernel library; returns what
+    """UniAttnProducer version 1 (dynamic caches) through the kernel library; returns what
     model.attention.producer_attention returns (the shared state is None when not emitted)."""
     import torch
 
@@ -226,21 +235,20 @@ def run_producer(
     shared_probs = new((batch, num_heads, query_len, probs_len)) if emit_shared else None
     shared_lse = torch.empty((batch, num_heads, query_len), device=query.device) if emit_shared else None
     tensors = [query, key, value, past_key, past_value, attention_mask, output, present_key, present_value,
-               shared_probs, shared_lse]
+               shared_probs, shared_lse, None]
     io = ProducerIO(*[_pointer(t) for t in tensors])
     desc = _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window,
                  query.dtype)
-    _call("ua_producer", desc, io, num_threads, query.device, (int(probs_len > 0 and emit_shared),))
+    _call("ua_producer", desc, io, query.device, (int(probs_len > 0 and emit_shared),))
     return output, present_key, present_value, shared_probs, shared_lse
 
 
 def run_consumer(
     value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key, *,
     num_heads: int, kv_num_heads: int, scale: float, is_causal: bool = True, sliding_window: int = 0,
-    num_threads: int = 0,
 ):
-    """UniAttnConsumer through the kernel library; returns (output, present_value) like
-    model.attention.consumer_attention."""
+    """UniAttnConsumer version 1 (dynamic caches) through the kernel library; returns
+    (output, present_value) like model.attention.consumer_attention."""
     import torch
 
     value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key = _dense(
@@ -253,9 +261,69 @@ def run_consumer(
     present_value = torch.empty((batch, kv_num_heads, key_len, head_dim), dtype=value.dtype, device=value.device)
     reuse_probs = shared_probs.shape[-1] == key_len and key_len > 0
     tensors = [value, past_value, attention_mask, shared_probs if reuse_probs else None, shared_lse,
-               producer_query, producer_key, output, present_value]
+               producer_query, producer_key, output, present_value, None]
     io = ConsumerIO(*[_pointer(t) for t in tensors])
     desc = _desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, is_causal, sliding_window,
                  value.dtype)
-    _call("ua_consumer", desc, io, num_threads, value.device, (int(reuse_probs),))
+    _call("ua_consumer", desc, io, value.device, (int(reuse_probs),))
+    return output, present_value
+
+
+def run_producer_static(
+    query, key, value, past_key, past_value, position_ids, *, num_heads: int, kv_num_heads: int, scale: float,
+    sliding_window: int = 0, probs_max_query_len: int = 16, emit_shared: bool = True, in_place: bool = False,
+):
+    """UniAttnProducer version 2 (fixed-capacity caches (B, Hkv, C, D), slots = position_ids)
+    through the kernel library. `in_place` binds present to past (the caches are updated and
+    returned); otherwise present is a new tensor and past is left as it was. Returns
+    (output, present_key, present_value, shared_probs, shared_lse); shared_probs is
+    (B, Hq, L, C) or (B, Hq, L, 0), its entries beyond a row's last position unspecified."""
+    import torch
+
+    query, key, value, position_ids = _dense(query, key, value, position_ids)
+    if not in_place:
+        past_key, past_value = _dense(past_key, past_value)
+    batch, query_len, width = query.shape
+    head_dim, capacity = width // num_heads, past_key.shape[2]
+    new = functools.partial(torch.empty, dtype=query.dtype, device=query.device)
+    output = new((batch, query_len, width))
+    present_key = past_key if in_place else torch.empty_like(past_key)
+    present_value = past_value if in_place else torch.empty_like(past_value)
+    probs_len = capacity if query_len <= probs_max_query_len else 0
+    shared_probs = new((batch, num_heads, query_len, probs_len)) if emit_shared else None
+    shared_lse = torch.empty((batch, num_heads, query_len), device=query.device) if emit_shared else None
+    tensors = [query, key, value, past_key, past_value, None, output, present_key, present_value,
+               shared_probs, shared_lse, position_ids]
+    io = ProducerIO(*[_pointer(t) for t in tensors])
+    desc = _desc(batch, query_len, 0, num_heads, kv_num_heads, head_dim, scale, True, sliding_window, query.dtype,
+                 capacity)
+    _call("ua_producer", desc, io, query.device, (int(probs_len > 0 and emit_shared),))
+    return output, present_key, present_value, shared_probs, shared_lse
+
+
+def run_consumer_static(
+    value, past_value, position_ids, shared_probs, shared_lse, producer_query, producer_key, *, num_heads: int,
+    kv_num_heads: int, scale: float, sliding_window: int = 0, in_place: bool = False,
+):
+    """UniAttnConsumer version 2 (fixed-capacity caches) through the kernel library: reuses
+    shared_probs when its last dim is C (decode), else recomputes from producer_query,
+    producer_key (the producer's present_key) and shared_lse. Returns (output, present_value)."""
+    import torch
+
+    value, position_ids, shared_probs, shared_lse, producer_query, producer_key = _dense(
+        value, position_ids, shared_probs, shared_lse, producer_query, producer_key
+    )
+    if not in_place:
+        (past_value,) = _dense(past_value)
+    batch, query_len, width = value.shape
+    head_dim, capacity = width // kv_num_heads, past_value.shape[2]
+    output = torch.empty((batch, query_len, num_heads * head_dim), dtype=value.dtype, device=value.device)
+    present_value = past_value if in_place else torch.empty_like(past_value)
+    reuse_probs = shared_probs.shape[-1] == capacity
+    tensors = [value, past_value, None, shared_probs if reuse_probs else None, shared_lse, producer_query,
+               producer_key, output, present_value, position_ids]
+    io = ConsumerIO(*[_pointer(t) for t in tensors])
+    desc = _desc(batch, query_len, 0, num_heads, kv_num_heads, head_dim, scale, True, sliding_window, value.dtype,
+                 capacity)
+    _call("ua_consumer", desc, io, value.device, (int(reuse_probs),))
     return output, present_value

@@ -106,3 +106,37 @@ def test_library_lookup_prefers_the_development_folder(tmp_path, monkeypatch):
 def test_kernel_library_reports_its_abi(kernels):
     assert kernels.ua_abi_version() == native.ABI_VERSION
     assert isinstance(kernels, ctypes.CDLL)
+
+
+LAYOUT_PROBE = """
+#include <stddef.h>
+#include <stdio.h>
+#include "uniattn/kernels.h"
+#define FIELD(type, name) printf(#type " " #name " %zu\\n", offsetof(type, name));
+int main(void) {
+  printf("ua_attention_desc size %zu\\n", sizeof(ua_attention_desc));
+  printf("ua_producer_io size %zu\\n", sizeof(ua_producer_io));
+  printf("ua_consumer_io size %zu\\n", sizeof(ua_consumer_io));
+  %s
+  return 0;
+}
+"""
+
+
+def test_ctypes_structs_mirror_kernels_h(tmp_path):
+    """native.py's ctypes structures have kernels.h's layout: every field at the C compiler's
+    offset, and the same sizes (the TensorRT plugin and the tests pass them to the library)."""
+    structs = {"ua_attention_desc": native.AttentionDesc, "ua_producer_io": native.ProducerIO,
+               "ua_consumer_io": native.ConsumerIO}  # fmt: skip
+    fields = "".join(f"FIELD({c_name}, {name})" for c_name, struct in structs.items() for name, _ in struct._fields_)
+    source = tmp_path / "probe.c"
+    source.write_text(LAYOUT_PROBE.replace("%s", fields))
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([compiler, "-I", str(ROOT / "plugins/kernels/include"), str(source), "-o", str(tmp_path / "probe")],
+                   check=True, capture_output=True)  # fmt: skip
+    lines = subprocess.run([str(tmp_path / "probe")], capture_output=True, text=True, check=True).stdout.split("\n")
+    for line in filter(None, lines):
+        c_name, field, value = line.split()
+        struct = structs[c_name]
+        expected = ctypes.sizeof(struct) if field == "size" else getattr(struct, field).offset
+        assert int(value) == expected, f"{c_name}.{field}: C says {value}, native.py {expected}"

@@ -38,13 +38,12 @@ def geometries(draw):
     )
 
 
-def check_producer(case, assert_close, num_threads=0):
+def check_producer(case, assert_close):
     expected = reference.producer_attention(
         *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len
     )
     actual = native.run_producer(
-        *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len,
-        num_threads=num_threads,
+        *case.producer_args, **case.attributes, probs_max_query_len=case.probs_max_query_len
     )
     names = ("output", "present_key", "present_value", "shared_probs", "shared_lse")
     for name, a, e in zip(names, actual, expected):
@@ -120,15 +119,6 @@ def test_rows_without_keys_are_zero_with_infinite_lse(make_case):
     assert torch.all(lse[0, :, :2] == float("inf")) and torch.isfinite(lse[0, :, 2:]).all()
 
 
-def test_result_does_not_depend_on_thread_count(make_case, assert_close):
-    case = make_case(batch=2, query_len=40, past_len=7, num_heads=4, kv_num_heads=2, head_dim=24, dtype="float32",
-                     padded_rows=(3, 0))  # fmt: skip
-    single = native.run_producer(*case.producer_args, **case.attributes, num_threads=1)
-    many = native.run_producer(*case.producer_args, **case.attributes, num_threads=7)
-    for a, b in zip(single, many):
-        assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_conversions_round_trip_every_value(dtype):
     """One key: p = 1 and the output is value converted to float32 and back, bit for bit,
@@ -181,23 +171,23 @@ def _desc(**overrides):
     ],
 )
 def test_invalid_geometry_is_refused_with_its_values(kernels, overrides, message):
-    status = kernels.ua_producer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ProducerIO()), 0)
+    status = kernels.ua_producer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ProducerIO()), None)
     assert status == 1 and kernels.ua_last_error().decode() == message
-    status = kernels.ua_consumer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ConsumerIO()), 0)
+    status = kernels.ua_consumer_cpu(ctypes.byref(_desc(**overrides)), ctypes.byref(native.ConsumerIO()), None)
     assert status == 1 and kernels.ua_last_error().decode() == message
 
 
 def test_missing_tensors_are_refused(kernels):
-    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(native.ProducerIO()), 0) == 1
+    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(native.ProducerIO()), None) == 1
     assert kernels.ua_last_error() == b"producer: a required tensor pointer is NULL"
     buffer = torch.zeros(4096)
     io = native.ConsumerIO(*([buffer.data_ptr()] * 9))
     io.shared_probs = io.shared_lse = None
-    assert kernels.ua_consumer_cpu(ctypes.byref(_desc()), ctypes.byref(io), 0) == 1
+    assert kernels.ua_consumer_cpu(ctypes.byref(_desc()), ctypes.byref(io), None) == 1
     assert kernels.ua_last_error() == b"consumer: without shared_probs it needs shared_lse, producer_query and producer_key"
     # A successful call clears the message.
     empty = _desc(batch=0)
-    assert kernels.ua_producer_cpu(ctypes.byref(empty), ctypes.byref(native.ProducerIO()), 0) == 0
+    assert kernels.ua_producer_cpu(ctypes.byref(empty), ctypes.byref(native.ProducerIO()), None) == 0
     assert kernels.ua_last_error() == b""
 
 
@@ -232,7 +222,7 @@ def test_in_place_append_matches_reference(dtype, kernels, make_case, assert_clo
     io = native.ProducerIO(*[t.data_ptr() for t in (
         case.query, case.key, case.value, cache_key, cache_value, case.attention_mask, out, cache_key, cache_value,
         probs, lse)])  # fmt: skip
-    assert kernels.ua_producer_cpu(ctypes.byref(desc), ctypes.byref(io), 0) == 0, kernels.ua_last_error()
+    assert kernels.ua_producer_cpu(ctypes.byref(desc), ctypes.byref(io), None) == 0, kernels.ua_last_error()
     assert torch.equal(cache_key, want_key) and torch.equal(cache_value, want_value)
     for name, got, want in (("output", out, want_out), ("shared_probs", probs, want_probs)):
         assert_close(got, want, case.tolerance, name)
@@ -246,7 +236,7 @@ def test_in_place_append_matches_reference(dtype, kernels, make_case, assert_clo
         io2 = native.ConsumerIO(*[None if t is None else t.data_ptr() for t in (
             case.consumer_value, cache_value2, case.attention_mask, shared_probs, want_lse, case.query, want_key,
             out2, cache_value2)])  # fmt: skip
-        assert kernels.ua_consumer_cpu(ctypes.byref(desc), ctypes.byref(io2), 0) == 0, kernels.ua_last_error()
+        assert kernels.ua_consumer_cpu(ctypes.byref(desc), ctypes.byref(io2), None) == 0, kernels.ua_last_error()
         assert torch.equal(cache_value2, want_value2)
         assert_close(out2, want_out2, case.tolerance, "consumer output")
 
@@ -256,6 +246,147 @@ def test_half_in_place_producer_is_refused(kernels):
     buffer = torch.zeros(4096)
     io = native.ProducerIO(*([buffer.data_ptr()] * 11))
     io.past_value = torch.zeros(4096).data_ptr()
-    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(io), 0) == 1
+    assert kernels.ua_producer_cpu(ctypes.byref(_desc()), ctypes.byref(io), None) == 1
     assert kernels.ua_last_error() == (
         b"producer: present_key and present_value must both alias their past (in-place append) or neither")
+
+
+# ---- op version 2: fixed-capacity caches (static layout) ----------------------------------
+
+STATIC_CASES = {
+    # starts: per batch row, its current length (rows of different lengths)
+    "decode, rows of different lengths": dict(starts=(5, 0, 130), query_len=1, capacity=160, num_heads=6,
+                                              kv_num_heads=2, head_dim=64),
+    "few-token decode over tiles": dict(starts=(70, 3), query_len=4, capacity=80, num_heads=4, kv_num_heads=1,
+                                        head_dim=72),
+    "prefill, right-padded batch": dict(starts=(0, 0), query_len=75, capacity=96, num_heads=4, kv_num_heads=2,
+                                        head_dim=40, probs_max_query_len=4),
+    "prefill after a past": dict(starts=(9, 30), query_len=40, capacity=72, num_heads=3, kv_num_heads=3,
+                                 head_dim=8),
+    "sliding window decode": dict(starts=(100, 7), query_len=1, capacity=128, num_heads=4, kv_num_heads=2,
+                                  head_dim=64, sliding_window=16),
+    "sliding window prefill": dict(starts=(3,), query_len=50, capacity=64, num_heads=2, kv_num_heads=1,
+                                   head_dim=24, sliding_window=7, probs_max_query_len=64),
+    "full capacity": dict(starts=(31,), query_len=1, capacity=32, num_heads=2, kv_num_heads=1, head_dim=5),
+}
+
+
+def check_static_producer(case, actual, assert_close, static_reference):
+    expected = static_reference[0](*case.producer_args, **case.attributes,
+                                   probs_max_query_len=case.probs_max_query_len)  # fmt: skip
+    output, present_key, present_value, probs, lse = actual
+    assert_close(output, expected[0], case.tolerance, "output")
+    assert torch.equal(present_key.isnan(), expected[1].isnan()), "present_key: slots written elsewhere"
+    assert torch.equal(present_key.nan_to_num(), expected[1].nan_to_num()), "present_key"
+    assert torch.equal(present_value.nan_to_num(), expected[2].nan_to_num()), "present_value"
+    assert_close(lse, expected[4], 2e-5, "shared_lse")
+    assert probs.shape == expected[3].shape
+    for b, last in enumerate(case.last_positions()):  # entries beyond a row's last position are unspecified
+        assert_close(probs[b, ..., : last + 1], expected[3][b, ..., : last + 1], case.tolerance, "shared_probs")
+    return expected
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["copy", "in place"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(STATIC_CASES))
+def test_static_layout_matches_reference(name, dtype, in_place, make_static_case, assert_close, static_reference):
+    case = make_static_case(**STATIC_CASES[name], dtype=dtype)
+    past = [t.clone() for t in (case.past_key, case.past_value, case.consumer_past_value)]
+    caches = [t.clone() for t in past] if in_place else past
+    actual = native.run_producer_static(*case.producer_args[:3], caches[0], caches[1], case.position_ids,
+                                        **case.attributes, probs_max_query_len=case.probs_max_query_len,
+                                        in_place=in_place)  # fmt: skip
+    if in_place:
+        assert actual[1] is caches[0] and actual[2] is caches[1]
+    else:  # the past is left as it was
+        for before, after in zip((case.past_key, case.past_value), past[:2]):
+            assert torch.equal(before.nan_to_num(), after.nan_to_num())
+    expected = check_static_producer(case, actual, assert_close, static_reference)
+
+    # Consumer: decode reuses P (NaN beyond each row's last position must not be read), prefill recomputes.
+    emitted = expected[3].shape[-1] == case.capacity
+    shared_probs = expected[3].clone()
+    for b, last in enumerate(case.last_positions()):
+        shared_probs[b, ..., last + 1 :] = float("nan")
+    for probs in (shared_probs, shared_probs[..., :0]) if emitted else (shared_probs,):
+        args = (case.consumer_value, caches[2], case.position_ids, probs, expected[4], case.query, expected[1])
+        want = static_reference[1](case.consumer_value, case.consumer_past_value, *args[2:], **case.attributes)
+        output, present_value = native.run_consumer_static(*args, **case.attributes, in_place=in_place)
+        assert_close(output, want[0], case.tolerance, f"consumer output ({'reuse' if probs.shape[-1] else 'recompute'})")
+        assert torch.equal(present_value.nan_to_num(), want[1].nan_to_num()), "consumer present_value"
+        if in_place:
+            assert present_value is caches[2]
+            caches[2].copy_(case.consumer_past_value)  # the next branch starts from the same past
+        else:
+            assert torch.equal(past[2].nan_to_num(), case.consumer_past_value.nan_to_num())
+
+
+def test_static_decode_steps_in_place_match_one_prefill(make_static_case, assert_close, static_reference):
+    """Decoding token by token into one in-place cache gives the prefill's outputs row by row."""
+    case = make_static_case(starts=(0,), query_len=12, capacity=16, num_heads=4, kv_num_heads=2, head_dim=16,
+                            dtype="float32", probs_max_query_len=0)  # fmt: skip
+    prefill = static_reference[0](*case.producer_args, **case.attributes, probs_max_query_len=0)
+    key_cache, value_cache = case.past_key.clone(), case.past_value.clone()
+    for i in range(case.query_len):
+        step = (case.query[:, i : i + 1], case.key[:, i : i + 1], case.value[:, i : i + 1], key_cache, value_cache,
+                case.position_ids[:, i : i + 1])  # fmt: skip
+        output = native.run_producer_static(*step, **case.attributes, in_place=True)[0]
+        assert_close(output[:, 0], prefill[0][:, i], case.tolerance, f"step {i}")
+    assert torch.equal(key_cache[:, :, :12], prefill[1][:, :, :12])
+    assert key_cache[:, :, 12:].isnan().all(), "slots beyond the last position were written"
+
+
+def _static_desc(**overrides):
+    fields = dict(batch=1, query_len=2, past_len=0, num_heads=2, kv_num_heads=1, head_dim=8, scale=0.35,
+                  is_causal=1, sliding_window=0, dtype=0, capacity=4)  # fmt: skip
+    return native.AttentionDesc(**fields | overrides)
+
+
+def test_static_layout_refusals(kernels):
+    buffer = torch.zeros(4096)
+    io = native.ProducerIO(*([buffer.data_ptr()] * 12))
+    io.position_ids = None
+    assert kernels.ua_producer_cpu(ctypes.byref(_static_desc()), ctypes.byref(io), None) == 1
+    assert kernels.ua_last_error() == b"producer (static layout): a required tensor pointer is NULL"
+    consumer = native.ConsumerIO(*([buffer.data_ptr()] * 10))
+    consumer.past_value = None
+    assert kernels.ua_consumer_cpu(ctypes.byref(_static_desc()), ctypes.byref(consumer), None) == 1
+    assert kernels.ua_last_error() == b"consumer (static layout): past_value/present_value must not be NULL"
+    io.position_ids = buffer.data_ptr()
+    assert kernels.ua_producer_cpu(ctypes.byref(_static_desc(query_len=5)), ctypes.byref(io), None) == 1
+    assert kernels.ua_last_error() == b"static layout: query_len=5 exceeds capacity=4"
+    assert kernels.ua_producer_cpu(ctypes.byref(_static_desc(capacity=-1)), ctypes.byref(io), None) == 1
+    assert kernels.ua_last_error() == b"capacity=-1 must be >= 0"
+
+
+@st.composite
+def static_geometries(draw):
+    batch, query_len = draw(st.integers(1, 3)), draw(st.integers(1, 40))
+    capacity = query_len + draw(st.integers(0, 70))
+    kv_num_heads = draw(st.integers(1, 3))
+    return dict(
+        starts=tuple(draw(st.integers(0, capacity - query_len)) for _ in range(batch)),
+        query_len=query_len, capacity=capacity, kv_num_heads=kv_num_heads,
+        num_heads=kv_num_heads * draw(st.sampled_from([1, 2, 3, 4])),
+        head_dim=draw(st.sampled_from([1, 8, 16, 40, 64, 72, 128])),
+        dtype=draw(st.sampled_from(["float32", "float16", "bfloat16"])),
+        sliding_window=draw(st.sampled_from([0, 0, 1, 4, 33])),
+        probs_max_query_len=draw(st.sampled_from([0, 8, 64])),
+        seed=draw(st.integers(0, 2**16)),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(geometry=static_geometries(), in_place=st.booleans())
+def test_static_layout_randomized(geometry, in_place, make_static_case, assert_close, static_reference):
+    case = make_static_case(**geometry)
+    caches = (case.past_key.clone(), case.past_value.clone())
+    actual = native.run_producer_static(*case.producer_args[:3], *caches, case.position_ids, **case.attributes,
+                                        probs_max_query_len=case.probs_max_query_len, in_place=in_place)  # fmt: skip
+    expected = check_static_producer(case, actual, assert_close, static_reference)
+    recompute = (case.consumer_value, case.consumer_past_value.clone(), case.position_ids, expected[3][..., :0],
+                 expected[4], case.query, expected[1])  # fmt: skip
+    want = static_reference[1](*recompute, **case.attributes)
+    output, present_value = native.run_consumer_static(*recompute, **case.attributes, in_place=in_place)
+    assert_close(output, want[0], case.tolerance, "consumer output (recompute)")
+    assert torch.equal(present_value.nan_to_num(), want[1].nan_to_num())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -190,3 +191,148 @@ def test_missing_scale_is_refused(make_case, ort_library):
     model = graphs.node_model("UniAttnProducer", inputs, ["output", "present_key", "present_value"],
                               dict.fromkeys(PRODUCER_OUTPUTS, torch.float32), num_heads=2, kv_num_heads=1)  # fmt: skip
     assert "UniAttnProducer node 'attn': the float attribute 'scale' is missing or not a float" in error_of(model, inputs, ort_library)
+
+
+# ---- op version 2 (model opset import uniattn = 2) ----------------------------------------
+
+V2_PRODUCER_INPUTS = ("query", "key", "value", "past_key", "past_value", "position_ids")
+V2_CONSUMER_INPUTS = ("value", "past_value", "position_ids", "shared_probs", "shared_lse", "producer_query",
+                      "producer_key")  # fmt: skip
+
+
+def v2_model(op_type: str, inputs: dict, outputs: dict, **attributes) -> bytes:
+    """One `op_type` node of a model importing uniattn = 2; `outputs` maps names to dtypes."""
+    node = onnx.helper.make_node(op_type, list(inputs), list(outputs), domain="uniattn", name="attn", **attributes)
+    graph = onnx.helper.make_graph(
+        [node], "single_node",
+        [onnx.helper.make_tensor_value_info(name, graphs.ELEMENT[t.dtype], None) for name, t in inputs.items()],
+        [onnx.helper.make_tensor_value_info(name, graphs.ELEMENT[t], None) for name, t in outputs.items()],
+    )  # fmt: skip
+    opsets = [onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("uniattn", 2)]
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+
+
+def v2_producer_model(case, plugin_version: bool = True):
+    outputs = {name: case.torch_dtype for name in PRODUCER_OUTPUTS} | {"shared_lse": torch.float32}
+    extra = dict(plugin_version="2", plugin_namespace="uniattn") if plugin_version else {}
+    return v2_model("UniAttnProducer", dict(zip(V2_PRODUCER_INPUTS, case.producer_args)), outputs,
+                    **case.attributes, probs_max_query_len=case.probs_max_query_len, **extra)  # fmt: skip
+
+
+def v2_consumer_model(case, inputs: dict, plugin_version: bool = True):
+    extra = dict(plugin_version="2") if plugin_version else {}
+    return v2_model("UniAttnConsumer", inputs, dict.fromkeys(CONSUMER_OUTPUTS, case.torch_dtype), **case.attributes,
+                    **extra)  # fmt: skip
+
+
+def run_session(model: bytes, inputs: dict, library: str, threads: int = 1) -> list[torch.Tensor]:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(library)
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feeds = {name: ort.OrtValue.from_dlpack(tensor.contiguous()) for name, tensor in inputs.items()}
+    return [torch.from_dlpack(value).clone() for value in session.run_with_ort_values(None, feeds)]
+
+
+V2_CASES = {
+    "decode": dict(starts=(6, 40), query_len=1, capacity=48, num_heads=6, kv_num_heads=2, head_dim=64),
+    "prefill": dict(starts=(0, 0), query_len=37, capacity=40, num_heads=4, kv_num_heads=2, head_dim=16,
+                    probs_max_query_len=4),
+    "window": dict(starts=(20,), query_len=3, capacity=24, num_heads=2, kv_num_heads=1, head_dim=8,
+                   sliding_window=5),
+}
+
+
+@pytest.mark.parametrize("plugin_version", [True, False], ids=["plugin_version 2", "told by shapes"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(V2_CASES))
+def test_v2_ops_in_onnxruntime_match_reference(name, dtype, plugin_version, make_static_case, assert_close,
+                                               static_reference, ort_library):  # fmt: skip
+    case = make_static_case(**V2_CASES[name], dtype=dtype)
+    expected = static_reference[0](*case.producer_args, **case.attributes,
+                                   probs_max_query_len=case.probs_max_query_len)  # fmt: skip
+    actual = run_session(v2_producer_model(case, plugin_version), dict(zip(V2_PRODUCER_INPUTS, case.producer_args)),
+                         ort_library)  # fmt: skip
+    assert_close(actual[0], expected[0], case.tolerance, "output")
+    assert torch.equal(actual[1].nan_to_num(), expected[1].nan_to_num()), "present_key"
+    assert torch.equal(actual[2].nan_to_num(), expected[2].nan_to_num()), "present_value"
+    assert actual[3].shape == expected[3].shape
+    for b, last in enumerate(case.last_positions()):
+        assert_close(actual[3][b, ..., : last + 1], expected[3][b, ..., : last + 1], case.tolerance, "shared_probs")
+    assert_close(actual[4], expected[4], 2e-5, "shared_lse")
+
+    emitted = expected[3].shape[-1] == case.capacity
+    for probs in (expected[3], expected[3][..., :0]) if emitted else (expected[3],):
+        inputs = dict(zip(V2_CONSUMER_INPUTS, (case.consumer_value, case.consumer_past_value, case.position_ids,
+                                               probs, expected[4], case.query, expected[1])))  # fmt: skip
+        want = static_reference[1](*inputs.values(), **case.attributes)
+        output, present_value = run_session(v2_consumer_model(case, inputs, plugin_version), inputs, ort_library)
+        assert_close(output, want[0], case.tolerance, "consumer output")
+        assert torch.equal(present_value.nan_to_num(), want[1].nan_to_num()), "consumer present_value"
+
+
+def test_v2_caches_bound_to_one_buffer_are_updated_in_place(make_static_case, assert_close, static_reference,
+                                                           ort_library):  # fmt: skip
+    """The runtime binds past and present to the same OrtValue (IOBinding): the kernel writes the
+    new slots into it and leaves every other slot as it was."""
+    case = make_static_case(starts=(9, 2), query_len=1, capacity=16, num_heads=4, kv_num_heads=2, head_dim=8,
+                            dtype="float32")  # fmt: skip
+    expected = static_reference[0](*case.producer_args, **case.attributes)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(ort_library)
+    session = ort.InferenceSession(v2_producer_model(case), options, providers=["CPUExecutionProvider"])
+    caches = {"key": case.past_key.clone(), "value": case.past_value.clone()}
+    binding = session.io_binding()
+    for name, tensor in zip(V2_PRODUCER_INPUTS, case.producer_args):
+        if not name.startswith("past_"):
+            binding.bind_ortvalue_input(name, ort.OrtValue.from_dlpack(tensor.contiguous()))
+    binding.bind_output("output")  # get_outputs() follows the binding order
+    for which, tensor in caches.items():
+        value = ort.OrtValue.from_dlpack(tensor)
+        binding.bind_ortvalue_input(f"past_{which}", value)
+        binding.bind_ortvalue_output(f"present_{which}", value)
+    for name in ("shared_probs", "shared_lse"):
+        binding.bind_output(name)
+    session.run_with_iobinding(binding)
+    assert torch.equal(caches["key"].nan_to_num(), expected[1].nan_to_num())
+    assert torch.equal(caches["value"].nan_to_num(), expected[2].nan_to_num())
+    output = torch.from_dlpack(binding.get_outputs()[0])
+    assert_close(output, expected[0], case.tolerance, "output")
+
+
+@pytest.mark.parametrize("name", ["decode", "prefill"])
+def test_results_do_not_depend_on_ort_threads(name, make_static_case, ort_library):
+    """The kernels run on ORT's intra-op pool (KernelContext_ParallelFor): 2 threads give the
+    bits of 1."""
+    case = make_static_case(**V2_CASES[name], dtype="float32")
+    model, inputs = v2_producer_model(case), dict(zip(V2_PRODUCER_INPUTS, case.producer_args))
+    single, pooled = (run_session(model, inputs, ort_library, threads) for threads in (1, 2))
+    for a, b in zip(single, pooled):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_v1_ops_still_served_next_to_v2(make_case, assert_close, ort_library):
+    """A model importing uniattn = 1 keeps version 1's semantics (mask, growing caches)."""
+    case = make_case(batch=2, query_len=3, past_len=5, num_heads=4, kv_num_heads=2, head_dim=8, dtype="float32",
+                     padded_rows=(0, 2))  # fmt: skip
+    actual = run(producer_model(case), dict(zip(PRODUCER_INPUTS, case.producer_args)), ort_library)
+    check_producer_outputs(case, PRODUCER_OUTPUTS, actual, assert_close)
+    single = run_session(producer_model(case), dict(zip(PRODUCER_INPUTS, case.producer_args)), ort_library, 1)
+    pooled = run_session(producer_model(case), dict(zip(PRODUCER_INPUTS, case.producer_args)), ort_library, 2)
+    assert all(torch.equal(a, b) for a, b in zip(single, pooled))
+
+
+def test_v2_bad_positions_shape_is_an_ort_error(make_static_case, ort_library):
+    case = make_static_case(starts=(3,), query_len=2, capacity=8, num_heads=2, kv_num_heads=1, head_dim=4,
+                            dtype="float32")  # fmt: skip
+    inputs = dict(zip(V2_PRODUCER_INPUTS, case.producer_args))
+    inputs["position_ids"] = inputs["position_ids"][:, :1]
+    message = error_of_v2(v2_producer_model(case), inputs, ort_library)
+    assert ("UniAttnProducer node 'attn': position_ids has shape [1, 1] but [1, 2] (B, L) is expected (query "
+            "[1, 2, 8] with num_heads=2, kv_num_heads=1, so D=4; past_key [1, 1, 8, 4])") in message
+
+
+def error_of_v2(model: bytes, inputs: dict, library: str) -> str:
+    with pytest.raises(Exception) as caught:
+        run_session(model, inputs, library)
+    return str(caught.value)

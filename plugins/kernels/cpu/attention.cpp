@@ -1,38 +1,194 @@
-// CPU kernels of UniAttnProducer / UniAttnConsumer, exactly as docs/ops.md defines them.
+// CPU kernels of UniAttnProducer / UniAttnConsumer, exactly as docs/ops.md defines them, for
+// both cache layouts of kernels.h (dynamic, op version 1; static, op version 2).
 //
-// Work is split into items of (batch, KV head, block of query rows). An item converts the
-// K/V rows its queries can see into float32 buffers once and serves all g = Hq / Hkv query
-// heads of that KV head from them, so every inner loop runs over contiguous floats of
-// length D (dot products and axpys that the compiler vectorizes). The first block of each
-// (batch, KV head) also writes that slice of the present caches.
+// A call runs in two phases. First the present caches are written: the past copied when it is
+// not the present buffer itself, then the new rows (at rows P.. in the dynamic layout, at slots
+// position_ids in the static one). Then attention reads keys and values from the present
+// caches only, in items of (batch, KV head, query heads, block of query rows). An item walks
+// the keys it may see in tiles of kTile rows: each tile is converted to float32 once and serves
+// every query row of the item as small matrix products (scores = Q K^T, then P V), with an
+// online softmax (running max and sum) in float32. The producer keeps its scores only when it
+// emits shared_probs (short queries), normalizing them with the final lse.
+//
+// Threads: items are independent and their partition depends on the shapes alone, so results
+// do not depend on the thread count. They run through the caller's ua_cpu_threads (ONNX
+// Runtime's pool), or on the calling thread; the kernels never start threads of their own.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
 #include "element.h"
-#include "parallel.h"
+
+// The matrix kernels are compiled for AVX-512 and AVX2 as well and picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define UA_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define UA_VECTOR_CLONES
+#endif
 
 namespace uniattn::cpu {
 namespace {
 
-// Fewer rows per item would re-convert the same K/V rows too often.
-constexpr int64_t kMinRowsPerItem = 8;
+constexpr int64_t kTile = 64;          // keys per tile
+constexpr int64_t kRowsPerBlock = 32;  // query rows per prefill item
+constexpr int64_t kTransposeRows = 8;  // from this many query rows on, scores use a transposed key tile
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
-inline float dot(const float* a, const float* b, int64_t n) {
+// e^x, branch-free so that loops over it vectorize: range reduction to r in [-ln2/2, ln2/2]
+// (ln 2 in two parts), a degree-6 Taylor polynomial (relative error below 1e-7 there), and the
+// power of two put into the exponent bits. Exactly 0 below -87 (hidden keys, -inf scores).
+inline float exp_approx(float x) {
+  const float clamped = std::min(std::max(x, -87.f), 88.f);
+  const float n = std::floor(clamped * 1.44269504f + 0.5f);
+  const float r = clamped - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const float power = float_from_bits(uint32_t(int32_t(n) + 127) << 23);
+  return x < -87.f ? 0.f : p * power;
+}
+
+// w[n] = e^(w[n] - shift) for n < count; returns their sum.
+UA_VECTOR_CLONES float exp_shifted(float* w, int64_t count, float shift) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  for (int64_t n = 0; n < count; ++n) {
+    const float e = exp_approx(w[n] - shift);
+    w[n] = e;
+    sum += e;
+  }
   return sum;
 }
 
-inline void axpy(float alpha, const float* x, float* y, int64_t n) {
+// tile[m, n] = dot(q[m], keys[n]) for m < rows, n < count (row stride kTile).
+UA_VECTOR_CLONES void scores_by_dots(const float* q, int64_t rows, const float* keys, int64_t count, int64_t dim,
+                                     float* tile) {
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = 0; n < count; ++n) {
+      const float* a = q + m * dim;
+      const float* b = keys + n * dim;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < dim; ++i) sum += a[i] * b[i];
+      tile[m * kTile + n] = sum;
+    }
+}
+
+// keys_t[i, n] = keys[n, i], zero for n >= count: the layout scores_by_columns reads.
+void transpose_tile(const float* keys, int64_t count, int64_t dim, float* keys_t) {
+  for (int64_t i = 0; i < dim; ++i) {
+    float* column = keys_t + i * kTile;
+    for (int64_t n = 0; n < count; ++n) column[n] = keys[n * dim + i];
+    for (int64_t n = count; n < kTile; ++n) column[n] = 0.f;
+  }
+}
+
+// Register blocking: 4 rows x 64 floats of results stay in 16 vector registers (AVX-512; the
+// narrower clones split each vector) while the inner loop streams the other operand.
+typedef float Vec16 __attribute__((vector_size(64)));
+constexpr int64_t kBlockRows = 4;
+
+// The helpers below pass Vec16 by value but are always inlined into the clones, so the
+// default target's ABI for 64-byte vectors (GCC's -Wpsabi note) never applies.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+__attribute__((always_inline)) inline Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+__attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// tile[m, :] = sum_i q[m, i] * keys_t[i, :] (kTile = 64 columns).
+UA_VECTOR_CLONES void scores_by_columns(const float* q, int64_t rows, const float* keys_t, int64_t dim,
+                                        float* tile) {
+  static_assert(kTile == 64, "one tile row is 4 vectors");
+  int64_t m = 0;
+  for (; m + kBlockRows <= rows; m += kBlockRows) {
+    Vec16 acc[kBlockRows][4] = {};
+    for (int64_t i = 0; i < dim; ++i) {
+      const float* column = keys_t + i * kTile;
+      const Vec16 k0 = load16(column), k1 = load16(column + 16), k2 = load16(column + 32), k3 = load16(column + 48);
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r) {
+        const float x = q[(m + r) * dim + i];
+        acc[r][0] += x * k0, acc[r][1] += x * k1, acc[r][2] += x * k2, acc[r][3] += x * k3;
+      }
+    }
+#pragma GCC unroll 4
+    for (int64_t r = 0; r < kBlockRows; ++r)
+      for (int c = 0; c < 4; ++c) store16(tile + (m + r) * kTile + 16 * c, acc[r][c]);
+  }
+  for (; m < rows; ++m) {
+    Vec16 acc[4] = {};
+    for (int64_t i = 0; i < dim; ++i) {
+      const float x = q[m * dim + i];
+      for (int c = 0; c < 4; ++c) acc[c] += x * load16(keys_t + i * kTile + 16 * c);
+    }
+    for (int c = 0; c < 4; ++c) store16(tile + m * kTile + 16 * c, acc[c]);
+  }
+}
+
+// acc[m, :] += sum_n p[m, n] * values[n, :], skipping p == 0 (hidden keys: their values may
+// be anything, even NaN, and must not reach the output). Columns in groups of 64 (4 vectors)
+// for 4 rows at a time; a narrower rest column by column.
+UA_VECTOR_CLONES void accumulate(const float* p, int64_t rows, const float* values, int64_t count, int64_t dim,
+                                 float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= dim; d0 += 64) {
+    int64_t m = 0;
+    for (; m + kBlockRows <= rows; m += kBlockRows) {
+      Vec16 sum[kBlockRows][4];
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        for (int c = 0; c < 4; ++c) sum[r][c] = load16(acc + (m + r) * dim + d0 + 16 * c);
+      for (int64_t n = 0; n < count; ++n) {
+        const float* v = values + n * dim + d0;
+        const Vec16 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const float w = p[(m + r) * kTile + n];
+          if (w == 0.f) continue;
+          sum[r][0] += w * v0, sum[r][1] += w * v1, sum[r][2] += w * v2, sum[r][3] += w * v3;
+        }
+      }
+#pragma GCC unroll 4
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        for (int c = 0; c < 4; ++c) store16(acc + (m + r) * dim + d0 + 16 * c, sum[r][c]);
+    }
+    for (; m < rows; ++m) {
+      Vec16 sum[4];
+      for (int c = 0; c < 4; ++c) sum[c] = load16(acc + m * dim + d0 + 16 * c);
+      for (int64_t n = 0; n < count; ++n) {
+        const float w = p[m * kTile + n];
+        if (w == 0.f) continue;
+        for (int c = 0; c < 4; ++c) sum[c] += w * load16(values + n * dim + d0 + 16 * c);
+      }
+      for (int c = 0; c < 4; ++c) store16(acc + m * dim + d0 + 16 * c, sum[c]);
+    }
+  }
+  if (d0 == dim) return;
+  for (int64_t m = 0; m < rows; ++m) {
+    float* out = acc + m * dim;
+    for (int64_t n = 0; n < count; ++n) {
+      const float w = p[m * kTile + n];
+      if (w == 0.f) continue;
+      const float* v = values + n * dim;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+      for (int64_t i = d0; i < dim; ++i) out[i] += w * v[i];
+    }
+  }
 }
 
 template <typename T>
@@ -45,254 +201,346 @@ void from_float_row(const float* src, T* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = from_float<T>(src[i]);
 }
 
-// Where key/value row j (0 <= j < S) of one (batch, KV head) slice lives: rows below
-// `past_len` in the (B, Hkv, P, D) past cache, the rest in the packed (B, L, Hkv*D) input.
+// `count` contiguous rows of a cache as float32: float caches are read in place.
 template <typename T>
-struct CacheRows {
-  const T* past;
-  int64_t past_len;
-  const T* fresh;
-  int64_t fresh_stride;
-  int64_t dim;
+const float* as_float(const T* rows, int64_t count, std::vector<float>& buffer) {
+  if constexpr (std::is_same_v<T, float>) {
+    return rows;
+  } else {
+    buffer.resize(size_t(count));
+    to_float_row(rows, buffer.data(), count);
+    return buffer.data();
+  }
+}
 
-  const T* row(int64_t j) const { return j < past_len ? past + j * dim : fresh + (j - past_len) * fresh_stride; }
+// ---- phase 1: the present caches ----------------------------------------------------------
+
+// One (batch, KV head) slice of a cache: past copied when it is not the present buffer, then
+// the new rows of the packed (B, L, Hkv*D) input.
+template <typename T>
+void write_slice(const ua_attention_desc& d, const void* past, void* present, const void* fresh,
+                 const int64_t* position_ids, int64_t b, int64_t hk) {
+  const int64_t dim = d.head_dim, rows = cache_len(d);
+  T* dst = static_cast<T*>(present) + (b * d.kv_num_heads + hk) * rows * dim;
+  const T* src = static_cast<const T*>(fresh) + (b * d.query_len * d.kv_num_heads + hk) * dim;
+  const int64_t src_stride = d.kv_num_heads * dim;
+  const size_t row_bytes = size_t(dim) * sizeof(T);
+  if (static_layout(d)) {
+    if (!in_place(d, past, present))
+      std::memcpy(dst, static_cast<const T*>(past) + (b * d.kv_num_heads + hk) * rows * dim, row_bytes * rows);
+    for (int64_t i = 0; i < d.query_len; ++i) {
+      const int64_t slot = position_ids[b * d.query_len + i];
+      if (slot >= 0 && slot < rows) std::memcpy(dst + slot * dim, src + i * src_stride, row_bytes);
+    }
+    return;
+  }
+  if (d.past_len > 0 && past == nullptr) return;  // an empty call may omit its caches
+  if (d.past_len > 0 && !in_place(d, past, present))
+    std::memcpy(dst, static_cast<const T*>(past) + (b * d.kv_num_heads + hk) * d.past_len * dim,
+                row_bytes * d.past_len);
+  for (int64_t i = 0; i < d.query_len; ++i) std::memcpy(dst + (d.past_len + i) * dim, src + i * src_stride, row_bytes);
+}
+
+// ---- phase 2: attention -------------------------------------------------------------------
+
+// The keys query row i of batch row b may see: a half-open range, and in the dynamic layout
+// the padding mask inside it.
+struct RowKeys {
+  const ua_attention_desc& d;
+  const int64_t* mask;       // dynamic: attention_mask[b] (S); NULL in the static layout
+  const int64_t* positions;  // static: position_ids[b] (L)
+
+  RowKeys(const ua_attention_desc& desc, const int64_t* attention_mask, const int64_t* position_ids, int64_t b)
+      : d(desc),
+        mask(static_layout(desc) ? nullptr : attention_mask + b * key_len(desc)),
+        positions(static_layout(desc) ? position_ids + b * desc.query_len : nullptr) {}
+
+  SlotRange range(int64_t i) const {
+    if (positions) return visible_slots(d, positions[i]);
+    const int64_t position = d.past_len + i, keys = key_len(d);
+    const int64_t begin = d.sliding_window > 0 ? std::max<int64_t>(0, position - d.sliding_window + 1) : 0;
+    const int64_t end = d.is_causal ? std::min(keys, position + 1) : keys;
+    return {begin, std::max(begin, end)};
+  }
+  bool hidden(int64_t j) const { return mask != nullptr && mask[j] == 0; }
+  // How far row i's shared_probs entries are written (kernels.h): all S keys, or up to the
+  // last position of the batch row.
+  int64_t probs_end() const {
+    if (!positions) return key_len(d);
+    return std::clamp<int64_t>(positions[d.query_len - 1] + 1, 0, d.capacity);
+  }
 };
-
-// An in-place past (kernels.h) is the present buffer: S rows per (batch, KV head).
-template <typename T>
-CacheRows<T> cache_rows(const ua_attention_desc& d, const void* past, const void* present, const void* fresh,
-                        int64_t b, int64_t hk) {
-  const int64_t dim = d.head_dim;
-  const int64_t past_stride = in_place(d, past, present) ? key_len(d) : d.past_len;
-  const T* past_slice = past ? static_cast<const T*>(past) + (b * d.kv_num_heads + hk) * past_stride * dim : nullptr;
-  const T* fresh_slice =
-      fresh ? static_cast<const T*>(fresh) + (b * d.query_len * d.kv_num_heads + hk) * dim : nullptr;
-  return {past_slice, d.past_len, fresh_slice, d.kv_num_heads * dim, dim};
-}
-
-// A (B, Hkv, S, D) tensor seen through the same interface (all rows are "past").
-template <typename T>
-CacheRows<T> present_rows(const ua_attention_desc& d, const void* present, int64_t b, int64_t hk) {
-  const int64_t dim = d.head_dim;
-  const int64_t s = key_len(d);
-  return {static_cast<const T*>(present) + (b * d.kv_num_heads + hk) * s * dim, s, nullptr, 0, dim};
-}
-
-template <typename T>
-void write_present(const ua_attention_desc& d, const CacheRows<T>& rows, void* present, int64_t b, int64_t hk) {
-  if (present == nullptr || (d.past_len > 0 && rows.past == nullptr)) return;  // an empty call may omit them
-  const int64_t dim = d.head_dim;
-  T* dst = static_cast<T*>(present) + (b * d.kv_num_heads + hk) * key_len(d) * dim;
-  if (d.past_len > 0 && rows.past != dst) std::memcpy(dst, rows.past, size_t(d.past_len * dim) * sizeof(T));
-  for (int64_t i = 0; i < d.query_len; ++i)
-    std::memcpy(dst + (d.past_len + i) * dim, rows.fresh + i * rows.fresh_stride, size_t(dim) * sizeof(T));
-}
-
-template <typename T>
-void load_rows(const CacheRows<T>& rows, int64_t begin, int64_t end, std::vector<float>& out) {
-  out.resize(size_t((end - begin) * rows.dim));
-  for (int64_t j = begin; j < end; ++j) to_float_row(rows.row(j), out.data() + (j - begin) * rows.dim, rows.dim);
-}
-
-// Keys that query row `row` may see, before the padding mask: causal and sliding-window
-// limits of docs/ops.md as a half-open range (both ends grow with the row).
-struct KeyRange {
-  int64_t begin, end;
-};
-
-KeyRange key_range(const ua_attention_desc& d, int64_t row) {
-  const int64_t position = d.past_len + row;
-  const int64_t begin = d.sliding_window > 0 ? std::max<int64_t>(0, position - d.sliding_window + 1) : 0;
-  const int64_t end = d.is_causal ? std::min(key_len(d), position + 1) : key_len(d);
-  return {begin, std::max(begin, end)};
-}
 
 struct Item {
-  int64_t batch, kv_head, row_begin, row_end;
-  bool first_block;  // writes the present caches of (batch, kv_head)
+  int64_t batch, kv_head, head_begin, head_end, row_begin, row_end;
 };
 
-// Items of (batch, KV head, row block): enough blocks for about two items per thread.
+// Items of (batch, KV head, heads, row block). Prefill: blocks of kRowsPerBlock rows serve all
+// g heads of their KV head; short queries (one block): one item per query head, so that a
+// decode step has enough items to share between threads.
 struct Plan {
-  int64_t blocks, rows_per_block;
+  int64_t blocks, rows_per_block, head_parts;
 
-  Plan(const ua_attention_desc& d, int num_threads) {
-    const int64_t slices = d.batch * d.kv_num_heads;
-    const int64_t wanted = (2 * int64_t(resolve_threads(num_threads)) + slices - 1) / slices;
-    const int64_t most = std::max<int64_t>(1, (d.query_len + kMinRowsPerItem - 1) / kMinRowsPerItem);
-    const int64_t chosen = std::clamp<int64_t>(wanted, 1, most);
-    rows_per_block = std::max<int64_t>(1, (d.query_len + chosen - 1) / chosen);
-    blocks = std::max<int64_t>(1, (d.query_len + rows_per_block - 1) / rows_per_block);
+  explicit Plan(const ua_attention_desc& d) {
+    rows_per_block = std::max<int64_t>(1, std::min(d.query_len, kRowsPerBlock));
+    blocks = (d.query_len + rows_per_block - 1) / rows_per_block;
+    head_parts = blocks == 1 ? d.num_heads / d.kv_num_heads : 1;
   }
 
-  int64_t items(const ua_attention_desc& d) const { return d.batch * d.kv_num_heads * blocks; }
+  int64_t items(const ua_attention_desc& d) const { return d.batch * d.kv_num_heads * blocks * head_parts; }
 
   Item item(const ua_attention_desc& d, int64_t index) const {
-    const int64_t block = index % blocks;
-    const int64_t slice = index / blocks;
+    const int64_t part = index % head_parts, block = index / head_parts % blocks;
+    const int64_t slice = index / (head_parts * blocks);
+    const int64_t kv_head = slice % d.kv_num_heads, group = d.num_heads / d.kv_num_heads;
+    const int64_t heads = group / head_parts;
     const int64_t begin = block * rows_per_block;
-    return {slice / d.kv_num_heads, slice % d.kv_num_heads, begin, std::min(d.query_len, begin + rows_per_block),
-            block == 0};
+    return {slice / d.kv_num_heads, kv_head, kv_head * group + part * heads, kv_head * group + (part + 1) * heads,
+            begin, std::min(d.query_len, begin + rows_per_block)};
   }
 };
 
 struct Scratch {
-  std::vector<float> keys, values, query, weights, accum;
+  std::vector<float> query, keys, keys_t, values, tile, acc, max, sum, scores;
+  std::vector<SlotRange> ranges;
 };
 
-// Σ_j weights[j] * values[j] over the loaded rows, rounded to T into `out`.
-template <typename T>
-void weighted_sum(const float* weights, int64_t count, const float* values, int64_t dim, std::vector<float>& accum,
-                  T* out) {
-  accum.assign(size_t(dim), 0.f);
-  for (int64_t j = 0; j < count; ++j)
-    if (weights[j] != 0.f) axpy(weights[j], values + j * dim, accum.data(), dim);
-  from_float_row(accum.data(), out, dim);
-}
+enum class Weights { kSoftmax, kReuse, kRecompute };
+
+// What an item reads and writes; the producer uses kSoftmax, the consumer kReuse / kRecompute.
+struct Job {
+  const ua_attention_desc& d;
+  Weights weights;
+  const void* query;         // (B, L, Hq*D): the producer's own, or producer_query
+  const void* keys;          // (B, Hkv, rows, D) present_key / producer_key; NULL for kReuse
+  const void* values;        // (B, Hkv, rows, D) present_value
+  const int64_t* mask;
+  const int64_t* positions;
+  const void* probs_in;      // kReuse: shared_probs (B, Hq, L, rows)
+  const float* lse_in;       // kRecompute: shared_lse
+  void* output;
+  void* probs_out;           // kSoftmax: shared_probs or NULL
+  float* lse_out;            // kSoftmax: shared_lse or NULL
+};
 
 template <typename T>
-void producer_item(const ua_attention_desc& d, const ua_producer_io& io, const Item& item, Scratch& s) {
-  const int64_t dim = d.head_dim, group = d.num_heads / d.kv_num_heads, keys = key_len(d);
-  const CacheRows<T> k_rows = cache_rows<T>(d, io.past_key, io.present_key, io.key, item.batch, item.kv_head);
-  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.present_value, io.value, item.batch, item.kv_head);
-  if (item.first_block) {
-    write_present(d, k_rows, io.present_key, item.batch, item.kv_head);
-    write_present(d, v_rows, io.present_value, item.batch, item.kv_head);
+void attention_item(const Job& job, const Item& item, Scratch& s) {
+  const ua_attention_desc& d = job.d;
+  const int64_t dim = d.head_dim, rows = cache_len(d), heads = item.head_end - item.head_begin;
+  const int64_t count_rows = item.row_end - item.row_begin, m_rows = heads * count_rows;
+  const RowKeys row_keys(d, job.mask, job.positions, item.batch);
+  const bool reuse = job.weights == Weights::kReuse;
+  // Dynamic reuse applies P over every key (docs/ops.md); otherwise each row its visible keys.
+  s.ranges.resize(size_t(count_rows));
+  int64_t first = rows, last = 0;
+  for (int64_t r = 0; r < count_rows; ++r) {
+    const SlotRange range = reuse && !static_layout(d) ? SlotRange{0, rows} : row_keys.range(item.row_begin + r);
+    s.ranges[r] = range;
+    if (range.begin < range.end) first = std::min(first, range.begin), last = std::max(last, range.end);
   }
-  if (item.row_begin == item.row_end) return;
-  const int64_t first = key_range(d, item.row_begin).begin, last = key_range(d, item.row_end - 1).end;
-  load_rows(k_rows, first, last, s.keys);
-  load_rows(v_rows, first, last, s.values);
-  s.query.resize(size_t(dim));
-  s.weights.resize(size_t(last - first));
-  const int64_t* mask = io.attention_mask + item.batch * keys;
-  const T* query = static_cast<const T*>(io.query);
-  T* output = static_cast<T*>(io.output);
-  T* probs = static_cast<T*>(io.shared_probs);
+  if (first >= last) first = last = 0;
+  // Row m of the item is query row item.row_begin + m / heads, head item.head_begin + m % heads.
+  auto packed_row = [&](int64_t m) {  // (b, i, h) of the packed tensors
+    return (item.batch * d.query_len + item.row_begin + m / heads) * d.num_heads + item.head_begin + m % heads;
+  };
+  auto stat_row = [&](int64_t m) {  // (b, h, i) of probs / lse
+    return (item.batch * d.num_heads + item.head_begin + m % heads) * d.query_len + item.row_begin + m / heads;
+  };
 
-  for (int64_t h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h) {
-    for (int64_t i = item.row_begin; i < item.row_end; ++i) {
-      const int64_t row = (item.batch * d.query_len + i) * d.num_heads + h;  // (b, i, h) of packed tensors
-      const int64_t stat = (item.batch * d.num_heads + h) * d.query_len + i;  // (b, h, i) of probs / lse
-      const KeyRange range = key_range(d, i);
-      to_float_row(query + row * dim, s.query.data(), dim);
-      float* w = s.weights.data() + (range.begin - first);
-      const int64_t count = range.end - range.begin;
-      float max_score = -kInfinity;
-      for (int64_t j = 0; j < count; ++j) {
-        if (mask[range.begin + j] == 0) {
-          w[j] = -kInfinity;
-          continue;
-        }
-        w[j] = d.scale * dot(s.query.data(), s.keys.data() + (range.begin + j - first) * dim, dim);
-        max_score = std::max(max_score, w[j]);
-      }
-      float lse = kInfinity;  // a row that sees no key: p = 0, output 0, lse = +inf
-      if (max_score == -kInfinity) {
-        std::fill(w, w + count, 0.f);
+  const bool uses_keys = job.weights != Weights::kReuse;
+  const bool keep_scores = job.weights == Weights::kSoftmax && job.probs_out != nullptr;
+  const int64_t span = last - first;
+  if (uses_keys) {
+    s.query.resize(size_t(m_rows * dim));
+    for (int64_t m = 0; m < m_rows; ++m)
+      to_float_row(static_cast<const T*>(job.query) + packed_row(m) * dim, s.query.data() + m * dim, dim);
+  }
+  s.acc.assign(size_t(m_rows * dim), 0.f);
+  s.max.assign(size_t(m_rows), -kInfinity);
+  s.sum.assign(size_t(m_rows), 0.f);
+  s.tile.resize(size_t(m_rows * kTile));
+  if (keep_scores) s.scores.resize(size_t(m_rows * span));
+  const bool transposed = m_rows >= kTransposeRows;
+  if (uses_keys && transposed) s.keys_t.resize(size_t(dim * kTile));
+
+  const size_t slice = size_t((item.batch * d.kv_num_heads + item.kv_head) * rows * dim);
+  const T* key_slice = uses_keys ? static_cast<const T*>(job.keys) + slice : nullptr;
+  const T* value_slice = static_cast<const T*>(job.values) + slice;
+  float* tile = s.tile.data();
+
+  for (int64_t j0 = first; j0 < last; j0 += kTile) {
+    const int64_t count = std::min(kTile, last - j0);
+    if (uses_keys) {
+      const float* keys = as_float(key_slice + j0 * dim, count * dim, s.keys);
+      if (transposed) {
+        transpose_tile(keys, count, dim, s.keys_t.data());
+        scores_by_columns(s.query.data(), m_rows, s.keys_t.data(), dim, tile);
       } else {
-        float sum = 0.f;
-        for (int64_t j = 0; j < count; ++j) sum += (w[j] = std::exp(w[j] - max_score));
-        const float inverse = 1.f / sum;
-        for (int64_t j = 0; j < count; ++j) w[j] *= inverse;
-        lse = max_score + std::log(sum);
-      }
-      weighted_sum(w, count, s.values.data() + (range.begin - first) * dim, dim, s.accum, output + row * dim);
-      if (io.shared_lse) io.shared_lse[stat] = lse;
-      if (probs) {
-        T* probs_row = probs + stat * keys;
-        std::fill(probs_row, probs_row + keys, from_float<T>(0.f));
-        from_float_row(w, probs_row + range.begin, count);
+        scores_by_dots(s.query.data(), m_rows, keys, count, dim, tile);
       }
     }
-  }
-}
-
-template <typename T>
-void consumer_item(const ua_attention_desc& d, const ua_consumer_io& io, const Item& item, Scratch& s) {
-  const int64_t dim = d.head_dim, group = d.num_heads / d.kv_num_heads, keys = key_len(d);
-  const CacheRows<T> v_rows = cache_rows<T>(d, io.past_value, io.present_value, io.value, item.batch, item.kv_head);
-  if (item.first_block) write_present(d, v_rows, io.present_value, item.batch, item.kv_head);
-  if (item.row_begin == item.row_end) return;
-  const bool reuse_probs = io.shared_probs != nullptr;
-  // Decode reuses P over every key; prefill recomputes over the keys its rows may see.
-  const int64_t first = reuse_probs ? 0 : key_range(d, item.row_begin).begin;
-  const int64_t last = reuse_probs ? keys : key_range(d, item.row_end - 1).end;
-  load_rows(v_rows, first, last, s.values);
-  if (!reuse_probs) {
-    load_rows(present_rows<T>(d, io.producer_key, item.batch, item.kv_head), first, last, s.keys);
-    s.query.resize(size_t(dim));
-  }
-  s.weights.resize(size_t(last - first));
-  const int64_t* mask = io.attention_mask + item.batch * keys;
-  T* output = static_cast<T*>(io.output);
-
-  for (int64_t h = item.kv_head * group; h < (item.kv_head + 1) * group; ++h) {
-    for (int64_t i = item.row_begin; i < item.row_end; ++i) {
-      const int64_t row = (item.batch * d.query_len + i) * d.num_heads + h;
-      const int64_t stat = (item.batch * d.num_heads + h) * d.query_len + i;
-      if (reuse_probs) {
-        to_float_row(static_cast<const T*>(io.shared_probs) + stat * keys, s.weights.data(), keys);
-        weighted_sum(s.weights.data(), keys, s.values.data(), dim, s.accum, output + row * dim);
+    for (int64_t m = 0; m < m_rows; ++m) {
+      const SlotRange range = s.ranges[m / heads];
+      float* w = tile + m * kTile;
+      const int64_t lo = std::clamp(range.begin - j0, int64_t(0), count);
+      const int64_t hi = std::clamp(range.end - j0, lo, count);
+      if (job.weights == Weights::kReuse) {
+        const T* p = static_cast<const T*>(job.probs_in) + stat_row(m) * rows + j0;
+        for (int64_t n = 0; n < count; ++n) w[n] = n >= lo && n < hi ? to_float(p[n]) : 0.f;
         continue;
       }
-      // exp(s - lse) is the producer's softmax: no running max or sum needed.
-      const KeyRange range = key_range(d, i);
-      const float lse = io.shared_lse[stat];
-      to_float_row(static_cast<const T*>(io.producer_query) + row * dim, s.query.data(), dim);
-      float* w = s.weights.data() + (range.begin - first);
-      const int64_t count = range.end - range.begin;
-      for (int64_t j = 0; j < count; ++j)
-        w[j] = mask[range.begin + j] == 0
-                   ? 0.f
-                   : std::exp(d.scale * dot(s.query.data(), s.keys.data() + (range.begin + j - first) * dim, dim) -
-                              lse);
-      weighted_sum(w, count, s.values.data() + (range.begin - first) * dim, dim, s.accum, output + row * dim);
+      std::fill(w, w + lo, -kInfinity);
+      for (int64_t n = lo; n < hi; ++n) w[n] *= d.scale;
+      std::fill(w + hi, w + count, -kInfinity);
+      if (row_keys.mask)
+        for (int64_t n = lo; n < hi; ++n)
+          if (row_keys.hidden(j0 + n)) w[n] = -kInfinity;
+      if (job.weights == Weights::kRecompute) {  // exp(s - lse) is the producer's softmax
+        exp_shifted(w, count, job.lse_in[stat_row(m)]);
+        continue;
+      }
+      if (keep_scores) std::memcpy(s.scores.data() + m * span + (j0 - first), w, size_t(count) * sizeof(float));
+      float tile_max = -kInfinity;
+      for (int64_t n = 0; n < count; ++n) tile_max = std::max(tile_max, w[n]);
+      if (tile_max == -kInfinity) {  // nothing visible here: weights 0, statistics unchanged
+        std::fill(w, w + count, 0.f);
+        continue;
+      }
+      const float new_max = std::max(s.max[m], tile_max);
+      const float rescale = std::exp(s.max[m] - new_max);
+      if (rescale != 1.f) {
+        s.sum[m] *= rescale;
+        for (int64_t i = 0; i < dim; ++i) s.acc[m * dim + i] *= rescale;
+      }
+      s.sum[m] += exp_shifted(w, count, new_max);
+      s.max[m] = new_max;
     }
+    accumulate(tile, m_rows, as_float(value_slice + j0 * dim, count * dim, s.values), count, dim, s.acc.data());
+  }
+
+  T* output = static_cast<T*>(job.output);
+  for (int64_t m = 0; m < m_rows; ++m) {
+    float* acc = s.acc.data() + m * dim;
+    if (job.weights == Weights::kSoftmax) {
+      // A row that sees no key: p = 0, output 0, lse = +inf (docs/ops.md).
+      const bool seen = s.sum[m] > 0.f;
+      const float inverse = seen ? 1.f / s.sum[m] : 0.f;
+      for (int64_t i = 0; i < dim; ++i) acc[i] *= inverse;
+      const float lse = seen ? s.max[m] + std::log(s.sum[m]) : kInfinity;
+      if (job.lse_out) job.lse_out[stat_row(m)] = lse;
+      if (keep_scores) {
+        const SlotRange range = s.ranges[m / heads];
+        T* probs = static_cast<T*>(job.probs_out) + stat_row(m) * rows;
+        float* scores = s.scores.data() + m * span;
+        exp_shifted(scores + (range.begin - first), range.end - range.begin, lse);
+        const int64_t end = row_keys.probs_end();
+        for (int64_t j = 0; j < end; ++j)
+          probs[j] = from_float<T>(j >= range.begin && j < range.end ? scores[j - first] : 0.f);
+      }
+    }
+    from_float_row(acc, output + packed_row(m) * dim, dim);
   }
 }
 
-template <typename Io>
-using ItemFn = void (*)(const ua_attention_desc&, const Io&, const Item&, Scratch&);
+template <typename T>
+void write_caches(const ua_attention_desc& d, const void* const (&past)[2], void* const (&present)[2],
+                  const void* const (&fresh)[2], const int64_t* positions, int64_t slice) {
+  for (int c = 0; c < 2; ++c)
+    if (present[c] != nullptr)
+      write_slice<T>(d, past[c], present[c], fresh[c], positions, slice / d.kv_num_heads, slice % d.kv_num_heads);
+}
 
-// Runs the item function of d.dtype over all items; `items` holds the float32, float16
-// and bfloat16 instantiations in ua_dtype order.
-template <typename Io>
-ua_status run(const char* op, const ua_attention_desc& d, const Io& io, int num_threads, const ItemFn<Io> (&items)[3]) {
-  const ItemFn<Io> item_fn = items[d.dtype];
-  const Plan plan(d, num_threads);
-  try {
-    parallel_for<Scratch>(plan.items(d), num_threads,
-                          [&](int64_t index, Scratch& scratch) { item_fn(d, io, plan.item(d, index), scratch); });
-  } catch (const std::bad_alloc&) {
-    return fail(UA_DEVICE_ERROR, "%s (CPU): out of host memory for the float32 row buffers (S=%lld, D=%lld)", op,
-                (long long)key_len(d), (long long)d.head_dim);
-  } catch (const std::exception& error) {
-    return fail(UA_DEVICE_ERROR, "%s (CPU): %s", op, error.what());
+// Runs fn(i) for i in [0, count) on the caller's pool, or here when there is none.
+template <typename Fn>
+void for_each(const ua_cpu_threads* threads, int64_t count, Fn& fn) {
+  if (count <= 0) return;
+  if (threads == nullptr || threads->parallel_for == nullptr || count == 1) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
   }
+  threads->parallel_for(
+      threads->pool, size_t(count), [](void* task, size_t i) { (*static_cast<Fn*>(task))(int64_t(i)); }, &fn);
+}
+
+// Phase 1 then phase 2. `caches` names up to two (past, present, fresh) triples. Errors
+// (out of memory for the float buffers) cannot cross the pool's threads as exceptions: the
+// failing task records them.
+template <typename T>
+ua_status run(const char* op, const Job& job, const void* const (&past)[2], void* const (&present)[2],
+              const void* const (&fresh)[2], const ua_cpu_threads* threads) {
+  const ua_attention_desc& d = job.d;
+  std::atomic<bool> out_of_memory{false};
+  const int64_t slices = d.batch * d.kv_num_heads;
+  // In place, phase 1 writes only the new rows: not worth a trip through the pool.
+  const bool small_write = in_place(d, past[0] ? past[0] : past[1], present[0] ? present[0] : present[1]) ||
+                           (!static_layout(d) && d.past_len == 0 && d.query_len <= kRowsPerBlock);
+  auto write = [&](int64_t slice) { write_caches<T>(d, past, present, fresh, job.positions, slice); };
+  if (small_write) {
+    for (int64_t slice = 0; slice < slices; ++slice) write(slice);
+  } else {
+    for_each(threads, slices, write);
+  }
+  if (d.query_len == 0) return ok();
+
+  const Plan plan(d);
+  auto attend = [&](int64_t index) {
+    thread_local Scratch scratch;
+    try {
+      attention_item<T>(job, plan.item(d, index), scratch);
+    } catch (const std::bad_alloc&) {
+      out_of_memory.store(true);
+    }
+  };
+  for_each(threads, plan.items(d), attend);
+  if (out_of_memory.load())
+    return fail(UA_DEVICE_ERROR, "%s (CPU): out of host memory for the float32 tile buffers (rows=%lld, D=%lld)", op,
+                (long long)cache_len(d), (long long)d.head_dim);
   return ok();
 }
 
-const ItemFn<ua_producer_io> kProducerItems[3] = {producer_item<float>, producer_item<Float16>,
-                                                  producer_item<BFloat16>};
-const ItemFn<ua_consumer_io> kConsumerItems[3] = {consumer_item<float>, consumer_item<Float16>,
-                                                  consumer_item<BFloat16>};
+template <typename T>
+ua_status producer(const ua_attention_desc& d, const ua_producer_io& io, const ua_cpu_threads* threads) {
+  const Job job{d, Weights::kSoftmax, io.query, io.present_key, io.present_value, io.attention_mask,
+                io.position_ids, nullptr, nullptr, io.output, io.shared_probs, io.shared_lse};
+  return run<T>("UniAttnProducer", job, {io.past_key, io.past_value}, {io.present_key, io.present_value},
+                {io.key, io.value}, threads);
+}
+
+template <typename T>
+ua_status consumer(const ua_attention_desc& d, const ua_consumer_io& io, const ua_cpu_threads* threads) {
+  const bool reuse = io.shared_probs != nullptr;
+  const Job job{d, reuse ? Weights::kReuse : Weights::kRecompute, io.producer_query, io.producer_key,
+                io.present_value, io.attention_mask, io.position_ids, io.shared_probs, io.shared_lse,
+                io.output, nullptr, nullptr};
+  return run<T>("UniAttnConsumer", job, {io.past_value, nullptr}, {io.present_value, nullptr}, {io.value, nullptr},
+                threads);
+}
 
 }  // namespace
 }  // namespace uniattn::cpu
 
 extern "C" {
 
-ua_status ua_producer_cpu(const ua_attention_desc* desc, const ua_producer_io* io, int num_threads) {
+ua_status ua_producer_cpu(const ua_attention_desc* desc, const ua_producer_io* io, const ua_cpu_threads* threads) {
+  using namespace uniattn::cpu;
   if (ua_status status = uniattn::check_producer(desc, io, 0); status != UA_OK) return status;
   if (desc->batch == 0) return uniattn::ok();
-  return uniattn::cpu::run("UniAttnProducer", *desc, *io, num_threads, uniattn::cpu::kProducerItems);
+  switch (desc->dtype) {
+    case UA_FLOAT32: return producer<float>(*desc, *io, threads);
+    case UA_FLOAT16: return producer<Float16>(*desc, *io, threads);
+    default: return producer<BFloat16>(*desc, *io, threads);
+  }
 }
 
-ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* io, int num_threads) {
+ua_status ua_consumer_cpu(const ua_attention_desc* desc, const ua_consumer_io* io, const ua_cpu_threads* threads) {
+  using namespace uniattn::cpu;
   if (ua_status status = uniattn::check_consumer(desc, io, 0); status != UA_OK) return status;
   if (desc->batch == 0) return uniattn::ok();
-  return uniattn::cpu::run("UniAttnConsumer", *desc, *io, num_threads, uniattn::cpu::kConsumerItems);
+  switch (desc->dtype) {
+    case UA_FLOAT32: return consumer<float>(*desc, *io, threads);
+    case UA_FLOAT16: return consumer<Float16>(*desc, *io, threads);
+    default: return consumer<BFloat16>(*desc, *io, threads);
+  }
 }
 
 }  // extern "C"

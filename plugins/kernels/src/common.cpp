@@ -25,6 +25,10 @@ ua_status check_geometry(const ua_attention_desc* d, int64_t max_head_dim) {
     return fail(UA_INVALID_ARGUMENT, "unknown dtype code %d", (int)d->dtype);
   if (d->sliding_window < 0)
     return fail(UA_INVALID_ARGUMENT, "sliding_window=%lld must be >= 0", (long long)d->sliding_window);
+  if (d->capacity < 0) return fail(UA_INVALID_ARGUMENT, "capacity=%lld must be >= 0", (long long)d->capacity);
+  if (d->capacity > 0 && d->query_len > d->capacity)
+    return fail(UA_INVALID_ARGUMENT, "static layout: query_len=%lld exceeds capacity=%lld", (long long)d->query_len,
+                (long long)d->capacity);
   return UA_OK;
 }
 }  // namespace
@@ -50,6 +54,15 @@ ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, i
   if (in_place(*d, io->past_key, io->present_key) != in_place(*d, io->past_value, io->present_value))
     return fail(UA_INVALID_ARGUMENT,
                 "producer: present_key and present_value must both alias their past (in-place append) or neither");
+  if (d->capacity > 0) {  // static layout: the caches always exist, positions replace the mask
+    if (d->batch == 0) return UA_OK;
+    if (!io->past_key || !io->past_value || !io->present_key || !io->present_value)
+      return fail(UA_INVALID_ARGUMENT, "producer (static layout): past/present caches must not be NULL");
+    if (d->query_len == 0) return UA_OK;
+    if (!io->query || !io->key || !io->value || !io->position_ids || !io->output)
+      return fail(UA_INVALID_ARGUMENT, "producer (static layout): a required tensor pointer is NULL");
+    return UA_OK;
+  }
   if (d->batch == 0 || d->query_len == 0) return UA_OK;  // empty call: nothing is read
   if (!io->query || !io->key || !io->value || !io->attention_mask || !io->output ||
       !io->present_key || !io->present_value)
@@ -63,10 +76,19 @@ ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, i
 ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, int64_t max_head_dim) {
   if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
   if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "consumer io is NULL");
-  if (d->batch == 0 || d->query_len == 0) return UA_OK;
-  if (!io->value || !io->attention_mask || !io->output || !io->present_value)
-    return fail(UA_INVALID_ARGUMENT, "consumer: a required tensor pointer is NULL");
-  if (d->past_len > 0 && !io->past_value)
+  if (d->capacity > 0) {
+    if (d->batch == 0) return UA_OK;
+    if (!io->past_value || !io->present_value)
+      return fail(UA_INVALID_ARGUMENT, "consumer (static layout): past_value/present_value must not be NULL");
+    if (d->query_len == 0) return UA_OK;
+    if (!io->value || !io->position_ids || !io->output)
+      return fail(UA_INVALID_ARGUMENT, "consumer (static layout): a required tensor pointer is NULL");
+  } else {
+    if (d->batch == 0 || d->query_len == 0) return UA_OK;
+    if (!io->value || !io->attention_mask || !io->output || !io->present_value)
+      return fail(UA_INVALID_ARGUMENT, "consumer: a required tensor pointer is NULL");
+  }
+  if (d->capacity == 0 && d->past_len > 0 && !io->past_value)
     return fail(UA_INVALID_ARGUMENT, "consumer: past_len=%lld but past_value is NULL", (long long)d->past_len);
   if (!io->shared_probs && (!io->shared_lse || !io->producer_query || !io->producer_key))
     return fail(UA_INVALID_ARGUMENT,

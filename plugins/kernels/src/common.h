@@ -20,11 +20,19 @@ ua_status ok();
 ua_status check_producer(const ua_attention_desc* desc, const ua_producer_io* io, int64_t max_head_dim);
 ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io, int64_t max_head_dim);
 
+// Dynamic layout (capacity == 0): keys of the call, S = P + L.
 inline int64_t key_len(const ua_attention_desc& d) { return d.past_len + d.query_len; }
 
-// In-place append (kernels.h): the past cache is the present buffer itself.
+inline bool static_layout(const ua_attention_desc& d) { return d.capacity > 0; }
+
+// Rows per (batch, KV head) of the present caches (and of shared_probs' last axis when emitted):
+// S in the dynamic layout, the capacity C in the static one.
+inline int64_t cache_len(const ua_attention_desc& d) { return static_layout(d) ? d.capacity : key_len(d); }
+
+// In place (kernels.h): the past cache is the present buffer itself. Dynamic layout: only
+// with a past (P > 0); static layout: whenever the pointers are equal.
 inline bool in_place(const ua_attention_desc& d, const void* past, const void* present) {
-  return d.past_len > 0 && past != nullptr && past == present;
+  return past != nullptr && past == present && (static_layout(d) || d.past_len > 0);
 }
 
 inline size_t dtype_size(ua_dtype t) { return t == UA_FLOAT32 ? 4 : 2; }
@@ -36,6 +44,21 @@ inline bool visible(const ua_attention_desc& d, const int64_t* mask_row, int64_t
   if (d.is_causal && j > q_pos) return false;
   if (d.sliding_window > 0 && q_pos - j >= d.sliding_window) return false;
   return true;
+}
+
+// Static layout: the slots a query at `position` sees, j <= position and inside the window,
+// as a half-open range clipped to [0, capacity) (an out-of-range position reads nothing
+// outside the cache; kernels.h leaves its results unspecified).
+struct SlotRange {
+  int64_t begin, end;
+};
+
+inline SlotRange visible_slots(const ua_attention_desc& d, int64_t position) {
+  int64_t end = position + 1 < d.capacity ? position + 1 : d.capacity;
+  int64_t begin = d.sliding_window > 0 ? position - d.sliding_window + 1 : 0;
+  if (begin < 0) begin = 0;
+  if (end < begin) end = begin;
+  return {begin, end};
 }
 
 }  // namespace uniattn

@@ -1,56 +1,72 @@
 // ONNX Runtime custom-op library: domain `uniattn`, ops UniAttnProducer and UniAttnConsumer
-// (docs/ops.md) for CPUExecutionProvider and, when the kernels were built with CUDA,
-// CUDAExecutionProvider. ORT loads it through SessionOptions.register_custom_ops_library
-// and calls RegisterCustomOps, the only exported symbol.
+// (docs/ops.md), versions 1 (dynamic caches) and 2 (fixed-capacity caches updated in place),
+// for CPUExecutionProvider and, when the kernels were built with CUDA, CUDAExecutionProvider.
+// ORT loads it through SessionOptions.register_custom_ops_library and calls
+// RegisterCustomOps, the only exported symbol.
 //
-// One OrtCustomOp per (op, element type, provider): ORT merges same-named ops into one
-// schema whose T inputs accept float, float16 and bfloat16, picks the kernel whose types
-// match the node, and infers the output types from it. The ops and the domain are static
-// objects: ORT keeps pointers to them for as long as any session uses them.
+// The ops' signatures and attributes come from uniattn/op_schema.h, generated from
+// uniattn_export/export/op_schema.json (the contract's machine-readable form).
+//
+// One OrtCustomOp per (op, element type, provider): ORT merges same-named ops into one schema
+// whose T inputs accept float, float16 and bfloat16, picks the kernel whose types match the
+// node, and infers the output types from it. The ops and the domain are static objects: ORT
+// keeps pointers to them for as long as any session uses them.
+//
+// Versions: ORT builds ONE schema per op name, with the since-version of the first op of that
+// name, and matches kernels by that since-version, whatever opset the model imports (checked on
+// ORT 1.31: with kernels registered as [1, 1] and [2, 2], a node of a model importing
+// uniattn = 2 gets the [1, 1] kernel). So one kernel serves both versions (declared [1, 2]) and
+// tells them apart per node: by its plugin_version attribute ("1" / "2", which the exporter
+// writes for TensorRT), else by its shapes, which differ for every valid call (version 2's
+// caches have a capacity C > 0 and its position_ids are (B, L); version 1's mask is (B, P + L),
+// so a version-1 call with P > 0 never has an int64 input of width L there, and P == 0 is
+// version 1: a version-2 cache is never empty). The two versions' signatures agree in every
+// count, type and optionality (checked when the domain is built).
 #include <array>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "uniattn/kernels.h"
+#include "uniattn/op_schema.h"
 #include "uniattn/ort_abi.h"
 
 namespace {
 
-constexpr ONNXTensorElementDataType T = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // the op's T in the tables below
 constexpr ONNXTensorElementDataType INT64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
 constexpr ONNXTensorElementDataType FLOAT = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-constexpr int64_t kDefaultProbsMaxQueryLen = 16;
 
-struct Signature {
-  const char* name;
-  std::vector<const char*> inputs, outputs;
-  std::vector<ONNXTensorElementDataType> input_types, output_types;
-  size_t required_outputs;  // the rest are optional
-};
+// The ORT element type of a schema type ("T" is the op's element type).
+ONNXTensorElementDataType ort_type(const char* type, ONNXTensorElementDataType t) {
+  if (std::strcmp(type, "int64") == 0) return INT64;
+  if (std::strcmp(type, "float") == 0) return FLOAT;
+  return t;
+}
 
-const Signature kProducer{"UniAttnProducer",
-                          {"query", "key", "value", "past_key", "past_value", "attention_mask"},
-                          {"output", "present_key", "present_value", "shared_probs", "shared_lse"},
-                          {T, T, T, T, T, INT64},
-                          {T, T, T, T, FLOAT},
-                          3};
-const Signature kConsumer{"UniAttnConsumer",
-                          {"value", "past_value", "attention_mask", "shared_probs", "shared_lse", "producer_query",
-                           "producer_key"},
-                          {"output", "present_value"},
-                          {T, T, INT64, T, FLOAT, T, T},
-                          {T, T},
-                          2};
+using SchemaOp = uniattn::schema::Op;
+
+// The schema entry of `name` at `version` (NULL if the JSON has none).
+const SchemaOp* schema_of(const char* name, int version) {
+  for (const SchemaOp& op : uniattn::schema::kOps)
+    if (op.version == version && std::strcmp(op.name, name) == 0) return &op;
+  return nullptr;
+}
 
 struct OpDef : OrtCustomOp {
-  const Signature* signature;
+  std::array<const SchemaOp*, 2> versions;  // versions 1 and 2 of the op
+  size_t v2_index;                          // of versions[1] in schema::kOps
   const char* provider;
   ONNXTensorElementDataType element_type;
   ua_dtype dtype;
   bool cuda;
+
+  const SchemaOp& signature() const { return *versions[0]; }  // the same in both (all_ops checks)
+  bool producer() const { return std::strcmp(signature().name, "UniAttnProducer") == 0; }
 };
 
 std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -76,12 +92,24 @@ struct Kernel {
   const OrtApi* api;
   const OpDef* op;
   std::string node;
-  int64_t num_heads = 0, kv_num_heads = 0, is_causal = 1, sliding_window = 0;
-  int64_t probs_max_query_len = kDefaultProbsMaxQueryLen;
+  const SchemaOp* schema;    // the version of the call (names in messages)
+  int declared_version = 0;  // from the plugin_version attribute; 0: absent
+  int64_t num_heads = 0, kv_num_heads = 0, is_causal = 0, sliding_window = 0, probs_max_query_len = 0;
   float scale = 0.f;
 
+  // The member holding the int attribute `name` of the schema (NULL: not one this library knows).
+  int64_t* int_attribute(const char* name) {
+    for (auto [known, field] : {std::pair{"num_heads", &num_heads}, {"kv_num_heads", &kv_num_heads},
+                                {"is_causal", &is_causal}, {"sliding_window", &sliding_window},
+                                {"probs_max_query_len", &probs_max_query_len}})
+      if (std::strcmp(name, known) == 0) return field;
+    return nullptr;
+  }
+
+  const char* input_name(size_t i) const { return schema->inputs[i].name; }
+
   OrtStatus* error(OrtErrorCode code, const std::string& message) const {
-    return api->CreateStatus(code, (std::string(op->signature->name) + " node '" + node + "': " + message).c_str());
+    return api->CreateStatus(code, (std::string(schema->name) + " node '" + node + "': " + message).c_str());
   }
 
   OrtStatus* kernel_error(ua_status status) const {
@@ -91,9 +119,11 @@ struct Kernel {
     return error(code, ua_last_error());
   }
 
-  ua_attention_desc desc(int64_t batch, int64_t query_len, int64_t past_len, int64_t head_dim) const {
+  // capacity 0: the dynamic layout (version 1); > 0: the static layout (version 2).
+  ua_attention_desc desc(int64_t batch, int64_t query_len, int64_t past_len, int64_t head_dim,
+                         int64_t capacity) const {
     return {batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int32_t(is_causal != 0),
-            sliding_window, op->dtype};
+            sliding_window, op->dtype, capacity};
   }
 };
 
@@ -101,15 +131,6 @@ struct Kernel {
   do {                                             \
     if (OrtStatus* status_ = (expr)) return status_; \
   } while (0)
-
-OrtStatus* read_attribute(const Kernel& k, const OrtKernelInfo* info, const char* name, int64_t* value,
-                          bool required) {
-  if (OrtStatus* status = k.api->KernelInfoGetAttribute_int64(info, name, value)) {
-    k.api->ReleaseStatus(status);
-    if (required) return k.error(ORT_INVALID_ARGUMENT, format("the int attribute '%s' is missing or not an int", name));
-  }
-  return nullptr;
-}
 
 // The node's name, only for messages: "" if ORT cannot tell.
 std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
@@ -125,17 +146,51 @@ std::string node_name(const OrtApi* api, const OrtKernelInfo* info) {
   return known ? name.data() : "";
 }
 
+// The plugin_version attribute as a version number (0 when the node has none).
+int plugin_version(const OrtApi* api, const OrtKernelInfo* info) {
+  char text[16] = {};
+  size_t size = sizeof(text);
+  if (OrtStatus* status = api->KernelInfoGetAttribute_string(info, "plugin_version", text, &size)) {
+    api->ReleaseStatus(status);
+    return 0;
+  }
+  return std::atoi(text);
+}
+
+// Every attribute the schema lists for the op (both versions: the kernel serves both, and
+// their defaults agree): ints and the float scale; an absent attribute takes the schema's
+// default, or is an error when it has none. (The strings are TensorRT's plugin lookup; only
+// plugin_version is read, to tell the versions apart.)
 OrtStatus* read_attributes(Kernel& k, const OrtKernelInfo* info) {
   k.node = node_name(k.api, info);
-  UA_RETURN_IF_ERROR(read_attribute(k, info, "num_heads", &k.num_heads, true));
-  UA_RETURN_IF_ERROR(read_attribute(k, info, "kv_num_heads", &k.kv_num_heads, true));
-  UA_RETURN_IF_ERROR(read_attribute(k, info, "is_causal", &k.is_causal, false));
-  UA_RETURN_IF_ERROR(read_attribute(k, info, "sliding_window", &k.sliding_window, false));
-  if (k.op->signature == &kProducer)
-    UA_RETURN_IF_ERROR(read_attribute(k, info, "probs_max_query_len", &k.probs_max_query_len, false));
-  if (OrtStatus* status = k.api->KernelInfoGetAttribute_float(info, "scale", &k.scale)) {
-    k.api->ReleaseStatus(status);
-    return k.error(ORT_INVALID_ARGUMENT, "the float attribute 'scale' is missing or not a float");
+  k.declared_version = plugin_version(k.api, info);
+  if (k.declared_version != 0 && k.declared_version != 1 && k.declared_version != 2)
+    return k.error(ORT_INVALID_ARGUMENT,
+                   format("plugin_version=\"%d\" is not a version of the op (1 or 2)", k.declared_version));
+  for (const SchemaOp* op : k.op->versions)
+  for (size_t i = 0; i < op->attribute_count; ++i) {
+    const uniattn::schema::Attribute& attribute = op->attributes[i];
+    OrtStatus* status = nullptr;
+    if (std::strcmp(attribute.type, "int") == 0) {
+      int64_t* field = k.int_attribute(attribute.name);
+      if (field == nullptr)
+        return k.error(ORT_FAIL, format("the op schema has an int attribute '%s' this library does not know",
+                                        attribute.name));
+      status = k.api->KernelInfoGetAttribute_int64(info, attribute.name, field);
+      if (status && attribute.default_value) *field = std::strtoll(attribute.default_value, nullptr, 10);
+    } else if (std::strcmp(attribute.type, "float") == 0) {
+      status = k.api->KernelInfoGetAttribute_float(info, attribute.name, &k.scale);
+      if (status && attribute.default_value) k.scale = std::strtof(attribute.default_value, nullptr);
+    } else {
+      continue;
+    }
+    if (status) {
+      k.api->ReleaseStatus(status);
+      if (!attribute.default_value)
+        return k.error(ORT_INVALID_ARGUMENT,
+                       format("the %s attribute '%s' is missing or not a %s", attribute.type, attribute.name,
+                              attribute.type));
+    }
   }
   if (k.num_heads <= 0 || k.kv_num_heads <= 0 || k.num_heads % k.kv_num_heads != 0)
     return k.error(ORT_INVALID_ARGUMENT, format("num_heads=%lld must be a positive multiple of kv_num_heads=%lld",
@@ -174,7 +229,7 @@ OrtStatus* inputs(const Kernel& k, const OrtKernelContext* context, std::array<T
     const OrtValue* value = nullptr;
     UA_RETURN_IF_ERROR(k.api->KernelContext_GetInput(context, i, &value));
     if (value == nullptr)
-      return k.error(ORT_INVALID_ARGUMENT, format("input '%s' is missing", k.op->signature->inputs[i]));
+      return k.error(ORT_INVALID_ARGUMENT, format("input '%s' is missing", k.input_name(i)));
     UA_RETURN_IF_ERROR(shape_of(k.api, value, tensors[i].shape));
     // ORT hands inputs out as const values; the data pointer is only read.
     UA_RETURN_IF_ERROR(k.api->GetTensorMutableData(const_cast<OrtValue*>(value), &tensors[i].data));
@@ -201,7 +256,7 @@ OrtStatus* expect_shape(const Kernel& k, const Tensor& tensor, size_t input_inde
                         const char* layout, const std::string& why) {
   if (tensor.shape == expected) return nullptr;
   return k.error(ORT_INVALID_ARGUMENT, format("%s has shape %s but %s %s is expected (%s)",
-                                              k.op->signature->inputs[input_index], to_string(tensor.shape).c_str(),
+                                              k.input_name(input_index), to_string(tensor.shape).c_str(),
                                               to_string(expected).c_str(), layout, why.c_str()));
 }
 
@@ -231,7 +286,8 @@ class Workspace {
 };
 
 // The call's sizes, derived from the node's first input (packed, (B, L, heads*D)) and its
-// past cache ((B, Hkv, P, D)); `why` says so in error messages.
+// past cache ((B, Hkv, P, D), or (B, Hkv, C, D) in version 2: `past` is then the capacity);
+// `why` says so in error messages.
 struct Geometry {
   int64_t batch = 0, length = 0, dim = 0, past = 0, keys = 0;
   std::string why;
@@ -239,23 +295,23 @@ struct Geometry {
 
 OrtStatus* geometry(const Kernel& k, const Tensor& packed, size_t packed_index, int64_t heads, const char* heads_name,
                     const Tensor& cache, size_t cache_index, Geometry& g) {
-  const auto& names = k.op->signature->inputs;
+  auto names = [&](size_t i) { return k.input_name(i); };
   if (packed.shape.size() != 3 || packed.dim(2) == 0 || packed.dim(2) % heads != 0)
     return k.error(ORT_INVALID_ARGUMENT, format("%s has shape %s but (B, L, %s*D) with %s=%lld is expected",
-                                                names[packed_index], to_string(packed.shape).c_str(), heads_name,
+                                                names(packed_index), to_string(packed.shape).c_str(), heads_name,
                                                 heads_name, (long long)heads));
   g.batch = packed.dim(0), g.length = packed.dim(1), g.dim = packed.dim(2) / heads;
   g.past = cache.shape.size() == 4 ? cache.dim(2) : 0, g.keys = g.past + g.length;
-  g.why = format("%s %s with num_heads=%lld, kv_num_heads=%lld, so D=%lld; %s %s", names[packed_index],
+  g.why = format("%s %s with num_heads=%lld, kv_num_heads=%lld, so D=%lld; %s %s", names(packed_index),
                  to_string(packed.shape).c_str(), (long long)k.num_heads, (long long)k.kv_num_heads,
-                 (long long)g.dim, names[cache_index], to_string(cache.shape).c_str());
+                 (long long)g.dim, names(cache_index), to_string(cache.shape).c_str());
   return nullptr;
 }
 
 // The two implementations of one op behind the kernel ABI.
 template <typename Io>
 struct Implementations {
-  ua_status (*cpu)(const ua_attention_desc*, const Io*, int);
+  ua_status (*cpu)(const ua_attention_desc*, const Io*, const ua_cpu_threads*);
   size_t (*cuda_workspace_size)(const ua_attention_desc*, int);
   ua_status (*cuda)(const ua_attention_desc*, const Io*, void*, void*);
 };
@@ -265,8 +321,24 @@ const Implementations<ua_producer_io> kProducerImpl{ua_producer_cpu, ua_producer
 const Implementations<ua_consumer_io> kConsumerImpl{ua_consumer_cpu, ua_consumer_cuda_workspace_size,
                                                     ua_consumer_cuda};
 
-// Runs the node's kernel: on the CPU with all cores, or on ORT's CUDA compute stream with
-// scratch from the allocator of the op's first output. `with_probs` is the *_workspace_size flag.
+// ORT's intra-op thread pool behind ua_cpu_threads: the kernels' tasks run on the session's
+// threads (KernelContext_ParallelFor), never on threads of their own.
+struct OrtPool {
+  const OrtApi* api;
+  OrtKernelContext* context;
+
+  static void parallel_for(void* pool, size_t count, ua_task_fn fn, void* task) {
+    const OrtPool& self = *static_cast<const OrtPool*>(pool);
+    if (OrtStatus* status = self.api->KernelContext_ParallelFor(self.context, fn, count, 0, task)) {
+      self.api->ReleaseStatus(status);  // no pool to be had: the tasks run here
+      for (size_t i = 0; i < count; ++i) fn(task, i);
+    }
+  }
+};
+
+// Runs the node's kernel: on the CPU through ORT's thread pool, or on ORT's CUDA compute
+// stream with scratch from the allocator of the op's first output. `with_probs` is the
+// *_workspace_size flag.
 template <typename Io>
 OrtStatus* launch(const Kernel& k, OrtKernelContext* context, const OrtValue* first_output,
                   const ua_attention_desc& desc, const Io& io, bool with_probs, const Implementations<Io>& impl) {
@@ -278,12 +350,15 @@ OrtStatus* launch(const Kernel& k, OrtKernelContext* context, const OrtValue* fi
     UA_RETURN_IF_ERROR(workspace.allocate(context, first_output, impl.cuda_workspace_size(&desc, with_probs)));
     status = impl.cuda(&desc, &io, workspace.data(), stream);
   } else {
-    status = impl.cpu(&desc, &io, 0);
+    OrtPool pool{k.api, context};
+    const ua_cpu_threads threads{OrtPool::parallel_for, &pool};
+    status = impl.cpu(&desc, &io, &threads);
   }
   return status == UA_OK ? nullptr : k.kernel_error(status);
 }
 
-OrtStatus* compute_producer(const Kernel& k, OrtKernelContext* context) {
+// Version 1: caches (B, Hkv, P, D) in, (B, Hkv, P + L, D) out, visibility from attention_mask.
+OrtStatus* compute_producer_v1(const Kernel& k, OrtKernelContext* context) {
   std::array<Tensor, 6> in;
   UA_RETURN_IF_ERROR(inputs(k, context, in));
   const Tensor &query = in[0], &key = in[1], &value = in[2], &past_key = in[3], &past_value = in[4], &mask = in[5];
@@ -299,7 +374,7 @@ OrtStatus* compute_producer(const Kernel& k, OrtKernelContext* context) {
 
   const bool emit_probs = length <= k.probs_max_query_len;
   ua_producer_io io{query.data, key.data, value.data, past_key.data, past_value.data,
-                    static_cast<const int64_t*>(mask.data), nullptr, nullptr, nullptr, nullptr, nullptr};
+                    static_cast<const int64_t*>(mask.data), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   const OrtValue* out_value = nullptr;
   void* probs = nullptr;
   void* lse = nullptr;
@@ -311,11 +386,11 @@ OrtStatus* compute_producer(const Kernel& k, OrtKernelContext* context) {
   io.shared_probs = emit_probs ? probs : nullptr;
   io.shared_lse = static_cast<float*>(lse);
 
-  return launch(k, context, out_value, k.desc(batch, length, past, dim), io, io.shared_probs != nullptr,
+  return launch(k, context, out_value, k.desc(batch, length, past, dim, 0), io, io.shared_probs != nullptr,
                 kProducerImpl);
 }
 
-OrtStatus* compute_consumer(const Kernel& k, OrtKernelContext* context) {
+OrtStatus* compute_consumer_v1(const Kernel& k, OrtKernelContext* context) {
   std::array<Tensor, 7> in;
   UA_RETURN_IF_ERROR(inputs(k, context, in));
   const Tensor &value = in[0], &past_value = in[1], &mask = in[2], &probs = in[3], &lse = in[4],
@@ -336,23 +411,89 @@ OrtStatus* compute_consumer(const Kernel& k, OrtKernelContext* context) {
 
   ua_consumer_io io{value.data,        past_value.data, static_cast<const int64_t*>(mask.data),
                     reuse_probs ? probs.data : nullptr, static_cast<const float*>(lse.data),
-                    producer_query.data, producer_key.data, nullptr, nullptr};
+                    producer_query.data, producer_key.data, nullptr, nullptr, nullptr};
   const OrtValue* out_value = nullptr;
   UA_RETURN_IF_ERROR(output(k, context, 0, {batch, length, k.num_heads * dim}, io.output, &out_value));
   UA_RETURN_IF_ERROR(output(k, context, 1, {batch, k.kv_num_heads, keys, dim}, io.present_value));
 
-  return launch(k, context, out_value, k.desc(batch, length, past, dim), io, reuse_probs, kConsumerImpl);
+  return launch(k, context, out_value, k.desc(batch, length, past, dim, 0), io, reuse_probs, kConsumerImpl);
+}
+
+// Version 2: caches (B, Hkv, C, D) in and out (the runtime may bind both to one buffer: the
+// kernels then write only the new slots), slots and visibility from position_ids (B, L).
+OrtStatus* compute_producer_v2(const Kernel& k, OrtKernelContext* context) {
+  std::array<Tensor, 6> in;
+  UA_RETURN_IF_ERROR(inputs(k, context, in));
+  const Tensor &query = in[0], &key = in[1], &value = in[2], &past_key = in[3], &past_value = in[4],
+               &positions = in[5];
+  Geometry g;
+  UA_RETURN_IF_ERROR(geometry(k, query, 0, k.num_heads, "num_heads", past_key, 3, g));
+  const int64_t batch = g.batch, length = g.length, dim = g.dim, capacity = g.past;
+  const Shape packed_kv{batch, length, k.kv_num_heads * dim}, cache{batch, k.kv_num_heads, capacity, dim};
+  UA_RETURN_IF_ERROR(expect_shape(k, key, 1, packed_kv, "(B, L, kv_num_heads*D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, value, 2, packed_kv, "(B, L, kv_num_heads*D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, past_key, 3, cache, "(B, kv_num_heads, C, D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, past_value, 4, cache, "(B, kv_num_heads, C, D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, positions, 5, {batch, length}, "(B, L)", g.why));
+  if (capacity == 0 && batch > 0)
+    return k.error(ORT_INVALID_ARGUMENT, "past_key has capacity 0: version 2 caches are (B, kv_num_heads, C, D) "
+                                         "with C the maximum length");
+
+  const bool emit_probs = length <= k.probs_max_query_len;
+  ua_producer_io io{query.data, key.data, value.data, past_key.data, past_value.data, nullptr, nullptr, nullptr,
+                    nullptr, nullptr, nullptr, static_cast<const int64_t*>(positions.data)};
+  const OrtValue* out_value = nullptr;
+  void* probs = nullptr;
+  void* lse = nullptr;
+  UA_RETURN_IF_ERROR(output(k, context, 0, {batch, length, k.num_heads * dim}, io.output, &out_value));
+  UA_RETURN_IF_ERROR(output(k, context, 1, cache, io.present_key));
+  UA_RETURN_IF_ERROR(output(k, context, 2, cache, io.present_value));
+  UA_RETURN_IF_ERROR(output(k, context, 3, {batch, k.num_heads, length, emit_probs ? capacity : 0}, probs));
+  UA_RETURN_IF_ERROR(output(k, context, 4, {batch, k.num_heads, length}, lse));
+  io.shared_probs = emit_probs ? probs : nullptr;
+  io.shared_lse = static_cast<float*>(lse);
+
+  return launch(k, context, out_value, k.desc(batch, length, 0, dim, capacity), io, io.shared_probs != nullptr,
+                kProducerImpl);
+}
+
+OrtStatus* compute_consumer_v2(const Kernel& k, OrtKernelContext* context) {
+  std::array<Tensor, 7> in;
+  UA_RETURN_IF_ERROR(inputs(k, context, in));
+  const Tensor &value = in[0], &past_value = in[1], &positions = in[2], &probs = in[3], &lse = in[4],
+               &producer_query = in[5], &producer_key = in[6];
+  Geometry g;
+  UA_RETURN_IF_ERROR(geometry(k, value, 0, k.kv_num_heads, "kv_num_heads", past_value, 1, g));
+  const int64_t batch = g.batch, length = g.length, dim = g.dim, capacity = g.past;
+  const Shape cache{batch, k.kv_num_heads, capacity, dim};
+  UA_RETURN_IF_ERROR(expect_shape(k, past_value, 1, cache, "(B, kv_num_heads, C, D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, positions, 2, {batch, length}, "(B, L)", g.why));
+  const bool reuse_probs = probs.dim(3) == capacity && capacity > 0;
+  UA_RETURN_IF_ERROR(expect_shape(k, probs, 3, {batch, k.num_heads, length, reuse_probs ? capacity : 0},
+                                  "(B, num_heads, L, C or 0)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, lse, 4, {batch, k.num_heads, length}, "(B, num_heads, L)", g.why));
+  UA_RETURN_IF_ERROR(
+      expect_shape(k, producer_query, 5, {batch, length, k.num_heads * dim}, "(B, L, num_heads*D)", g.why));
+  UA_RETURN_IF_ERROR(expect_shape(k, producer_key, 6, cache, "(B, kv_num_heads, C, D)", g.why));
+  if (capacity == 0 && batch > 0)
+    return k.error(ORT_INVALID_ARGUMENT, "past_value has capacity 0: version 2 caches are (B, kv_num_heads, C, D) "
+                                         "with C the maximum length");
+
+  ua_consumer_io io{value.data, past_value.data, nullptr, reuse_probs ? probs.data : nullptr,
+                    static_cast<const float*>(lse.data), producer_query.data, producer_key.data, nullptr, nullptr,
+                    static_cast<const int64_t*>(positions.data)};
+  const OrtValue* out_value = nullptr;
+  UA_RETURN_IF_ERROR(output(k, context, 0, {batch, length, k.num_heads * dim}, io.output, &out_value));
+  UA_RETURN_IF_ERROR(output(k, context, 1, cache, io.present_value));
+
+  return launch(k, context, out_value, k.desc(batch, length, 0, dim, capacity), io, reuse_probs, kConsumerImpl);
 }
 
 const OpDef* as_def(const OrtCustomOp* op) { return static_cast<const OpDef*>(op); }
 
-ONNXTensorElementDataType resolve(const OpDef* op, ONNXTensorElementDataType type) {
-  return type == T ? op->element_type : type;
-}
-
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                       void** kernel) {
-  auto* k = new Kernel{api, as_def(op), {}};
+  auto* k = new Kernel{api, as_def(op), {}, as_def(op)->versions[0]};
   if (OrtStatus* status = read_attributes(*k, info)) {
     delete k;
     return status;
@@ -361,33 +502,98 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, 
   return nullptr;
 }
 
-OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context) {
-  const Kernel& k = *static_cast<const Kernel*>(kernel);
-  return k.op->signature == &kProducer ? compute_producer(k, context) : compute_consumer(k, context);
+// The version of a call (see the top of this file): the node's plugin_version, else the shapes
+// of its cache (input past_index) and of its int64 input (mask_index).
+OrtStatus* call_version(const Kernel& k, const OrtKernelContext* context, size_t cache_index, size_t int_index,
+                        size_t packed_index, int& version) {
+  version = k.declared_version;
+  if (version != 0) return nullptr;
+  Shape cache, ints, packed;
+  for (auto [index, shape] : {std::pair{cache_index, &cache}, {int_index, &ints}, {packed_index, &packed}}) {
+    const OrtValue* value = nullptr;
+    UA_RETURN_IF_ERROR(k.api->KernelContext_GetInput(context, index, &value));
+    if (value) UA_RETURN_IF_ERROR(shape_of(k.api, value, *shape));
+  }
+  const bool has_capacity = cache.size() == 4 && cache[2] > 0;
+  const bool width_l = ints.size() == 2 && packed.size() == 3 && ints[1] == packed[1];
+  version = has_capacity && width_l ? 2 : 1;
+  return nullptr;
 }
 
-OpDef make_op(const Signature& signature, ONNXTensorElementDataType element_type, ua_dtype dtype, bool cuda) {
+OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context) {
+  const Kernel& node = *static_cast<const Kernel*>(kernel);
+  const bool producer = node.op->producer();
+  int version = 0;
+  UA_RETURN_IF_ERROR(producer ? call_version(node, context, 3, 5, 0, version)
+                              : call_version(node, context, 1, 2, 0, version));
+  Kernel k = node;  // names of this call's version in its messages
+  k.schema = node.op->versions[version - 1];
+  if (version == 1) return producer ? compute_producer_v1(k, context) : compute_consumer_v1(k, context);
+  return producer ? compute_producer_v2(k, context) : compute_consumer_v2(k, context);
+}
+
+// GetMayInplace of schema::kOps[kIndex]: its aliases (version 2: present caches -> past caches)
+// as input/output indices, arrays that ReleaseMayInplace frees. ORT reuses an input's buffer
+// for the output when nothing else needs the input; the kernels see the equal pointers.
+template <size_t kIndex>
+size_t ORT_API_CALL may_inplace(int** input_index, int** output_index) {
+  const uniattn::schema::Op& op = uniattn::schema::kOps[kIndex];
+  std::vector<std::pair<int, int>> pairs;
+  for (const uniattn::schema::Alias* alias = op.aliases; alias->output != nullptr; ++alias) {
+    int input = -1, output = -1;
+    for (size_t i = 0; i < op.input_count; ++i)
+      if (std::strcmp(op.inputs[i].name, alias->input) == 0) input = int(i);
+    for (size_t i = 0; i < op.output_count; ++i)
+      if (std::strcmp(op.outputs[i].name, alias->output) == 0) output = int(i);
+    if (input >= 0 && output >= 0) pairs.emplace_back(input, output);
+  }
+  *input_index = *output_index = nullptr;
+  if (pairs.empty()) return 0;
+  *input_index = new int[pairs.size()];
+  *output_index = new int[pairs.size()];
+  for (size_t i = 0; i < pairs.size(); ++i) (*input_index)[i] = pairs[i].first, (*output_index)[i] = pairs[i].second;
+  return pairs.size();
+}
+
+void ORT_API_CALL release_may_inplace(int* input_index, int* output_index) {
+  delete[] input_index;
+  delete[] output_index;
+}
+
+template <size_t... kIndex>
+constexpr std::array<size_t(ORT_API_CALL*)(int**, int**), sizeof...(kIndex)> may_inplace_table(
+    std::index_sequence<kIndex...>) {
+  return {may_inplace<kIndex>...};
+}
+
+constexpr auto kMayInplace = may_inplace_table(std::make_index_sequence<std::size(uniattn::schema::kOps)>());
+
+OpDef make_op(const SchemaOp& v1, const SchemaOp& v2, ONNXTensorElementDataType element_type, ua_dtype dtype,
+             bool cuda) {
   OpDef op{};
   op.version = UA_ORT_API_VERSION;
-  op.signature = &signature;
+  op.versions = {&v1, &v2};
+  op.v2_index = size_t(&v2 - uniattn::schema::kOps);
   op.provider = cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
   op.element_type = element_type;
   op.dtype = dtype;
   op.cuda = cuda;
-  op.GetName = [](const OrtCustomOp* self) { return as_def(self)->signature->name; };
+  op.GetName = [](const OrtCustomOp* self) { return as_def(self)->signature().name; };
   op.GetExecutionProviderType = [](const OrtCustomOp* self) { return as_def(self)->provider; };
   op.GetInputType = [](const OrtCustomOp* self, size_t i) {
-    return resolve(as_def(self), as_def(self)->signature->input_types[i]);
+    return ort_type(as_def(self)->signature().inputs[i].type, as_def(self)->element_type);
   };
-  op.GetInputTypeCount = [](const OrtCustomOp* self) { return as_def(self)->signature->inputs.size(); };
+  op.GetInputTypeCount = [](const OrtCustomOp* self) { return as_def(self)->signature().input_count; };
   op.GetOutputType = [](const OrtCustomOp* self, size_t i) {
-    return resolve(as_def(self), as_def(self)->signature->output_types[i]);
+    return ort_type(as_def(self)->signature().outputs[i].type, as_def(self)->element_type);
   };
-  op.GetOutputTypeCount = [](const OrtCustomOp* self) { return as_def(self)->signature->outputs.size(); };
+  op.GetOutputTypeCount = [](const OrtCustomOp* self) { return as_def(self)->signature().output_count; };
   op.KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
-  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+  op.GetInputCharacteristic = [](const OrtCustomOp* self, size_t i) {
+    return as_def(self)->signature().inputs[i].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  };
   op.GetOutputCharacteristic = [](const OrtCustomOp* self, size_t i) {
-    return i < as_def(self)->signature->required_outputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return as_def(self)->signature().outputs[i].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   };
   op.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
   op.GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
@@ -396,10 +602,27 @@ OpDef make_op(const Signature& signature, ONNXTensorElementDataType element_type
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute;
+  op.GetStartVersion = [](const OrtCustomOp* self) { return as_def(self)->versions[0]->version; };
+  op.GetEndVersion = [](const OrtCustomOp* self) { return as_def(self)->versions[1]->version; };
+  op.GetMayInplace = kMayInplace[op.v2_index];
+  op.ReleaseMayInplace = release_may_inplace;
   return op;
 }
 
-std::vector<OpDef> all_ops() {
+// Version 2's signature must be version 1's up to names (one kernel serves both).
+bool same_signature(const SchemaOp& a, const SchemaOp& b) {
+  auto same = [](const uniattn::schema::Tensor* x, size_t n, const uniattn::schema::Tensor* y, size_t m) {
+    if (n != m) return false;
+    for (size_t i = 0; i < n; ++i)
+      if (std::strcmp(x[i].type, y[i].type) != 0 || x[i].optional != y[i].optional) return false;
+    return true;
+  };
+  return same(a.inputs, a.input_count, b.inputs, b.input_count) &&
+         same(a.outputs, a.output_count, b.outputs, b.output_count);
+}
+
+// The ops to register, or an error naming an op whose versions this library cannot serve.
+std::vector<OpDef> all_ops(std::string& error) {
   const struct {
     ONNXTensorElementDataType element_type;
     ua_dtype dtype;
@@ -409,8 +632,15 @@ std::vector<OpDef> all_ops() {
   std::vector<OpDef> ops;
   for (bool cuda : {false, true}) {
     if (cuda && !ua_has_cuda()) continue;
-    for (const Signature* signature : {&kProducer, &kConsumer})
-      for (const auto& type : types) ops.push_back(make_op(*signature, type.element_type, type.dtype, cuda));
+    for (const char* name : {"UniAttnProducer", "UniAttnConsumer"}) {
+      const SchemaOp *v1 = schema_of(name, 1), *v2 = schema_of(name, 2);
+      if (!v1 || !v2 || !same_signature(*v1, *v2)) {
+        error = std::string("uniattn: the op schema's versions 1 and 2 of ") + name +
+                " are missing or differ in their inputs/outputs' count, types or optionality";
+        return {};
+      }
+      for (const auto& type : types) ops.push_back(make_op(*v1, *v2, type.element_type, type.dtype, cuda));
+    }
   }
   return ops;
 }
@@ -426,8 +656,9 @@ class Domain {
   }
 
  private:
-  explicit Domain(const OrtApi* api) : api_(api), ops_(all_ops()) {
-    OrtStatus* status = api->CreateCustomOpDomain("uniattn", &handle_);
+  explicit Domain(const OrtApi* api) : api_(api), ops_(all_ops(error_)) {
+    if (ops_.empty()) return;
+    OrtStatus* status = api->CreateCustomOpDomain(uniattn::schema::kDomain, &handle_);
     for (size_t i = 0; status == nullptr && i < ops_.size(); ++i) status = api->CustomOpDomain_Add(handle_, &ops_[i]);
     if (status != nullptr) {
       error_ = std::string("uniattn: could not create the custom-op domain: ") + api->GetErrorMessage(status);
@@ -439,9 +670,9 @@ class Domain {
   ~Domain() { api_->ReleaseCustomOpDomain(handle_); }
 
   const OrtApi* api_;
+  std::string error_;  // before ops_: all_ops() writes it
   std::vector<OpDef> ops_;
   OrtCustomOpDomain* handle_ = nullptr;
-  std::string error_;
 };
 
 }  // namespace

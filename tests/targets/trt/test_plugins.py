@@ -285,11 +285,11 @@ class HostKernels:
 
     def ua_producer_cuda(self, desc, io, workspace, stream):
         self.calls.append(("producer", io._obj.shared_probs, io._obj.shared_lse))
-        return self.lib.ua_producer_cpu(desc, io, 1)
+        return self.lib.ua_producer_cpu(desc, io, None)
 
     def ua_consumer_cuda(self, desc, io, workspace, stream):
         self.calls.append(("consumer", io._obj.shared_probs, None))
-        return self.lib.ua_consumer_cpu(desc, io, 1)
+        return self.lib.ua_consumer_cpu(desc, io, None)
 
 
 @pytest.fixture

@@ -35,8 +35,10 @@ extern "C" {
 #endif
 
 /* The lowest API version providing everything below: KernelContext_GetAllocator arrived
- * with API 15, OrtCustomOp::CreateKernelV2 / KernelComputeV2 with API 16. */
-#define UA_ORT_API_VERSION 16
+ * with API 15, OrtCustomOp::CreateKernelV2 / KernelComputeV2 with API 16,
+ * KernelContext_ParallelFor and OrtCustomOp::GetStartVersion / GetEndVersion with API 17,
+ * OrtCustomOp::GetMayInplace with API 18. */
+#define UA_ORT_API_VERSION 18
 
 typedef enum ONNXTensorElementDataType {
   ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED = 0,
@@ -214,7 +216,7 @@ struct OrtApi {
   /*  84 */ UA_ORT_UNTYPED(GetOpaqueValue);
   /*  85 */ OrtStatus*(ORT_API_CALL* KernelInfoGetAttribute_float)(const OrtKernelInfo* info, const char* name, float* out) UA_ORT_NOEXCEPT;
   /*  86 */ OrtStatus*(ORT_API_CALL* KernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name, int64_t* out) UA_ORT_NOEXCEPT;
-  /*  87 */ UA_ORT_UNTYPED(KernelInfoGetAttribute_string);
+  /*  87 */ OrtStatus*(ORT_API_CALL* KernelInfoGetAttribute_string)(const OrtKernelInfo* info, const char* name, char* out, size_t* size) UA_ORT_NOEXCEPT;
   /*  88 */ UA_ORT_UNTYPED(KernelContext_GetInputCount);
   /*  89 */ OrtStatus*(ORT_API_CALL* KernelContext_GetOutputCount)(const OrtKernelContext* context, size_t* out) UA_ORT_NOEXCEPT;
   /*  90 */ OrtStatus*(ORT_API_CALL* KernelContext_GetInput)(const OrtKernelContext* context, size_t index, const OrtValue** out) UA_ORT_NOEXCEPT;
@@ -381,6 +383,27 @@ struct OrtApi {
   /* 251 */ UA_ORT_UNTYPED(GetOptionalContainedTypeInfo);
   /* 252 */ UA_ORT_UNTYPED(GetResizedStringTensorElementBuffer);
   /* 253 */ OrtStatus*(ORT_API_CALL* KernelContext_GetAllocator)(const OrtKernelContext* context, const OrtMemoryInfo* mem_info, OrtAllocator** out) UA_ORT_NOEXCEPT;
+  /* 254 */ UA_ORT_UNTYPED(GetBuildInfoString);
+  /* 255 */ UA_ORT_UNTYPED(CreateROCMProviderOptions);
+  /* 256 */ UA_ORT_UNTYPED(UpdateROCMProviderOptions);
+  /* 257 */ UA_ORT_UNTYPED(GetROCMProviderOptionsAsString);
+  /* 258 */ UA_ORT_UNTYPED(ReleaseROCMProviderOptions);
+  /* 259 */ UA_ORT_UNTYPED(CreateAndRegisterAllocatorV2);
+  /* 260 */ UA_ORT_UNTYPED(RunAsync);
+  /* 261 */ UA_ORT_UNTYPED(UpdateTensorRTProviderOptionsWithValue);
+  /* 262 */ UA_ORT_UNTYPED(GetTensorRTProviderOptionsByName);
+  /* 263 */ UA_ORT_UNTYPED(UpdateCUDAProviderOptionsWithValue);
+  /* 264 */ UA_ORT_UNTYPED(GetCUDAProviderOptionsByName);
+  /* 265 */ UA_ORT_UNTYPED(KernelContext_GetResource);
+  /* 266 */ UA_ORT_UNTYPED(SetUserLoggingFunction);
+  /* 267 */ UA_ORT_UNTYPED(ShapeInferContext_GetInputCount);
+  /* 268 */ UA_ORT_UNTYPED(ShapeInferContext_GetInputTypeShape);
+  /* 269 */ UA_ORT_UNTYPED(ShapeInferContext_GetAttribute);
+  /* 270 */ UA_ORT_UNTYPED(ShapeInferContext_SetOutputTypeShape);
+  /* 271 */ UA_ORT_UNTYPED(SetSymbolicDimensions);
+  /* 272 */ UA_ORT_UNTYPED(ReadOpAttr);
+  /* 273 */ UA_ORT_UNTYPED(SetDeterministicCompute);
+  /* 274 */ OrtStatus*(ORT_API_CALL* KernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void* user_data, size_t index), size_t total, size_t num_batch, void* user_data) UA_ORT_NOEXCEPT;
 };
 
 #define UA_ORT_AT(name, index)                                             \
@@ -414,6 +437,7 @@ UA_ORT_AT(AllocatorFree, 76);
 UA_ORT_AT(GetAllocatorWithDefaultOptions, 78);
 UA_ORT_AT(KernelInfoGetAttribute_float, 85);
 UA_ORT_AT(KernelInfoGetAttribute_int64, 86);
+UA_ORT_AT(KernelInfoGetAttribute_string, 87);
 UA_ORT_AT(KernelContext_GetOutputCount, 89);
 UA_ORT_AT(KernelContext_GetInput, 90);
 UA_ORT_AT(KernelContext_GetOutput, 91);
@@ -442,8 +466,9 @@ UA_ORT_AT(ReleaseCUDAProviderOptions, 208);
 UA_ORT_AT(RegisterCustomOpsLibrary_V2, 228);
 UA_ORT_AT(KernelInfo_GetNodeName, 244);
 UA_ORT_AT(KernelContext_GetAllocator, 253);
+UA_ORT_AT(KernelContext_ParallelFor, 274);
 
-/* The custom op as ORT reads it when `version` is 16 (later fields exist only for ops
+/* The custom op as ORT reads it when `version` is 18 (later fields exist only for ops
  * declaring a higher version, so they are not declared here). */
 struct OrtCustomOp {
   uint32_t version;
@@ -470,6 +495,17 @@ struct OrtCustomOp {
   OrtStatus*(ORT_API_CALL* CreateKernelV2)(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                            void** kernel);
   OrtStatus*(ORT_API_CALL* KernelComputeV2)(void* kernel, OrtKernelContext* context);
+  /* version >= 17 */
+  UA_ORT_UNTYPED(InferOutputShapeFn); /* unused: NULL */
+  int(ORT_API_CALL* GetStartVersion)(const OrtCustomOp* op);
+  int(ORT_API_CALL* GetEndVersion)(const OrtCustomOp* op);
+  /* version >= 18: output output_index[i] may reuse the buffer of input input_index[i]; the
+   * arrays are the op's to allocate and release. */
+  size_t(ORT_API_CALL* GetMayInplace)(int** input_index, int** output_index);
+  void(ORT_API_CALL* ReleaseMayInplace)(int* input_index, int* output_index);
+  /* Read from version 18 on as well (must be NULL or valid): outputs that always alias inputs. */
+  size_t(ORT_API_CALL* GetAliasMap)(int** input_index, int** output_index);
+  void(ORT_API_CALL* ReleaseAliasMap)(int* input_index, int* output_index);
 };
 
 #define UA_ORT_OP_FIELD(name, index)                                                                        \
@@ -478,6 +514,9 @@ struct OrtCustomOp {
 UA_ORT_OP_FIELD(KernelDestroy, 8);
 UA_ORT_OP_FIELD(GetInputMemoryType, 11);
 UA_ORT_OP_FIELD(KernelComputeV2, 17);
+UA_ORT_OP_FIELD(GetStartVersion, 19);
+UA_ORT_OP_FIELD(ReleaseMayInplace, 22);
+UA_ORT_OP_FIELD(ReleaseAliasMap, 24);
 
 #ifdef __cplusplus
 }
