@@ -69,7 +69,7 @@ reference = _load_reference()
 # The C ABI (plugins/kernels/include/uniattn/kernels.h; ctypes structures from native.py)
 
 sys.path.insert(0, str(REPO))
-from uniattn_export.native import AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
+from uniattn_export.native import ABI_VERSION, AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
 
 
 class Kernels:
@@ -516,6 +516,23 @@ def static_cases(large: bool) -> list[StaticCase]:
                 StaticCase((3000,), 9, 4096, 16, 4, 256, dt),
             ]
     return [StaticCase(**{**asdict(c), "seed": i}) for i, c in enumerate(cases)]
+
+
+def random_static_cases(count: int, seed: int) -> list[StaticCase]:
+    rng = random.Random(seed)
+    cases = []
+    for n in range(count):
+        kv, group = rng.randint(1, 8), rng.choice((1, 2, 4, 8))
+        capacity = rng.choice((rng.randint(8, 300), rng.randint(300, 4096)))
+        query_len = rng.choice((1, 1, 2, rng.randint(1, 16), rng.randint(1, min(capacity, 300))))
+        starts = tuple(rng.randint(0, capacity - query_len) for _ in range(rng.randint(1, 5)))
+        cases.append(StaticCase(
+            starts=starts, query_len=query_len, capacity=capacity, num_heads=kv * group, kv_num_heads=kv,
+            head_dim=rng.choice((8, 16, 40, 64, 64, 80, 96, 128, 256)), dtype=rng.choice(DTYPE_NAMES),
+            sliding_window=rng.choice((0, 0, rng.randint(1, 256))), emit_probs=query_len <= 16 and rng.random() < 0.8,
+            emit_lse=rng.random() < 0.8, in_place=rng.random() < 0.7, query_scale=rng.choice((1.0, 3.0)),
+            seed=seed * 1000 + n))
+    return cases
 
 
 def _sync(device: str) -> None:
@@ -1132,10 +1149,11 @@ VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
 VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn", "ours_consumer_recompute_attn")
 
 
-def run_checks(kernels: Kernels, cases: list[Case]) -> list[dict]:
+def run_checks(kernels: Kernels, cases: list[Case | StaticCase]) -> list[dict]:
     results = []
     for case in cases:
-        results.append(run_case(kernels, case, "cuda"))
+        run = run_static_case if isinstance(case, StaticCase) else run_case
+        results.append(run(kernels, case, "cuda"))
         if "illegal" in results[-1].get("error", "").lower():
             results.append({"case": "remaining cases", "ok": False, "checks": [],
                             "error": "CUDA context lost (illegal memory access); later cases not run"})
@@ -1203,6 +1221,9 @@ def main(argv=None) -> int:
         report["library"] = library
         if not kernels.has_cuda():
             raise RuntimeError(f"{library} was built without the CUDA kernels")
+        if kernels.lib.ua_abi_version() != ABI_VERSION:  # a stale build would read the structs wrongly
+            raise RuntimeError(f"{library} has ABI {kernels.lib.ua_abi_version()}, this script speaks {ABI_VERSION}: "
+                               "rebuild it")
     except Exception as exc:
         report["fatal"] = f"{type(exc).__name__}: {exc}"
         save()
@@ -1215,7 +1236,8 @@ def main(argv=None) -> int:
     cases = edge_cases(large=args.cases == "all") + random_cases(
         args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
         head_dims=(8, 16, 40, 64, 64, 64, 80, 96, 128, 128, 256), max_kv_heads=8)
-    report["checks"] = run_checks(kernels, cases + static_cases(large=args.cases == "all"))
+    statics = static_cases(large=args.cases == "all") + random_static_cases(args.random // 2, seed=8)
+    report["checks"] = run_checks(kernels, cases + statics)
     save()
     report["graph"] = graph_check(kernels)
     save()
