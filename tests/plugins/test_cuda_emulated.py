@@ -1,6 +1,7 @@
 """The CUDA kernels (plugins/kernels/cuda) run on the CPU through tests/plugins/cuda_emu.h and
-are checked against model/attention.py, with the same case runner as the GPU run
-(tests/plugins/gpu_kernels.py). This tests their indexing, masking, split/combine logic,
+are checked against model/attention.py (dynamic layout, op version 1) and against the GPU
+script's static_reference (static layout, op version 2), with the same case runners as the GPU
+run (tests/plugins/gpu_kernels.py). This tests their indexing, masking, split/combine logic,
 fragment layouts and barriers in CI, where no GPU exists; speed and the hardware itself are
 the GPU run's job.
 
