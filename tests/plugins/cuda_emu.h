@@ -12,7 +12,7 @@
 //     here from the ISA's tables independently of the kernels' indexing;
 //   * cp.async copies land only at cp.async.wait_group, and shared memory starts as NaN;
 //   * the device has UA_EMU_SMS multiprocessors running one block each (what the split-KV
-//     planner sizes its grid from), and memsets and global atomics act at once;
+//     planner sizes its grid from), and memsets, copies and global atomics act at once;
 //   * a barrier that not all threads reach, a thread that exits while others wait, a
 //     misaligned 16-byte access or a write past the dynamic shared memory is reported through
 //     cudaGetLastError(), which the kernels' launchers already check.
@@ -464,6 +464,12 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, i
 
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+  if (kind != cudaMemcpyDeviceToDevice) return cudaErrorInvalidValue;  // the kernels copy device to device only
+  std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
 

@@ -11,10 +11,19 @@ without a GPU). It
   1. checks every kernel path against uniattn_export/model/attention.py over edge cases and
      randomized shapes, outputs poisoned with NaN first (one failing case never hides the
      others: each runs on its own and is recorded);
+     The static layout (op version 2, capacity > 0) has its own cases against an independent
+     reference written here (static_reference), and a CUDA-graph check: one decode step
+     (producer + consumer through the C entry points) captured once and replayed with new
+     position_ids written in place between replays, each replay compared to the reference;
   2. times decode (bf16, Hq=32, Hkv=8, D=64, B in {1, 8, 32}, S in {512, 2048, 8192}) against
      torch SDPA, a torch producer that emits P and torch P @ V, with achieved bandwidth
      against a device-to-device copy measured in the same run, and prefill against SDPA;
-  3. writes everything to $OUT/gpu_kernels.json and prints a short table last.
+     the static decode step (capacity 8192, STATIC_DECODE_SHAPES) against SDPA and P @ V over
+     the same slots and SDPA over the whole capacity with a mask;
+  3. writes everything to $OUT/gpu_kernels.json and prints a short table last, then
+     "ALL VERIFIED" or "NOT VERIFIED (n): ..." listing every failed case, failed or crashed
+     check, benchmark error and sanitizer run that reported errors or did not complete; the
+     exit status is 1 unless everything was verified.
 
 The same case runner drives tests/plugins/test_cuda_emulated.py, which runs the kernels on
 the CPU through the emulator (tests/plugins/cuda_emu.h) with device="cpu".
@@ -60,7 +69,7 @@ reference = _load_reference()
 # The C ABI (plugins/kernels/include/uniattn/kernels.h; ctypes structures from native.py)
 
 sys.path.insert(0, str(REPO))
-from uniattn_export.native import AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
+from uniattn_export.native import ABI_VERSION, AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
 
 
 class Kernels:
@@ -103,9 +112,10 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def make_desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, dtype, scale, is_causal, window) -> Desc:
+def make_desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, dtype, scale, is_causal, window,
+              capacity: int = 0) -> Desc:
     return Desc(batch, query_len, past_len, num_heads, kv_num_heads, head_dim, scale, int(is_causal), window,
-                DTYPE_CODES[str(dtype).removeprefix("torch.")])
+                DTYPE_CODES[str(dtype).removeprefix("torch.")], capacity)
 
 
 def producer_io(**tensors: torch.Tensor | None) -> ProducerIO:
@@ -294,6 +304,235 @@ def _run_case(kernels: Kernels, case: Case, device: str, checks: list) -> None:
         v2_scale = max(float(want_pv.float().abs().max()), 1e-3)
         checks.append(_max_error(f"consumer[{label}].output", out2, want_out, REL_TOL[dt] * v2_scale))
         checks.append(_exact(f"consumer[{label}].present_value", present_value2, want_pv))
+
+
+# ---------------------------------------------------------------------------------------
+# Static layout (op version 2, capacity > 0): fixed-capacity caches, slot = position
+
+@dataclass(frozen=True)
+class StaticCase:
+    """Row b's new tokens sit at slots starts[b] .. starts[b] + L - 1 of a cache of `capacity`
+    slots; slots below hold its past, slots after the last position hold NaN (never read,
+    never written)."""
+    starts: tuple[int, ...]  # one per batch row
+    query_len: int
+    capacity: int
+    num_heads: int
+    kv_num_heads: int
+    head_dim: int
+    dtype: str
+    sliding_window: int = 0
+    emit_probs: bool = True
+    emit_lse: bool = True
+    in_place: bool = True  # present is past (the runtime binds one buffer), else a distinct buffer
+    query_scale: float = 1.0
+    seed: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def name(self) -> str:
+        flags = ["static", self.dtype, "pos" + ",".join(map(str, self.starts)), f"L{self.query_len}",
+                 f"C{self.capacity}", f"H{self.num_heads}/{self.kv_num_heads}", f"D{self.head_dim}"]
+        if self.sliding_window:
+            flags.append(f"win{self.sliding_window}")
+        flags.append("P" if self.emit_probs else "noP")
+        if not self.emit_lse:
+            flags.append("nolse")
+        flags.append("inplace" if self.in_place else "copy")
+        return "-".join(flags)
+
+
+def static_reference(query, key, value, past_key, past_value, positions, *, num_heads, kv_num_heads, scale,
+                     sliding_window):
+    """docs/ops.md version 2 written out row by row in float32, independently of the kernels
+    and of model/attention.py: new token i of row b goes to slot positions[b, i]; query (b, i)
+    at position p sees slots j <= p with p - j < window. Returns (output, present_key,
+    present_value, probs (B, Hq, L, C) with NaN beyond each row's last position, lse)."""
+    B, L, _ = query.shape
+    C, D = past_key.shape[2], past_key.shape[3]
+    g = num_heads // kv_num_heads
+    present_key, present_value = past_key.clone(), past_value.clone()
+    for b in range(B):
+        for i in range(L):
+            present_key[b, :, int(positions[b, i])] = key[b, i].view(kv_num_heads, D)
+            present_value[b, :, int(positions[b, i])] = value[b, i].view(kv_num_heads, D)
+    output = torch.zeros(B, L, num_heads, D)
+    probs = torch.full((B, num_heads, L, C), float("nan"))
+    lse = torch.zeros(B, num_heads, L)
+    for b in range(B):
+        last = int(positions[b, L - 1])
+        seen = last + 1  # slots past the last position are never read: they may hold NaN
+        slot = torch.arange(seen)
+        pos = positions[b].view(L, 1).cpu()
+        visible = slot.view(1, seen) <= pos
+        if sliding_window:
+            visible &= pos - slot.view(1, seen) < sliding_window
+        for h in range(num_heads):
+            k = present_key[b, h // g, :seen].float().cpu()
+            v = present_value[b, h // g, :seen].float().cpu()
+            q = query[b, :, h * D:(h + 1) * D].float().cpu()
+            scores = (q @ k.T * scale).masked_fill(~visible, float("-inf"))
+            row_lse = torch.logsumexp(scores, dim=-1)
+            p = torch.exp(scores - row_lse.view(L, 1))
+            probs[b, h, :, :seen] = p
+            lse[b, h] = row_lse
+            output[b, :, h] = p @ v
+    return output.view(B, L, num_heads * D), present_key, present_value, probs, lse
+
+
+def run_static_case(kernels: Kernels, case: StaticCase, device: str = "cuda") -> dict:
+    """Producer, consumer reusing P (decode shapes) and consumer recomputing from lse, static
+    layout, against static_reference. Returns {"case", "ok", "checks"} (never raises)."""
+    result = {"case": case.name(), "params": asdict(case), "ok": False, "checks": []}
+    try:
+        _run_static_case(kernels, case, device, result["checks"])
+        result["ok"] = all(c["ok"] for c in result["checks"])
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=4)
+    return result
+
+
+def _static_caches(case: StaticCase, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(past, present) for one cache: past holds random rows below each row's start and NaN
+    from it on; present is past itself (in place) or a distinct buffer of other values."""
+    B, Hkv, C, D = len(case.starts), case.kv_num_heads, case.capacity, case.head_dim
+    past = torch.randn(B, Hkv, C, D, generator=gen).to(case.torch_dtype)
+    for b, start in enumerate(case.starts):
+        past[b, :, start:] = float("nan")
+    past = past.to(device)
+    if case.in_place:
+        return past, past
+    return past, torch.full_like(past, 3.0)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
+
+
+def _run_static_case(kernels: Kernels, case: StaticCase, device: str, checks: list) -> None:
+    gen = torch.Generator().manual_seed(case.seed)
+    dt = case.torch_dtype
+    B, L, C = len(case.starts), case.query_len, case.capacity
+    Hq, Hkv, D = case.num_heads, case.kv_num_heads, case.head_dim
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dt).to(device)
+
+    query = randn(B, L, Hq * D, scale=case.query_scale)
+    key, value = randn(B, L, Hkv * D), randn(B, L, Hkv * D)
+    positions = (torch.tensor(case.starts).view(B, 1) + torch.arange(L).view(1, L)).to(device)
+    past_key, present_key = _static_caches(case, gen, device)
+    past_value, present_value = _static_caches(case, gen, device)
+    scale = D**-0.5
+    attrs = dict(num_heads=Hq, kv_num_heads=Hkv, scale=scale, sliding_window=case.sliding_window)
+    ref_out, ref_pk, ref_pv, ref_probs, ref_lse = static_reference(
+        query, key, value, past_key.clone(), past_value.clone(), positions, **attrs)
+    desc = make_desc(B, L, 0, Hq, Hkv, D, dt, scale, True, case.sliding_window, capacity=C)
+
+    past_before = (past_key.clone(), past_value.clone())
+    out = _poison((B, L, Hq * D), dt, device)
+    probs = _poison((B, Hq, L, C), dt, device) if case.emit_probs else None
+    lse = _poison((B, Hq, L), torch.float32, device) if case.emit_lse else None
+    kernels.call("producer", desc, producer_io(
+        query=query, key=key, value=value, past_key=past_key, past_value=past_value, output=out,
+        present_key=present_key, present_value=present_value, shared_probs=probs, shared_lse=lse,
+        position_ids=positions), kernels.workspace("producer", desc, case.emit_probs))
+    _sync(device)
+    v_scale = max(float(value.float().abs().max()), float(ref_pv.float().nan_to_num(0).abs().max()), 1e-3)
+    checks.append(_max_error("producer.output", out.cpu(), ref_out.to(dt), REL_TOL[dt] * v_scale))
+    # every slot bit for bit: the new rows at their positions, all others as past had them
+    checks.append(_exact("producer.present_key", _bits(present_key.cpu()), _bits(ref_pk.cpu())))
+    checks.append(_exact("producer.present_value", _bits(present_value.cpu()), _bits(ref_pv.cpu())))
+    if not case.in_place:
+        for name, before, after in zip(("key", "value"), past_before, (past_key, past_value)):
+            checks.append(_exact(f"producer.past_{name} untouched", _bits(after.cpu()), _bits(before.cpu())))
+    last = positions[:, -1].cpu()
+    seen = torch.arange(C).view(1, 1, 1, C) <= last.view(B, 1, 1, 1)
+    if probs is not None:
+        got = probs.cpu()
+        checks.append(_max_error("producer.shared_probs", torch.where(seen, got, 0), ref_probs.nan_to_num(0).to(dt),
+                                 REL_TOL[dt]))
+        # entries past a row's last position are not written: still the poison
+        beyond = got[~seen.expand_as(got)]
+        checks.append({"output": "producer.shared_probs beyond the last position", "ok": bool(beyond.isnan().all()),
+                       "why": "written (the contract leaves these entries alone)"})
+    if lse is not None:
+        checks.append(_max_error("producer.shared_lse", lse.cpu(), ref_lse, LSE_TOL * max(1.0, float(ref_lse.abs().max()))))
+
+    # Consumers: their own V; the producer's P as the contract leaves it (NaN past the last
+    # position: a consumer reading there fails), or its lse, query and keys.
+    value2 = randn(B, L, Hkv * D)
+    past_value2, _ = _static_caches(case, gen, device)
+    want_out, _, want_pv, _, _ = static_reference(query, key, value2, past_key.clone(), past_value2.clone(),
+                                                  positions, **attrs)
+    shared = ref_probs.to(dt).to(device)
+    producer_key = ref_pk.to(device)  # NaN past each row's last position, like the producer's cache
+    lse_in = ref_lse.to(device)
+    variants = [("recompute", None)] + ([("probs", shared)] if L <= 16 else [])
+    for label, shared_probs in variants:  # each from the same past
+        pv_arg = past_value2.clone()
+        pv_out = pv_arg if case.in_place else torch.full_like(pv_arg, 3.0)
+        out2 = _poison((B, L, Hq * D), dt, device)
+        kernels.call("consumer", desc, consumer_io(
+            value=value2, past_value=pv_arg, shared_probs=shared_probs, shared_lse=lse_in, producer_query=query,
+            producer_key=producer_key, output=out2, present_value=pv_out, position_ids=positions),
+            kernels.workspace("consumer", desc, shared_probs is not None))
+        _sync(device)
+        v2_scale = max(float(value2.float().abs().max()), float(want_pv.float().nan_to_num(0).abs().max()), 1e-3)
+        checks.append(_max_error(f"consumer[{label}].output", out2.cpu(), want_out.to(dt), REL_TOL[dt] * v2_scale))
+        checks.append(_exact(f"consumer[{label}].present_value", _bits(pv_out.cpu()), _bits(want_pv.cpu())))
+        if not case.in_place:
+            checks.append(_exact(f"consumer[{label}].past_value untouched", _bits(pv_arg.cpu()),
+                                 _bits(past_value2.cpu())))
+
+
+def static_cases(large: bool) -> list[StaticCase]:
+    """Static-layout cases: rows at different positions (right-padded batches), in place and
+    copied, windows, GQA, decode (split-KV, P reused) and prefill (flash, recompute), every dtype."""
+    cases = []
+    for dt in DTYPE_NAMES:
+        cases += [
+            StaticCase((0, 5, 37), 1, 64, 4, 2, 64, dt),                          # decode, a row at slot 0
+            StaticCase((0, 5, 37), 1, 64, 4, 2, 64, dt, in_place=False),          # runtime without aliasing
+            StaticCase((3, 40, 90), 1, 96, 8, 2, 64, dt, sliding_window=16),      # window inside the cache
+            StaticCase((100, 301), 1, 512, 8, 1, 64, dt, query_scale=4.0),        # g = 8, splits past the rows exit
+            StaticCase((450, 20), 1, 512, 4, 2, 64, dt, sliding_window=64),       # hidden splits write P zeros
+            StaticCase((10, 60), 3, 75, 4, 2, 40, dt),                            # L 3, C % 8 != 0: scalar P rows
+            StaticCase((12, 0), 5, 48, 8, 2, 64, dt, in_place=False),            # g*L = 20: row tiles without the last token
+            StaticCase((0, 7), 40, 64, 4, 2, 64, dt, emit_probs=False),           # prefill from slot 0 and chunked
+            StaticCase((0, 30), 70, 128, 4, 1, 64, dt, emit_probs=False, sliding_window=20),
+            StaticCase((50,), 33, 96, 4, 2, 80, dt, emit_probs=False, emit_lse=False, in_place=False),
+            StaticCase((1, 62), 2, 64, 2, 1, 128, dt, emit_lse=False),            # D 128, the last slot
+            StaticCase((4, 9), 17, 32, 2, 2, 8, dt, emit_probs=False),            # D 8
+        ]
+        if large:
+            cases += [
+                StaticCase((100, 2047, 8191, 5000), 1, 8192, 32, 8, 64, dt),      # decode in the benchmark's cache
+                StaticCase((0, 4000), 1, 8192, 32, 8, 64, dt, sliding_window=1024, in_place=False),
+                StaticCase((0, 700), 300, 2048, 32, 8, 128, dt, emit_probs=False),
+                StaticCase((3000,), 9, 4096, 16, 4, 256, dt),
+            ]
+    return [StaticCase(**{**asdict(c), "seed": i}) for i, c in enumerate(cases)]
+
+
+def random_static_cases(count: int, seed: int) -> list[StaticCase]:
+    rng = random.Random(seed)
+    cases = []
+    for n in range(count):
+        kv, group = rng.randint(1, 8), rng.choice((1, 2, 4, 8))
+        capacity = rng.choice((rng.randint(8, 300), rng.randint(300, 4096)))
+        query_len = rng.choice((1, 1, 2, rng.randint(1, 16), rng.randint(1, min(capacity, 300))))
+        starts = tuple(rng.randint(0, capacity - query_len) for _ in range(rng.randint(1, 5)))
+        cases.append(StaticCase(
+            starts=starts, query_len=query_len, capacity=capacity, num_heads=kv * group, kv_num_heads=kv,
+            head_dim=rng.choice((8, 16, 40, 64, 64, 80, 96, 128, 256)), dtype=rng.choice(DTYPE_NAMES),
+            sliding_window=rng.choice((0, 0, rng.randint(1, 256))), emit_probs=query_len <= 16 and rng.random() < 0.8,
+            emit_lse=rng.random() < 0.8, in_place=rng.random() < 0.7, query_scale=rng.choice((1.0, 3.0)),
+            seed=seed * 1000 + n))
+    return cases
 
 
 def _sync(device: str) -> None:
@@ -568,6 +807,172 @@ def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: t
     }
 
 
+STATIC_CAPACITY = 8192
+STATIC_DECODE_SHAPES = ((32, 2048), (32, 8192), (1, 128), (1, 2048), (1, 8192))  # (batch, slots read)
+
+
+def bench_static_decode(kernels: Kernels, batch: int, length: int, capacity: int = STATIC_CAPACITY,
+                        heads: tuple[int, int, int] = HEADS) -> dict:
+    """One static-layout decode step (op version 2): every row at position length - 1 of a
+    cache of `capacity` slots, caches bound in place (the new slot written, `length` slots
+    read), ms per call, against torch on the same `length` slots (SDPA, P @ V) and SDPA over
+    the whole capacity with a mask (what a static cache without length-aware attention pays)."""
+    dt, dev = torch.bfloat16, kernels.device
+    B, C, n = batch, capacity, length
+    Hq, Hkv, D = heads
+    g, scale = Hq // Hkv, D**-0.5
+    kv_bytes = B * Hkv * n * D * 2  # one cache, the slots read
+    p_bytes = B * Hq * n * 2
+
+    def make(i):
+        gen = torch.Generator(device=dev).manual_seed(i)
+        r = lambda *shape: torch.randn(*shape, generator=gen, device=dev).to(dt)  # noqa: E731
+        empty = lambda *shape: torch.empty(*shape, dtype=dt, device=dev)  # noqa: E731
+        s = dict(q=r(B, 1, Hq * D), k_new=r(B, 1, Hkv * D), v_new=r(B, 1, Hkv * D), cache_k=r(B, Hkv, C, D),
+                 cache_v=r(B, Hkv, C, D), positions=torch.full((B, 1), n - 1, dtype=torch.int64, device=dev),
+                 out=empty(B, 1, Hq * D), probs_out=empty(B, Hq, 1, C), lse_out=torch.empty(B, Hq, 1, device=dev),
+                 mask=(torch.arange(C, device=dev) < n).view(1, 1, 1, C).expand(B, 1, 1, C))
+        scores = (s["q"].view(B, Hkv, g, D) @ s["cache_k"][:, :, :n].transpose(-1, -2)).float() * scale
+        s["probs"] = torch.zeros(B, Hq, 1, C, dtype=dt, device=dev)
+        s["probs"][..., :n] = torch.softmax(scores, -1).to(dt).view(B, Hq, 1, n)
+        s["lse"] = torch.logsumexp(scores, -1).view(B, Hq, 1)
+        return s
+
+    rot = Rotation(make, 2 * kv_bytes + 2 * p_bytes)
+    desc = make_desc(B, 1, 0, Hq, Hkv, D, dt, scale, True, 0, capacity=C)
+    ws = {(op, flag): kernels.workspace(op, desc, flag) for op in ("producer", "consumer") for flag in (True, False)}
+
+    def producer(emit: bool):
+        def run():
+            s = rot.next()
+            kernels.call("producer", desc, producer_io(
+                query=s["q"], key=s["k_new"], value=s["v_new"], past_key=s["cache_k"], past_value=s["cache_v"],
+                output=s["out"], present_key=s["cache_k"], present_value=s["cache_v"],
+                shared_probs=s["probs_out"] if emit else None, shared_lse=s["lse_out"] if emit else None,
+                position_ids=s["positions"]), ws["producer", emit])
+        return run
+
+    def consumer(reuse_probs: bool):
+        def run():
+            s = rot.next()
+            kernels.call("consumer", desc, consumer_io(
+                value=s["v_new"], past_value=s["cache_v"], shared_probs=s["probs"] if reuse_probs else None,
+                shared_lse=s["lse"], producer_query=s["q"], producer_key=s["cache_k"], output=s["out"],
+                present_value=s["cache_v"], position_ids=s["positions"]), ws["consumer", reuse_probs])
+        return run
+
+    def sdpa():
+        s = rot.next()
+        q = s["q"].view(B, 1, Hq, D).transpose(1, 2)
+        torch.nn.functional.scaled_dot_product_attention(q, s["cache_k"][:, :, :n], s["cache_v"][:, :, :n],
+                                                         enable_gqa=True)
+
+    def sdpa_capacity():
+        s = rot.next()
+        q = s["q"].view(B, 1, Hq, D).transpose(1, 2)
+        torch.nn.functional.scaled_dot_product_attention(q, s["cache_k"], s["cache_v"], attn_mask=s["mask"],
+                                                         enable_gqa=True)
+
+    def torch_pv():
+        s = rot.next()
+        return s["probs"][..., :n].view(B, Hkv, g, n) @ s["cache_v"][:, :, :n]
+
+    ms, method = {}, {}
+    for name, fn in [("sdpa", sdpa), ("sdpa_capacity_masked", sdpa_capacity), ("torch_PV", torch_pv),
+                     ("ours_producer", producer(True)), ("ours_base", producer(False)),
+                     ("ours_consumer", consumer(True)), ("ours_consumer_recompute", consumer(False))]:
+        try:
+            ms[name], method[name] = _bench(fn, device=dev)
+        except Exception as exc:
+            ms[name] = None
+            ms[name + "_error"] = f"{type(exc).__name__}: {exc}"
+    moved = {"sdpa": 2 * kv_bytes, "sdpa_capacity_masked": 2 * kv_bytes * C // n, "torch_PV": kv_bytes + p_bytes,
+             "ours_producer": 2 * kv_bytes + p_bytes, "ours_base": 2 * kv_bytes, "ours_consumer": kv_bytes + p_bytes,
+             "ours_consumer_recompute": 2 * kv_bytes}
+    return {"batch": B, "length": n, "capacity": C, "ms": ms, "timing": method, "bytes": moved,
+            "input_sets": len(rot.sets),
+            "TBps": {k: (moved[k] / (v * 1e-3) / 1e12 if isinstance(v, float) else None)
+                     for k, v in ms.items() if k in moved}}
+
+
+def graph_check(kernels: Kernels, steps: int = 6) -> dict:
+    """A static decode step (producer emitting P, consumer reusing it; caches bound in place)
+    through the C entry points, captured once in a CUDA graph on a side stream and replayed
+    `steps` times with new inputs and position_ids written in place between replays; each
+    replay against static_reference on a host mirror of the caches. Fails if capture fails
+    (a host sync or allocation inside the entry points breaks it)."""
+    dev, dt = kernels.device, torch.bfloat16
+    B, C, Hq, Hkv, D = 3, 1024, 8, 2, 64
+    starts = torch.tensor([[5], [60], [C - steps]])  # row 1 crosses a split boundary, row 2 ends at the last slot
+    gen = torch.Generator().manual_seed(11)
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(dt)  # noqa: E731
+    mirror = {"k": r(B, Hkv, C, D), "v": r(B, Hkv, C, D), "v2": r(B, Hkv, C, D)}
+    cache = {name: t.to(dev) for name, t in mirror.items()}
+    q, k, v, v2 = (torch.empty(B, 1, h * D, dtype=dt, device=dev) for h in (Hq, Hkv, Hkv, Hkv))
+    positions = starts.clone().to(dev)
+    out, out2 = torch.empty_like(q), torch.empty_like(q)
+    probs = torch.full((B, Hq, 1, C), float("nan"), dtype=dt, device=dev)
+    lse = torch.empty(B, Hq, 1, device=dev)
+    desc = make_desc(B, 1, 0, Hq, Hkv, D, dt, D**-0.5, True, 0, capacity=C)
+    ws_p, ws_c = kernels.workspace("producer", desc, True), kernels.workspace("consumer", desc, True)
+
+    def step():
+        kernels.call("producer", desc, producer_io(
+            query=q, key=k, value=v, past_key=cache["k"], past_value=cache["v"], output=out,
+            present_key=cache["k"], present_value=cache["v"], shared_probs=probs, shared_lse=lse,
+            position_ids=positions), ws_p)
+        kernels.call("consumer", desc, consumer_io(
+            value=v2, past_value=cache["v2"], shared_probs=probs, shared_lse=lse, producer_query=q,
+            producer_key=cache["k"], output=out2, present_value=cache["v2"], position_ids=positions), ws_c)
+
+    captured = str(dev).startswith("cuda")  # the emulated dry run (CI) calls the step directly
+    result = {"steps": steps, "captured": captured, "checks": [], "ok": False}
+    try:
+        replay = step
+        if captured:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream):
+                step()  # warm-up outside the capture (first-call device queries); overwritten below
+                stream.synchronize()
+                for name, t in mirror.items():
+                    cache[name].copy_(t)
+                with torch.cuda.graph(graph, stream=stream):
+                    step()
+            torch.cuda.synchronize()
+            replay = graph.replay
+        attrs = dict(num_heads=Hq, kv_num_heads=Hkv, scale=D**-0.5, sliding_window=0)
+        for n in range(steps):
+            inputs = [r(*t.shape) for t in (q, k, v, v2)]
+            for dst, src in zip((q, k, v, v2), inputs):
+                dst.copy_(src)
+            pos = starts + n
+            positions.copy_(pos)  # in place: the graph reads them on the device
+            replay()
+            _sync(dev)
+            want, mirror["k"], mirror["v"], want_probs, want_lse = static_reference(
+                inputs[0], inputs[1], inputs[2], mirror["k"], mirror["v"], pos, **attrs)
+            want2, _, mirror["v2"], _, _ = static_reference(inputs[0], inputs[1], inputs[3], mirror["k"], mirror["v2"],
+                                                            pos, **attrs)
+            seen = torch.arange(C).view(1, 1, 1, C) <= pos.view(B, 1, 1, 1)
+            v_scale = max(float(mirror["v"].float().abs().max()), float(mirror["v2"].float().abs().max()))
+            tag = f"replay {n}"
+            result["checks"] += [
+                _max_error(f"{tag} producer.output", out.cpu(), want.to(dt), REL_TOL[dt] * v_scale),
+                _max_error(f"{tag} producer.shared_probs", torch.where(seen, probs.cpu(), 0),
+                           want_probs.nan_to_num(0).to(dt), REL_TOL[dt]),
+                _max_error(f"{tag} producer.shared_lse", lse.cpu(), want_lse, LSE_TOL * max(1.0, float(want_lse.abs().max()))),
+                _max_error(f"{tag} consumer.output", out2.cpu(), want2.to(dt), REL_TOL[dt] * v_scale),
+                *[_exact(f"{tag} cache {name}", _bits(cache[name].cpu()), _bits(mirror[name])) for name in mirror],
+            ]
+        result["ok"] = all(c["ok"] for c in result["checks"])
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=6)
+    return result
+
+
 def bench_prefill(kernels: Kernels, seq: int, heads: tuple[int, int, int] = HEADS) -> dict:
     dt, dev = torch.bfloat16, kernels.device
     B, L = 1, seq
@@ -744,10 +1149,11 @@ VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
 VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn", "ours_consumer_recompute_attn")
 
 
-def run_checks(kernels: Kernels, cases: list[Case]) -> list[dict]:
+def run_checks(kernels: Kernels, cases: list[Case | StaticCase]) -> list[dict]:
     results = []
     for case in cases:
-        results.append(run_case(kernels, case, "cuda"))
+        run = run_static_case if isinstance(case, StaticCase) else run_case
+        results.append(run(kernels, case, "cuda"))
         if "illegal" in results[-1].get("error", "").lower():
             results.append({"case": "remaining cases", "ok": False, "checks": [],
                             "error": "CUDA context lost (illegal memory access); later cases not run"})
@@ -815,6 +1221,9 @@ def main(argv=None) -> int:
         report["library"] = library
         if not kernels.has_cuda():
             raise RuntimeError(f"{library} was built without the CUDA kernels")
+        if kernels.lib.ua_abi_version() != ABI_VERSION:  # a stale build would read the structs wrongly
+            raise RuntimeError(f"{library} has ABI {kernels.lib.ua_abi_version()}, this script speaks {ABI_VERSION}: "
+                               "rebuild it")
     except Exception as exc:
         report["fatal"] = f"{type(exc).__name__}: {exc}"
         save()
@@ -827,7 +1236,10 @@ def main(argv=None) -> int:
     cases = edge_cases(large=args.cases == "all") + random_cases(
         args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
         head_dims=(8, 16, 40, 64, 64, 64, 80, 96, 128, 128, 256), max_kv_heads=8)
-    report["checks"] = run_checks(kernels, cases)
+    statics = static_cases(large=args.cases == "all") + random_static_cases(args.random // 2, seed=8)
+    report["checks"] = run_checks(kernels, cases + statics)
+    save()
+    report["graph"] = graph_check(kernels)
     save()
 
     if not args.skip_bench:
@@ -850,6 +1262,10 @@ def main(argv=None) -> int:
             for seq in (512, 2048, 8192):
                 report["decode"].append(attempt({"batch": b, "seq": seq}, lambda: bench_decode(kernels, b, seq, bw)))
                 save()
+        report["static_decode"] = [
+            attempt({"batch": b, "length": n}, lambda: bench_static_decode(kernels, b, n))
+            for b, n in STATIC_DECODE_SHAPES]
+        save()
         report["prefill"] = [attempt({"seq": seq}, lambda: bench_prefill(kernels, seq)) for seq in (2048, 8192)]
         report["breakdown"] = {f"B{b}_S{seq}": attempt({}, lambda: kernel_breakdown(kernels, b, seq))
                                for b, seq in ((32, 8192), (1, 8192))}
@@ -887,9 +1303,36 @@ def main(argv=None) -> int:
             report["sanitizer"].append(sanitize(library, tool, left_s() - 10))
             save()
 
+    report["not_verified"] = not_verified(report, sanitize_requested=args.sanitize)
+    save()
     print_summary(report, out_dir)
-    failed = [c for c in report["checks"] if not c["ok"]]
-    return 0 if not failed and "fatal" not in report else 1
+    return 1 if report["not_verified"] else 0
+
+
+def not_verified(report: dict, sanitize_requested: bool) -> list[str]:
+    """Everything the run was asked to establish and did not: failed or crashed cases, the
+    graph replay check, benchmarks that raised, sanitizer runs that reported errors or did not
+    complete (time budget, timeout). Any entry makes the exit status 1."""
+    reasons = [f"case {c['case']} failed" for c in report.get("checks", []) if not c["ok"]]
+    graph = report.get("graph")
+    if graph is not None and not graph["ok"]:
+        reasons.append(f"CUDA graph replay: {graph.get('error') or [c['output'] for c in graph['checks'] if not c['ok']][:4]}")
+    for section in ("decode", "static_decode", "prefill"):
+        for entry in report.get(section, []):
+            errors = ([entry["error"]] if "error" in entry else []) + [
+                f"{k}: {v}" for k, v in entry.get("ms", {}).items() if k.endswith("_error")]
+            where = " ".join(f"{k}={entry[k]}" for k in ("batch", "seq", "length") if k in entry)
+            reasons += [f"{section} {where}: {e[:200]}" for e in errors]
+    for key in ("bench_error", "variants_error"):
+        if key in report:
+            reasons.append(f"{key}: {report[key][:200]}")
+    if sanitize_requested:
+        for tool in ("memcheck", "racecheck"):
+            run = next((r for r in report.get("sanitizer", []) if r["tool"] == tool), None)
+            if run is None or run.get("ok") is not True:
+                why = "not run" if run is None else run.get("why") or f"exit {run.get('returncode')}: {run.get('summary')}"
+                reasons.append(f"compute-sanitizer {tool}: {why}")
+    return reasons
 
 
 def _decode_row(d: dict, cells) -> str:
@@ -905,6 +1348,11 @@ def print_summary(report: dict, out_dir: Path) -> None:
     for c in failed[:12]:
         bad = [k for k in c["checks"] if not k["ok"]]
         print("  FAIL", c["case"], c.get("error", ""), bad[:2])
+    graph = report.get("graph")
+    if graph is not None:
+        how = "captured once, replayed" if graph["captured"] else "called directly (no GPU),"
+        print(f"static decode step {how} {graph['steps']} times with new position_ids: "
+              f"{'all outputs and caches match' if graph['ok'] else 'FAILED'}")
     for s in report.get("sanitizer", []):
         print(f"compute-sanitizer {s['tool']}: {'clean' if s.get('ok') else s.get('why') or s.get('summary')}")
     if "copy_TBps" in report:
@@ -935,6 +1383,19 @@ def print_summary(report: dict, out_dir: Path) -> None:
                                   [lambda _: _fmt(frac and 100 * frac, ".0f") + "%",
                                    lambda _: _fmt(ratio("ours_producer_attn", "sdpa"), ".2f"),
                                    lambda _: _fmt(ratio("ours_consumer_attn", "torch_PV"), ".2f")]]))
+    if report.get("static_decode"):
+        print(f"static decode (op v2, caches in place, capacity {STATIC_CAPACITY}, every row at slot n-1), ms")
+        print("   B     n |  sdpa sdpa(C,mask) torchPV | producer  base consumer cons.rec | prod/sdpa cons/torchPV")
+        for d in report["static_decode"]:
+            if "error" in d:
+                print(f"{d['batch']:>4} {d['length']:>5} | error: {d['error'][:150]}")
+                continue
+            m = d["ms"]
+            ratio = lambda a, b: _fmt(m[a] / m[b] if m.get(a) and m.get(b) else None, ".2f")  # noqa: E731, B023
+            print(f"{d['batch']:>4} {d['length']:>5} | " + " ".join(_fmt(m.get(k)) for k in (
+                "sdpa", "sdpa_capacity_masked", "torch_PV")) + " | " + " ".join(_fmt(m.get(k)) for k in (
+                "ours_producer", "ours_base", "ours_consumer", "ours_consumer_recompute")) +
+                f" | {ratio('ours_producer', 'sdpa')} {ratio('ours_consumer', 'torch_PV')}")
     for p in report.get("prefill", []):
         if "error" in p:
             print(f"prefill L=S={p['seq']}: error: {p['error'][:150]}")
@@ -960,6 +1421,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
         if key in report:
             print(key, report[key][:400])
     print(f"full results: {out_dir / 'gpu_kernels.json'}")
+    missing = report.get("not_verified", [])
+    print(f"NOT VERIFIED ({len(missing)}): " + "; ".join(missing[:20]) if missing else "ALL VERIFIED")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The CUDA kernels (plugins/kernels/cuda) run on the CPU through tests/plugins/cuda_emu.h and
-are checked against model/attention.py, with the same case runner as the GPU run
-(tests/plugins/gpu_kernels.py). This tests their indexing, masking, split/combine logic,
+are checked against model/attention.py (dynamic layout, op version 1) and against the GPU
+script's static_reference (static layout, op version 2), with the same case runners as the GPU
+run (tests/plugins/gpu_kernels.py). This tests their indexing, masking, split/combine logic,
 fragment layouts and barriers in CI, where no GPU exists; speed and the hardware itself are
 the GPU run's job.
 
@@ -120,6 +121,15 @@ def test_random_shapes_match_reference(kernels, case):
     _assert_ok(runner.run_case(kernels, case, "cpu"))
 
 
+@pytest.mark.parametrize("case", runner.static_cases(large=False), ids=lambda c: c.name())
+def test_static_layout_matches_reference(kernels, case):
+    """Op version 2 (capacity > 0) against runner.static_reference: every output, every cache
+    slot bit for bit (untouched slots untouched, past untouched when present is another buffer),
+    shared_probs not written past a row's last position, consumers that would fail on reading
+    unspecified P entries or cache slots (both NaN)."""
+    _assert_ok(runner.run_static_case(kernels, case, "cpu"))
+
+
 # Tuning knobs the GPU run times as variants, pushed further: 16 keys per lane make each lane
 # own the scores of two keys after the dot-product sum, 2 V rows per lane make the consumer
 # read P with 4-byte loads, 2 warps per block make more, shorter splits.
@@ -180,6 +190,46 @@ OUT_OF_BOUNDS_CASES = [
     runner.Case(2, 1, 32, 2, 1, 136, "float16", emit_lse=False),  # 32 lanes, 17 in the head dim
     runner.Case(1, 3, 29, 4, 1, 8, "float32", is_causal=False),  # D 8: 7 of 8 lanes idle
 ]
+# Static layout: slots past a row's last position hold NaN in these cases, so reading one is a
+# wrong result; here any access outside the (B, Hkv, C, D) caches or P rows is an ASan error.
+STATIC_OUT_OF_BOUNDS_CASES = [
+    runner.StaticCase((0, 63), 1, 64, 4, 2, 16, "float16"),  # the first and the last slot
+    runner.StaticCase((60, 3), 4, 64, 4, 1, 72, "bfloat16", in_place=False),
+    runner.StaticCase((0, 41), 23, 64, 4, 2, 16, "bfloat16", emit_probs=False, sliding_window=9),  # flash
+    runner.StaticCase((200, 17), 1, 203, 2, 1, 8, "float32", sliding_window=40),
+]
+# Positions outside the contract (>= C, negative, not contiguous): results are unspecified
+# (kernels.h) but no access may leave the buffers.
+INVALID_POSITIONS = [
+    ("beyond-capacity", [[64], [70]], 64),
+    ("negative", [[-3], [5]], 64),
+    ("prefill-beyond", [[60, 61, 62, 63, 64, 65, 66, 90] * 3, list(range(24))], 64),
+    ("not-contiguous", [[9, 2, 30, 1] * 5, [63, 0, 62, 1] * 5], 64),
+]
+
+
+def _call_with_positions(kernels, positions: list[list[int]], capacity: int) -> list[tuple[int, str]]:
+    """Producer (emitting P for L <= 16), consumer reusing P, consumer recomputing; float16,
+    exact-size tensors; returns each call's (status, message)."""
+    pos = torch.tensor(positions, dtype=torch.int64)
+    (B, L), (Hq, Hkv, D), dt = pos.shape, (4, 2, 16), torch.float16
+    cache = lambda: torch.randn(B, Hkv, capacity, D).to(dt)  # noqa: E731
+    q, k, v = torch.randn(B, L, Hq * D).to(dt), torch.randn(B, L, Hkv * D).to(dt), torch.randn(B, L, Hkv * D).to(dt)
+    present_key, present_value, out = cache(), cache(), torch.empty(B, L, Hq * D, dtype=dt)
+    probs = torch.empty(B, Hq, L, capacity, dtype=dt) if L <= 16 else None
+    lse = torch.empty(B, Hq, L)
+    desc = runner.make_desc(B, L, 0, Hq, Hkv, D, dt, D**-0.5, True, 8, capacity=capacity)
+    results = [kernels.status("producer", desc, runner.producer_io(
+        query=q, key=k, value=v, past_key=present_key, past_value=present_value, output=out, present_key=present_key,
+        present_value=present_value, shared_probs=probs, shared_lse=lse, position_ids=pos),
+        kernels.workspace("producer", desc, probs is not None))]
+    for shared in ([probs] if probs is not None else []) + [None]:
+        own = cache()
+        results.append(kernels.status("consumer", desc, runner.consumer_io(
+            value=v, past_value=own, shared_probs=shared, shared_lse=lse.zero_(), producer_query=q,
+            producer_key=present_key, output=out, present_value=own, position_ids=pos),
+            kernels.workspace("consumer", desc, shared is not None)))
+    return results
 
 
 def _asan_runtime() -> str:
@@ -197,7 +247,8 @@ def test_no_access_outside_the_tensors(tmp_path_factory):
     child = subprocess.run([sys.executable, __file__, str(asan)], capture_output=True, text=True, env=env)
     report = child.stderr[child.stderr.find("ERROR: AddressSanitizer"):][:3000] or child.stderr[-3000:]
     assert child.returncode == 0, f"{child.stdout[-2000:]}\n{report}"
-    assert [line.endswith(": ok") for line in child.stdout.splitlines()] == [True] * len(OUT_OF_BOUNDS_CASES)
+    expected = len(OUT_OF_BOUNDS_CASES) + len(STATIC_OUT_OF_BOUNDS_CASES) + len(INVALID_POSITIONS)
+    assert [line.endswith(": ok") for line in child.stdout.splitlines()] == [True] * expected
 
 
 def test_missing_workspace_is_reported(kernels):
@@ -259,6 +310,9 @@ def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
     assert sorted(subset["ms"]) == sorted(runner.VARIANT_BENCHES)
     prefill = runner.bench_prefill(kernels, seq=70, heads=(4, 2, 16))
     assert not [k for k in prefill["ms"] if k.endswith("_error")], prefill["ms"]
+    static = runner.bench_static_decode(kernels, batch=2, length=40, capacity=64, heads=(4, 2, 16))
+    assert not [k for k in static["ms"] if k.endswith("_error")], static["ms"]
+    assert all(static["ms"][k] > 0 for k in static["bytes"])
     report = {
         "checks": [runner.run_case(kernels, runner.Case(1, 1, 5, 2, 1, 16, "float16"), "cpu")],
         "copy_TBps": 1e-3, "read_TBps": 2e-3, "bandwidth_TBps": {"memcpy": 1e-3, "elementwise": 5e-4, "read": 2e-3},
@@ -271,6 +325,17 @@ def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
                      "flash16rows": {"checks_passed": 1, "checks": 1, "prefill": [prefill]},
                      "keys2": {"flags": [], "skipped": "time budget spent"}},
     }
+    report["static_decode"] = [static, {"batch": 1, "length": 99, "error": "RuntimeError: out of memory"}]
+    report["graph"] = {"steps": 6, "captured": True, "ok": False, "checks": [
+        {"output": "replay 3 consumer.output", "ok": False}, {"output": "replay 3 cache v", "ok": True}]}
+    report["not_verified"] = runner.not_verified(report, sanitize_requested=True)
+    assert report["not_verified"] == [
+        "CUDA graph replay: ['replay 3 consumer.output']",
+        "decode batch=8 seq=99: RuntimeError: out of memory",
+        "static_decode batch=1 length=99: RuntimeError: out of memory",
+        "prefill seq=99: RuntimeError: out of memory",
+        "compute-sanitizer racecheck: time budget spent",
+    ]
     runner.print_summary(report, tmp_path)
     printed = capsys.readouterr().out
     assert "correctness: 1/1 cases passed" in printed
@@ -280,6 +345,21 @@ def test_gpu_benchmark_code_runs_on_the_emulator(kernels, tmp_path, capsys):
     assert "kernels B1_S40 (producer + consumer, us): split_kv_kernel<float, (Weights)0, true, 8> 3.5" in printed
     assert "compute-sanitizer memcheck: clean" in printed and "compute-sanitizer racecheck: time budget spent" in printed
     assert printed.count("   2    24 |") == 0 and printed.count("   1    40 |") == 2  # the ms and TB/s tables
+    assert printed.count("   2    40 | ") == 1 and "   1    99 | error: RuntimeError: out of memory" in printed
+    assert "static decode step captured once, replayed 6 times with new position_ids: FAILED" in printed
+    assert printed.rstrip().endswith("NOT VERIFIED (5): CUDA graph replay: ['replay 3 consumer.output']; decode "
+                                     "batch=8 seq=99: RuntimeError: out of memory; static_decode batch=1 length=99: "
+                                     "RuntimeError: out of memory; prefill seq=99: RuntimeError: out of memory; "
+                                     "compute-sanitizer racecheck: time budget spent")
+
+
+def test_graph_replay_check_runs_on_the_emulator(kernels):
+    """graph_check's steps and host mirror, without the capture (no GPU): six decode steps at
+    new positions (one crossing a split boundary, one ending at the last slot), in place."""
+    result = runner.graph_check(kernels)
+    assert "error" not in result, result.get("traceback")
+    assert not result["captured"] and result["ok"], [c for c in result["checks"] if not c["ok"]]
+    assert len(result["checks"]) == 6 * 7
 
 
 def test_profiler_kernel_names_are_shortened_not_cut():
@@ -293,9 +373,14 @@ def test_profiler_kernel_names_are_shortened_not_cut():
 if __name__ == "__main__":  # the child of test_no_access_outside_the_tensors: python this.py LIBRARY
     sanitized = runner.Kernels(sys.argv[1], device="cpu")
     all_ok = True
-    for case in OUT_OF_BOUNDS_CASES:
-        result = runner.run_case(sanitized, case, "cpu")
+    for case in OUT_OF_BOUNDS_CASES + STATIC_OUT_OF_BOUNDS_CASES:
+        run = runner.run_static_case if isinstance(case, runner.StaticCase) else runner.run_case
+        result = run(sanitized, case, "cpu")
         failed = result.get("error") or [c for c in result["checks"] if not c["ok"]]
         all_ok &= not failed
         print(f"{case.name()}: {f'failed {failed}' if failed else 'ok'}", flush=True)
+    for label, positions, capacity in INVALID_POSITIONS:
+        failed = [r for r in _call_with_positions(sanitized, positions, capacity) if r[0] != 0]
+        all_ok &= not failed
+        print(f"static positions {label}: {f'failed {failed}' if failed else 'ok'}", flush=True)
     sys.exit(0 if all_ok else 1)

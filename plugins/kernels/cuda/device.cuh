@@ -33,17 +33,30 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // The shape of one call as every kernel reads it (kernel arguments derive from it).
+// key_len is the cache length the kernels index: S = P + L (dynamic layout) or the capacity
+// C (static layout, where `positions` says which slots each query row sees).
 struct Geometry {
   int64_t batch, query_len, past_len, key_len, num_heads, kv_heads, head_dim;
   float scale_log2;  // scale * log2(e): scores live in the log2 domain (exp2)
   int is_causal;
   int64_t window;
+  const int64_t* positions;  // static layout: position_ids (B, L) in device memory; NULL: dynamic
 };
 
-inline Geometry geometry_of(const ua_attention_desc& d) {
-  return Geometry{d.batch,     d.query_len,    d.past_len,          d.past_len + d.query_len,
-                  d.num_heads, d.kv_num_heads, d.head_dim,          d.scale * kLog2e,
-                  d.is_causal, d.sliding_window};
+inline Geometry geometry_of(const ua_attention_desc& d, const int64_t* positions) {
+  const bool fixed = d.capacity > 0;
+  return Geometry{d.batch,     d.query_len,    fixed ? 0 : d.past_len, fixed ? d.capacity : d.past_len + d.query_len,
+                  d.num_heads, d.kv_num_heads, d.head_dim,             d.scale * kLog2e,
+                  fixed ? 1 : d.is_causal,     d.sliding_window,       fixed ? positions : nullptr};
+}
+
+// Absolute position of query token i of batch row b: P + i (dynamic layout), or its slot
+// position_ids[b, i] (static layout), read on the device and clamped to [-1, key_len] so that
+// invalid positions (unspecified results, kernels.h) never turn into accesses outside the cache.
+__device__ __forceinline__ int64_t query_position(const Geometry& g, int64_t b, int64_t i) {
+  if (g.positions == nullptr) return g.past_len + i;
+  const int64_t p = g.positions[b * g.query_len + i];
+  return p < -1 ? -1 : p > g.key_len ? g.key_len : p;
 }
 
 // ---- element types ---------------------------------------------------------------------

@@ -10,9 +10,18 @@
 //
 // In-place append (present_* == past_*, kernels.h): past rows are read from the present
 // buffer and only the new rows are written.
+//
+// Static layout (capacity > 0, kernels.h): the new rows go to their slots first
+// (launch_static_append: a device copy of past when present does not alias it, then a scatter
+// by position_ids), then the same attention kernels read the present caches alone, each row
+// only the slots its position lets it see. Positions stay on the device and the launch
+// geometry and workspace depend on the desc alone: nothing here synchronizes, allocates or
+// reads device memory, so a decode step can be captured in a CUDA graph and replayed with new
+// position_ids.
 #include <stdint.h>
 
 #include "../src/common.h"
+#include "device.cuh"
 #include "launch.cuh"
 
 namespace uniattn {
@@ -41,16 +50,17 @@ ua_status check_grid(const ua_attention_desc& d) {
   if (d.batch > kMaxGridDim || d.num_heads > kMaxGridDim)
     return fail(UA_UNSUPPORTED, "batch=%lld and num_heads=%lld must be at most %lld on CUDA", (long long)d.batch,
                 (long long)d.num_heads, (long long)kMaxGridDim);
-  if (d.batch * d.num_heads * d.query_len > INT32_MAX || d.past_len + d.query_len > INT32_MAX)
+  const int64_t keys = geometry_of(d, nullptr).key_len;
+  if (d.batch * d.num_heads * d.query_len > INT32_MAX || keys > INT32_MAX)
     return fail(UA_UNSUPPORTED, "batch*num_heads*query_len=%lld and key length %lld must stay below 2^31 on CUDA",
-                (long long)(d.batch * d.num_heads * d.query_len), (long long)(d.past_len + d.query_len));
+                (long long)(d.batch * d.num_heads * d.query_len), (long long)keys);
   return UA_OK;
 }
 
 // Just enough validity for a workspace query (which has no status to report).
 bool plannable(const ua_attention_desc* d) {
-  return d != nullptr && d->batch > 0 && d->query_len > 0 && d->past_len >= 0 && d->kv_num_heads > 0 &&
-         d->num_heads % d->kv_num_heads == 0 && d->head_dim > 0 && d->head_dim <= kMaxHeadDim;
+  return d != nullptr && d->batch > 0 && d->query_len > 0 && d->past_len >= 0 && d->capacity >= 0 &&
+         d->kv_num_heads > 0 && d->num_heads % d->kv_num_heads == 0 && d->head_dim > 0 && d->head_dim <= kMaxHeadDim;
 }
 
 bool use_split_kv(const ua_attention_desc& d, bool with_probs) {
@@ -74,9 +84,11 @@ ua_status need_workspace(const char* op, const SplitKvPlan& plan, const void* wo
 }
 
 // Keys or values of one layer: past rows from the past cache (or from present itself when
-// appending in place), new rows from the packed projection.
+// appending in place), new rows from the packed projection. Static layout: every row from the
+// present cache, where launch_static_append has put the new ones.
 RowSource layer_rows(const ua_attention_desc& d, const void* past, const void* present, const void* fresh,
                      bool in_place) {
+  if (d.capacity > 0) return RowSource{present, d.capacity, nullptr, d.capacity};
   return RowSource{in_place ? present : past, in_place ? d.past_len + d.query_len : d.past_len, fresh, d.past_len};
 }
 
@@ -123,7 +135,16 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
   const RowSource keys = layer_rows(d, io->past_key, io->present_key, io->key, in_place);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
-  if (d.query_len == 0) {  // present = past
+  if (d.capacity > 0) {
+    if (ua_status s = launch_static_append(d, io->past_key, io->key, io->present_key, io->position_ids, stream);
+        s != UA_OK)
+      return s;
+    if (ua_status s =
+            launch_static_append(d, io->past_value, io->value, io->present_value, io->position_ids, stream);
+        s != UA_OK)
+      return s;
+    if (d.query_len == 0) return ok();
+  } else if (d.query_len == 0) {  // present = past
     if (d.past_len == 0 || in_place || !io->past_key || !io->past_value || !io->present_key || !io->present_value)
       return ok();
     if (ua_status s = launch_append(d, keys, io->present_key, true, stream); s != UA_OK) return s;
@@ -139,23 +160,29 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
     args.query = io->query;
     args.keys = keys;
     args.values = values;
-    args.present_key = io->present_key;
-    args.present_value = io->present_value;
+    if (d.capacity == 0) {  // the static layout's new rows are in place already
+      args.present_key = io->present_key;
+      args.present_value = io->present_value;
+      args.mask = io->attention_mask;
+    }
     args.copy_past = !in_place;
-    args.mask = io->attention_mask;
+    args.positions = io->position_ids;
     args.probs_out = io->shared_probs;
     args.lse_out = io->shared_lse;
     args.output = io->output;
     return finish(launch_split_kv(d, args, plan, workspace, stream));
   }
-  if (ua_status s = launch_append(d, keys, io->present_key, !in_place, stream); s != UA_OK) return s;
-  if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
+  if (d.capacity == 0) {
+    if (ua_status s = launch_append(d, keys, io->present_key, !in_place, stream); s != UA_OK) return s;
+    if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
+  }
   FlashArgs args{};
   args.consumer = false;
   args.query = io->query;
   args.keys = io->present_key;
   args.values = io->present_value;
-  args.mask = io->attention_mask;
+  args.mask = d.capacity == 0 ? io->attention_mask : nullptr;
+  args.positions = io->position_ids;
   args.lse_out = io->shared_lse;
   args.output = io->output;
   return finish(launch_flash(d, args, stream));
@@ -175,7 +202,13 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
   const bool in_place = uniattn::in_place(d, io->past_value, io->present_value);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
-  if (d.query_len == 0) {  // present = past
+  if (d.capacity > 0) {
+    if (ua_status s =
+            launch_static_append(d, io->past_value, io->value, io->present_value, io->position_ids, stream);
+        s != UA_OK)
+      return s;
+    if (d.query_len == 0) return ok();
+  } else if (d.query_len == 0) {  // present = past
     if (d.past_len == 0 || in_place || !io->past_value || !io->present_value) return ok();
     return finish(launch_append(d, values, io->present_value, true, stream));
   }
@@ -185,27 +218,32 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
     const Weights weights = has_probs ? Weights::kGivenProbs : Weights::kFromLse;
     const SplitKvPlan plan = plan_split_kv(d, weights, false);
     if (ua_status s = need_workspace("ua_consumer", plan, workspace); s != UA_OK) return s;
-    const int64_t key_len = d.past_len + d.query_len;
+    const int64_t key_len = geometry_of(d, nullptr).key_len;
     SplitKvArgs args{};
     args.weights = weights;
     args.query = io->producer_query;
     args.keys = RowSource{io->producer_key, key_len, nullptr, key_len};
     args.values = values;
-    args.present_value = io->present_value;
+    if (d.capacity == 0) {  // the static layout's new rows are in place already
+      args.present_value = io->present_value;
+      args.mask = io->attention_mask;
+    }
     args.copy_past = !in_place;
-    args.mask = io->attention_mask;
+    args.positions = io->position_ids;
     args.probs_in = io->shared_probs;
     args.lse_in = io->shared_lse;
     args.output = io->output;
     return finish(launch_split_kv(d, args, plan, workspace, stream));
   }
-  if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
+  if (d.capacity == 0)
+    if (ua_status s = launch_append(d, values, io->present_value, !in_place, stream); s != UA_OK) return s;
   FlashArgs args{};
   args.consumer = true;
   args.query = io->producer_query;
   args.keys = io->producer_key;
   args.values = io->present_value;
-  args.mask = io->attention_mask;
+  args.mask = d.capacity == 0 ? io->attention_mask : nullptr;
+  args.positions = io->position_ids;
   args.lse_in = io->shared_lse;
   args.output = io->output;
   return finish(launch_flash(d, args, stream));

@@ -4,6 +4,9 @@
 // cp.async (V of tile t loads while QK^T of tile t runs, K of tile t+1 while P.V runs).
 // Scores and probabilities stay in registers; nothing of size L x S is ever stored.
 //
+// Static layout (capacity > 0): a block's key range comes from its queries' positions (read on
+// the device); nothing past the last one is staged.
+//
 // Producer: online softmax (running max and sum in fp32, log2 domain), output and lse.
 // Consumer: the same walk with the producer's query and keys, weights exp(s - lse) from the
 // producer's lse: no running statistics, no rescaling, no division.
@@ -97,17 +100,23 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashKernelArgs<T
   const int64_t hk = h / (a.num_heads / a.kv_heads);
   const int64_t i0 = q_tile * kQueryRows;
   const int64_t i_last = (i0 + kQueryRows < a.query_len ? i0 + kQueryRows : a.query_len) - 1;
-  const int64_t P = a.past_len, S = a.key_len;
+  const int64_t S = a.key_len;
+  // Positions of the block's first and last query (static layout: read on the device).
+  const int64_t pos_first = query_position(a, b, i0), pos_last = query_position(a, b, i_last);
 
   int64_t kv_begin = 0, kv_end = S;
-  if (a.is_causal && P + i_last + 1 < kv_end) kv_end = P + i_last + 1;
-  if (a.window > 0 && P + i0 - a.window + 1 > 0) kv_begin = P + i0 - a.window + 1;
+  if (a.is_causal && pos_last + 1 < kv_end) kv_end = pos_last + 1;
+  if (a.window > 0 && pos_first - a.window + 1 > 0) kv_begin = pos_first - a.window + 1;
   const int64_t t_begin = kv_begin / kKeys, t_end = (kv_end + kKeys - 1) / kKeys;
+  // Rows staged from the caches: all S (dynamic layout), or only the slots up to the last
+  // position (static layout: later slots may hold anything, even NaN, and 0 * NaN would
+  // reach P.V), zeros beyond.
+  const int64_t rows_end = a.positions != nullptr ? kv_end : S;
 
   const T* q_src = a.query + ((b * a.query_len + i0) * a.num_heads + h) * a.head_dim;
   const T* k_src = a.keys + (b * a.kv_heads + hk) * S * a.head_dim;
   const T* v_src = a.values + (b * a.kv_heads + hk) * S * a.head_dim;
-  const int64_t* mask_row = a.mask + b * S;
+  const int64_t* mask_row = a.mask != nullptr ? a.mask + b * S : nullptr;  // NULL: static layout
 
   // Rows of this thread in m-tile m: r = 0 -> group, r = 1 -> group + 8 (of the tile's 16).
   const int warp_row = warp * 16 * kTiles;
@@ -118,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashKernelArgs<T
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t i = i0 + warp_row + m * 16 + group + r * 8;
-      row_pos[m][r] = P + i;
+      row_pos[m][r] = i < a.query_len ? query_position(a, b, i) : pos_last;
       row_lse[m][r] = (kConsumer && i < a.query_len) ? a.lse_in[(b * a.num_heads + h) * a.query_len + i] * kLog2e
                                                      : INFINITY;
     }
@@ -131,11 +140,11 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashKernelArgs<T
   bool padded_key = false;  // did this thread see a masked key in the tile it staged?
   auto stage_keys = [&](int64_t t) {
     const int64_t j0 = t * kKeys;
-    load_tile<T, kPadDim, kKeys>(s_k, k_src + j0 * a.head_dim, a.head_dim, S - j0, a.head_dim);
+    load_tile<T, kPadDim, kKeys>(s_k, k_src + j0 * a.head_dim, a.head_dim, rows_end - j0, a.head_dim);
     padded_key = false;
     if (tid < kKeys) {
       const int64_t j = j0 + tid;
-      const bool real = j < S && mask_row[j] != 0;
+      const bool real = j < rows_end && (mask_row == nullptr || mask_row[j] != 0);
       s_real[tid] = real;
       padded_key = !real;
     }
@@ -151,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashKernelArgs<T
     const int64_t j0 = t * kKeys;
     cp_async_wait_all();
     const bool tile_has_padding = __syncthreads_or(padded_key);
-    load_tile<T, kPadDim, kKeys>(s_v, v_src + j0 * a.head_dim, a.head_dim, S - j0, a.head_dim);
+    load_tile<T, kPadDim, kKeys>(s_v, v_src + j0 * a.head_dim, a.head_dim, rows_end - j0, a.head_dim);
     cp_async_commit();
 
     // scores = Q K^T for this warp's rows and the tile's keys.
@@ -176,8 +185,8 @@ __global__ void __launch_bounds__(kThreads) flash_kernel(const FlashKernelArgs<T
     }
 
     // Scale into the log2 domain; mask only tiles that hold an invisible (row, key) pair.
-    const bool need_mask = tile_has_padding || j0 + kKeys > S || (a.is_causal && j0 + kKeys - 1 > P + i0) ||
-                           (a.window > 0 && j0 <= P + i_last - a.window);
+    const bool need_mask = tile_has_padding || j0 + kKeys > S || (a.is_causal && j0 + kKeys - 1 > pos_first) ||
+                           (a.window > 0 && j0 <= pos_last - a.window);
 #pragma unroll
     for (int m = 0; m < kTiles; ++m)
 #pragma unroll
@@ -312,7 +321,7 @@ ua_status opt_in_smem(size_t smem) {
 template <typename T, int kPadDim, int kKeys, int kTiles>
 ua_status launch_shape(const ua_attention_desc& d, const FlashArgs& args, cudaStream_t stream) {
   FlashKernelArgs<T> a;
-  static_cast<Geometry&>(a) = geometry_of(d);
+  static_cast<Geometry&>(a) = geometry_of(d, args.positions);
   a.query = static_cast<const T*>(args.query);
   a.keys = static_cast<const T*>(args.keys);
   a.values = static_cast<const T*>(args.values);

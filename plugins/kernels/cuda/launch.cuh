@@ -40,7 +40,8 @@ struct SplitKvArgs {
   void* present_key;      // fused cache copy destinations (B, Hkv, S, D), or NULL
   void* present_value;
   bool copy_past;         // false: rows j < P already sit in present (in-place append)
-  const int64_t* mask;    // (B, S)
+  const int64_t* mask;    // (B, S); NULL in the static layout
+  const int64_t* positions;  // static layout: position_ids (B, L); NULL otherwise
   const void* probs_in;   // kGivenProbs: (B, Hq, L, S)
   const float* lse_in;    // kFromLse: (B, Hq, L)
   void* probs_out;        // kSoftmax: shared_probs to emit, or NULL
@@ -77,7 +78,8 @@ struct FlashArgs {
   const void* query;    // (B, L, Hq*D): the layer's query, or the producer's
   const void* keys;     // present key cache (the producer's for a consumer)
   const void* values;   // present value cache of this layer
-  const int64_t* mask;
+  const int64_t* mask;  // NULL in the static layout
+  const int64_t* positions;  // static layout: position_ids (B, L); NULL otherwise
   const float* lse_in;  // consumer
   float* lse_out;       // producer, or NULL
   void* output;
@@ -89,6 +91,11 @@ ua_status launch_flash(const ua_attention_desc& desc, const FlashArgs& args, cud
 // present = concat(source rows); rows j < P are skipped when !copy_past.
 ua_status launch_append(const ua_attention_desc& desc, const RowSource& source, void* present, bool copy_past,
                         cudaStream_t stream);
+
+// Static layout (capacity > 0): present = past (a device copy, skipped when they alias), then
+// new token i of row b (packed (B, L, Hkv*D) `fresh`) into slot position_ids[b, i] of present.
+ua_status launch_static_append(const ua_attention_desc& desc, const void* past, const void* fresh, void* present,
+                               const int64_t* positions, cudaStream_t stream);
 
 // Reports a failed launch (or an earlier asynchronous error) for ua_last_error().
 ua_status launch_status(const char* kernel);

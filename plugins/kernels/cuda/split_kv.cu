@@ -28,6 +28,9 @@
 //   memory; with one split it writes P = exp(s - lse) directly, otherwise exp(s - m_split),
 //   which the last block rescales by exp(m_split - lse) (reading back what is likely still in
 //   L2: K/V loads are marked evict-first).
+// * Static layout (capacity > 0): the grid is the capacity's; splits past a row group's
+//   visible slots exit at once (writing only the zeros P needs there), and the working splits
+//   combine among themselves (NOTES.md, "Static layout").
 #include <limits.h>
 #include <math.h>
 
@@ -144,7 +147,7 @@ struct SplitKvKernelArgs : Geometry {
   RowSource keys, values;
   T* present_key;
   T* present_value;
-  const int64_t* mask;
+  const int64_t* mask;  // NULL in the static layout
   const T* probs_in;
   const float* lse_in;
   T* probs_out;
@@ -173,7 +176,7 @@ __device__ __forceinline__ QueryRow query_row(const SplitKvKernelArgs<T>& a, int
   q.h = hk * a.group + idx / a.query_len;
   q.i = idx % a.query_len;
   q.global = (b * a.num_heads + q.h) * a.query_len + q.i;
-  const int64_t position = a.past_len + q.i;
+  const int64_t position = query_position(a, b, q.i);
   q.hi = q.valid ? int(a.is_causal ? imin(a.key_len - 1, position) : a.key_len - 1) : -1;
   q.lo = q.valid ? int(a.window > 0 ? imax(0, position - a.window + 1) : 0) : INT_MAX;
   return q;
@@ -303,10 +306,50 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       for (int e = 0; e < 8; ++e) q[r][e] *= a.scale_log2;
     }
   }
-  if (W == Weights::kGivenProbs) {  // P is given for every key
+  const bool fixed = a.positions != nullptr;  // static layout
+  if (W == Weights::kGivenProbs && !fixed) {  // P is given for every key (0 where hidden)
     attend_lo = common_lo = 0;
     attend_hi = common_hi = S - 1;
   }
+
+  // shared_probs of row r, keys j .. j+7 below `end`: one 16-byte store where the row allows.
+  // (Rows by query_row, not probs_row[r]: a runtime index would put that array in local memory.)
+  const auto store_probs = [&](int r, int64_t j, const float (&f)[8], int64_t end) {
+    T* dst = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
+    if (a.vector_probs && j + 8 <= end) {
+      store_slice(dst, floats_to_slice<T>(f));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (j + e < end) dst[e] = from_float<T>(f[e]);
+    }
+  };
+
+  // Static layout: the grid is sized for the capacity, each row sees only the slots up to its
+  // position (and inside the window). Splits no row of the group sees exit at once, after
+  // writing the zeros their part of shared_probs holds up to the row's last position (docs/ops.md);
+  // the others combine among themselves (first_split .. end_split).
+  int first_split = 0, end_split = a.splits;
+  int emit_end = S;  // shared_probs is written for keys below it
+  if (fixed) {
+    emit_end = int(imin(S, query_position(a, b, a.query_len - 1) + 1));
+    if (attend_lo > attend_hi || k0 > attend_hi || k1 <= attend_lo) {
+      if (kEmit) {
+        const int end = int(imin(k1, emit_end));
+        const int64_t chunks = ceil_div(imax(0, end - k0), 8);
+        const float zeros[8] = {};
+        for (int64_t x = tid; x < rows_here * chunks; x += kThreads)
+          store_probs(int(x / chunks), k0 + (x % chunks) * 8, zeros, end);
+      }
+      return;
+    }
+    first_split = int(attend_lo / a.split_len);
+    end_split = int(attend_hi / a.split_len) + 1;
+  }
+  const int active_splits = end_split - first_split;
+  // Keys this block loads: its split (dynamic layout: it also copies them to present), or the
+  // part of it that a row sees (static layout: slots beyond may hold anything, even NaN).
+  const int load_lo = fixed ? int(imax(k0, attend_lo)) : k0, load_end = fixed ? int(imin(k1, attend_hi + 1)) : k1;
 
   // Where this lane's slice of key/value row j lives: rows j < split in the cache, the rest
   // in the packed projection.
@@ -318,7 +361,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       a.present_value == nullptr ? nullptr : a.present_value + (b * a.kv_heads + hk) * S * D + slice * 8;
   const bool copy_k = kSoftmax && row_tile == 0 && present_k != nullptr;
   const bool copy_v = row_tile == 0 && present_v != nullptr;
-  const int64_t* mask = a.mask + b * S;
+  const int64_t* mask = a.mask != nullptr ? a.mask + b * S : nullptr;  // NULL: static layout
 
   // Keys of a step this lane owns scores of (after the sum over a key row's lanes).
   const int held_key = K::kKeys >= kLanes ? slice * K::kHeldKeys : slice / K::kShared;
@@ -349,7 +392,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       const int j = key0 + u;
       k_rows[u] = Slice8<T>{};
       v_rows[u] = Slice8<T>{};
-      if (!slice_active || (!kFull && j >= k1)) continue;
+      if (!slice_active || (!kFull && (j < load_lo || j >= load_end))) continue;
       if (W != Weights::kGivenProbs)
         k_rows[u] = load_slice<T, Load::kStreaming>(kFull ? k_src.cache + row0 + u * D
                                                           : k_src.row(j, a.keys.split, D, packed_stride));
@@ -374,8 +417,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
         float row_w[kKeys];
         if (kFull)
           load_weights<T, kKeys>(a.probs_in + probs_row[r] + key0, true, kKeys, row_w);
-        else if (probs_row[r] >= 0)
-          load_weights<T, kKeys>(a.probs_in + probs_row[r] + key0, a.vector_probs, k1 - key0, row_w);
+        else if (probs_row[r] >= 0)  // static layout: P is unspecified past the group's last slot
+          load_weights<T, kKeys>(a.probs_in + probs_row[r] + key0, a.vector_probs, load_end - key0, row_w);
         else
 #pragma unroll
           for (int u = 0; u < kKeys; ++u) row_w[u] = 0.f;
@@ -403,7 +446,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
 #pragma unroll
       for (int k = 0; k < K::kHeldKeys; ++k) {
         const int j = key0 + held_key + k;
-        const bool real = (kFull || j < k1) && mask[j] != 0;
+        const bool real = (kFull || j < k1) && (mask == nullptr || mask[j] != 0);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const float score = real && (kFull || (j >= lo[r] && j <= hi[r])) ? dots[k * R + r] : -kInf;
@@ -516,7 +559,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       if (kSoftmax) l += s_warp_sum[w * R + r] * f;
     }
     const QueryRow row = query_row(a, b, hk, row_tile, r);
-    if (a.splits == 1) {
+    if (active_splits == 1) {
       a.output[((b * a.query_len + row.i) * a.num_heads + row.h) * D + d] =
           from_float<T>(!kSoftmax ? v : l > 0.f ? v / l : 0.f);
       if (kSoftmax && d == 0 && a.lse_out != nullptr) a.lse_out[row.global] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
@@ -536,34 +579,28 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   // The split's P, from the scores: exp(s - lse) with one split, else exp(s - m_split).
   if (kEmit) {
     __syncthreads();
-    const int64_t chunks = ceil_div(k1 - k0, 8);
+    const int end = int(imin(k1, emit_end));
+    const int64_t chunks = ceil_div(imax(0, end - k0), 8);
     for (int64_t x = tid; x < rows_here * chunks; x += kThreads) {
       const int r = int(x / chunks);
       const int64_t j = k0 + (x % chunks) * 8;
       const float m = s_row[2 * r], l = s_row[2 * r + 1];
-      const float reference = a.splits > 1 ? m : m + log2f(l);  // rows without a visible key: all -inf
+      const float reference = active_splits > 1 ? m : m + log2f(l);  // rows without a visible key: all -inf
       float f[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float s = j + e < k1 ? s_scores[r * K::kScoreKeys + (j + e - k0)] : -kInf;
         f[e] = s == -kInf ? 0.f : exp2f(s - reference);
       }
-      T* dst = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
-      if (a.vector_probs) {
-        store_slice(dst, floats_to_slice<T>(f));
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          if (j + e < k1) dst[e] = from_float<T>(f[e]);
-      }
+      store_probs(r, j, f, end);
     }
   }
-  if (a.splits == 1) return;
+  if (active_splits == 1) return;
 
   // Several splits: the last block of the row group to finish combines them.
   __threadfence();
   __syncthreads();
-  if (tid == 0) *s_last = atomicAdd(a.arrivals + (b * a.kv_heads + hk) * a.row_tiles + row_tile, 1) == a.splits - 1;
+  if (tid == 0) *s_last = atomicAdd(a.arrivals + (b * a.kv_heads + hk) * a.row_tiles + row_tile, 1) == active_splits - 1;
   __syncthreads();
   if (!*s_last) return;
   __threadfence();
@@ -574,10 +611,10 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     const float* stats = a.partial_stats + row * a.max_splits * 2;
     float m = -kInf, l = 0.f;
     if (kSoftmax) {
-      for (int s = lane; s < a.splits; s += 32) m = fmaxf(m, __ldcg(stats + 2 * s));
+      for (int s = first_split + lane; s < end_split; s += 32) m = fmaxf(m, __ldcg(stats + 2 * s));
       m = warp_max(m);
       if (m != -kInf)
-        for (int s = lane; s < a.splits; s += 32) l += __ldcg(stats + 2 * s + 1) * exp2f(__ldcg(stats + 2 * s) - m);
+        for (int s = first_split + lane; s < end_split; s += 32) l += __ldcg(stats + 2 * s + 1) * exp2f(__ldcg(stats + 2 * s) - m);
       l = warp_sum(l);
     }
     if (lane == 0) {
@@ -595,8 +632,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   float4* s_part = reinterpret_cast<float4*>(s_acc);  // parts x pairs
   for (int x = tid; x < parts * pairs; x += kThreads) s_part[x] = make_float4(0.f, 0.f, 0.f, 0.f);
   // Splits in chunks of kMaxSplits, whose factors exp(m_split - lse) fit in shared memory.
-  for (int chunk = 0; chunk < a.splits; chunk += kMaxSplits) {
-    const int chunk_end = int(imin(a.splits, chunk + kMaxSplits));
+  for (int chunk = first_split; chunk < end_split; chunk += kMaxSplits) {
+    const int chunk_end = int(imin(end_split, chunk + kMaxSplits));
     __syncthreads();
     for (int r = warp; r < rows_here; r += kWarps) {
       const float* stats = a.partial_stats + query_row(a, b, hk, row_tile, r).global * a.max_splits * 2;
@@ -624,7 +661,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     // stores (a store may alias the next load as far as the compiler knows).
     if (kEmit) {
       constexpr int kBatch = 16 / int(sizeof(T));
-      const int64_t first_key = chunk * a.split_len, keys = imin(S, chunk_end * a.split_len) - first_key;
+      const int64_t first_key = chunk * int64_t(a.split_len);
+      const int64_t keys = imax(0, imin(emit_end, chunk_end * a.split_len) - first_key);
       const int64_t chunks = ceil_div(keys, 8), total = rows_here * chunks;
       for (int64_t first = tid; first < total; first += int64_t(kThreads) * kBatch) {
         Slice8<T> values[kBatch];
@@ -634,12 +672,12 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
           if (x >= total) continue;
           const int64_t j = first_key + (x % chunks) * 8;
           const T* p = a.probs_out + query_row(a, b, hk, row_tile, int(x / chunks)).global * S + j;
-          if (a.vector_probs) {
+          if (a.vector_probs && j + 8 <= emit_end) {
             values[n] = load_slice<T, Load::kL2>(p);
           } else {
             T* e = reinterpret_cast<T*>(values[n].raw);
 #pragma unroll
-            for (int k = 0; k < 8; ++k) e[k] = j + k < S ? __ldcg(p + k) : from_float<T>(0.f);
+            for (int k = 0; k < 8; ++k) e[k] = j + k < emit_end ? __ldcg(p + k) : from_float<T>(0.f);
           }
         }
 #pragma unroll
@@ -653,12 +691,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
           slice_to_floats(values[n], scaled);
 #pragma unroll
           for (int k = 0; k < 8; ++k) scaled[k] *= f;
-          T* p = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
-          if (a.vector_probs) {
-            store_slice(p, floats_to_slice<T>(scaled));
-          } else {
-            for (int k = 0; k < 8 && j + k < S; ++k) p[k] = from_float<T>(scaled[k]);
-          }
+          store_probs(r, j, scaled, emit_end);
         }
       }
     }
@@ -729,7 +762,7 @@ ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, c
   if (ua_status s = resident_blocks(kernel, K::kSmemBytes, resident_cache, resident); s != UA_OK) return s;
 
   SplitKvKernelArgs<T> a;
-  static_cast<Geometry&>(a) = geometry_of(d);
+  static_cast<Geometry&>(a) = geometry_of(d, args.positions);
   a.group = d.num_heads / d.kv_num_heads;
   a.row_tiles = plan.row_tiles;
   const int64_t groups = d.batch * d.kv_num_heads * plan.row_tiles;
@@ -797,7 +830,7 @@ size_t reserve(size_t& offset, size_t bytes) {
 SplitKvPlan plan_split_kv(const ua_attention_desc& d, Weights weights, bool emit_probs) {
   SplitKvPlan p{};
   const size_t element = dtype_size(d.dtype);
-  const int64_t key_len = d.past_len + d.query_len;
+  const int64_t key_len = geometry_of(d, nullptr).key_len;  // the capacity in the static layout
   p.lanes_per_key = d.head_dim <= 64 ? 8 : d.head_dim <= 128 ? 16 : 32;
   p.row_tiles = int(ceil_div(d.num_heads / d.kv_num_heads * d.query_len, R));
   p.align = split_align(element, weights, p.lanes_per_key);
