@@ -22,6 +22,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from .dtypes import DTYPES
 from .errors import UniAttnError
 
 KERNELS_LIBRARY = "libuniattn_kernels.so"
@@ -90,7 +91,7 @@ def onnxruntime_library() -> str | None:
 # ---- plugins/kernels/include/uniattn/kernels.h ----------------------------------------
 
 ABI_VERSION = 1
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+DTYPE_CODES = {d.name: d.kernel_code for d in DTYPES.values()}
 UA_OK = 0
 
 
@@ -127,6 +128,22 @@ class ConsumerIO(ctypes.Structure):
             "producer_query", "producer_key", "output", "present_value",
         )
     ]
+
+
+def kernel_abi_version() -> int | None:
+    """ABI version of the installed kernel library, or None when it is absent or unreadable.
+
+    Never raises: the ONNX Runtime session asks it whether the custom-op library (built from
+    the same kernels, installed beside them) serves op contract version 2 (ABI >= 2)."""
+    path = kernels_library()
+    if path is None:
+        return None
+    try:
+        function = ctypes.CDLL(path).ua_abi_version
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [], ctypes.c_int
+    return int(function())
 
 
 @functools.cache
