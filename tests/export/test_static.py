@@ -132,3 +132,28 @@ def test_a_tampered_cache_mode_or_capacity_is_refused(exported, tmp_path):
     mismatched = _tampered(artifact, tmp_path / "version", lambda c: c.update(op_version=1))
     with pytest.raises(UniAttnError, match="records op version 1 for static caches, which are version 2"):
         load_artifact(mismatched)
+
+
+def test_each_step_writes_its_slots_into_the_one_bound_buffer(exported):
+    """The cache OrtValue allocated at reset is the one the graph updates: after the prompt
+    step slots 0..13 (the padded width) hold keys and the rest are still 0; one decode step
+    writes each row's slot = its length (row 1: slot 3, over its first padding token's key)."""
+    session = OrtSession(_static(exported, "llama"), custom_ops=False)
+    prompts = _prompts(session.artifact.vocab_size)
+    session.reset(len(prompts))
+    buffer = session._cache["past_key_values.0.key"]
+    ids, mask = np.zeros((4, 14), np.int64), np.zeros((4, 14), np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
+    session.step(ids, mask, np.tile(np.arange(14), (4, 1)))
+    after_prompt = buffer.numpy().copy()
+    assert session._cache["past_key_values.0.key"] is buffer
+    written = np.abs(after_prompt).sum(axis=(1, 3)) > 0  # (B, C): slot holds a key
+    assert written[:, :14].all() and not written[:, 14:].any()
+
+    lengths = np.array([len(p) for p in prompts])
+    step_mask = np.concatenate([mask, np.ones((4, 1), np.int64)], axis=1)
+    session.step(np.full((4, 1), 5, np.int64), step_mask, lengths[:, None])
+    after_step = buffer.numpy()
+    changed = np.abs(after_step - after_prompt).sum(axis=(1, 3)) > 0
+    assert [np.flatnonzero(row).tolist() for row in changed] == [[9], [3], [14], [1]]

@@ -31,6 +31,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..dtypes import DTYPE_NAMES
 from ..model.real import SMOLLM2_NAME
 from .validate import add_validation_arguments, check_validation_arguments, run_validation
 
@@ -73,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help=f"model folder (config.json + weights [+ tokenizer]), or {SMOLLM2_NAME}")
     p.add_argument("--target", choices=TARGETS, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="artifact folder to write")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
                    help="precision of the exported graph (logits are always float32)")  # fmt: skip
     p.add_argument("--producer-rule", choices=("begin_offset", "absolute", "gemma2"), default=None,
                    help="only for checkpoints in the authors' layout (default: their file's rule)")  # fmt: skip

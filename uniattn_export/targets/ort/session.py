@@ -140,8 +140,8 @@ class OrtSession(GenerationSession):
         kernels = f"custom-op library {library}" if library else FUNCTION_BODIES + bodies_reason
         cache = f"static caches of {self.capacity} tokens" if self.static else "dynamic caches"
         self.description = (
-            f"onnxruntime {ort.__version__}, {self.session.get_providers()[0]}, {kernels}, "
-            f"{self.artifact.dtype}, {cache}"
+            f"onnxruntime {ort.__version__}, {self.session.get_providers()[0]}, {cache}, {kernels}, "
+            f"{self.artifact.dtype}"
         )
 
     @property
