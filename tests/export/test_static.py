@@ -157,3 +157,14 @@ def test_each_step_writes_its_slots_into_the_one_bound_buffer(exported):
     after_step = buffer.numpy()
     changed = np.abs(after_step - after_prompt).sum(axis=(1, 3)) > 0
     assert [np.flatnonzero(row).tolist() for row in changed] == [[9], [3], [14], [1]]
+
+
+def test_static_export_settings_are_checked_before_tracing(checkpoint, tmp_path):
+    from uniattn_export.export import export_model
+
+    model = load_model(checkpoint("llama"))
+    with pytest.raises(UniAttnError, match=r"needs a capacity \(max_length\) of at least 8, got None"):
+        export_model(model, tmp_path / "a", cache="static")
+    with pytest.raises(UniAttnError, match="unknown cache mode 'paged'"):
+        export_model(model, tmp_path / "b", cache="paged")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

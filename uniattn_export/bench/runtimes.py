@@ -163,6 +163,11 @@ class OrtRuntime(Runtime):
         from ..targets.ort import OrtSession
 
         super().__init__(model, backend, device, seed)
+        if artifact.cache_mode != "dynamic":  # its decode runs build growing caches (below)
+            raise UniAttnError(
+                f"the benchmark measures dynamic-cache artifacts only; {artifact.path} has static caches",
+                "export the model to benchmark with --cache dynamic",
+            )
         library = backend == "ort-library"
         if library and ort_custom_op_library() is None:
             raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")

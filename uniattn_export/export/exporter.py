@@ -51,8 +51,9 @@ _SIDE_FILES = (
 # 2 GiB limit must never be near).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 LOGITS_MODES = ("all", "last")
-# The smallest capacity a static artifact can have (the trace's example rows need 3 slots).
-MIN_CAPACITY = 4
+# The smallest capacity a static artifact can have (the trace's example rows use 4 slots, and
+# a capacity above the example sizes keeps it from coinciding with a dynamic one).
+MIN_CAPACITY = 8
 
 
 class _ExportGraph(nn.Module):
@@ -86,25 +87,25 @@ class _ExportGraph(nn.Module):
 
 
 def _sample_inputs(model: UniAttnForCausalLM, has_key: list[bool], capacity: int | None):
-    """Example tensors for tracing; every dynamic size >= 2 so nothing specializes. With a
-    capacity (static caches) the caches are (B, Hkv, C, D) and the rows sit at different
-    positions."""
+    """Example tensors for tracing; every dynamic size >= 2 and distinct so nothing
+    specializes. Static caches (a capacity): caches (B, Hkv, C, D), rows at different
+    positions, the second right-padded."""
     batch, new, past_len = 2, 3, 4
     generator = torch.Generator().manual_seed(0)
-    if capacity is not None:
-        new = 2
     input_ids = torch.randint(0, model.config.vocab_size, (batch, new), generator=generator)
-    attention_mask = torch.ones(batch, past_len + new, dtype=torch.int64)
-    position_ids = torch.arange(past_len, past_len + new).expand(batch, -1).contiguous()
-    if capacity is not None:
-        position_ids = torch.tensor([[1, 2], [0, 1]])
-        attention_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-        past_len = capacity
+    if capacity is None:
+        attention_mask = torch.ones(batch, past_len + new, dtype=torch.int64)
+        position_ids = torch.arange(past_len, past_len + new).expand(batch, -1).contiguous()
+        cache_len = past_len
+    else:
+        attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+        position_ids = torch.tensor([[1, 2, 3], [0, 1, 2]])
+        cache_len = capacity
     past = []
     dtype = model.model.embed_tokens.weight.dtype
     for layer, layer_has_key in enumerate(has_key):
         g = model.geometry(layer)
-        shape = (batch, g.kv_num_heads, past_len, g.head_dim)
+        shape = (batch, g.kv_num_heads, cache_len, g.head_dim)
         past += [torch.randn(shape, generator=generator).to(dtype) for _ in range(1 + layer_has_key)]
     return (input_ids, attention_mask, position_ids, past)
 
