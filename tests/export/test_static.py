@@ -98,12 +98,27 @@ def test_generation_beyond_the_capacity_fails_before_anything_runs(exported):
     assert session._cache == {}  # no cache was even allocated
 
 
-def test_auto_custom_ops_fall_back_to_the_bodies_for_a_library_of_op_version_1(exported):
-    session = OrtSession(_static(exported, "llama"))  # auto: the installed library is v1 only
+def test_auto_custom_ops_skip_a_library_of_op_version_1(exported, monkeypatch):
+    """A library whose kernels report ABI 1 serves op version 1 only: auto mode runs the
+    function bodies of a static artifact and says why; requiring the library is an error."""
+    from uniattn_export.targets.ort import session as ort_session
+
+    library = "/opt/uniattn/lib/libuniattn_ort.so"  # never loaded: refused before registration
+    monkeypatch.setattr(ort_session, "ort_custom_op_library", lambda: library)
+    monkeypatch.setattr(ort_session, "kernel_abi_version", lambda: 1)
+    session = OrtSession(_static(exported, "llama"))
     assert not session.uses_custom_ops
-    assert "the installed custom-op library implements op version 1 only; this artifact needs 2" in session.description
-    with pytest.raises(UniAttnError, match="implements op version 1 only"):
+    assert session.description.endswith(
+        "ONNX function bodies (no custom-op library) (the installed custom-op library implements "
+        "op version 1 only; this artifact needs 2), float32"
+    )
+    with pytest.raises(UniAttnError) as error:
         OrtSession(_static(exported, "llama"), custom_ops=True)
+    assert str(error.value) == (
+        f"the custom-op library {library} implements op version 1 only (kernel ABI 1), but this "
+        "static-cache artifact needs op version 2. Rebuild the native libraries from this checkout, "
+        "or run with --custom-ops off."
+    )
 
 
 def _tampered(artifact, tmp_path, edit):
