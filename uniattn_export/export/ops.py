@@ -21,7 +21,7 @@ from onnxscript import BFLOAT16, FLOAT, FLOAT16, INT64
 
 from ..model import attention
 from ..model.modeling import AttentionOps
-from .schema import CONSUMER_OP, DOMAIN, PLUGIN_NAMESPACE, PRODUCER_OP, SCHEMA
+from .schema import DOMAIN, SCHEMA
 
 V1 = SCHEMA.versions[1]
 V2 = SCHEMA.versions[2]
