@@ -24,6 +24,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from .dtypes import DTYPES
 from .errors import UniAttnError
 
 KERNELS_LIBRARY = "libuniattn_kernels.so"
@@ -92,7 +93,7 @@ def onnxruntime_library() -> str | None:
 # ---- plugins/kernels/include/uniattn/kernels.h ----------------------------------------
 
 ABI_VERSION = 2
-DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
+DTYPE_CODES = {d.name: d.kernel_code for d in DTYPES.values()}
 UA_OK = 0
 
 
@@ -134,6 +135,22 @@ class ConsumerIO(ctypes.Structure):
 
 # The CPU entry points take a `const ua_cpu_threads*`; Python passes NULL (the calling thread).
 CPU_THREADS = ctypes.c_void_p
+
+
+def kernel_abi_version() -> int | None:
+    """ABI version of the installed kernel library, or None when it is absent or unreadable.
+
+    Never raises: the ONNX Runtime session asks it whether the custom-op library (built from
+    the same kernels, installed beside them) serves op contract version 2 (ABI >= 2)."""
+    path = kernels_library()
+    if path is None:
+        return None
+    try:
+        function = ctypes.CDLL(path).ua_abi_version
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [], ctypes.c_int
+    return int(function())
 
 
 @functools.cache

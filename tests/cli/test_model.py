@@ -35,14 +35,27 @@ def test_onnx_target_exports_and_validates_the_portable_file(checkpoint, tmp_pat
     assert "4 layers, 1 SuperBlocks (1->2), 1 consumers" in printed.err
 
 
-def test_ort_target_uses_the_custom_op_library_when_built(checkpoint, tmp_path, capsys):
+def test_ort_target_exports_static_caches_and_uses_the_library_when_it_serves_them(checkpoint, tmp_path, capsys):
     out = tmp_path / "ort"
     assert main(["model", str(checkpoint), "--target", "ort", "-o", str(out), "--max-new-tokens", "3", "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed == _report(out) and printed["passed"]
+    # Static by default, capacity min(max_position_embeddings = 256, 4096).
+    assert _report(out, "export.json")["manifest"]["cache"] == {"mode": "static", "capacity": 256, "op_version": 2}
+    assert "static caches, capacity 256 tokens" in captured.err
+    assert "static caches of 256 tokens" in printed["runtime"]
     library = native.ort_custom_op_library()
-    expected = f"custom-op library {library}" if library else "ONNX function bodies"
+    serves_static = library is not None and (native.kernel_abi_version() or 0) >= 2
+    expected = f"custom-op library {library}" if serves_static else "ONNX function bodies"
     assert expected in printed["runtime"]
+
+
+def test_trt_target_refuses_static_caches(checkpoint, tmp_path, capsys):
+    out = tmp_path / "trt"
+    assert main(["model", str(checkpoint), "--target", "trt", "--cache", "static", "-o", str(out), "--no-validate"]) == 2
+    assert "--target trt builds dynamic caches only for now" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_trt_target_hands_over_to_the_tensorrt_builder(checkpoint, tmp_path):
@@ -66,6 +79,8 @@ def test_trt_flags_need_the_trt_target(checkpoint, tmp_path, capsys):
         (["--dtype", "bfloat16"], "CPU execution provider has no bfloat16 kernels"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
         (["--update-golden"], "--update-golden needs --golden DIR"),
+        (["--cache", "dynamic", "--max-length", "8"], "max_length applies to static caches only"),
+        (["--logits", "all"], "a static-cache artifact returns only each row's last logits"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(checkpoint, tmp_path, capsys, extra, message):

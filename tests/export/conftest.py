@@ -39,15 +39,18 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(checkpoint, tmp_path_factory):
-    """exported(family, dtype="float32", base=False, **config) -> loaded Artifact."""
+    """exported(family, dtype="float32", base=False, cache="dynamic", max_length=None, **config)
+    -> loaded Artifact."""
     made = {}
 
-    def make(family: str = "llama", dtype: str = "float32", base: bool = False, **config):
-        key = (family, dtype, base, json.dumps(config, sort_keys=True))
+    def make(family: str = "llama", dtype: str = "float32", base: bool = False, cache: str = "dynamic",
+             max_length: int | None = None, **config):  # fmt: skip
+        key = (family, dtype, base, cache, max_length, json.dumps(config, sort_keys=True))
         if key not in made:
             source = checkpoint(family, base, **config)
-            out = tmp_path_factory.mktemp("artifacts") / f"{family}_{dtype}_{'base' if base else 'uniattn'}"
-            made[key] = load_artifact(export_model(load_model(source, dtype=dtype), out, source_dir=source))
+            out = tmp_path_factory.mktemp("artifacts") / f"{family}_{dtype}_{'base' if base else 'uniattn'}_{cache}"
+            model = load_model(source, dtype=dtype)
+            made[key] = load_artifact(export_model(model, out, source_dir=source, cache=cache, max_length=max_length))
         return made[key]
 
     return make

@@ -16,7 +16,8 @@ from uniattn_export.errors import UniAttnError
 from uniattn_export.export import artifact as artifact_module
 from uniattn_export.export import export_model, load_artifact
 from uniattn_export.export.artifact import sha256_of
-from uniattn_export.export.ops import CONSUMER_OP, DOMAIN, PRODUCER_OP, consumer_op, producer_op
+from uniattn_export.export.ops import consumer_op, producer_op
+from uniattn_export.export.schema import CONSUMER_OP, DOMAIN, PRODUCER_OP
 from uniattn_export.model import load_model
 
 

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from uniattn_export.export.functions import function_protos
-from uniattn_export.export.ops import CONSUMER_OP, DOMAIN, ONNX_OPSET, PRODUCER_OP
+from uniattn_export.export.ops import ONNX_OPSET
+from uniattn_export.export.schema import CONSUMER_OP, DOMAIN, PRODUCER_OP
 from uniattn_export.model import attention
 
 ONNX_TYPE = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16}

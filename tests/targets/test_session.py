@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from uniattn_export.errors import UniAttnError
-from uniattn_export.targets.session import Sampling, choose_tokens, left_pad, position_ids_for
+from uniattn_export.targets.session import GenerationSession, Sampling, choose_tokens, pad_prompts, position_ids_for
 
 
 def test_left_padding_and_positions_follow_transformers():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_token_id=0)
+    ids, mask = pad_prompts([[5, 6, 7], [8]], pad_token_id=0)
     np.testing.assert_array_equal(ids, [[5, 6, 7], [0, 0, 8]])
     np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1]])
     np.testing.assert_array_equal(position_ids_for(mask), [[0, 1, 2], [0, 0, 0]])
@@ -59,3 +59,46 @@ def test_invalid_sampling_settings():
         Sampling(top_k=0)
     with pytest.raises(UniAttnError, match=r"top_p must be in \(0, 1\]"):
         Sampling(top_p=1.5)
+
+
+def test_right_padding_runs_positions_through_the_padding():
+    ids, mask = pad_prompts([[5, 6, 7], [8]], pad_token_id=0, side="right")
+    np.testing.assert_array_equal(ids, [[5, 6, 7], [8, 0, 0]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(position_ids_for(mask, "right"), [[0, 1, 2], [0, 1, 2]])
+
+
+class _Recorder(GenerationSession):
+    """Records what the loop feeds; always picks token 1."""
+
+    def __init__(self, padding, capacity=None):
+        self.padding, self.capacity, self.fed = padding, capacity, []
+
+    def reset(self, batch_size):
+        self.fed.append(("reset", batch_size))
+
+    def step(self, input_ids, attention_mask, position_ids):
+        self.fed.append((input_ids.tolist(), attention_mask.tolist(), position_ids.tolist()))
+        logits = np.zeros((len(input_ids), 1, 4), np.float32)
+        logits[:, :, 1] = 1
+        return logits
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_each_row_decodes_at_its_own_next_position(padding):
+    session = _Recorder(padding)
+    session.generate([[5, 6, 7], [8]], 3, pad_token_id=0)
+    decode = [entry[2] for entry in session.fed[2:]]
+    assert decode == [[[3], [1]], [[4], [2]]]  # row lengths 3 and 1, then one more per step
+    assert [len(entry[1][0]) for entry in session.fed[1:]] == [3, 4, 5]
+
+
+def test_generation_beyond_the_capacity_fails_before_anything_runs():
+    session = _Recorder("right", capacity=8)
+    with pytest.raises(UniAttnError) as error:
+        session.generate([[5, 6, 7], [8]], 6, pad_token_id=0)
+    assert str(error.value).startswith(
+        "the longest prompt (3 tokens) + max_new_tokens (6) = 9 tokens exceeds the artifact's cache capacity (8)"
+    )
+    assert session.fed == []
+    session.generate([[5, 6, 7], [8]], 5, pad_token_id=0)  # exactly the capacity fits

@@ -24,13 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
 from ..native import ort_custom_op_library
 from .measure import device_used_bytes, release_device_memory, synchronize
 
-_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Live float32 (B, Hq, L, S) buffers in the function bodies' prefill (scores, masked scores,
 # exps, probabilities) when onnxruntime does not reuse them.
 _BODY_SCORE_COPIES = 4
@@ -144,7 +143,7 @@ def artifact_shape(artifact: Artifact) -> ModelShape:
     return ModelShape(
         hidden_size=config["hidden_size"], intermediate_size=raw["intermediate_size"],
         vocab_size=config["vocab_size"], num_heads=max(layer["num_heads"] for layer in artifact.layers),
-        kv_bytes_per_token=artifact.manifest["kv_cache_bytes_per_token"], itemsize=_ITEMSIZE[artifact.dtype],
+        kv_bytes_per_token=artifact.manifest["kv_cache_bytes_per_token"], itemsize=DTYPES[artifact.dtype].itemsize,
         logits_all_positions=artifact.manifest["logits"] == "all",
     )  # fmt: skip
 
@@ -164,6 +163,11 @@ class OrtRuntime(Runtime):
         from ..targets.ort import OrtSession
 
         super().__init__(model, backend, device, seed)
+        if artifact.cache_mode != "dynamic":  # its decode runs build growing caches (below)
+            raise UniAttnError(
+                f"the benchmark measures dynamic-cache artifacts only; {artifact.path} has static caches",
+                "export the model to benchmark with --cache dynamic",
+            )
         library = backend == "ort-library"
         if library and ort_custom_op_library() is None:
             raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")
@@ -175,7 +179,7 @@ class OrtRuntime(Runtime):
         self.description = self.runner.description
         self.weight_bytes = artifact_weight_bytes(artifact)
         self.shape = artifact_shape(artifact)
-        self._type = _ONNX_TYPES[artifact.dtype]
+        self._type = DTYPES[artifact.dtype].onnx
         self._outputs = [o.name for o in self.runner.session.get_outputs()]
         specs = {s["name"]: s["shape"] for s in artifact.input_specs}
         # past input -> (present output, kv heads, head dim), in graph order
@@ -299,8 +303,8 @@ class TransformersRuntime(Runtime):
         self.shape = ModelShape(
             hidden_size=config.hidden_size, intermediate_size=config.intermediate_size, vocab_size=config.vocab_size,
             num_heads=config.num_attention_heads,
-            kv_bytes_per_token=2 * config.num_hidden_layers * config.num_key_value_heads * self.head_dim * _ITEMSIZE[dtype],
-            itemsize=_ITEMSIZE[dtype], logits_all_positions=False,
+            kv_bytes_per_token=2 * config.num_hidden_layers * config.num_key_value_heads * self.head_dim * DTYPES[dtype].itemsize,
+            itemsize=DTYPES[dtype].itemsize, logits_all_positions=False,
         )  # fmt: skip
         self.memory_method = "torch.cuda.max_memory_allocated (weights included)" if device == "cuda" else "n/a on the CPU"
         self.generator = torch.Generator(device=device).manual_seed(seed)

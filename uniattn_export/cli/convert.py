@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..dtypes import DTYPE_NAMES as DTYPES
 from ..model.real import SMOLLM2_NAME
-
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,12 +7,21 @@ validates against the PyTorch reference and writes the reports into OUT/reports/
 
 Targets:
   onnx  the portable file; validated with plain onnxruntime running the function bodies
-  ort   the same file, validated with the runtime users get: onnxruntime with the uniattn
-        custom-op library when it is built (fused kernels), on --device. onnxruntime's own
-        graph rewrites depend on the execution provider and run when a session starts
+  ort   the file for onnxruntime, validated with the runtime users get: onnxruntime with the
+        uniattn custom-op library when it is built and serves the artifact's op version
+        (fused kernels), on --device. onnxruntime's own graph rewrites depend on the
+        execution provider and run when a session starts
   trt   additionally builds a TensorRT engine (targets/trt/cli.py, flags shown with
         `uniattn-export model --target trt --help`); validation runs the ONNX file with
         onnxruntime, the engine's own checks are in the build report
+
+Caches (--cache):
+  static   fixed capacity --max-length (prompt + new tokens), updated in place, prompts
+           right-padded, logits of each row's last real token only (op contract v2). The
+           default for --target ort
+  dynamic  caches that grow every step (op contract v1), optimum-compatible. The default for
+           --target onnx (the portable file) and the only mode for --target trt for now (the
+           TensorRT plugins for static caches are not written yet)
 Exit codes: 0 ok, 1 validation failed, 2 bad input.
 """
 
@@ -22,11 +31,16 @@ import argparse
 import json
 from pathlib import Path
 
+from ..dtypes import DTYPE_NAMES
 from ..model.real import SMOLLM2_NAME
 from .validate import add_validation_arguments, check_validation_arguments, run_validation
 
 TARGETS = ("onnx", "ort", "trt")
 EXPORT_REPORT_NAME = "export.json"
+DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "trt": "dynamic"}
+# Default static capacity: the model's context, but at most this many tokens (the caches are
+# allocated whole: B x layers x C x KV width).
+MAX_DEFAULT_CAPACITY = 4096
 
 
 def _asks_for_trt(arg_strings: list[str]) -> bool:
@@ -60,12 +74,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help=f"model folder (config.json + weights [+ tokenizer]), or {SMOLLM2_NAME}")
     p.add_argument("--target", choices=TARGETS, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="artifact folder to write")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
                    help="precision of the exported graph (logits are always float32)")  # fmt: skip
     p.add_argument("--producer-rule", choices=("begin_offset", "absolute", "gemma2"), default=None,
                    help="only for checkpoints in the authors' layout (default: their file's rule)")  # fmt: skip
-    p.add_argument("--logits", choices=("all", "last"), default="all",
-                   help="logits of every position (optimum's convention) or only the last one")  # fmt: skip
+    p.add_argument("--cache", choices=("static", "dynamic"), default=None,
+                   help="static: fixed-capacity caches updated in place (default for --target ort); "
+                        "dynamic: growing caches, optimum-compatible (default for onnx; the only one for trt for now)")  # fmt: skip
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"capacity of static caches in tokens, prompt + generated (default: the model's "
+                        f"max_position_embeddings, at most {MAX_DEFAULT_CAPACITY})")  # fmt: skip
+    p.add_argument("--logits", choices=("all", "last"), default=None,
+                   help="logits of every position (optimum's convention; default for dynamic caches) or "
+                        "only the last one (static caches: always)")  # fmt: skip
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="weights in model.onnx_data (default: when above 1 GiB)")  # fmt: skip
     p.add_argument("--no-validate", action="store_true", help="export only")
@@ -93,14 +114,28 @@ def run(args: argparse.Namespace) -> int:
             "artifact cannot be validated on the CPU",
             "validate on the GPU (--device cuda), or pass --no-validate",
         )
+    cache = args.cache or DEFAULT_CACHE[args.target]
+    if cache == "static" and args.target == "trt":
+        raise UniAttnError(
+            "--target trt builds dynamic caches only for now (the TensorRT plugins for static caches are not written yet)",
+            "pass --cache dynamic, or --target ort for static caches",
+        )
     model = load_model(args.checkpoint, dtype=args.dtype, producer_rule=args.producer_rule)
     console.print(f"[bold]model[/] {args.checkpoint}: {model.uniattn_config.describe()}")
+    max_length = args.max_length
+    if cache == "static" and max_length is None:
+        max_length = min(model.config.max_position_embeddings, MAX_DEFAULT_CAPACITY)
     export_model(
-        model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits
-    )
+        model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
+        cache=cache, max_length=max_length,
+    )  # fmt: skip
     del model
     artifact = load_artifact(args.output)
-    console.print(f"[bold]exported[/] {args.output / 'model.onnx'} ({artifact.dtype}, opset {artifact.manifest['onnx']['opset']})")
+    capacity = f", capacity {artifact.capacity} tokens" if artifact.capacity is not None else ""
+    console.print(
+        f"[bold]exported[/] {args.output / 'model.onnx'} ({artifact.dtype}, opset {artifact.manifest['onnx']['opset']}, "
+        f"{artifact.cache_mode} caches{capacity})"
+    )
 
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}
     if args.target == "trt":

@@ -24,9 +24,11 @@ from pathlib import Path
 import onnx
 
 from .. import __version__
+from ..dtypes import onnx_type_name
 from ..errors import UniAttnError
 from ..model.config import UniAttnConfig
-from .ops import CONSUMER_OP, DOMAIN, DOMAIN_VERSION, ONNX_OPSET, PLUGIN_NAMESPACE, PLUGIN_VERSION, PRODUCER_OP
+from . import io_names
+from .schema import CONSUMER_OP, DOMAIN, PLUGIN_NAMESPACE, PRODUCER_OP, SCHEMA
 
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx_data"
@@ -36,12 +38,6 @@ CONFIG_FILE = "config.json"
 MANIFEST_FORMAT = "uniattn-export/artifact"
 MANIFEST_VERSION = 1
 
-_ELEMENT_TYPES = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.BFLOAT16: "bfloat16",
-    onnx.TensorProto.INT64: "int64",
-}
 
 
 def sha256_of(path: Path) -> str:
@@ -57,7 +53,7 @@ def _io_spec(values) -> list[dict]:
     for value in values:
         tensor = value.type.tensor_type
         dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
-        specs.append({"name": value.name, "dtype": _ELEMENT_TYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": dims})
+        specs.append({"name": value.name, "dtype": onnx_type_name(tensor.elem_type), "shape": dims})
     return specs
 
 
@@ -73,7 +69,7 @@ def package_versions() -> dict[str, str]:
 
 def build_manifest(
     folder: Path, model, *, input_names: list[str], output_names: list[str],
-    source: Path | None, side_files: list[str], logits: str,
+    source: Path | None, side_files: list[str], logits: str, cache: dict,
 ) -> dict:  # fmt: skip
     """The manifest of a freshly written folder (the graph and config already in it)."""
     graph = onnx.load(folder / MODEL_FILE, load_external_data=False)
@@ -90,6 +86,7 @@ def build_manifest(
             "scale": g.scale, "sliding_window": g.sliding_window,
         })  # fmt: skip
     itemsize = model.model.embed_tokens.weight.element_size()
+    contract = SCHEMA.for_cache(cache["mode"])
     files = [MODEL_FILE, CONFIG_FILE, LAYER_MAP_FILE, *side_files]
     if (folder / EXTERNAL_DATA_FILE).is_file():
         files.insert(1, EXTERNAL_DATA_FILE)
@@ -101,16 +98,18 @@ def build_manifest(
         "model_type": model.config.model_type,
         "dtype": str(model.dtype).removeprefix("torch."),
         "logits": logits,
+        # mode "dynamic" (op contract v1, growing caches) or "static" (v2, fixed capacity)
+        "cache": {"mode": cache["mode"], "capacity": cache["capacity"], "op_version": contract.version},
         "onnx": {
             "file": MODEL_FILE,
             "external_data": EXTERNAL_DATA_FILE if EXTERNAL_DATA_FILE in files else None,
             "ir_version": graph.ir_version,
-            "opset": ONNX_OPSET,
-            "custom_opsets": {DOMAIN: DOMAIN_VERSION},
+            "opset": contract.onnx_opset,
+            "custom_opsets": {DOMAIN: contract.version},
         },
         "custom_ops": {
             "domain": DOMAIN, "producer": PRODUCER_OP, "consumer": CONSUMER_OP,
-            "plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE,
+            "plugin_version": contract.plugin_version, "plugin_namespace": PLUGIN_NAMESPACE,
         },  # fmt: skip
         "geometry": {
             "num_layers": uniattn.num_layers,
@@ -173,6 +172,16 @@ class Artifact:
         return self.manifest["outputs"]
 
     @property
+    def cache_mode(self) -> str:
+        """"dynamic" (growing caches, op contract v1) or "static" (fixed capacity, v2)."""
+        return self.manifest["cache"]["mode"]
+
+    @property
+    def capacity(self) -> int | None:
+        """Tokens a static artifact's caches hold (prompt + new tokens); None for dynamic."""
+        return self.manifest["cache"]["capacity"]
+
+    @property
     def vocab_size(self) -> int:
         return self.manifest["geometry"]["vocab_size"]
 
@@ -183,8 +192,7 @@ class Artifact:
 
     def cache_names(self) -> list[tuple[str, str]]:
         """(past input, present output) pairs, in graph order."""
-        pasts = [s["name"] for s in self.input_specs if s["name"].startswith("past_key_values.")]
-        return [(p, "present." + p.removeprefix("past_key_values.")) for p in pasts]
+        return [(c.past, c.present) for c in io_names.cache_pairs(s["name"] for s in self.input_specs)]
 
     def has_tokenizer(self) -> bool:
         return (self.path / "tokenizer.json").is_file() or (self.path / "tokenizer.model").is_file()
@@ -241,6 +249,8 @@ def load_artifact(path: str | Path, *, verify_hashes: bool = True) -> Artifact:
             f"{path} was written by a newer uniattn-export (manifest format {manifest['format_version']})",
             "upgrade uniattn-export",
         )
+    # Artifacts written before cache modes existed have growing caches.
+    manifest.setdefault("cache", {"mode": "dynamic", "capacity": None, "op_version": 1})
     try:
         uniattn = _check_folder(path, manifest, verify_hashes)
     except (KeyError, TypeError, ValueError, IndexError) as exc:

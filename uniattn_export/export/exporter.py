@@ -1,10 +1,17 @@
 """Stage 2 entry: export a loaded UniAttnForCausalLM (or plain base model) to an ONNX artifact.
 
-One graph serves prefill and decode (dynamic batch, new tokens and past length) with the
-optimum naming: input_ids, attention_mask, position_ids, past_key_values.{i}.key/.value ->
-logits (float32), present.{i}.key/.value, where consumer layers have a value cache only.
-Attention is one `uniattn` node per layer (ops.py), backed by model-local functions
-(functions.py) so plain runtimes run the file too.
+One graph serves prefill and decode with the optimum naming (io_names.py): input_ids,
+attention_mask, position_ids, past_key_values.{i}.key/.value -> logits (float32),
+present.{i}.key/.value, where consumer layers have a value cache only. Attention is one
+`uniattn` node per layer (ops.py), backed by model-local functions (functions.py) so plain
+runtimes run the file too. Two cache modes:
+
+  dynamic  op contract v1: caches grow (dynamic batch, new tokens and past length); the
+           optimum-compatible file.
+  static   op contract v2: caches of fixed capacity C = max_length, (B, Hkv, C, D) in and out,
+           meant to be bound to one buffer as past and present and updated in place; prompts
+           right-padded; logits (B, 1, V) of each row's last real token, found from the mask:
+           index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1].
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ from torch import nn
 
 from ..errors import UniAttnError
 from ..model.checkpoint import RELEASED_GROUPING_KEYS, atomic_folder
+from ..dtypes import DTYPE_NAMES
 from ..model.modeling import UniAttnForCausalLM
 from . import artifact as artifact_files
+from . import io_names
 from .functions import function_protos
-from .ops import DOMAIN, DOMAIN_VERSION, EXPORT_OPS, ONNX_OPSET, PRODUCER_OP, TRANSLATION_TABLE
+from .ops import CONTRACTS, EXPORT_OPS, ONNX_OPSET, TRANSLATION_TABLES
+from .schema import CACHE_MODES, DOMAIN, PRODUCER_OP
 
 # Files copied from the checkpoint folder when present (tokenizer and generation settings).
 _SIDE_FILES = (
@@ -40,26 +50,20 @@ _SIDE_FILES = (
 # Above this many bytes of weights the graph keeps them in model.onnx_data (protobuf's
 # 2 GiB limit must never be near).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
-EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 LOGITS_MODES = ("all", "last")
-
-
-def past_names(layer: int, has_key: bool) -> list[str]:
-    prefix = f"past_key_values.{layer}"
-    return [f"{prefix}.key", f"{prefix}.value"] if has_key else [f"{prefix}.value"]
-
-
-def present_names(layer: int, has_key: bool) -> list[str]:
-    return [f"present.{layer}.key", f"present.{layer}.value"] if has_key else [f"present.{layer}.value"]
+# The smallest capacity a static artifact can have (the trace's example rows use 4 slots, and
+# a capacity above the example sizes keeps it from coinciding with a dynamic one).
+MIN_CAPACITY = 8
 
 
 class _ExportGraph(nn.Module):
     """The model as a function of flat tensors: what the ONNX graph computes."""
 
-    def __init__(self, model: UniAttnForCausalLM, last_logits_only: bool = False):
+    def __init__(self, model: UniAttnForCausalLM, last_logits_only: bool = False, cache: str = "dynamic"):
         super().__init__()
         self.model = model
         self.last_logits_only = last_logits_only
+        self.cache = cache
         self.has_key = [model.uniattn_config.has_key_cache(i) for i in range(len(model.model.layers))]
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values: list[torch.Tensor]):
@@ -67,47 +71,64 @@ class _ExportGraph(nn.Module):
         past = [(next(flat) if has_key else None, next(flat)) for has_key in self.has_key]
         hidden = self.model.model.embed_tokens(input_ids)
         hidden, presents = self.model.model.run_layers(
-            hidden, position_ids, attention_mask, past, EXPORT_OPS
+            hidden, position_ids, attention_mask, past, EXPORT_OPS[self.cache]
         )
-        if self.last_logits_only:
+        if self.cache == "static":
+            # Right padding: row b's last real token is new token n_b - 1 - p_b, where n_b
+            # counts its real tokens so far and p_b is the position of its first new token.
+            last = attention_mask.sum(dim=1) - 1 - position_ids[:, 0]
+            last = last.clamp(min=0, max=hidden.shape[1] - 1)
+            hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[2]))
+        elif self.last_logits_only:
             hidden = hidden[:, -1:, :]
         logits = self.model.lm_head(hidden).float()
         flat_presents = [t for key, value in presents for t in ((key, value) if key is not None else (value,))]
         return (logits, *flat_presents)
 
 
-def _sample_inputs(model: UniAttnForCausalLM, has_key: list[bool]):
-    """Example tensors for tracing; every dynamic size >= 2 so nothing specializes."""
+def _sample_inputs(model: UniAttnForCausalLM, has_key: list[bool], capacity: int | None):
+    """Example tensors for tracing; every dynamic size >= 2 and distinct so nothing
+    specializes. Static caches (a capacity): caches (B, Hkv, C, D), rows at different
+    positions, the second right-padded."""
     batch, new, past_len = 2, 3, 4
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, model.config.vocab_size, (batch, new), generator=generator)
-    attention_mask = torch.ones(batch, past_len + new, dtype=torch.int64)
-    position_ids = torch.arange(past_len, past_len + new).expand(batch, -1).contiguous()
+    if capacity is None:
+        attention_mask = torch.ones(batch, past_len + new, dtype=torch.int64)
+        position_ids = torch.arange(past_len, past_len + new).expand(batch, -1).contiguous()
+        cache_len = past_len
+    else:
+        attention_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+        position_ids = torch.tensor([[1, 2, 3], [0, 1, 2]])
+        cache_len = capacity
     past = []
     dtype = model.model.embed_tokens.weight.dtype
     for layer, layer_has_key in enumerate(has_key):
         g = model.geometry(layer)
-        shape = (batch, g.kv_num_heads, past_len, g.head_dim)
+        shape = (batch, g.kv_num_heads, cache_len, g.head_dim)
         past += [torch.randn(shape, generator=generator).to(dtype) for _ in range(1 + layer_has_key)]
     return (input_ids, attention_mask, position_ids, past)
 
 
-def _dynamic_shapes(num_past: int):
+def _dynamic_shapes(num_past: int, cache: str):
     batch = torch.export.Dim("batch_size")
     new = torch.export.Dim("sequence_length")
     past_len = torch.export.Dim("past_sequence_length")
     total = torch.export.Dim("total_sequence_length")
+    # Static caches keep their capacity (axis 2) fixed: one set of shapes for every step.
+    cache_axes = {0: batch, 2: past_len} if cache == "dynamic" else {0: batch}
     return {
         "input_ids": {0: batch, 1: new},
         "attention_mask": {0: batch, 1: total},
         "position_ids": {0: batch, 1: new},
-        "past_key_values": [{0: batch, 2: past_len} for _ in range(num_past)],
+        "past_key_values": [dict(cache_axes) for _ in range(num_past)],
     }
 
 
-def _trace(model: UniAttnForCausalLM, logits: str, input_names: list[str], output_names: list[str]):
-    graph = _ExportGraph(model, last_logits_only=logits == "last").eval()
-    args = _sample_inputs(model, graph.has_key)
+def _trace(model: UniAttnForCausalLM, logits: str, cache: str, capacity: int | None,
+           input_names: list[str], output_names: list[str]):  # fmt: skip
+    graph = _ExportGraph(model, last_logits_only=logits == "last", cache=cache).eval()
+    args = _sample_inputs(model, graph.has_key, capacity)
     # The exporter narrates every stage on stdout and warns about unrelated registrations;
     # the CLI prints its own progress. A failure still raises with torch's full message.
     with (
@@ -119,9 +140,9 @@ def _trace(model: UniAttnForCausalLM, logits: str, input_names: list[str], outpu
         warnings.simplefilter("ignore")
         return torch.onnx.export(
             graph, args, dynamo=True, opset_version=ONNX_OPSET,
-            dynamic_shapes=_dynamic_shapes(len(args[3])),
+            dynamic_shapes=_dynamic_shapes(len(args[3]), cache),
             input_names=input_names, output_names=output_names,
-            custom_translation_table=TRANSLATION_TABLE, optimize=True, verbose=False,
+            custom_translation_table=TRANSLATION_TABLES[CONTRACTS[cache].version], optimize=True, verbose=False,
         )  # fmt: skip
 
 
@@ -136,8 +157,8 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def _finish_graph(model: ir.Model, uniattn_layers: int) -> None:
-    """Name the attention nodes and attach the op functions."""
+def _finish_graph(model: ir.Model, uniattn_layers: int, op_version: int) -> None:
+    """Name the attention nodes and attach the op functions of the contract version."""
     attention_nodes = [n for n in model.graph if n.domain == DOMAIN]
     if len(attention_nodes) != uniattn_layers:
         raise RuntimeError(
@@ -145,8 +166,8 @@ def _finish_graph(model: ir.Model, uniattn_layers: int) -> None:
         )
     for layer, node in enumerate(attention_nodes):  # torch.export keeps program order
         node.name = f"/model/layers.{layer}/self_attn/{node.op_type}"
-    model.opset_imports[DOMAIN] = DOMAIN_VERSION
-    for proto in function_protos():
+    model.opset_imports[DOMAIN] = op_version
+    for proto in function_protos(op_version):
         function = ir.serde.deserialize_function(proto)
         model.functions[function.identifier()] = function
 
@@ -202,7 +223,9 @@ def export_model(
     *,
     source_dir: str | Path | None = None,
     external_data: bool | None = None,
-    logits: Literal["all", "last"] = "all",
+    logits: Literal["all", "last"] | None = None,
+    cache: Literal["dynamic", "static"] = "dynamic",
+    max_length: int | None = None,
 ) -> Path:
     """Export `model` (in its current dtype) to the artifact folder `out_dir`.
 
@@ -210,7 +233,9 @@ def export_model(
     config files are copied and its path is recorded in the manifest (validation finds the
     reference there). external_data: None keeps weights inline below 1 GiB. logits: "all"
     positions (optimum's convention), or only the "last" one: a long prefill then never
-    materializes (B, L, vocab) floats, which is what generation needs.
+    materializes (B, L, vocab) floats, which is what generation needs; default "all" for
+    dynamic caches. cache: "dynamic" (op contract v1, optimum-compatible) or "static" (v2,
+    fixed capacity `max_length`, logits "last" only: each row's last real token).
     The folder is written beside `out_dir` and renamed into place at the end, after the
     structural check passed, so a failure never leaves a half-written artifact.
     """
@@ -220,23 +245,42 @@ def export_model(
             "load the checkpoint with uniattn_export.load_model (it also loads plain base models)",
         )
     dtype = str(model.model.embed_tokens.weight.dtype).removeprefix("torch.")
+    if cache not in CACHE_MODES:
+        raise UniAttnError(f"unknown cache mode {cache!r}", f"use one of {CACHE_MODES}")
+    if logits is None:
+        logits = "all" if cache == "dynamic" else "last"
     if logits not in LOGITS_MODES:
         raise UniAttnError(f"unknown logits mode {logits!r}", f"use one of {LOGITS_MODES}")
-    if dtype not in EXPORT_DTYPES:
-        raise UniAttnError(f"cannot export weights of dtype {dtype}", f"load the model as one of {EXPORT_DTYPES}")
+    capacity = None
+    if cache == "static":
+        if logits != "last":
+            raise UniAttnError(
+                "a static-cache artifact returns only each row's last logits",
+                "export with logits='last' (--logits last), or with --cache dynamic for all positions",
+            )
+        if max_length is None or int(max_length) < MIN_CAPACITY:
+            raise UniAttnError(
+                f"a static-cache export needs a capacity (max_length) of at least {MIN_CAPACITY}, got {max_length}",
+                "pass --max-length N (prompt + new tokens)",
+            )
+        capacity = int(max_length)
+    elif max_length is not None:
+        raise UniAttnError("max_length applies to static caches only", "drop --max-length or pass --cache static")
+    if dtype not in DTYPE_NAMES:
+        raise UniAttnError(f"cannot export weights of dtype {dtype}", f"load the model as one of {DTYPE_NAMES}")
     out_dir = Path(out_dir)
     artifact_files.check_destination(out_dir, artifact_files.MANIFEST_FILE, "an artifact folder")
     source = Path(source_dir) if source_dir is not None else None
     uniattn = model.uniattn_config
-    layers = range(uniattn.num_layers)
-    input_names = ["input_ids", "attention_mask", "position_ids"] + [
-        n for i in layers for n in past_names(i, uniattn.has_key_cache(i))
-    ]
-    output_names = ["logits"] + [n for i in layers for n in present_names(i, uniattn.has_key_cache(i))]
+    has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
+    input_names, output_names = io_names.input_names(has_key), io_names.output_names(has_key)
+    op_version = CONTRACTS[cache].version
 
-    program = _trace(model, logits, input_names, output_names)
+    program = _trace(model, logits, cache, capacity, input_names, output_names)
     onnx_model = program.model
-    _finish_graph(onnx_model, uniattn.num_layers)
+    _finish_graph(onnx_model, uniattn.num_layers, op_version)
+    # Graph fusion (export/fuse.py: RMSNorm, rotary, QKV) is a post-pass on `onnx_model`: it
+    # is called here, after tracing and before saving.
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
@@ -253,6 +297,7 @@ def export_model(
         manifest = artifact_files.build_manifest(
             tmp, model, input_names=input_names, output_names=output_names,
             source=source, side_files=side_files, logits=logits,
+            cache={"mode": cache, "capacity": capacity},
         )  # fmt: skip
         artifact_files.write_manifest(tmp, manifest)
         artifact_files.load_artifact(tmp)  # the structural check, on exactly what was written

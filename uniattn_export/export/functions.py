@@ -5,6 +5,12 @@ runtime without our kernels (plain onnxruntime, onnx.reference, TensorRT without
 inlines them. A registered kernel or plugin wins over them where present. Bodies use only
 opset-18 standard ops; statistics are float32 as the contract requires. Rows that see no key
 give probabilities 0, output 0 and lse +inf without producing a NaN on the way.
+
+Version 1 bodies grow the caches with Concat; version 2 bodies copy the fixed-capacity cache
+and write the new rows at slot = position with ScatterElements (TensorScatter-24 would do it
+in place but needs default opset 24, and the schema pins the graph at 18), then attend over
+the full capacity with the slots a query cannot see masked out. That is correct on any
+runtime; it is not length-aware (the kernels are).
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import onnx.inliner
 import onnxscript
 from onnxscript import opset18 as op
 
-from .ops import DOMAIN, ONNX_OPSET, uniattn_opset
+from .ops import ONNX_OPSET, uniattn_opsets
+from .schema import CONSUMER_OP, DOMAIN, PRODUCER_OP
 
 assert op.version == ONNX_OPSET  # noqa: S101 - the bodies are written against this opset
 
@@ -26,6 +33,73 @@ def _append(past, packed, kv_heads):
     head_dim = op.Shape(past, start=3, end=4)
     heads = op.Reshape(packed, op.Concat(batch_len, kv_heads, head_dim, axis=0))
     return op.Concat(past, op.Transpose(heads, perm=[0, 2, 1, 3]), axis=2)
+
+
+@onnxscript.script(default_opset=op)
+def _write_slots(past, packed, position_ids, kv_heads):
+    """present = past (B, Hkv, C, D) with packed (B, L, Hkv*D) as (B, Hkv, L, D) written at
+    slots position_ids (B, L) along the capacity axis."""
+    batch_len = op.Shape(packed, start=0, end=2)
+    head_dim = op.Shape(past, start=3, end=4)
+    heads = op.Transpose(op.Reshape(packed, op.Concat(batch_len, kv_heads, head_dim, axis=0)), perm=[0, 2, 1, 3])
+    slots = op.Expand(op.Unsqueeze(position_ids, [1, 3]), op.Shape(heads))
+    return op.ScatterElements(past, slots, heads, axis=2)
+
+
+@onnxscript.script(default_opset=op)
+def _slot_scores(query, key_cache, position_ids, q_heads, kv_heads, scale, sliding_window):
+    """float32 scores (B, Hkv, g, L, C) of version 2, slots a query cannot see at -inf:
+    slot j is visible to the query at position p iff j <= p (and p - j < sliding_window)."""
+    batch = op.Shape(query, start=0, end=1)
+    query_len = op.Shape(query, start=1, end=2)
+    capacity = op.Shape(key_cache, start=2, end=3)
+    head_dim = op.Shape(key_cache, start=3, end=4)
+    q = op.Reshape(op.Cast(query, to=1), op.Concat(batch, query_len, q_heads, head_dim, axis=0))
+    q = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Concat(batch, kv_heads, q_heads / kv_heads, query_len, head_dim, axis=0))
+    k = op.Unsqueeze(op.Cast(key_cache, to=1), [2])  # (B, Hkv, 1, C, D)
+    scores = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3])) * scale
+
+    zero = op.Constant(value_int=0)
+    one = op.Constant(value_int=1)
+    query_pos = op.Unsqueeze(position_ids, [1, 2, 4])  # (B, 1, 1, L, 1)
+    slot = op.Range(zero, op.Squeeze(capacity), one)  # (C,)
+    causal_ok = op.LessOrEqual(slot, query_pos)
+    window_ok = op.Or(op.Equal(sliding_window, zero), op.Less(query_pos - slot, sliding_window))
+    return op.Where(op.And(causal_ok, window_ok), scores, op.Constant(value_float=float("-inf")))
+
+
+@onnxscript.script(default_opset=op)
+def _softmax_lse(masked):
+    """(probs, lse) over the last axis of float32 scores with hidden keys at -inf; a row that
+    sees no key gets probabilities 0 and lse +inf."""
+    # Whether a row sees a key is counted from the mask, not read off ReduceMax: ReduceMax of
+    # an all -inf row is -inf on the CPU provider, but a body that relied on it gave NaN logits
+    # on the CUDA provider (H100), and a wrong answer here turns the row into 0/0.
+    visible_keys = op.ReduceSum(op.Cast(op.Not(op.IsInf(masked, detect_positive=0)), to=1), [-1], keepdims=1)
+    row_sees_a_key = op.Greater(visible_keys, op.Constant(value_float=0.0))
+    row_max = op.ReduceMax(masked, [-1], keepdims=1)
+    safe_max = op.Where(row_sees_a_key, row_max, op.Constant(value_float=0.0))
+    exps = op.Exp(masked - safe_max)  # exp(-inf) = 0 for hidden keys
+    sums = op.ReduceSum(exps, [-1], keepdims=1)
+    denominators = op.Where(row_sees_a_key, sums, op.Constant(value_float=1.0))
+    probs = exps / denominators
+    lse = op.Where(row_sees_a_key, safe_max + op.Log(denominators), op.Constant(value_float=float("inf")))
+    return probs, lse
+
+
+@onnxscript.script(default_opset=op)
+def _shared_state(probs, lse, query, q_heads, probs_max_query_len):
+    """shared_probs (B, Hq, L, S|C) in the query's type, or (B, Hq, L, 0) above
+    probs_max_query_len new tokens, and shared_lse (B, Hq, L), from (B, Hkv, g, L, S|C)."""
+    batch = op.Shape(query, start=0, end=1)
+    query_len = op.Shape(query, start=1, end=2)
+    key_len = op.Shape(probs, start=4, end=5)
+    all_probs = op.CastLike(op.Reshape(probs, op.Concat(batch, q_heads, query_len, key_len, axis=0)), query)
+    shared_lse = op.Reshape(lse, op.Concat(batch, q_heads, query_len, axis=0))
+    # Decode-sized calls hand their probabilities on; longer ones an empty (..., 0) tensor.
+    width = op.Where(op.LessOrEqual(query_len, probs_max_query_len), key_len, op.Constant(value_ints=[0]))
+    shared_probs = op.Slice(all_probs, op.Constant(value_ints=[0]), width, op.Constant(value_ints=[3]))
+    return shared_probs, shared_lse
 
 
 @onnxscript.script(default_opset=op)
@@ -69,7 +143,7 @@ def _apply_probs(probs, value_cache, like):
     return op.CastLike(packed, like)
 
 
-@onnxscript.script(opset=uniattn_opset, default_opset=op)
+@onnxscript.script(opset=uniattn_opsets[1], default_opset=op)
 def UniAttnProducer(
     query, key, value, past_key, past_value, attention_mask,
     num_heads: int, kv_num_heads: int, scale: float, is_causal: int = 1,
@@ -84,33 +158,14 @@ def UniAttnProducer(
         query, present_key, attention_mask, q_heads, kv_heads, op.Constant(value_float=scale),
         op.Constant(value_int=is_causal), op.Constant(value_int=sliding_window),
     )  # fmt: skip
-    # Whether a row sees a key is counted from the mask, not read off ReduceMax: ReduceMax of
-    # an all -inf row is -inf on the CPU provider, but a body that relied on it gave NaN logits
-    # on the CUDA provider (H100), and a wrong answer here turns the row into 0/0.
-    visible_keys = op.ReduceSum(op.Cast(op.Not(op.IsInf(masked, detect_positive=0)), to=1), [-1], keepdims=1)
-    row_sees_a_key = op.Greater(visible_keys, op.Constant(value_float=0.0))
-    row_max = op.ReduceMax(masked, [-1], keepdims=1)
-    safe_max = op.Where(row_sees_a_key, row_max, op.Constant(value_float=0.0))
-    exps = op.Exp(masked - safe_max)  # exp(-inf) = 0 for hidden keys
-    sums = op.ReduceSum(exps, [-1], keepdims=1)
-    denominators = op.Where(row_sees_a_key, sums, op.Constant(value_float=1.0))
-    probs = exps / denominators
-    lse = op.Where(row_sees_a_key, safe_max + op.Log(denominators), op.Constant(value_float=float("inf")))
+    probs, lse = _softmax_lse(masked)
     output = _apply_probs(probs, present_value, query)
-
-    batch = op.Shape(query, start=0, end=1)
-    query_len = op.Shape(query, start=1, end=2)
-    key_len = op.Shape(present_key, start=2, end=3)
-    all_probs = op.CastLike(op.Reshape(probs, op.Concat(batch, q_heads, query_len, key_len, axis=0)), query)
-    shared_lse = op.Reshape(lse, op.Concat(batch, q_heads, query_len, axis=0))
-    # Decode-sized calls hand their probabilities on; longer ones an empty (..., 0) tensor.
     limit = op.Unsqueeze(op.Constant(value_int=probs_max_query_len), [0])
-    width = op.Where(op.LessOrEqual(query_len, limit), key_len, op.Constant(value_ints=[0]))
-    shared_probs = op.Slice(all_probs, op.Constant(value_ints=[0]), width, op.Constant(value_ints=[3]))
+    shared_probs, shared_lse = _shared_state(probs, lse, query, q_heads, limit)
     return output, present_key, present_value, shared_probs, shared_lse
 
 
-@onnxscript.script(opset=uniattn_opset, default_opset=op)
+@onnxscript.script(opset=uniattn_opsets[1], default_opset=op)
 def UniAttnConsumer(
     value, past_value, attention_mask, shared_probs, shared_lse, producer_query, producer_key,
     num_heads: int, kv_num_heads: int, scale: float, is_causal: int = 1, sliding_window: int = 0,
@@ -131,18 +186,69 @@ def UniAttnConsumer(
     return output, present_value
 
 
-def function_protos() -> list[onnx.FunctionProto]:
-    """The two op functions, helpers inlined (bodies of standard ops only), ready for
-    `model.functions`."""
-    helpers = (_append, _masked_scores, _apply_probs)
+@onnxscript.script(opset=uniattn_opsets[2], default_opset=op)
+def UniAttnProducerV2(
+    query, key, value, past_key, past_value, position_ids,
+    num_heads: int, kv_num_heads: int, scale: float, sliding_window: int = 0,
+    probs_max_query_len: int = 16, plugin_version: str = "2", plugin_namespace: str = "uniattn",
+):  # fmt: skip
+    q_heads = op.Unsqueeze(op.Constant(value_int=num_heads), [0])
+    kv_heads = op.Unsqueeze(op.Constant(value_int=kv_num_heads), [0])
+    present_key = _write_slots(past_key, key, position_ids, kv_heads)
+    present_value = _write_slots(past_value, value, position_ids, kv_heads)
+    masked = _slot_scores(
+        query, present_key, position_ids, q_heads, kv_heads, op.Constant(value_float=scale),
+        op.Constant(value_int=sliding_window),
+    )  # fmt: skip
+    probs, lse = _softmax_lse(masked)
+    output = _apply_probs(probs, present_value, query)
+    limit = op.Unsqueeze(op.Constant(value_int=probs_max_query_len), [0])
+    shared_probs, shared_lse = _shared_state(probs, lse, query, q_heads, limit)
+    return output, present_key, present_value, shared_probs, shared_lse
+
+
+@onnxscript.script(opset=uniattn_opsets[2], default_opset=op)
+def UniAttnConsumerV2(
+    value, past_value, position_ids, shared_probs, shared_lse, producer_query, producer_key,
+    num_heads: int, kv_num_heads: int, scale: float, sliding_window: int = 0,
+    plugin_version: str = "2", plugin_namespace: str = "uniattn",
+):  # fmt: skip
+    # Always the exact recompute branch, as in version 1.
+    q_heads = op.Unsqueeze(op.Constant(value_int=num_heads), [0])
+    kv_heads = op.Unsqueeze(op.Constant(value_int=kv_num_heads), [0])
+    present_value = _write_slots(past_value, value, position_ids, kv_heads)
+    masked = _slot_scores(
+        producer_query, producer_key, position_ids, q_heads, kv_heads, op.Constant(value_float=scale),
+        op.Constant(value_int=sliding_window),
+    )  # fmt: skip
+    lse_shape = op.Concat(op.Shape(masked, start=0, end=4), op.Constant(value_ints=[1]), axis=0)
+    probs = op.Exp(masked - op.Reshape(shared_lse, lse_shape))  # hidden slots: exp(-inf) = 0
+    output = _apply_probs(probs, present_value, value)
+    return output, present_value
+
+
+# contract version -> (producer, consumer) bodies; the V2 names are onnxscript's, the protos
+# carry the op names (function_protos renames them).
+_BODIES = {1: (UniAttnProducer, UniAttnConsumer), 2: (UniAttnProducerV2, UniAttnConsumerV2)}
+_HELPERS = (_append, _write_slots, _masked_scores, _slot_scores, _softmax_lse, _shared_state, _apply_probs)
+
+
+def function_protos(version: int = 1) -> list[onnx.FunctionProto]:
+    """The two op functions of contract `version`, helpers inlined (bodies of standard ops
+    only), ready for `model.functions`."""
     helper_domain = _append.to_function_proto().domain
+    bodies = []
+    for function, name in zip(_BODIES[version], (PRODUCER_OP, CONSUMER_OP)):
+        proto = function.to_function_proto()
+        proto.name = name
+        bodies.append(proto)
     holder = onnx.helper.make_model(
         onnx.helper.make_graph([], "holder", [], []),
-        functions=[f.to_function_proto() for f in (UniAttnProducer, UniAttnConsumer, *helpers)],
+        functions=[*bodies, *(f.to_function_proto() for f in _HELPERS)],
         opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
     )
     inlined = onnx.inliner.inline_selected_functions(
-        holder, [(helper_domain, f.name) for f in helpers]
+        holder, [(helper_domain, f.name) for f in _HELPERS]
     )
     protos = list(inlined.functions)
     for proto in protos:

@@ -5,7 +5,9 @@ value-cache input and checks: the node type matches the layer's role; every cons
 its shared state (probabilities, lse, query, key cache) from the node of the producer the
 layer map names, and that node comes earlier; producer and consumer agree on heads, scale,
 causality and window; no consumer has a key cache; cache shapes agree with the head counts;
-the function bodies and domain imports are there.
+the function bodies and domain imports are there; the cache mode, op version and capacity
+the manifest records are the graph's (op contract v1 for dynamic caches, v2 with caches of
+the recorded capacity for static ones).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import onnx
 
 from ..errors import UniAttnError
 from ..model.config import UniAttnConfig
-from .ops import CONSUMER_OP, DOMAIN, DOMAIN_VERSION, ONNX_OPSET, PRODUCER_OP
+from . import io_names
+from .schema import CACHE_MODES, CONSUMER_OP, DOMAIN, PRODUCER_OP, SCHEMA
 
-_SHARED_ATTRIBUTES = ("num_heads", "kv_num_heads", "scale", "is_causal", "sliding_window")
+_SHARED_ATTRIBUTES = ("num_heads", "kv_num_heads", "scale", "is_causal", "sliding_window", "plugin_version")
 _FIX = "re-export the model with `uniattn-export model`; the graph does not match its manifest"
 
 
@@ -25,18 +28,41 @@ def _fail(problem: str) -> None:
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
     return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
 
 
+def _cache_contract(manifest: dict):
+    """The op contract version the manifest's cache mode stands for, checked for consistency."""
+    cache = manifest["cache"]
+    mode = cache.get("mode")
+    if mode not in CACHE_MODES:
+        _fail(f"the manifest records cache mode {mode!r}, not one of {CACHE_MODES}")
+    contract = SCHEMA.for_cache(mode)
+    if cache.get("op_version") != contract.version:
+        _fail(f"the manifest records op version {cache.get('op_version')} for {mode} caches, which are version {contract.version}")
+    capacity = cache.get("capacity")
+    if mode == "static" and not (isinstance(capacity, int) and capacity > 0):
+        _fail(f"the manifest records static caches of capacity {capacity!r}")
+    if mode == "dynamic" and capacity is not None:
+        _fail(f"the manifest records a capacity ({capacity}) for dynamic caches")
+    return contract, capacity
+
+
 def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConfig) -> None:
     graph = model.graph
+    contract, capacity = _cache_contract(manifest)
+    mode = contract.cache
     imports = {o.domain: o.version for o in model.opset_import}
-    if imports.get("") != ONNX_OPSET or imports.get(DOMAIN) != DOMAIN_VERSION:
-        _fail(f"the graph imports opsets {imports}, expected '': {ONNX_OPSET} and {DOMAIN!r}: {DOMAIN_VERSION}")
+    if imports.get("") != contract.onnx_opset or imports.get(DOMAIN) != contract.version:
+        _fail(
+            f"the graph imports opsets {imports}, but the manifest's {mode} caches need '': "
+            f"{contract.onnx_opset} and {DOMAIN!r}: {contract.version}"
+        )
     functions = {(f.domain, f.name) for f in model.functions}
     for op_type in (PRODUCER_OP, CONSUMER_OP):
         if (DOMAIN, op_type) not in functions:
@@ -61,11 +87,11 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
         role = uniattn.role(layer)
         if spec["role"] != role:
             _fail(f"the manifest calls layer {layer} a {spec['role']} but the layer map makes it a {role}")
-        value_name = f"past_key_values.{layer}.value"
-        key_name = f"past_key_values.{layer}.key"
+        value_name = io_names.past_name(layer, "value")
+        key_name = io_names.past_name(layer, "key")
         if value_name not in inputs:
             _fail(f"layer {layer} has no {value_name} input")
-        if role == "consumer" and (key_name in inputs or f"present.{layer}.key" in outputs):
+        if role == "consumer" and (key_name in inputs or io_names.present_name(layer, "key") in outputs):
             _fail(f"consumer layer {layer} has a key cache ({key_name}); consumers reuse their producer's softmax and keep no K")
         if role != "consumer" and key_name not in inputs:
             _fail(f"layer {layer} ({role}) has no {key_name} input")
@@ -76,18 +102,30 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
         if node.op_type != expected:
             _fail(f"layer {layer} is a {role} but its attention node is {node.op_type}, expected {expected}")
         attrs = _attributes(node)
+        if attrs.get("plugin_version") != contract.plugin_version:
+            _fail(
+                f"layer {layer}'s node has plugin_version {attrs.get('plugin_version')!r}, but the "
+                f"manifest's {mode} caches are op version {contract.version}"
+            )
         if attrs.get("num_heads") != spec["num_heads"] or attrs.get("kv_num_heads") != spec["kv_num_heads"]:
             _fail(
                 f"layer {layer}'s node has {attrs.get('num_heads')}/{attrs.get('kv_num_heads')} query/KV "
                 f"heads, the manifest {spec['num_heads']}/{spec['kv_num_heads']}"
             )
+        graph_outputs = {v.name: v for v in graph.output}
         for name in ((key_name, value_name) if role != "consumer" else (value_name,)):
-            dims = _static_dims(inputs[name])
-            if len(dims) != 4 or dims[1] != spec["kv_num_heads"] or dims[3] != spec["head_dim"]:
-                _fail(f"{name} has shape {dims}, expected (batch, {spec['kv_num_heads']}, past, {spec['head_dim']})")
+            present = io_names.parse_cache_name(name).present
+            for tensor, dims in ((name, _static_dims(inputs[name])), (present, _static_dims(graph_outputs[present]))):
+                # Static caches hold exactly `capacity` slots; dynamic ones grow (no fixed dim).
+                if len(dims) != 4 or dims[1] != spec["kv_num_heads"] or dims[3] != spec["head_dim"] or dims[2] != capacity:
+                    length = capacity if mode == "static" else "past"
+                    _fail(f"{tensor} has shape {dims}, expected (batch, {spec['kv_num_heads']}, {length}, {spec['head_dim']}) for {mode} caches")
         present_value = node.output[2] if role != "consumer" else node.output[1]
-        if present_value != f"present.{layer}.value":
-            _fail(f"present.{layer}.value does not come from layer {layer}'s attention node")
+        if present_value != io_names.present_name(layer, "value"):
+            _fail(f"{io_names.present_name(layer, 'value')} does not come from layer {layer}'s attention node")
+        op = contract.consumer if role == "consumer" else contract.producer
+        if mode == "static" and node.input[op.input_index("position_ids")] != io_names.POSITION_IDS:
+            _fail(f"layer {layer}'s node does not read the graph's {io_names.POSITION_IDS} (static caches take their slots from them)")
         node_of_layer[layer] = (index, node)
 
     for consumer in uniattn.consumers:

@@ -134,3 +134,88 @@ def consumer_attention(
         probs = torch.where(visible, torch.exp(scores - shared_lse[..., None]), 0.0)
     output = _apply_probs(probs, present_value, num_heads, kv_num_heads, value.dtype)
     return output, present_value
+
+
+# --- version 2: fixed-capacity caches written in place (docs/ops.md, last section) ---------
+# Caches are (B, Hkv, C, D); new token i of row b goes to slot position_ids[b, i]; slot j is
+# visible to it iff j <= p (and p - j < sliding_window). These return fresh present tensors:
+# torch.export rejects custom-op outputs that alias inputs, and the runtime's aliasing (one
+# buffer bound as past and present) is invisible to the result.
+
+
+def visible_slots(position_ids: torch.Tensor, capacity: int, sliding_window: int) -> torch.Tensor:
+    """(B, 1, L, C) bool: may query (b, i) at position p = position_ids[b, i] read slot j?"""
+    query_pos = position_ids[:, None, :, None]
+    slot = torch.arange(capacity, device=position_ids.device)
+    visible = slot <= query_pos
+    if sliding_window > 0:
+        visible = visible & (query_pos - slot < sliding_window)
+    return visible
+
+
+def _write_slots(cache: torch.Tensor, new_packed: torch.Tensor, position_ids: torch.Tensor, kv_num_heads: int):
+    """A copy of `cache` (B, Hkv, C, D) with new_packed (B, L, Hkv*D) written at the slots."""
+    new = _heads_first(new_packed, kv_num_heads).to(cache.dtype)  # (B, Hkv, L, D)
+    index = position_ids[:, None, :, None].expand(-1, new.shape[1], -1, new.shape[3])
+    return cache.scatter(2, index, new)
+
+
+def producer_attention_static(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+    sliding_window: int = 0,
+    probs_max_query_len: int = DEFAULT_PROBS_MAX_QUERY_LEN,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Version 2 of the producer: (output, present_key, present_value, shared_probs, shared_lse)
+    with caches of capacity C; shared_probs is (B, Hq, L, C) or (B, Hq, L, 0)."""
+    present_key = _write_slots(past_key, key, position_ids, kv_num_heads)
+    present_value = _write_slots(past_value, value, position_ids, kv_num_heads)
+    scores = _scores(query, present_key, num_heads, kv_num_heads, scale)
+    visible = visible_slots(position_ids, present_key.shape[2], sliding_window)
+    # Slot p itself is always visible, so every row sees a key: no empty-row handling.
+    scores = scores.masked_fill(~visible, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    output = _apply_probs(probs, present_value, num_heads, kv_num_heads, query.dtype)
+    if query.shape[1] <= probs_max_query_len:
+        shared_probs = probs.to(query.dtype)
+    else:
+        shared_probs = probs.new_empty((*probs.shape[:3], 0), dtype=query.dtype)
+    return output, present_key, present_value, shared_probs, lse
+
+
+def consumer_attention_static(
+    value: torch.Tensor,
+    past_value: torch.Tensor,
+    position_ids: torch.Tensor,
+    shared_probs: torch.Tensor,
+    shared_lse: torch.Tensor,
+    producer_query: torch.Tensor,
+    producer_key: torch.Tensor,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float,
+    sliding_window: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Version 2 of the consumer: (output, present_value). Decode reads the producer's
+    probabilities of the visible slots only (the others are unspecified); prefill recomputes
+    them from its queries, key cache and lse."""
+    present_value = _write_slots(past_value, value, position_ids, kv_num_heads)
+    capacity = present_value.shape[2]
+    visible = visible_slots(position_ids, capacity, sliding_window)
+    if shared_probs.shape[-1] == capacity:
+        probs = torch.where(visible, shared_probs.float(), 0.0)
+    else:
+        scores = _scores(producer_query, producer_key, num_heads, kv_num_heads, scale)
+        probs = torch.where(visible, torch.exp(scores - shared_lse[..., None]), 0.0)
+    output = _apply_probs(probs, present_value, num_heads, kv_num_heads, value.dtype)
+    return output, present_value

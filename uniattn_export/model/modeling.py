@@ -31,13 +31,22 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 @dataclass(frozen=True)
 class AttentionOps:
-    """The two shared-softmax primitives; export swaps in the custom-op versions."""
+    """The two shared-softmax primitives; export swaps in the custom-op versions.
+
+    cache "dynamic" (op contract v1): caches grow, visibility comes from attention_mask.
+    cache "static" (v2): fixed-capacity caches written at slot = position, visibility from
+    position_ids; the layers hand the ops position_ids where v1 takes the mask.
+    """
 
     producer: Callable = attention.producer_attention
     consumer: Callable = attention.consumer_attention
+    cache: str = "dynamic"
 
 
 REFERENCE_OPS = AttentionOps()
+STATIC_REFERENCE_OPS = AttentionOps(
+    attention.producer_attention_static, attention.consumer_attention_static, cache="static"
+)
 
 
 class SharedState(NamedTuple):
@@ -140,12 +149,12 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, g.kv_num_heads * g.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(g.num_heads * g.head_dim, config.hidden_size, bias=o_bias)
 
-    def forward(self, normed, cos, sin, attention_mask, past_key, past_value, ops: AttentionOps):
+    def forward(self, normed, cos, sin, visibility, past_key, past_value, ops: AttentionOps):
         g = self.geo
         query = apply_rope(self.q_proj(normed), cos, sin, g.num_heads)
         key = apply_rope(self.k_proj(normed), cos, sin, g.kv_num_heads)
         output, present_key, present_value, probs, lse = ops.producer(
-            query, key, self.v_proj(normed), past_key, past_value, attention_mask,
+            query, key, self.v_proj(normed), past_key, past_value, visibility,
             num_heads=g.num_heads, kv_num_heads=g.kv_num_heads, scale=g.scale,
             sliding_window=g.sliding_window,
         )  # fmt: skip
@@ -165,10 +174,10 @@ class ConsumerAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, g.kv_num_heads * g.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(g.num_heads * g.head_dim, config.hidden_size, bias=o_bias)
 
-    def forward(self, normed, attention_mask, past_value, shared: SharedState, ops: AttentionOps):
+    def forward(self, normed, visibility, past_value, shared: SharedState, ops: AttentionOps):
         g = self.geo
         output, present_value = ops.consumer(
-            self.v_proj(normed), past_value, attention_mask,
+            self.v_proj(normed), past_value, visibility,
             shared.probs, shared.lse, shared.query, shared.key,
             num_heads=g.num_heads, kv_num_heads=g.kv_num_heads, scale=g.scale,
             sliding_window=g.sliding_window,
@@ -194,18 +203,21 @@ class DecoderLayer(nn.Module):
             self.self_attn = SelfAttention(config, layer)
 
     def forward(
-        self, hidden, cos, sin, attention_mask, past_key, past_value,
+        self, hidden, cos, sin, visibility, past_key, past_value,
         shared: SharedState | None, ops: AttentionOps, tap: LayerTap | None = None,
     ):  # fmt: skip
-        """Returns (hidden, present_key or None, present_value, shared state or None)."""
+        """Returns (hidden, present_key or None, present_value, shared state or None).
+
+        visibility: attention_mask (B, S) for the dynamic-cache ops, position_ids (B, L) for
+        the static ones (see AttentionOps)."""
         normed = self.input_layernorm(hidden)
         if self.role == "consumer":
-            attn, present_value = self.self_attn(normed, attention_mask, past_value, shared, ops)
+            attn, present_value = self.self_attn(normed, visibility, past_value, shared, ops)
             attn = attn + self.compensation(normed)
             present_key, shared = None, None
         else:
             attn, present_key, present_value, shared = self.self_attn(
-                normed, cos, sin, attention_mask, past_key, past_value, ops
+                normed, cos, sin, visibility, past_key, past_value, ops
             )
         hidden = hidden + attn
         if tap is not None:
@@ -236,7 +248,9 @@ class UniAttnModel(nn.Module):
         each layer's normed input and post-attention residual stream through `tap`.
         """
         end = len(self.layers) if last_layer is None else last_layer + 1
-        state = LayerState(hidden, *self.rotary_emb(hidden, position_ids), attention_mask, {})
+        # What the ops read visibility from: the mask in v1, the positions in v2.
+        visibility = position_ids if ops.cache == "static" else attention_mask
+        state = LayerState(hidden, *self.rotary_emb(hidden, position_ids), visibility, {})
         presents = self.run_layer_range(state, range(end), past, ops, tap)
         return self.norm(state.hidden), presents
 
@@ -252,7 +266,7 @@ class UniAttnModel(nn.Module):
         for layer in (self.layers[i] for i in layers):
             past_key, past_value = past[layer.layer]
             hidden, present_key, present_value, shared = layer(
-                state.hidden, state.cos, state.sin, state.attention_mask, past_key, past_value,
+                state.hidden, state.cos, state.sin, state.visibility, past_key, past_value,
                 state.shared_by_producer.get(layer.producer), ops, tap,
             )  # fmt: skip
             state.hidden = hidden
@@ -265,12 +279,13 @@ class UniAttnModel(nn.Module):
 @dataclass
 class LayerState:
     """What flows from one decoder layer to the next: the residual stream, the rotary
-    tables, the mask and the shared state of the producers seen so far."""
+    tables, what the attention ops read visibility from (the attention mask for dynamic
+    caches, the position ids for static ones) and the shared state of the producers seen so far."""
 
     hidden: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
-    attention_mask: torch.Tensor
+    visibility: torch.Tensor
     shared_by_producer: dict[int, SharedState]
 
 

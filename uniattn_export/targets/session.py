@@ -2,13 +2,18 @@
 
 A runtime implements `reset(batch)` (empty caches) and `step(...)` (one forward call over
 new tokens, its caches kept inside); `generate` does the rest the same way for all of
-them: left-padded batches, position ids, greedy or sampled choice, eos/pad handling and,
+them: padded batches, position ids, greedy or sampled choice, eos/pad handling and,
 optionally, the logits of every step. Because the loop is shared, two runtimes fed the same
-prompts see identical inputs at every step, which is what validation compares.
+prompts see the same tokens at every step, which is what validation compares.
 
-Conventions (those of transformers' generate): prompts are left-padded with `pad_token_id`
-and attention_mask 0; position ids count real tokens only (a padding slot gets 0); a row
-that emitted eos gets `pad_token_id` afterwards and stays in the batch with mask 1.
+Conventions (those of transformers' generate): prompts are padded with `pad_token_id` and
+attention_mask 0; a row that emitted eos gets `pad_token_id` afterwards and stays in the
+batch with mask 1. The padding side is the session's (`padding`):
+  left   (dynamic caches) position ids count real tokens only (a padding slot gets 0);
+  right  (static caches, slot = position) positions run 0..width-1 in every row, padding
+         included, and each row's next token takes position = its number of real tokens,
+         overwriting the slot its first padding token wrote (docs/ops.md, version 2).
+Either way a row's real tokens get positions 0, 1, 2, ... and users see the same tokens.
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ class Generation:
     """What `generate` returns.
 
     tokens[b, t]: the token chosen at step t (pad after the row's eos), shape (B, steps).
-    prompt_ids / prompt_mask: the left-padded prompt batch that was fed at step 0.
+    prompt_ids / prompt_mask: the padded prompt batch that was fed at step 0 (padded on the
+    session's side).
     step_logits[t]: float32 logits of step t, (B, L_t, V) where step 0 covers the padded
-    prompt (L_0 = prompt length, or 1 for artifacts that keep only the last position) and
-    later steps one token; None unless requested.
+    prompt (L_0 = prompt length, or 1 for artifacts that keep only each row's last real
+    token) and later steps one token; None unless requested.
     """
 
     tokens: np.ndarray
@@ -67,19 +73,29 @@ class Generation:
         return rows
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+PADDING_SIDES = ("left", "right")
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], pad_token_id: int, side: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention_mask) of the prompts padded on `side` to the longest one."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UniAttnError("every prompt needs at least one token", "drop empty prompts")
     width = max(len(p) for p in prompts)
     ids = np.full((len(prompts), width), pad_token_id, dtype=np.int64)
     mask = np.zeros((len(prompts), width), dtype=np.int64)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = prompt
-        mask[row, width - len(prompt):] = 1
+        real = slice(width - len(prompt), width) if side == "left" else slice(0, len(prompt))
+        ids[row, real] = prompt
+        mask[row, real] = 1
     return ids, mask
 
 
-def position_ids_for(mask: np.ndarray) -> np.ndarray:
+def position_ids_for(mask: np.ndarray, side: str = "left") -> np.ndarray:
+    """Position ids of a padded prompt batch (see the module docstring)."""
+    if side == "right":
+        return np.broadcast_to(np.arange(mask.shape[1], dtype=np.int64), mask.shape).copy()
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
 
 
@@ -112,6 +128,10 @@ class GenerationSession(ABC):
 
     #: one line saying what runs (library, execution provider, kernels or function bodies)
     description: str = ""
+    #: which side prompts are padded on: "left" (growing caches) or "right" (slot = position)
+    padding: str = "left"
+    #: tokens per row the caches hold (prompt + generated); None when they grow without limit
+    capacity: int | None = None
 
     @abstractmethod
     def reset(self, batch_size: int) -> None:
@@ -143,8 +163,14 @@ class GenerationSession(ABC):
         """
         if max_new_tokens < 1:
             raise UniAttnError(f"max_new_tokens must be >= 1, got {max_new_tokens}", "pass a positive number")
-        ids, mask = left_pad(prompts, pad_token_id)
+        ids, mask = pad_prompts(prompts, pad_token_id, self.padding)
         batch = len(ids)
+        if self.capacity is not None and ids.shape[1] + max_new_tokens > self.capacity:
+            raise UniAttnError(
+                f"the longest prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{ids.shape[1] + max_new_tokens} tokens exceeds the artifact's cache capacity ({self.capacity})",
+                "shorten the prompt or generate fewer tokens, or re-export with a larger --max-length",
+            )
         if forced_tokens is not None and (
             forced_tokens.shape[0] != batch or forced_tokens.shape[1] < max_new_tokens
         ):
@@ -157,7 +183,7 @@ class GenerationSession(ABC):
         chosen = np.full((batch, max_new_tokens), pad_token_id, dtype=np.int64)
         finished = np.zeros(batch, dtype=bool)
         step_logits = [] if return_logits else None
-        step_ids, step_mask, positions = ids, mask, position_ids_for(mask)
+        step_ids, step_mask, positions = ids, mask, position_ids_for(mask, self.padding)
         for t in range(max_new_tokens):
             logits = self.step(step_ids, step_mask, positions)
             if step_logits is not None:
@@ -172,6 +198,7 @@ class GenerationSession(ABC):
                 break
             fed = forced_tokens[:, t] if forced_tokens is not None else tokens
             step_ids = fed[:, None].astype(np.int64)
+            # The next token's position is the number of real tokens so far (either padding).
+            positions = step_mask.sum(axis=1, keepdims=True).astype(np.int64)
             step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
-            positions = positions[:, -1:] + 1
         return Generation(chosen, ids, mask, step_logits, finished)

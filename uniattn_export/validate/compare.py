@@ -35,7 +35,9 @@ def comparable_rows(run: Generation, keep_last_only: bool) -> Rows:
             step_logits = step_logits[:, -1:, :]
         width = step_logits.shape[1]
         real = np.ones(step_logits.shape[:2], dtype=bool)
-        if t == 0:
+        # The one position kept per row is its last real token (the last slot under left
+        # padding; a static artifact picks it out of right-padded rows itself).
+        if t == 0 and not keep_last_only:
             real = run.prompt_mask[:, -width:].astype(bool)
         b, p = np.nonzero(real)
         logits.append(step_logits[b, p])

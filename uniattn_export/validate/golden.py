@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UniAttnError
 from ..export.artifact import Artifact, check_destination, package_versions
 from ..model.checkpoint import atomic_folder
-from ..targets.session import Generation, left_pad
+from ..targets.session import Generation, pad_prompts
 
 GOLDEN_FILE = "golden.json"
 LOGITS_FILE = "logits.npz"
@@ -102,7 +102,7 @@ def load_golden(folder: Path, artifact: Artifact) -> Golden:
             f"the golden logits in {folder} do not match its tokens or this artifact's vocabulary",
             "store them again with --update-golden",
         )
-    ids, mask = left_pad(record["prompts"], record["pad_token_id"])
+    ids, mask = pad_prompts(record["prompts"], record["pad_token_id"], "left")
     reference = Generation(tokens, ids, mask, step_logits)
     return Golden(
         prompts=record["prompts"],

@@ -11,6 +11,11 @@ Then: per-step logits errors, greedy agreement (a disagreement where the referen
 margin is within tolerance is a near-tie, not a failure), top-k overlap and, with a text,
 perplexity. With `golden`, steps 1-2 come from the folder when it exists (no PyTorch), and
 are stored there when it does not.
+
+The reference always runs with growing caches and left padding. A static-cache artifact's
+session pads on the right and returns only each row's last real token (manifest logits
+"last"), so the comparison takes each row's last real token of every step on both sides:
+same tokens fed, same tolerances.
 """
 
 from __future__ import annotations
@@ -22,18 +27,16 @@ from typing import Sequence
 
 import numpy as np
 
+from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact, check_destination, load_artifact, package_versions
-from ..targets.session import GenerationSession, left_pad, position_ids_for
+from ..targets.session import GenerationSession, pad_prompts, position_ids_for
 from . import compare
 from .golden import GOLDEN_FILE, Golden, golden_exists, load_golden, store_golden
 
 # Two independent implementations at one precision each sit about one "noise" away from the
 # exact result, so they can differ by about twice it; 4x leaves room for unlucky rows.
 SAFETY_FACTOR = 4.0
-HIGHER_PRECISION = {"float32": "float64", "float16": "float32", "bfloat16": "float32"}
-# Floor of the tolerance (relative to the largest logit) for a noise that happens to be 0.
-MACHINE_EPSILON = {"float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 DEFAULT_PROMPTS = (
     "The capital of France is",
     "Shared softmax across layers means",
@@ -100,9 +103,9 @@ def _text_token_ids(artifact: Artifact, text: str, max_tokens: int) -> list[int]
 
 def _text_logits(session: GenerationSession, token_ids: list[int]) -> np.ndarray:
     """(L, V) logits of one prefill over the text."""
-    ids, mask = left_pad([token_ids], 0)
+    ids, mask = pad_prompts([token_ids], 0, session.padding)
     session.reset(1)
-    return session.step(ids, mask, position_ids_for(mask))[0]
+    return session.step(ids, mask, position_ids_for(mask, session.padding))[0]
 
 
 def _reference_run(path: Path, dtype: str, prompts, pad_token_id: int, max_new_tokens: int,
@@ -131,7 +134,7 @@ def _pytorch_reference(
             "pass --checkpoint FOLDER, or --golden DIR with stored outputs",
         )
     dtype = artifact.dtype
-    higher = HIGHER_PRECISION[dtype]
+    higher = DTYPES[dtype].higher_precision
     ref_run, ppl, description = _reference_run(path, dtype, prompts, pad_token_id, max_new_tokens, None, text_ids)
     precise_run, ppl_precise, _ = _reference_run(
         path, higher, prompts, pad_token_id, max_new_tokens, ref_run.tokens, text_ids
@@ -142,7 +145,7 @@ def _pytorch_reference(
     )
     scale = max(float(np.abs(s).max()) for s in ref_run.step_logits)
     tolerance = {
-        "logits_abs": max(SAFETY_FACTOR * noise, MACHINE_EPSILON[dtype] * scale),
+        "logits_abs": max(SAFETY_FACTOR * noise, DTYPES[dtype].epsilon * scale),
         "noise_abs": noise,
         "noise_source": f"PyTorch reference {dtype} vs {higher} on the same tokens",
         "safety_factor": SAFETY_FACTOR,
@@ -152,7 +155,7 @@ def _pytorch_reference(
         noise_ppl = abs(ppl - ppl_precise)
         text = {
             "token_ids": text_ids, "reference": ppl, "noise_abs": noise_ppl,
-            "tolerance_abs": max(SAFETY_FACTOR * noise_ppl, MACHINE_EPSILON[dtype] * ppl),
+            "tolerance_abs": max(SAFETY_FACTOR * noise_ppl, DTYPES[dtype].epsilon * ppl),
         }  # fmt: skip
     golden = Golden(
         prompts=prompts, pad_token_id=pad_token_id, reference=ref_run,

@@ -4,10 +4,18 @@ The project's custom-op library (uniattn_export.native.ort_custom_op_library()) 
 registered automatically when it was built, so the `uniattn` nodes run our kernels;
 without it onnxruntime inlines the model-local function bodies. `description` says which.
 
-On CUDA the caches and the shared state never leave the device: each step binds the
-previous step's `present.*` OrtValues (device memory ORT allocated) as this step's
-`past_key_values.*`, and only the token ids, mask and positions go up and the logits come
-down.
+Dynamic-cache artifacts (op contract v1): on CUDA the caches and the shared state never
+leave the device: each step binds the previous step's `present.*` OrtValues (device memory
+ORT allocated) as this step's `past_key_values.*`, and only the token ids, mask and positions
+go up and the logits come down.
+
+Static-cache artifacts (v2): `reset` allocates every cache once as a zeroed OrtValue of
+capacity C on the session's device, and every step binds that one OrtValue as both
+`past_key_values.*` and `present.*` (IOBinding, CPU and CUDA alike), so the graph updates
+it in place; prompts are right-padded (the GenerationSession's `padding`), and a generation
+that would not fit the capacity is refused before anything runs. The custom-op library
+serves a static artifact only when it implements op version 2 (its kernels' ABI >= 2);
+otherwise the function bodies run and `description` says why.
 """
 
 from __future__ import annotations
@@ -16,16 +24,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnx
 
+from ...dtypes import DTYPES
 from ...errors import UniAttnError
+from ...export import io_names
 from ...export.artifact import Artifact, load_artifact
-from ...native import ort_custom_op_library
+from ...native import kernel_abi_version, ort_custom_op_library
 from ..session import GenerationSession
 
 Device = Literal["cpu", "cuda"]
-_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
 FUNCTION_BODIES = "ONNX function bodies (no custom-op library)"
+# Kernel ABI from which the library implements op contract version 2 (static caches).
+STATIC_CACHE_ABI = 2
 
 
 def _first_line(exc: Exception) -> str:
@@ -35,9 +45,10 @@ def _first_line(exc: Exception) -> str:
 class OrtSession(GenerationSession):
     """An onnxruntime InferenceSession over an artifact, with the KV cache kept inside.
 
-    custom_ops: None registers the library when it is built; True requires it; False
-    never loads it (function bodies only). io_binding: keep the caches as OrtValues on the
-    device between steps (always on CUDA; optional on the CPU).
+    custom_ops: None registers the library when it is built (and, for a static artifact,
+    implements op version 2); True requires it; False never loads it (function bodies only).
+    io_binding: keep the caches as OrtValues on the device between steps (always on CUDA and
+    for static artifacts; optional for dynamic ones on the CPU).
     """
 
     def __init__(
@@ -54,8 +65,12 @@ class OrtSession(GenerationSession):
 
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         self.device, self.device_id = device, device_id
-        # The CUDA path always binds; on the CPU binding is optional (same code, testable here).
-        self.io_binding = device == "cuda" or bool(io_binding)
+        self.static = self.artifact.cache_mode == "static"
+        if self.static:
+            self.padding, self.capacity = "right", self.artifact.capacity
+        # The CUDA path always binds, and static caches are bound as past and present; on the
+        # CPU binding is optional for dynamic caches (same code, testable here).
+        self.io_binding = device == "cuda" or self.static or bool(io_binding)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
@@ -65,6 +80,17 @@ class OrtSession(GenerationSession):
                 "the custom-op library (libuniattn_ort.so) is not built",
                 "build the package with its native libraries, or run without --custom-ops",
             )
+        bodies_reason = ""
+        abi = kernel_abi_version() if library is not None and self.static else None
+        if library is not None and self.static and (abi or 0) < STATIC_CACHE_ABI:
+            if custom_ops:
+                raise UniAttnError(
+                    f"the custom-op library {library} implements op version 1 only (kernel ABI "
+                    f"{abi}), but this static-cache artifact needs op version 2",
+                    "rebuild the native libraries from this checkout, or run with --custom-ops off",
+                )
+            library = None
+            bodies_reason = " (the installed custom-op library implements op version 1 only; this artifact needs 2)"
         if library is not None:
             try:
                 options.register_custom_ops_library(library)
@@ -108,12 +134,13 @@ class OrtSession(GenerationSession):
         self.cache_names = self.artifact.cache_names()
         self._cache_shapes = {}
         for spec in self.artifact.input_specs:
-            if spec["name"].startswith("past_key_values."):
+            if io_names.is_past(spec["name"]):
                 self._cache_shapes[spec["name"]] = (spec["shape"][1], spec["shape"][3])
         self._cache: dict = {}
-        kernels = f"custom-op library {library}" if library else FUNCTION_BODIES
+        kernels = f"custom-op library {library}" if library else FUNCTION_BODIES + bodies_reason
+        cache = f"static caches of {self.capacity} tokens" if self.static else "dynamic caches"
         self.description = (
-            f"onnxruntime {ort.__version__}, {self.session.get_providers()[0]}, {kernels}, "
+            f"onnxruntime {ort.__version__}, {self.session.get_providers()[0]}, {cache}, {kernels}, "
             f"{self.artifact.dtype}"
         )
 
@@ -125,18 +152,25 @@ class OrtSession(GenerationSession):
         import onnxruntime as ort
 
         self._cache = {}
+        dtype = DTYPES[self.artifact.dtype]
         for name, (heads, head_dim) in self._cache_shapes.items():
-            shape = [batch_size, heads, 0, head_dim]
+            # Static caches: allocated here once for the whole generation and zeroed (the
+            # function bodies multiply every slot, hidden ones by probability 0, and 0 * NaN
+            # of uninitialized memory would be NaN).
+            shape = [batch_size, heads, self.capacity if self.static else 0, head_dim]
             if self.io_binding:
-                self._cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                    shape, _ONNX_TYPES[self.artifact.dtype], self.device, self.device_id
-                )
+                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype.onnx, self.device, self.device_id)
+                if self.static:
+                    value.update_inplace(np.zeros(shape, dtype.numpy))
+                self._cache[name] = value
             else:
-                self._cache[name] = np.zeros(shape, dtype=np.dtype(self.artifact.dtype))
+                self._cache[name] = np.zeros(shape, dtype=dtype.numpy)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         if not self._cache:
             raise UniAttnError("step() called before reset()", "call reset(batch_size) first")
+        if self.static:
+            return self._step_in_place(input_ids, attention_mask, position_ids)
         if self.io_binding:
             return self._step_bound(input_ids, attention_mask, position_ids)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, **self._cache}
@@ -161,6 +195,25 @@ class OrtSession(GenerationSession):
         outputs = dict(zip(bound, binding.get_outputs()))
         self._cache = {past: outputs[present] for past, present in self.cache_names}
         return outputs["logits"].numpy()
+
+    def _step_in_place(self, input_ids, attention_mask, position_ids) -> np.ndarray:
+        """One step over static caches: each cache OrtValue is bound as its past input AND its
+        present output, so the graph writes the new slots into the buffer it reads."""
+        last = int(np.max(position_ids))
+        if last >= self.capacity:
+            raise UniAttnError(
+                f"position {last} is beyond the artifact's cache capacity ({self.capacity} tokens)",
+                "re-export with a larger --max-length, or generate fewer tokens",
+            )
+        binding = self.session.io_binding()
+        for name, host in zip(io_names.TOKEN_INPUTS, (input_ids, attention_mask, position_ids)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(host, dtype=np.int64))
+        binding.bind_output(io_names.LOGITS, "cpu")  # first: get_outputs() keeps bind order
+        for past, present in self.cache_names:
+            binding.bind_ortvalue_input(past, self._cache[past])
+            binding.bind_ortvalue_output(present, self._cache[past])
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def cache_on_device(self) -> bool:
         """True when every cache tensor is an OrtValue in the session device's memory, where

@@ -9,21 +9,18 @@ explicit for the plugins, or the absent outputs named for the function bodies
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import helper
 
+from ...dtypes import onnx_type_name
 from ...errors import UniAttnError
+from ...export import io_names
 from .plugins import CONSUMER_OP, PLUGIN_VERSION, PRODUCER_OP
 
 CUSTOM_OPS = (PRODUCER_OP, CONSUMER_OP)
-_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-           onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
-           onnx.TensorProto.INT32: "int32"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def custom_nodes(model: onnx.ModelProto) -> list[CustomNode]:
                 f"({list(node.output)})",
                 "re-export the model: only trailing optional outputs may be absent",
             )
-        present = [m for m in map(_PRESENT.match, outputs) if m]
+        present = [c for c in map(io_names.parse_cache_name, outputs) if c is not None]
         nodes.append(
             CustomNode(
                 name=node.name,
@@ -95,7 +92,7 @@ def custom_nodes(model: onnx.ModelProto) -> list[CustomNode]:
                 attributes={a.name: _attribute_value(a) for a in node.attribute},
                 inputs=tuple(node.input),
                 outputs=outputs,
-                layer=int(present[0].group(1)) if present else None,
+                layer=present[0].layer if present else None,
             )
         )
     return nodes
@@ -136,13 +133,13 @@ def graph_outputs(model: onnx.ModelProto) -> list[TensorInfo]:
 def _info(value: onnx.ValueInfoProto) -> TensorInfo:
     tensor = value.type.tensor_type
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim)
-    return TensorInfo(value.name, _DTYPES.get(tensor.elem_type, str(tensor.elem_type)), dims)
+    return TensorInfo(value.name, onnx_type_name(tensor.elem_type), dims)
 
 
 def activation_dtype(model: onnx.ModelProto) -> str:
     """The type T of the cache tensors (the dtype the model was exported in)."""
     for info in graph_inputs(model):
-        if info.name.startswith("past_key_values."):
+        if io_names.is_past(info.name):
             return info.dtype
     raise UniAttnError(
         "the graph has no past_key_values.* inputs",

@@ -26,14 +26,16 @@ from functools import lru_cache
 import numpy as np
 
 from ... import native
+from ...dtypes import trt_type_names
 from ...errors import UniAttnError
+from ...export.schema import CONSUMER_OP, PLUGIN_NAMESPACE, PRODUCER_OP, SCHEMA
 from ...native import AttentionDesc, ConsumerIO, ProducerIO
 from .compat import Flavour
 
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "uniattn"
-PRODUCER_OP = "UniAttnProducer"
-CONSUMER_OP = "UniAttnConsumer"
+# These plugins implement op contract version 1 (growing caches); the version 2 plugins
+# (fixed-capacity caches in place) are not written yet, so static artifacts cannot be built.
+CONTRACT = SCHEMA.versions[1]
+PLUGIN_VERSION = CONTRACT.plugin_version
 
 # Tensor kinds of every I/O slot, inputs first: "T" is the activation type shared by all of
 # them, the mask is int64 and the log-sum-exp float32 (docs/ops.md).
@@ -105,10 +107,6 @@ def fields_from_collection(op_type: str, collection) -> AttentionFields:
     return AttentionFields(**values).validate(op_type)
 
 
-def _dtype_names(trt) -> dict:
-    return {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16"}
-
-
 @dataclass(frozen=True)
 class PluginSet:
     """The plugin and creator classes bound to one TensorRT module."""
@@ -121,7 +119,7 @@ class PluginSet:
 @lru_cache(maxsize=None)
 def plugin_classes(trt) -> PluginSet:
     """Define the plugin classes on top of `trt`'s binding classes (TensorRT or RTX)."""
-    dtype_names = _dtype_names(trt)
+    dtype_names = trt_type_names(trt)
 
     class SharedSoftmaxPlugin(
         trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime

@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from ... import native
+from ...dtypes import onnx_type
 from ...errors import UniAttnError
 from .compat import Flavour
 from .graph import CustomNode, activation_dtype, custom_nodes
@@ -27,8 +28,6 @@ from .plugins import (
     register_plugins,
 )  # fmt: skip
 
-_ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
-               "bfloat16": onnx.TensorProto.BFLOAT16, "int64": onnx.TensorProto.INT64}  # fmt: skip
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -146,7 +145,7 @@ def _single_node_model(node: CustomNode, dtype: str) -> onnx.ModelProto:
     output_kinds = (PRODUCER_OUTPUTS if producer else CONSUMER_OUTPUTS)[: len(node.outputs)]
 
     def values(prefix, kinds):
-        return [helper.make_tensor_value_info(f"{prefix}{i}", _ONNX_TYPES[dtype if k == "T" else k], None)
+        return [helper.make_tensor_value_info(f"{prefix}{i}", onnx_type(dtype if k == "T" else k), None)
                 for i, k in enumerate(kinds)]  # fmt: skip
 
     inputs, outputs = values("in", input_kinds), values("out", output_kinds)

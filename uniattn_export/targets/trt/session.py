@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...dtypes import trt_type_names
 from ...errors import UniAttnError
+from ...export import io_names
 from ...native import kernels_library
 from ..session import GenerationSession
 from . import compat
@@ -62,8 +64,7 @@ class TensorRTSession(GenerationSession):
             name = self.engine.get_tensor_name(index)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(name)
-        self.cache_names = [(p, "present." + p.removeprefix("past_key_values.")) for p in self.inputs
-                            if p.startswith("past_key_values.")]  # fmt: skip
+        self.cache_names = [(c.past, c.present) for c in io_names.cache_pairs(self.inputs)]
         self._cache: dict[str, torch.Tensor] = {}
         plugins = "UniAttn plugins" if uses_plugins else "function bodies (no plugins)"
         self.description = f"{self.flavour.describe()}, {plugins}, {manifest['dtype']}"
@@ -72,11 +73,8 @@ class TensorRTSession(GenerationSession):
         import torch
 
         trt = self._trt
-        # trt.nptype has no bfloat16, hence the explicit table.
-        types = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-                 trt.DataType.BF16: torch.bfloat16, trt.DataType.INT64: torch.int64,
-                 trt.DataType.INT32: torch.int32, trt.DataType.BOOL: torch.bool}  # fmt: skip
-        return types[self.engine.get_tensor_dtype(name)]
+        # trt.nptype has no bfloat16, hence the names (torch spells them the same).
+        return getattr(torch, trt_type_names(trt)[self.engine.get_tensor_dtype(name)])
 
     def layers(self) -> list[str]:
         """The engine's layers as its inspector reports them (JSON, one per layer)."""

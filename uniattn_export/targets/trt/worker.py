@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from ...dtypes import trt_type_names
 from ...errors import UniAttnError
 from . import compat, graph
 
@@ -18,8 +19,7 @@ from . import compat, graph
 def _describe_network(trt, network) -> dict:
     """Layers and I/O of the parsed network (engines cannot be deserialized without a GPU, so
     this is what can be inspected on a build machine)."""
-    dtypes = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16",
-              trt.DataType.INT64: "int64", trt.DataType.INT32: "int32", trt.DataType.BOOL: "bool"}  # fmt: skip
+    dtypes = trt_type_names(trt)
     by_type: dict[str, int] = {}
     plugins = []
     for index in range(network.num_layers):

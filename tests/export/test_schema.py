@@ -1,0 +1,123 @@
+"""Every Python form of the op contract equals op_schema.json: the torch custom ops, the ONNX
+nodes the exporter emits, the model-local function bodies and the TensorRT plugin fields.
+A change on either side without the other fails here."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import onnx
+import pytest
+
+from uniattn_export.export import functions, ops
+from uniattn_export.export.schema import SCHEMA, SCHEMA_FILE
+from uniattn_export.targets.trt import plugins
+
+VERSIONS = sorted(SCHEMA.versions)
+ROLES = ("producer", "consumer")
+_ATTRIBUTE_TYPES = {"int": onnx.AttributeProto.INT, "float": onnx.AttributeProto.FLOAT, "string": onnx.AttributeProto.STRING}
+_TORCH_TYPES = {"int": "int", "float": "float"}
+
+
+def _spec(version: int, role: str):
+    return getattr(SCHEMA.versions[version], role)
+
+
+def test_schema_loads_every_field_of_the_json():
+    raw = json.loads(SCHEMA_FILE.read_text())
+    assert SCHEMA.domain == raw["domain"] == "uniattn"
+    assert [str(v) for v in VERSIONS] == sorted(raw["versions"])
+    for version in VERSIONS:
+        for role in ROLES:
+            spec = _spec(version, role)
+            entry = raw["versions"][str(version)]["ops"][spec.name]
+            assert [(t.name, t.type, list(t.shape), t.optional) for t in spec.inputs + spec.outputs] == [
+                (t["name"], t["type"], t["shape"], bool(t.get("optional"))) for t in entry["inputs"] + entry["outputs"]
+            ]
+            assert [(a.name, a.type, a.default) for a in spec.attributes] == [
+                (a["name"], a["type"], a.get("default")) for a in entry["attributes"]
+            ]
+            assert spec.aliases == entry["aliases"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("role", ROLES)
+def test_torch_custom_op_arguments_follow_the_schema(version, role):
+    spec = _spec(version, role)
+    torch_op = ops.TORCH_OPS[version][ROLES.index(role)]
+    arguments = [(a.name, str(a.type)) for a in torch_op._schema.arguments]
+    computed = [a for a in spec.attributes if a.name not in ops.ROUTING_ATTRIBUTES]
+    # is_causal is an int attribute carried as a torch bool.
+    expected = [(t.name, "Tensor") for t in spec.inputs] + [
+        (a.name, "bool" if a.name == "is_causal" else _TORCH_TYPES[a.type]) for a in computed
+    ]
+    assert arguments == expected
+    assert len(torch_op._schema.returns) == len(spec.outputs)
+    # The keyword defaults the model's layers rely on are the schema's.
+    wrapper = ops.EXPORT_OPS[SCHEMA.versions[version].cache]
+    signature = inspect.signature(getattr(wrapper, role))
+    assert list(signature.parameters)[: len(spec.inputs)] == list(spec.input_names)
+    keywords = {n: p.default for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert {n: (None if d is inspect.Parameter.empty else d) for n, d in keywords.items()} == {
+        a.name: a.default for a in computed
+    }
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("role", ROLES)
+def test_emitted_node_follows_the_schema(version, role):
+    spec = _spec(version, role)
+    proto = ops.NODE_FUNCTIONS[version][ROLES.index(role)].to_function_proto()
+    (node,) = [n for n in proto.node if n.domain == SCHEMA.domain]
+    assert node.op_type == spec.name
+    assert len(node.input) == len(spec.inputs) and len(node.output) == len(spec.outputs)
+    assert {o.domain: o.version for o in proto.opset_import}[SCHEMA.domain] == version
+    attributes = {a.name: a for a in node.attribute}
+    assert list(attributes) == list(spec.attribute_names)
+    for name in ops.ROUTING_ATTRIBUTES:  # literals in the translation: the schema's defaults
+        assert onnx.helper.get_attribute_value(attributes[name]).decode() == spec.default(name)
+    # Everything else is forwarded from the torch op's arguments.
+    assert all(attributes[a].ref_attr_name == a for a in attributes if a not in ops.ROUTING_ATTRIBUTES)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_function_bodies_follow_the_schema(version):
+    bodies = {p.name: p for p in functions.function_protos(version)}
+    assert set(bodies) == {_spec(version, r).name for r in ROLES}
+    for role in ROLES:
+        spec = _spec(version, role)
+        body = bodies[spec.name]
+        assert body.domain == SCHEMA.domain
+        assert list(body.input) == list(spec.input_names)
+        assert list(body.output) == list(spec.output_names)
+        assert list(body.attribute) == [a.name for a in spec.attributes if a.required]
+        defaults = {a.name: (a.type, onnx.helper.get_attribute_value(a)) for a in body.attribute_proto}
+        expected = {
+            a.name: (_ATTRIBUTE_TYPES[a.type], a.default.encode() if a.type == "string" else a.default)
+            for a in spec.attributes if not a.required
+        }  # fmt: skip
+        assert defaults == expected
+        assert {o.domain: o.version for o in body.opset_import} == {"": SCHEMA.versions[version].onnx_opset}
+
+
+def test_tensorrt_plugin_fields_follow_schema_version_1():
+    """The TensorRT plugins implement version 1 (version 2 plugins are not written yet)."""
+    v1 = SCHEMA.versions[1]
+    assert (plugins.PLUGIN_VERSION, plugins.PLUGIN_NAMESPACE) == (v1.plugin_version, SCHEMA.plugin_namespace)
+    assert (plugins.PRODUCER_OP, plugins.CONSUMER_OP) == (v1.producer.name, v1.consumer.name)
+    kinds = {"T": "T", "int64": "int64", "float": "float32"}
+    assert plugins.PRODUCER_INPUTS == tuple(kinds[t.type] for t in v1.producer.inputs)
+    assert plugins.PRODUCER_OUTPUTS == tuple(kinds[t.type] for t in v1.producer.outputs)
+    assert plugins.CONSUMER_INPUTS == tuple(kinds[t.type] for t in v1.consumer.inputs)
+    assert plugins.CONSUMER_OUTPUTS == tuple(kinds[t.type] for t in v1.consumer.outputs)
+    assert plugins.CACHE_INPUT == {
+        v1.producer.name: v1.producer.input_index("past_key"), v1.consumer.name: v1.consumer.input_index("past_value")
+    }  # fmt: skip
+    fields = inspect.signature(plugins.AttentionFields)
+    defaults = {n: (None if p.default is inspect.Parameter.empty else p.default) for n, p in fields.parameters.items()}
+    # num_outputs is no attribute: the builder writes it (a producer's used outputs).
+    assert defaults.pop("num_outputs") == len(v1.producer.outputs)
+    assert defaults == {a.name: a.default for a in v1.producer.attributes if a.name not in ops.ROUTING_ATTRIBUTES}
+    assert plugins.CONSUMER_FIELDS == tuple(a.name for a in v1.consumer.attributes if a.name not in ops.ROUTING_ATTRIBUTES)
+    assert plugins.PRODUCER_FIELDS == (*defaults, "num_outputs")
