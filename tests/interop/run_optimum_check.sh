@@ -15,6 +15,10 @@ install_timeout="${OPTIMUM_INSTALL_TIMEOUT:-600}"
 # Written only after a complete install, so an interrupted one is redone, never reused.
 complete="$venv/.uniattn-install-complete"
 if [ ! -f "$complete" ]; then
+  if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+    echo "FAIL $venv exists and is not a virtual environment: refusing to replace it (set OPTIMUM_VENV)" >&2
+    exit 1
+  fi
   rm -rf "$venv"
   "$python" -m venv "$venv"
   # optimum-onnx 0.1 needs transformers < 4.58; the onnxruntime pin matches the project's.
