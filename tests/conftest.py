@@ -1,8 +1,26 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder, and the Hypothesis profiles.
+
+Hypothesis profiles (property tests of the kernels in tests/plugins):
+  ci          chosen when CI=true (.ci/run sets it): derandomized, so every clean run draws
+              the same 25 cases per test (60 for the CPU kernels) and a failure reproduces
+  dev         the local default: the same sizes, new random cases every run (and Hypothesis'
+              example database replays earlier failures)
+  thorough    a larger randomized run for local use: 10x the examples
+              python -m pytest tests/plugins -q --hypothesis-profile thorough
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", max_examples=25)
+settings.register_profile("thorough", max_examples=250)
+# `--hypothesis-profile NAME` (Hypothesis' pytest plugin) overrides this after conftests load.
+settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,12 @@ nlohmann-json==3.12.0` (add `cmake` when the machine has none). Steps, each repo
      the C++ program on CUDA and on the CPU (greedy with logits, and seeded sampling);
   4. compare: the program's CUDA tokens must equal the Python runtime's CUDA tokens, its
      CUDA logits must match them (max |diff| <= 1e-4 float32 / 2e-2 float16, relative to the
-     logit scale), and its CPU tokens the Python CPU tokens.
-Prints one summary line per check and writes OUT/gpu_check.json; exit code 1 if any fails.
+     logit scale), and its CPU tokens the Python CPU tokens;
+  5. the execution provider, from what the program's process held while running (ORT's CUDA
+     provider library and the CUDA driver mapped, an NVIDIA device file open; none on the
+     CPU), and with the GPU hidden (CUDA_VISIBLE_DEVICES="") --device cuda must fail.
+Prints one summary line per check and writes OUT/gpu_check.json; exit code 1 if any check
+fails or did not run.
 """
 
 from __future__ import annotations
@@ -93,14 +97,60 @@ def cuda_library_path() -> str:
     return os.pathsep.join(sorted(folders) + [os.environ.get("LD_LIBRARY_PATH", "")])
 
 
-def run_service(binary: Path, artifact: Path, prompts_file: Path, onnxruntime: str, device: str, *flags) -> dict:
-    env = dict(os.environ, LD_LIBRARY_PATH=cuda_library_path())
+def _gpu_use(pid: int) -> set[str]:
+    """What process `pid` holds of the GPU now, from /proc (works inside containers, where
+    nvidia-smi may not see the process): ORT's CUDA provider library loaded, the CUDA driver
+    loaded, an NVIDIA device file open. The open device file is the decisive one: on the H100
+    machine a CUDA process had /dev/nvidia* open, while a process that only imported torch
+    had libcuda.so mapped but no device open."""
+    found = set()
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        found |= {name for name in ("libonnxruntime_providers_cuda.so", "libcuda.so") if name in maps}
+        if any(os.readlink(fd).startswith("/dev/nvidia") for fd in glob.glob(f"/proc/{pid}/fd/*")):
+            found.add("/dev/nvidia*")
+    except OSError:  # the process ended between two looks
+        pass
+    return found
+
+
+GPU_EVIDENCE = {"libonnxruntime_providers_cuda.so", "libcuda.so", "/dev/nvidia*"}
+
+
+def run_service(binary: Path, artifact: Path, prompts_file: Path, onnxruntime: str, device: str, *flags,
+                env_overrides: dict | None = None) -> dict:
+    """The program's JSON, plus `gpu_use`: what it was seen holding of the GPU while it ran
+    (sampled every 20 ms), the evidence that --device cuda really ran on the CUDA provider
+    rather than the description string saying so."""
+    env = dict(os.environ, LD_LIBRARY_PATH=cuda_library_path(), **(env_overrides or {}))
+    command = [str(binary), str(artifact), str(prompts_file), "--onnxruntime", onnxruntime, "--device", device,
+               "--max-new-tokens", str(MAX_NEW), "--custom-ops", "require", *map(str, flags)]  # fmt: skip
     start = time.perf_counter()
-    stdout = _sh([str(binary), str(artifact), str(prompts_file), "--onnxruntime", onnxruntime, "--device", device,
-                  "--max-new-tokens", str(MAX_NEW), "--custom-ops", "require", *map(str, flags)], env=env)  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    gpu_use: set[str] = set()
+    while True:  # communicate() drains both pipes while it waits (the logits overflow a pipe)
+        gpu_use |= _gpu_use(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=0.02)
+            break
+        except subprocess.TimeoutExpired:  # retrying loses no output
+            pass
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
     result = json.loads(stdout)
     result["wall_s"] = time.perf_counter() - start
+    result["gpu_use"] = sorted(gpu_use)
     return result
+
+
+def hidden_gpu_refusal(binary: Path, artifact: Path, prompts_file: Path, onnxruntime: str) -> tuple[bool, str]:
+    """With every GPU hidden, --device cuda must fail (non-zero exit, no output, its one error
+    line) instead of falling back to the CPU: (refused as expected, what it said)."""
+    env = dict(os.environ, LD_LIBRARY_PATH=cuda_library_path(), CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([str(binary), str(artifact), str(prompts_file), "--onnxruntime", onnxruntime,
+                           "--device", "cuda", "--max-new-tokens", "2"], capture_output=True, text=True, env=env)  # fmt: skip
+    refused = done.returncode != 0 and not done.stdout.strip() and done.stderr.startswith("uniattn_cpp_service: error:")
+    return refused, (done.stderr or done.stdout).strip()[-300:]
 
 
 def check_dtype(dtype: str, artifact: Path, binary: Path, prompts_file: Path, onnxruntime: str,
@@ -127,8 +177,19 @@ def check_dtype(dtype: str, artifact: Path, binary: Path, prompts_file: Path, on
         got_logits = np.asarray(cpp["logits"], dtype=np.float32)
         scale = float(np.abs(expected_logits).max())
         diff = float(np.abs(got_logits - expected_logits).max()) if got_logits.shape == expected_logits.shape else None
-        record(f"{device} runtime", f"{device.upper()}ExecutionProvider" in cpp["runtime"], runtime=cpp["runtime"],
-               python_runtime=python.description)  # fmt: skip
+        # The provider, from what the process held while it ran (not from its description):
+        # on CUDA the CUDA provider, the driver and an open device; on the CPU no CUDA provider
+        # (the library's CUDA kernels may still load the driver).
+        def ran_on_device(use):
+            return set(use) == GPU_EVIDENCE if device == "cuda" else "libonnxruntime_providers_cuda.so" not in use
+
+        record(f"{device} runtime ran on {device.upper()}ExecutionProvider",
+               ran_on_device(cpp["gpu_use"]) and ran_on_device(cpp_sampled["gpu_use"]),
+               gpu_use=cpp["gpu_use"], sampled_gpu_use=cpp_sampled["gpu_use"], runtime=cpp["runtime"],
+               python_runtime=python.description, python_providers=python.session.get_providers())  # fmt: skip
+        record(f"{device} Python runtime on {device.upper()}ExecutionProvider",
+               python.session.get_providers()[0] == f"{device.upper()}ExecutionProvider" and python.uses_custom_ops,
+               providers=python.session.get_providers())  # fmt: skip
         record(f"{device} greedy tokens equal Python", cpp["tokens"] == greedy.tokens.tolist(),
                cpp=cpp["tokens"], python=greedy.tokens.tolist())  # fmt: skip
         record(f"{device} logits match Python", diff is not None and diff <= LOGITS_TOLERANCE[dtype] * scale,
@@ -137,6 +198,8 @@ def check_dtype(dtype: str, artifact: Path, binary: Path, prompts_file: Path, on
                cpp=cpp_sampled["tokens"], python=sampled.tokens.tolist(), cpp_wall_s=cpp_sampled["wall_s"])  # fmt: skip
         if device == "cuda":
             record("CUDA cache stays on the device (Python IOBinding)", python.cache_on_device())
+            refused, message = hidden_gpu_refusal(binary, artifact, prompts_file, onnxruntime)
+            record("--device cuda with the GPU hidden fails (no silent CPU fallback)", refused, message=message)
     return checks
 
 
@@ -170,7 +233,14 @@ def main() -> int:
     except Exception as exc:  # report how far it got instead of a traceback only
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"ERROR {summary['error']}", flush=True)
-    passed = "error" not in summary and bool(summary["checks"]) and all(c["passed"] for c in summary["checks"])
+    # Every check of every dtype and device must have run: a missing one counts as a failure.
+    devices = args.devices.split(",")
+    per_device = {"cuda": 7, "cpu": 5}  # check_dtype's records per device
+    # float32 on every device, float16 on CUDA only
+    expected_checks = sum(per_device[d] for d in devices) + (per_device["cuda"] if "cuda" in devices else 0)
+    summary["expected_checks"] = expected_checks
+    passed = ("error" not in summary and len(summary["checks"]) == expected_checks
+              and all(c["passed"] for c in summary["checks"]))  # fmt: skip
     summary["passed"] = passed
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{'PASSED' if passed else 'FAILED'}: {sum(c['passed'] for c in summary['checks'])}/{len(summary['checks'])} checks; "

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from uniattn_export.bench import run as bench_run
 from uniattn_export.bench import run_bench, run_preset
-from uniattn_export.bench.report import JSON_FILE, PLOT_FILE, RATIOS
-from uniattn_export.bench.runtimes import OrtRuntime, TransformersRuntime
+from uniattn_export.bench.report import JSON_FILE, PLOT_FILE, RATIOS, compute_ratios
+from uniattn_export.bench.runtimes import DecodeRun, OrtRuntime, Runtime, TransformersRuntime
+from uniattn_export.bench.settings import BenchSettings
 from uniattn_export.errors import UniAttnError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: per-op overhead only
@@ -53,10 +55,10 @@ def test_measurements_are_consistent(preset_run):
         assert decode["status"] == prefill["status"] == "ok", result
         assert decode["samples"] == 3 and prefill["samples"] == 2 and len(decode["warmup_ms"]) == 1
         assert 0 < decode["min_ms"] <= decode["median_ms"] <= decode["p90_ms"]
-        assert decode["tokens_per_s"] == pytest.approx(batch / (decode["median_ms"] / 1000))
-        assert prefill["tokens_per_s"] == pytest.approx(batch * context / (prefill["median_ms"] / 1000))
-        total = weights[result["runtime"]] + result["kv_cache_bytes"]
-        assert decode["effective_bandwidth_gbps"] == pytest.approx(total / (decode["median_ms"] / 1000) / 1e9)
+        assert 0 < prefill["min_ms"] <= prefill["median_ms"] <= prefill["p90_ms"]
+        # The derived rates are pinned with hand-computed numbers in
+        # test_rates_and_bandwidth_from_known_step_times; here: the bytes they are derived from.
+        assert decode["min_bytes_per_step"] == weights[result["runtime"]] + result["kv_cache_bytes"]
         assert result["peak_memory_bytes"] is None  # no device memory on the CPU
 
 
@@ -77,11 +79,71 @@ def test_ratios_divide_medians_of_the_same_cell(preset_run):
     names = {entry["name"] for entry in doc["ratios"]}
     assert names == {name for name, numerator, denominator in RATIOS if "compiled" not in name}
     for entry in doc["ratios"]:
-        for phase in ("decode", "prefill"):
-            top = medians[(entry["numerator"], entry["batch"], entry["context"], phase)]
-            bottom = medians[(entry["denominator"], entry["batch"], entry["context"], phase)]
-            assert entry[phase] == pytest.approx(top / bottom)
+        for phase in ("decode", "prefill"):  # both medians exist: the ratio was computed from them
+            assert medians[(entry["numerator"], entry["batch"], entry["context"], phase)] > 0
+            assert medians[(entry["denominator"], entry["batch"], entry["context"], phase)] > 0
     assert len(doc["ratios"]) == len(names) * 4
+
+
+class _TimedRuntime(Runtime):
+    """A runtime whose steps take known times: decode 4, 2, 3 ms (median 3), prefill 500 and
+    250 ms (median 375); 2.0e9 weight bytes and a 1.0e9-byte cache."""
+
+    description, weight_bytes, memory_method = "known step times", 2_000_000_000, "none"
+
+    class _Run(DecodeRun):
+        kv_cache_bytes = 1_000_000_000
+
+        def __init__(self):
+            self.times = iter([0.010, 0.004, 0.002, 0.003])  # the first is the untimed warmup
+
+        def step(self):
+            return next(self.times)
+
+        def last_logits(self):
+            return np.zeros((1, 1, 4), np.float32)
+
+    def __init__(self):
+        super().__init__("artifact", "ort-bodies", "cpu", 0)
+        self.prefill_times = iter([1.0, 0.5, 0.25])  # the first is the untimed warmup
+
+    def prefill_bytes(self, batch, length):
+        return 0
+
+    def prefill(self, batch, length):
+        return next(self.prefill_times)
+
+    def start_decode(self, batch, context, steps):
+        return self._Run()
+
+    def peak_memory(self):
+        return None
+
+
+def test_rates_and_bandwidth_from_known_step_times():
+    settings = BenchSettings(batches=(8,), contexts=(300,), device="cpu", decode_steps=3, warmup_steps=1,
+                             prefill_repeats=2, cell_seconds=1e9)  # fmt: skip
+    no_deadline = lambda: 0.0  # noqa: E731
+    decode = bench_run._decode(_TimedRuntime(), 8, 300, settings, 1.0, no_deadline)
+    assert (decode["median_ms"], decode["min_ms"], decode["p90_ms"], decode["samples"]) == pytest.approx((3.0, 2.0, 3.8, 3))
+    assert decode["tokens_per_s"] == pytest.approx(8 / 0.003)  # 2666.67: 8 rows, one token each, per 3 ms
+    # (2.0e9 + 1.0e9) bytes per 3 ms step = 1.0e12 B/s = 1000 GB/s
+    assert decode["effective_bandwidth_gbps"] == pytest.approx(1000.0)
+    prefill = bench_run._prefill(_TimedRuntime(), 2, 300, settings, 1.0, no_deadline)
+    assert (prefill["median_ms"], prefill["warmup_ms"]) == pytest.approx((375.0, 1000.0))
+    assert prefill["tokens_per_s"] == pytest.approx(1600.0)  # 2 x 300 tokens per 0.375 s
+
+
+def test_ratios_from_known_medians():
+    numerator, denominator = "artifact/ort-library", "baseline/ort-library"
+    name = next(n for n, top, bottom in RATIOS if (top, bottom) == (numerator, denominator))
+    cell = lambda runtime, decode, prefill: {  # noqa: E731
+        "runtime": runtime, "batch": 1, "context": 8,
+        "decode": {"status": "ok", "median_ms": decode}, "prefill": {"status": "ok", "median_ms": prefill},
+    }  # fmt: skip
+    ratios = compute_ratios([cell(numerator, 6.0, 9.0), cell(denominator, 4.0, 12.0)])
+    assert ratios == [{"name": name, "numerator": numerator, "denominator": denominator, "batch": 1, "context": 8,
+                       "decode": 1.5, "prefill": 0.75}]  # fmt: skip
 
 
 def test_plot_is_a_png(preset_run):

@@ -1,10 +1,10 @@
 """An independent, straightforward implementation of the released UniAttn semantics.
 
 Written from uniattn.md, not from the package: float64, every layer computes q/k/v (as the
-released code does), the producer's softmax P (causal + padding mask applied before the
-softmax) is reused unchanged by its consumers with their own V, and Wc (`v2_proj`) is applied
-to the normed input and added after o_proj. It reads the authors' checkpoint layout (a plain
-transformers state dict plus `model.layers.{l}.v2_proj.weight`).
+released code does), the producer's softmax P (causal + padding + sliding-window mask applied
+before the softmax) is reused unchanged by its consumers with their own V, and Wc (`v2_proj`)
+is applied to the normed input and added after o_proj. It reads the authors' checkpoint layout
+(a plain transformers state dict plus `model.layers.{l}.v2_proj.weight`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ def _rope(x, positions, theta):
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
 
 
+def layer_window(config, layer: int) -> int | None:
+    """Sliding window of `layer` by each family's published rule (None = unlimited): Mistral
+    windows every layer; Qwen2 with use_sliding_window windows layers >= max_window_layers."""
+    if config.model_type == "mistral":
+        return config.sliding_window
+    if config.model_type == "qwen2" and config.use_sliding_window and layer >= config.max_window_layers:
+        return config.sliding_window
+    return None
+
+
 def released_forward(state, config, producer_of, input_ids, attention_mask, position_ids, tap=None):
     """Logits (float64) of the released UniAttn model; `producer_of`: consumer -> producer.
 
@@ -40,8 +50,9 @@ def released_forward(state, config, producer_of, input_ids, attention_mask, posi
     dim = getattr(config, "head_dim", None) or config.hidden_size // hq
     theta = config.rope_parameters["rope_theta"]
     eps = config.rms_norm_eps
-    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
-    visible = causal[None, None] & attention_mask[:, None, None, :].bool()
+    # distance[i, j] = i - j: key j is visible to query i if 0 <= i - j < window.
+    distance = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    padding = attention_mask[:, None, None, :].bool()
     h = s["model.embed_tokens.weight"][input_ids]
     probs_of = {}
 
@@ -61,6 +72,8 @@ def released_forward(state, config, producer_of, input_ids, attention_mask, posi
         if layer in producer_of:
             probs = probs_of[producer_of[layer]]
         else:
+            window = layer_window(config, layer)
+            visible = padding & (distance >= 0) & (distance < (window or length + 1))
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(dim)
             probs = torch.softmax(scores.masked_fill(~visible, -1e300), dim=-1)
             probs_of[layer] = probs

@@ -40,7 +40,7 @@ def _state_of(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("family,tied,overrides", FAMILIES)
+@pytest.mark.parametrize("family,tied,overrides", FAMILIES + SLIDING)
 def test_reference_matches_independent_released_semantics(
     tmp_path, family, tied, overrides, released_reference, left_padded_batch
 ):
@@ -54,7 +54,9 @@ def test_reference_matches_independent_released_semantics(
     expected = released_reference(_state_of(folder), model.config, producer_of, ids, mask, positions)
     real = mask.bool()
     assert expected[real].abs().max() > 1.0  # logits far from uniform: semantics are visible
-    torch.testing.assert_close(ours[real].double(), expected[real], rtol=0, atol=2e-4)
+    # float32 vs float64 on logits of magnitude ~6: measured 0.98e-5 to 1.42e-5 over these
+    # cases (CPU, torch 2.13); a semantic error (e.g. a lost window) moves them by > 1e-2.
+    torch.testing.assert_close(ours[real].double(), expected[real], rtol=0, atol=3e-5)
 
 
 def test_wrong_semantics_would_be_caught(tmp_path, released_reference, left_padded_batch):

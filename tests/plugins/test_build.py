@@ -4,12 +4,12 @@ entry points refuse with a message."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -99,13 +99,20 @@ def test_library_lookup_prefers_the_development_folder(tmp_path, monkeypatch):
     (tmp_path / native.ORT_LIBRARY).write_bytes(b"")
     monkeypatch.setenv("UNIATTN_EXPORT_LIB_DIR", str(tmp_path))
     assert native.ort_custom_op_library() == str(tmp_path / native.ORT_LIBRARY)
+    # A development folder without the library falls back to the installed package's copy
+    # (`pip install .` puts it in site-packages/uniattn_export/lib).
     monkeypatch.setenv("UNIATTN_EXPORT_LIB_DIR", str(tmp_path / "elsewhere"))
-    assert native.ort_custom_op_library() != str(tmp_path / native.ORT_LIBRARY)
+    installed = Path(sysconfig.get_paths()["platlib"]) / "uniattn_export" / "lib" / native.ORT_LIBRARY
+    assert installed.is_file(), f"{installed} missing: install the package (pip install .)"
+    assert native.ort_custom_op_library() == str(installed)
 
 
 def test_kernel_library_reports_its_abi(kernels):
     assert kernels.ua_abi_version() == native.ABI_VERSION
     assert isinstance(kernels, ctypes.CDLL)
+    # ... and both are the ABI of this checkout's header.
+    header = (ROOT / "plugins" / "kernels" / "include" / "uniattn" / "kernels.h").read_text()
+    assert f"#define UA_ABI_VERSION {native.ABI_VERSION}\n" in header
 
 
 LAYOUT_PROBE = """

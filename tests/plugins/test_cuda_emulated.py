@@ -115,7 +115,7 @@ def cases(draw) -> runner.Case:
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # examples: the profile's (tests/conftest.py)
 @given(case=cases())
 def test_random_shapes_match_reference(kernels, case):
     _assert_ok(runner.run_case(kernels, case, "cpu"))

@@ -48,8 +48,9 @@ def test_greedy_tokens_and_logits_equal_python_runtime(cpp_service, tiny_artifac
     assert out["steps"] == 12 and out["lengths"] == [12, 12, 12]
     last_position = np.stack([step[:, -1, :] for step in expected.step_logits], axis=1)
     np.testing.assert_allclose(np.asarray(out["logits"], dtype=np.float32), last_position, rtol=0, atol=1e-5)
-    # The runtime used the custom-op library the Python runtime used (both found it built).
-    assert out["uses_custom_ops"] is (native.ort_custom_op_library() is not None)
+    # Both runtimes found the built custom-op library and used it.
+    assert native.ort_custom_op_library() is not None, f"{native.ORT_LIBRARY} is not built: {native.BUILD_FIX}"
+    assert python_runtime.uses_custom_ops and out["uses_custom_ops"] is True
 
 
 @pytest.mark.parametrize(

@@ -29,17 +29,18 @@ def test_defaults_are_a_decode_friendly_profile():
 def test_build_into_the_artifact(artifact_copy):
     args = _args("--trt-batch", "1:2:4", "--trt-seq", "1:1:64", "--trt-past", "0:32:128",
                  "--trt-compute-capability", "8.6,8.9", "--trt-opt-level", "2")
-    report = build_from_args(args, artifact_copy)
-    json.dumps(report)  # the model command writes it as JSON
+    # What the model command writes (export.json), read back: the values users see.
+    report = json.loads(json.dumps(build_from_args(args, artifact_copy)))
     engine_dir = artifact_copy / "trt"
     assert report["engine"] == str(engine_dir / "engine.plan")
     assert report["compute_capabilities"] == ["8.6", "8.9"]
     assert report["profile"] == {"batch": [1, 2, 4], "sequence": [1, 1, 64], "past": [0, 32, 128]}
     assert report["plugins"] == "uniattn" and len(report["plugin_layers"]) == 4
     assert report["preflight"]["tensorrt_ok"] and report["engine_executed"] is False
+    assert report["preflight"]["ort_providers"] == ["CPUExecutionProvider"]  # the CPU onnxruntime wheel
     manifest = read_manifest(engine_dir)
     assert manifest["build"]["optimization_level"] == 2
-    assert manifest["engine"]["bytes"] == report["engine_bytes"]
+    assert manifest["engine"]["bytes"] == report["engine_bytes"] == (engine_dir / "engine.plan").stat().st_size
 
 
 def test_preflight_only_builds_nothing(artifact_copy):

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one command, on the GPU machine, from the repository root:
+#
+#   PYTHONPATH=/root/site:$PWD bash tests/gpu/run_all.sh
+#
+# (onnxruntime-gpu 1.31.1 and nlohmann-json staged into /root/site first:
+#  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 nlohmann-json==3.12.0)
+# Builds the native libraries with CUDA for this GPU into build/gpu (unless
+# UNIATTN_EXPORT_LIB_DIR already holds them), then runs each check below with its log and
+# JSON under $OUT/gpu_checks (./gpu_checks when OUT is unset). Prints one PASS/FAIL line per
+# check and exits non-zero if any check failed, crashed, or could not run; nothing counts as
+# verified unless its script said so with exit code 0.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+python="${PYTHON:-python3}"
+results="${OUT:-$PWD}/gpu_checks"
+mkdir -p "$results"
+export PYTHONPATH="${PYTHONPATH:-}:$PWD"
+
+failed=0
+summary="$results/summary.txt"
+: > "$summary"
+report() {  # name, status
+  echo "$2 $1" | tee -a "$summary"
+  [ "$2" = PASS ] || failed=1
+}
+
+# The machine itself: a CUDA GPU for torch and the CUDA provider for onnxruntime.
+if ! "$python" - > "$results/environment.log" 2>&1 <<'PY'
+import onnxruntime, torch
+assert torch.cuda.is_available(), "torch sees no CUDA GPU"
+assert "CUDAExecutionProvider" in onnxruntime.get_available_providers(), \
+    f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (install onnxruntime-gpu)"
+print(torch.cuda.get_device_name(0), "onnxruntime", onnxruntime.__version__)
+PY
+then
+  report "environment (GPU + onnxruntime CUDA provider): $(tail -n 1 "$results/environment.log")" FAIL
+  echo "FAILED: nothing was verified; details in $results" >&2
+  exit 1
+fi
+report "environment: $(tail -n 1 "$results/environment.log")" PASS
+
+if [ -z "${UNIATTN_EXPORT_LIB_DIR:-}" ] || [ ! -f "$UNIATTN_EXPORT_LIB_DIR/libuniattn_runtime.so" ]; then
+  if cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DUNIATTN_CUDA_ARCHITECTURES=native \
+       "-DPython3_EXECUTABLE=$(command -v "$python")" > "$results/build.log" 2>&1 \
+     && cmake --build build/gpu -j "$(nproc)" >> "$results/build.log" 2>&1; then
+    export UNIATTN_EXPORT_LIB_DIR="$PWD/build/gpu/lib"
+    report "build (CUDA kernels, ORT custom-op library, C runtime)" PASS
+  else
+    report "build (see $results/build.log)" FAIL
+    echo "FAILED: the libraries did not build; no check ran" >&2
+    exit 1
+  fi
+fi
+
+run_check() {  # name, command...
+  local name="$1"
+  shift
+  local out="$results/$name"
+  mkdir -p "$out"
+  if OUT="$out" "$@" > "$out/log.txt" 2>&1; then
+    report "$name" PASS
+  else
+    report "$name (exit $?; see $out/log.txt)" FAIL
+  fi
+}
+
+# 1. the CUDA kernels vs the reference, compute-sanitizer, timings
+run_check kernels "$python" tests/plugins/gpu_kernels.py --lib "$UNIATTN_EXPORT_LIB_DIR/libuniattn_kernels.so" --sanitize
+# 2. the custom-op library's nodes on CUDAExecutionProvider vs the reference
+run_check ort_ops "$python" tests/plugins/ort_on_device.py
+# 3. whole models on the ORT CUDA EP, with and without the library
+run_check ort_models "$python" tests/targets/ort/gpu_check.py --out "$results/ort_models"
+# 4. the TensorRT plugins' enqueue path (without TensorRT)
+run_check trt_enqueue "$python" tests/targets/trt/gpu_enqueue_check.py
+# 5. the C++ service on CUDA and CPU vs the Python runtime
+run_check cpp_service "$python" examples/cpp_service/gpu_check.py --out "$results/cpp_service"
+
+if [ "$failed" -ne 0 ]; then
+  echo "FAILED: see $summary" >&2
+  exit 1
+fi
+echo "ALL GPU CHECKS PASSED: $summary"
