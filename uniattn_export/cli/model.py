@@ -100,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
     )
     del model
     artifact = load_artifact(args.output)
-    console.print(f"[bold]exported[/] {args.output / 'model.onnx'} ({artifact.dtype}, opset {artifact.manifest['onnx']['opset']})")
+    graph = artifact.manifest["graph"]
+    console.print(
+        f"[bold]exported[/] {args.output / 'model.onnx'} ({artifact.dtype}, opset {artifact.manifest['onnx']['opset']}, "
+        f"{graph['nodes']} nodes, {graph['nodes_per_layer']:g} per decoder layer, {graph['nodes_per_layer_unfused']:g} unfused)"
+    )
 
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}
     if args.target == "trt":

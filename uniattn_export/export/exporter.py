@@ -29,6 +29,7 @@ from ..model.checkpoint import RELEASED_GROUPING_KEYS, atomic_folder
 from ..model.modeling import UniAttnForCausalLM
 from . import artifact as artifact_files
 from .functions import function_protos
+from .fuse import fuse_graph
 from .ops import DOMAIN, DOMAIN_VERSION, EXPORT_OPS, ONNX_OPSET, PRODUCER_OP, TRANSLATION_TABLE
 
 # Files copied from the checkpoint folder when present (tokenizer and generation settings).
@@ -237,6 +238,7 @@ def export_model(
     program = _trace(model, logits, input_names, output_names)
     onnx_model = program.model
     _finish_graph(onnx_model, uniattn.num_layers)
+    fusion = fuse_graph(onnx_model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
@@ -254,6 +256,7 @@ def export_model(
             tmp, model, input_names=input_names, output_names=output_names,
             source=source, side_files=side_files, logits=logits,
         )  # fmt: skip
+        manifest["graph"] = fusion.manifest_entry()
         artifact_files.write_manifest(tmp, manifest)
         artifact_files.load_artifact(tmp)  # the structural check, on exactly what was written
     return out_dir

@@ -3,7 +3,7 @@
 Attached to every exported model under the custom nodes' own domain and name, so any ONNX
 runtime without our kernels (plain onnxruntime, onnx.reference, TensorRT without plugins)
 inlines them. A registered kernel or plugin wins over them where present. Bodies use only
-opset-18 standard ops; statistics are float32 as the contract requires. Rows that see no key
+opset-23 standard ops; statistics are float32 as the contract requires. Rows that see no key
 give probabilities 0, output 0 and lse +inf without producing a NaN on the way.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 import onnx.inliner
 import onnxscript
-from onnxscript import opset18 as op
+from onnxscript import opset23 as op
 
 from .ops import DOMAIN, ONNX_OPSET, uniattn_opset
 

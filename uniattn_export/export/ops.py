@@ -27,7 +27,7 @@ PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = "uniattn"
 # The default-domain opset of every exported graph and of the function bodies: onnx.checker
 # full_check rejects a function whose default-domain import differs from the model's.
-ONNX_OPSET = 18
+ONNX_OPSET = 23
 
 uniattn_opset = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
