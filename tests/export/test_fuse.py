@@ -233,7 +233,8 @@ def _tiny_graph(matching: bool) -> onnx.ModelProto:
         helper.make_node("Reshape", ["roped4", "packed_shape"], ["roped"]),
         helper.make_node("Add", ["roped", "b"], ["out"]),
     ]  # fmt: skip
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "L", w]) for n, w in (("x", 8), ("y", 8), ("pos", 1))]
+    widths = (("x", 8), ("y", 8), ("pos", 1))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "L", w]) for n, w in widths]
     graph = helper.make_graph(
         nodes, "tiny", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits
     )
@@ -261,6 +262,6 @@ def test_patterns_are_fused_only_where_they_match_exactly(matching):
         assert report.matched == {"rotary": 0, "projection_groups": 0, "projection_matmuls": 0, "projection_biases": 0}
         assert kinds == [n.op_type for n in proto.graph.node]
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.standard_normal((2, 3, 8)).astype(np.float32), "y": rng.standard_normal((2, 3, 8)).astype(np.float32),
-             "pos": np.arange(6, dtype=np.float32).reshape(2, 3, 1)}  # fmt: skip
+    feeds = {name: rng.standard_normal((2, 3, 8)).astype(np.float32) for name in ("x", "y")}
+    feeds["pos"] = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
     np.testing.assert_allclose(_run(fused, feeds), _run(proto, feeds), rtol=0, atol=1e-5)

@@ -30,7 +30,9 @@ RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
   and bfloat16 (core/providers/cuda/nn/rms_norm.cc, cuda/llm/rotary_embedding.cc; not run
   on a GPU from this module's tests).
 * The TensorRT ONNX parser imports RMSNormalization and RotaryEmbedding from 10.15
-  (onnx-tensorrt 10.15 release notes); it has no importer for com.microsoft ops.
+  (onnx-tensorrt 10.15 release notes; TensorRT-RTX 1.7's parser, installed here, parses a
+  fused graph without plugins into ROTARY_EMBEDDING layers); it has no importer for
+  com.microsoft ops.
 * onnx.checker full_check rejects SimplifiedLayerNormalization (ORT registers it in the
   default domain, which onnx does not know), and a skip-norm would only save the residual Add.
 * Rounding: the ONNX definitions are HF's (RMSNormalization: variance in float32, normalized
@@ -77,14 +79,6 @@ class FusionReport:
     @property
     def nodes_after(self) -> int:
         return sum(self.kinds_after.values())
-
-    def summary(self) -> str:
-        matched = ", ".join(f"{k} {v}" for k, v in self.matched.items())
-        return (
-            f"graph nodes {self.nodes_before} -> {self.nodes_after}; per decoder layer "
-            f"{self.per_layer_before:.1f} -> {self.per_layer_after:.1f} ({self.layers} layers); "
-            f"fused: {matched}"
-        )
 
     def manifest_entry(self) -> dict:
         """The manifest's record of the graph's size (`"graph"` key)."""
@@ -189,7 +183,8 @@ def _fuse_rotary(graph: ir.Graph) -> int:
         sin_half = _first_half(graph, match.sin, match.head_dim, halves)
         rotary = _new_node(
             "RotaryEmbedding", [match.packed, cos_half, sin_half],
-            {"num_heads": match.num_heads, "interleaved": 0}, like=match.last, name=f"{match.output.name}/RotaryEmbedding",
+            {"num_heads": match.num_heads, "interleaved": 0},
+            like=match.last, name=f"{match.output.name}/RotaryEmbedding",
         )  # fmt: skip
         graph.insert_before(match.last, rotary)
         rotated = rotary.outputs[0]
@@ -227,10 +222,12 @@ def _rotary_operands(x4, cos_4d, rot, sin_4d, output):
         return None
     heads, head_dim = dims[2], dims[3]
     packed = split.inputs[0]
-    packed_dims, out_dims = _static_dims(packed), _static_dims(output)
-    if head_dim % 2 or packed_dims is None or out_dims is None:
+    packed_dims = _static_dims(packed)
+    if head_dim % 2 or packed_dims is None or len(packed_dims) != 3 or packed_dims[2] != heads * head_dim:
         return None
-    if len(packed_dims) != 3 or packed_dims[2] != heads * head_dim or out_dims != packed_dims:
+    # Only the last axis is split into heads and joined again: batch and length dims (named
+    # symbolic dims) are the same on the packed input, the 4-D view and the output.
+    if output.shape is None or list(output.shape) != list(packed.shape) or list(x4.shape)[:2] != list(packed.shape)[:2]:
         return None
     if not _is_rotate_half(rot, x4, head_dim):
         return None
@@ -238,6 +235,8 @@ def _rotary_operands(x4, cos_4d, rot, sin_4d, output):
     for table in (cos, sin):
         table_dims = _static_dims(table) if table is not None else None
         if table_dims is None or len(table_dims) != 3 or table_dims[2] != head_dim:
+            return None
+        if list(table.shape)[:2] != list(packed.shape)[:2]:  # RotaryEmbedding takes (B, L, D/2) tables
             return None
         if table.dtype != packed.dtype or not _halves_equal(table):
             return None
@@ -338,7 +337,8 @@ def _fuse_projections(graph: ir.Graph) -> dict[str, int]:
     """One MatMul + Split per group of constant-weight MatMuls reading the same activation."""
     groups: dict[tuple, list[ir.Node]] = collections.defaultdict(list)
     for node in graph:
-        if node.domain == "" and node.op_type == "MatMul" and _weight(node) is not None and not node.outputs[0].is_graph_output():
+        is_matmul = node.domain == "" and node.op_type == "MatMul"
+        if is_matmul and _weight(node) is not None and not node.outputs[0].is_graph_output():
             key = (id(node.inputs[0]), _weight(node).shape[0], _weight(node).dtype)
             groups[key].append(node)
     fused_groups = fused_matmuls = fused_biases = 0
