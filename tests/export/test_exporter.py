@@ -112,7 +112,7 @@ def test_manifest_records_versions_io_layers_and_hashes(exported, checkpoint):
     m = artifact.manifest
     assert m["format"] == "uniattn-export/artifact" and m["dtype"] == "float32" and m["logits"] == "all"
     assert {"uniattn_export", "torch", "transformers", "onnx", "onnxscript"} <= set(m["created_with"])
-    assert m["onnx"]["opset"] == 18 and m["onnx"]["custom_opsets"] == {"uniattn": 1}
+    assert m["onnx"]["opset"] == 23 and m["onnx"]["custom_opsets"] == {"uniattn": 1}
     assert m["source_checkpoint"] == str(checkpoint("llama").resolve())
     assert m["layer_map"]["layer_map"] == {"1": [2], "3": [4]}
     assert [layer["role"] for layer in m["layers"]] == ["ordinary", "producer", "consumer", "producer", "consumer", "ordinary"]

@@ -159,7 +159,7 @@ def test_custom_domain_import_required(folder):
         model.opset_import.append(helper.make_opsetid("uniattn", 2))
 
     _edit_graph(folder, drop_import)
-    _expect(folder, r"the graph imports opsets .*, but the manifest's dynamic caches need '': 18 and 'uniattn': 1")
+    _expect(folder, r"the graph imports opsets .*, but the manifest's dynamic caches need '': 23 and 'uniattn': 1")
 
 
 def test_malformed_manifest(folder):

@@ -132,9 +132,11 @@ def run(args: argparse.Namespace) -> int:
     del model
     artifact = load_artifact(args.output)
     capacity = f", capacity {artifact.capacity} tokens" if artifact.capacity is not None else ""
+    graph = artifact.manifest["graph"]
     console.print(
         f"[bold]exported[/] {args.output / 'model.onnx'} ({artifact.dtype}, opset {artifact.manifest['onnx']['opset']}, "
-        f"{artifact.cache_mode} caches{capacity})"
+        f"{artifact.cache_mode} caches{capacity}, {graph['nodes']} nodes, {graph['nodes_per_layer']:g} per decoder "
+        f"layer, {graph['nodes_per_layer_unfused']:g} unfused)"
     )
 
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}

@@ -31,13 +31,14 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
+from ..dtypes import DTYPE_NAMES
 from ..errors import UniAttnError
 from ..model.checkpoint import RELEASED_GROUPING_KEYS, atomic_folder
-from ..dtypes import DTYPE_NAMES
 from ..model.modeling import UniAttnForCausalLM
 from . import artifact as artifact_files
 from . import io_names
 from .functions import function_protos
+from .fuse import fuse_graph
 from .ops import CONTRACTS, EXPORT_OPS, ONNX_OPSET, TRANSLATION_TABLES
 from .schema import CACHE_MODES, DOMAIN, PRODUCER_OP
 
@@ -279,8 +280,7 @@ def export_model(
     program = _trace(model, logits, cache, capacity, input_names, output_names)
     onnx_model = program.model
     _finish_graph(onnx_model, uniattn.num_layers, op_version)
-    # Graph fusion (export/fuse.py: RMSNorm, rotary, QKV) is a post-pass on `onnx_model`: it
-    # is called here, after tracing and before saving.
+    fusion = fuse_graph(onnx_model)  # export/fuse.py: one node per norm, rotary and projection group
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
@@ -299,6 +299,7 @@ def export_model(
             source=source, side_files=side_files, logits=logits,
             cache={"mode": cache, "capacity": capacity},
         )  # fmt: skip
+        manifest["graph"] = fusion.manifest_entry()
         artifact_files.write_manifest(tmp, manifest)
         artifact_files.load_artifact(tmp)  # the structural check, on exactly what was written
     return out_dir

@@ -3,12 +3,12 @@
 Attached to every exported model under the custom nodes' own domain and name, so any ONNX
 runtime without our kernels (plain onnxruntime, onnx.reference, TensorRT without plugins)
 inlines them. A registered kernel or plugin wins over them where present. Bodies use only
-opset-18 standard ops; statistics are float32 as the contract requires. Rows that see no key
+opset-23 standard ops; statistics are float32 as the contract requires. Rows that see no key
 give probabilities 0, output 0 and lse +inf without producing a NaN on the way.
 
 Version 1 bodies grow the caches with Concat; version 2 bodies copy the fixed-capacity cache
 and write the new rows at slot = position with ScatterElements (TensorScatter-24 would do it
-in place but needs default opset 24, and the schema pins the graph at 18), then attend over
+in place but needs default opset 24, and the schema pins the graph at 23), then attend over
 the full capacity with the slots a query cannot see masked out. That is correct on any
 runtime; it is not length-aware (the kernels are).
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import onnx
 import onnx.inliner
 import onnxscript
-from onnxscript import opset18 as op
+from onnxscript import opset23 as op
 
 from .ops import ONNX_OPSET, uniattn_opsets
 from .schema import CONSUMER_OP, DOMAIN, PRODUCER_OP

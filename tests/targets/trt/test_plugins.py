@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from uniattn_export import native
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export.functions import function_protos
+from uniattn_export.export.ops import ONNX_OPSET
 from uniattn_export.model import attention as reference
 from uniattn_export.targets.trt.build import parse_network
 from uniattn_export.targets.trt.plugins import AttentionFields, plugin_classes, register_plugins
@@ -145,7 +146,7 @@ def _single_node_graph(path, op, dtype, query_len, past_len, outputs=5, probs_wi
     graph_outputs = [value(n, e, None) for n, e in zip(names, elems) if n]
     model = helper.make_model(
         helper.make_graph([node], "single", inputs, graph_outputs),
-        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("uniattn", 1)],
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid("uniattn", 1)],
         functions=function_protos(), ir_version=10,
     )  # fmt: skip
     onnx.save(model, str(path))

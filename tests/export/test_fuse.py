@@ -1,0 +1,269 @@
+"""The graph fusion pass (export/fuse.py): exact node kinds per layer, checker, numerics.
+
+Each case traces a tiny seeded checkpoint once and keeps the graph before and after
+`fuse_graph`; both run on plain onnxruntime CPU (function bodies, no custom-op library)
+through the shared generation loop, left-padded rows of different lengths, several steps.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from uniattn_export.export import exporter, load_artifact
+from uniattn_export.export.fuse import fuse_graph, nodes_by_layer
+from uniattn_export.model import load_model
+from uniattn_export.targets.ort import OrtSession
+from uniattn_export.targets.session import GenerationSession
+from uniattn_export.validate.reference import TorchSession
+from uniattn_export.validate.run import SAFETY_FACTOR
+
+PROMPTS = [[5, 17, 3, 99, 42, 7, 12], [8, 61, 23], [77, 2, 31, 9, 100]]
+STEPS = 6
+FP32_TOLERANCE = 1e-4
+
+# Nodes of one decoder layer after fusion (derived from modeling.py):
+# norm, [q|k|v] MatMul + Split, 2 RotaryEmbedding, attention, o_proj, residual Add,
+# norm, [gate|up] MatMul + Split, Sigmoid + Mul (SiLU), Mul, down_proj, residual Add.
+PRODUCER_LAYER = {
+    "RMSNormalization": 2, "MatMul": 4, "Split": 2, "RotaryEmbedding": 2,
+    "UniAttnProducer": 1, "Add": 2, "Sigmoid": 1, "Mul": 2,
+}  # fmt: skip
+# norm, [v|Wc] MatMul + Split, attention, o_proj, Add of Wc's term, residual Add, MLP as above.
+CONSUMER_LAYER = {
+    "RMSNormalization": 2, "MatMul": 4, "Split": 2, "UniAttnConsumer": 1, "Add": 3, "Sigmoid": 1, "Mul": 2,
+}  # fmt: skip
+# Qwen2: the q/k/v biases become one Add on the fused projection; a consumer's v bias
+# stays an Add of its own (Wc has no bias, so the group's biases are not fused).
+QWEN2_EXTRA_ADD = 1
+
+
+class _RawOrtSession(GenerationSession):
+    """A plain onnxruntime CPU session over a bare .onnx file (no artifact folder)."""
+
+    def __init__(self, path, dtype: str):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.dtype = np.dtype(dtype)
+        self.caches = [(i.name, i.shape) for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def reset(self, batch_size: int) -> None:
+        self.past = {name: np.zeros((batch_size, shape[1], 0, shape[3]), self.dtype) for name, shape in self.caches}
+
+    def step(self, input_ids, attention_mask, position_ids):
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, **self.past}
+        results = dict(zip(self.output_names, self.session.run(None, feeds)))
+        self.past = {name: results[name.replace("past_key_values.", "present.")] for name, _ in self.caches}
+        return results["logits"]
+
+
+def _save(model: ir.Model, path):
+    ir.save(model, path)
+    exporter._mark_absent_shared_state(path)  # as export_model does after saving
+    return path
+
+
+@pytest.fixture(scope="module")
+def traced(checkpoint, tmp_path_factory):
+    """traced(family, dtype, base) -> (unfused .onnx, fused .onnx, FusionReport, model)."""
+    made = {}
+
+    def make(family: str, dtype: str, base: bool = False):
+        key = (family, dtype, base)
+        if key not in made:
+            source = checkpoint(family, base)
+            model = load_model(source, dtype=dtype)
+            uniattn = model.uniattn_config
+            layers = range(uniattn.num_layers)
+            inputs = ["input_ids", "attention_mask", "position_ids"] + [
+                n for i in layers for n in exporter.past_names(i, uniattn.has_key_cache(i))
+            ]
+            outputs = ["logits"] + [n for i in layers for n in exporter.present_names(i, uniattn.has_key_cache(i))]
+            graph = exporter._trace(model, "all", inputs, outputs).model
+            exporter._finish_graph(graph, uniattn.num_layers)
+            folder = tmp_path_factory.mktemp(f"fuse_{family}_{dtype}_{base}")
+            unfused = _save(graph, folder / "unfused.onnx")
+            report = fuse_graph(graph)
+            fused = _save(graph, folder / "fused.onnx")
+            made[key] = (unfused, fused, report, model, source)
+        return made[key]
+
+    return make
+
+
+def _expected_layer(role: str, family: str) -> dict[str, int]:
+    expected = dict(CONSUMER_LAYER if role == "consumer" else PRODUCER_LAYER)
+    if family == "qwen2":
+        expected["Add"] += QWEN2_EXTRA_ADD
+    return expected
+
+
+CASES = [
+    ("llama", False), ("mistral", False), ("qwen2", False), ("llama", True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("family,base", CASES, ids=[f"{f}{'_base' if b else ''}" for f, b in CASES])
+def test_fused_graph_has_the_derived_nodes_per_layer(traced, family, base, dtype):
+    unfused, fused, report, model, _ = traced(family, dtype, base)
+    onnx.checker.check_model(str(fused), full_check=True)
+    uniattn = model.uniattn_config
+    assert bool(uniattn.consumers) != base
+    by_layer = nodes_by_layer(ir.load(fused).graph)
+    for layer in range(uniattn.num_layers):
+        assert dict(by_layer[layer]) == _expected_layer(uniattn.role(layer), family), layer
+    # Outside the layers: embedding Gather; positions Unsqueeze, Cast, Mul by inv_freq,
+    # Concat, Cos, Sin (+ their Casts to float16), one first-half Slice each; final norm;
+    # lm_head; float16 logits cast to float32.
+    outside = {
+        "Gather": 1, "Unsqueeze": 1, "Cast": 1, "Mul": 1, "Concat": 1, "Cos": 1, "Sin": 1,
+        "Slice": 2, "RMSNormalization": 1, "MatMul": 1,
+    }  # fmt: skip
+    if dtype == "float16":
+        outside["Cast"] += 3
+    assert dict(by_layer[None]) == outside
+    rotary_layers = sum(uniattn.role(i) != "consumer" for i in range(uniattn.num_layers))
+    assert report.matched["rotary"] == 2 * rotary_layers
+    assert report.matched["projection_groups"] == 2 * uniattn.num_layers
+    consumers = uniattn.num_layers - rotary_layers
+    # [q|k|v] and [gate|up] per producer/ordinary layer, [v|Wc] and [gate|up] per consumer.
+    assert report.matched["projection_matmuls"] == 5 * rotary_layers + 4 * consumers
+    assert report.matched["projection_biases"] == (3 * rotary_layers if family == "qwen2" else 0)
+    assert report.kinds_after["RMSNormalization"] == 2 * uniattn.num_layers + 1
+    expected_nodes = [sum(_expected_layer(uniattn.role(i), family).values()) for i in range(uniattn.num_layers)]
+    assert report.per_layer_after == pytest.approx(sum(expected_nodes) / uniattn.num_layers)
+    assert report.per_layer_after < report.per_layer_before
+    assert report.nodes_after == sum(sum(c.values()) for c in by_layer.values())
+    # No decomposed norm or rotary is left anywhere.
+    kinds = collections.Counter(n.op_type for n in onnx.load(str(fused)).graph.node)
+    assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal", "Neg", "Reshape"} & set(kinds)
+
+
+@pytest.mark.parametrize("family,base", CASES, ids=[f"{f}{'_base' if b else ''}" for f, b in CASES])
+def test_fused_graph_matches_unfused_graph_and_pytorch_in_float32(traced, family, base, single_torch_thread):
+    unfused, fused, _, model, _ = traced(family, "float32", base)
+    runs = {
+        "unfused": _RawOrtSession(unfused, "float32"),
+        "fused": _RawOrtSession(fused, "float32"),
+        "pytorch": TorchSession(model),
+    }
+    results = {name: s.generate(PROMPTS, STEPS, return_logits=True) for name, s in runs.items()}
+    for name in ("unfused", "pytorch"):
+        np.testing.assert_array_equal(results["fused"].tokens, results[name].tokens)
+        for step, (got, want) in enumerate(zip(results["fused"].step_logits, results[name].step_logits)):
+            # Left-padded positions of the prompt step carry no meaning (no key is visible).
+            rows = results["fused"].prompt_mask.astype(bool) if step == 0 else np.ones((len(PROMPTS), 1), bool)
+            assert np.abs(got - want)[rows].max() <= FP32_TOLERANCE, (name, step)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_graph_matches_unfused_graph_in_float16(traced, family, single_torch_thread):
+    """float16: onnxruntime's fused kernels round once where the decomposed graph rounds per
+    op; the difference must stay inside the validation tolerance of a float16 artifact
+    (SAFETY_FACTOR x the float16 reference's own distance to float32), and the tokens equal."""
+    unfused, fused, _, _, source = traced(family, "float16")
+    got = _RawOrtSession(fused, "float16").generate(PROMPTS, STEPS, return_logits=True)
+    want = _RawOrtSession(unfused, "float16").generate(PROMPTS, STEPS, return_logits=True)
+    precise = TorchSession(load_model(source, dtype="float32")).generate(
+        PROMPTS, STEPS, return_logits=True, forced_tokens=want.tokens
+    )
+    reference = TorchSession(load_model(source, dtype="float16")).generate(
+        PROMPTS, STEPS, return_logits=True, forced_tokens=want.tokens
+    )
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    for step in range(STEPS):
+        rows = want.prompt_mask.astype(bool) if step == 0 else np.ones((len(PROMPTS), 1), bool)
+        noise = np.abs(reference.step_logits[step] - precise.step_logits[step])[rows].max()
+        assert np.abs(got.step_logits[step] - want.step_logits[step])[rows].max() <= SAFETY_FACTOR * noise, step
+
+
+def test_exported_artifact_records_the_fused_graph_and_validates(exported, single_torch_thread):
+    artifact = exported("mistral")
+    graph = artifact.manifest["graph"]
+    assert graph["nodes"] == len(onnx.load(str(artifact.onnx_path), load_external_data=False).graph.node)
+    assert graph["nodes_per_layer"] < graph["nodes_per_layer_unfused"]
+    session = OrtSession(artifact, custom_ops=False)
+    reference = TorchSession(load_model(artifact.source_checkpoint, dtype="float32"))
+    got = session.generate(PROMPTS, STEPS, return_logits=True)
+    want = reference.generate(PROMPTS, STEPS, return_logits=True)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    assert max(np.abs(g[:, -1] - w[:, -1]).max() for g, w in zip(got.step_logits, want.step_logits)) <= FP32_TOLERANCE
+    assert load_artifact(artifact.path).manifest["graph"] == graph
+
+
+def _tiny_graph(matching: bool) -> onnx.ModelProto:
+    """out = rope(x Wa) + x Wb over 2 heads of 4, HF-style. Not matching: the cos/sin angles
+    are cat(f, g) (unequal halves, so no RotaryEmbedding computes it) and Wb reads another
+    input than Wa (nothing to share)."""
+    rng = np.random.default_rng(0)
+    ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_a"),
+        numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_b"),
+        numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "inv_freq"),
+        numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), "other_freq"),
+        ints("heads_shape", [0, 0, 2, 4]), ints("packed_shape", [0, 0, 8]), ints("zero", [0]),
+        ints("mid", [2]), ints("end", [2**62]), ints("last", [-1]), ints("one", [1]), ints("axis2", [2]),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_a"], ["a"]),
+        helper.make_node("MatMul", ["x" if matching else "y", "w_b"], ["b"]),
+        helper.make_node("Mul", ["pos", "inv_freq"], ["freqs"]),
+        helper.make_node("Mul", ["pos", "inv_freq" if matching else "other_freq"], ["freqs2"]),
+        helper.make_node("Concat", ["freqs", "freqs" if matching else "freqs2"], ["emb"], axis=-1),
+        helper.make_node("Cos", ["emb"], ["cos"]),
+        helper.make_node("Sin", ["emb"], ["sin"]),
+        helper.make_node("Reshape", ["a", "heads_shape"], ["a4"]),
+        helper.make_node("Slice", ["a4", "mid", "end", "last", "one"], ["hi"]),
+        helper.make_node("Neg", ["hi"], ["neg"]),
+        helper.make_node("Slice", ["a4", "zero", "mid", "last", "one"], ["lo"]),
+        helper.make_node("Concat", ["neg", "lo"], ["rot"], axis=-1),
+        helper.make_node("Unsqueeze", ["cos", "axis2"], ["cos4"]),
+        helper.make_node("Unsqueeze", ["sin", "axis2"], ["sin4"]),
+        helper.make_node("Mul", ["a4", "cos4"], ["plain"]),
+        helper.make_node("Mul", ["rot", "sin4"], ["turned"]),
+        helper.make_node("Add", ["plain", "turned"], ["roped4"]),
+        helper.make_node("Reshape", ["roped4", "packed_shape"], ["roped"]),
+        helper.make_node("Add", ["roped", "b"], ["out"]),
+    ]  # fmt: skip
+    widths = (("x", 8), ("y", 8), ("pos", 1))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "L", w]) for n, w in widths]
+    graph = helper.make_graph(
+        nodes, "tiny", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+
+
+def _run(proto: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["matching", "not_matching"])
+def test_patterns_are_fused_only_where_they_match_exactly(matching):
+    proto = _tiny_graph(matching)
+    model = ir.serde.deserialize_model(proto)
+    report = fuse_graph(model)
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    kinds = [n.op_type for n in fused.graph.node]
+    if matching:
+        assert report.matched["rotary"] == 1 and report.matched["projection_groups"] == 1
+        assert collections.Counter(kinds) == {"MatMul": 1, "Split": 1, "RotaryEmbedding": 1, "Mul": 1, "Concat": 1,
+                                              "Cos": 1, "Sin": 1, "Slice": 2, "Add": 1}  # fmt: skip
+    else:
+        assert report.matched == {"rotary": 0, "projection_groups": 0, "projection_matmuls": 0, "projection_biases": 0}
+        assert kinds == [n.op_type for n in proto.graph.node]
+    rng = np.random.default_rng(1)
+    feeds = {name: rng.standard_normal((2, 3, 8)).astype(np.float32) for name in ("x", "y")}
+    feeds["pos"] = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
+    np.testing.assert_allclose(_run(fused, feeds), _run(proto, feeds), rtol=0, atol=1e-5)

@@ -1,0 +1,402 @@
+"""Fewer, larger nodes in the exported graph: a post-pass over the traced onnx_ir model.
+
+Every node is a kernel launch (issue 11: ~44 nodes per decoder layer cost more than the
+attention itself in decode). `fuse_graph(model)` rewrites, in place and only where a
+pattern matches exactly (anything else is left as it is and not counted):
+
+* Rotary: HF's `x*cos + rotate_half(x)*sin` on a packed (B, L, H*D) projection, i.e.
+  Reshape -> 2 Slice, Neg, Concat -> 2 Mul, Add -> Reshape (10 nodes), becomes one standard
+  `RotaryEmbedding` (opset 23, 3-D input with `num_heads`, non-interleaved). Its caches
+  are the first halves of the graph's own cos/sin tensors (B, L, D/2), sliced once per graph,
+  not per layer; the match requires cos and sin to be `cat(f, f)` (walked up through
+  Cos/Sin/Cast/scalar Mul), which is what makes the two halves of the rotation equal.
+* Projections: MatMuls that read the same activation with constant 2-D weights (Q/K/V of an
+  ordinary or producer layer; v_proj and the compensation Wc of a consumer; gate/up of the
+  MLP) become one MatMul over the concatenated weights + one Split; bias Adds (Qwen2's q/k/v)
+  are concatenated as well when every member has one.
+* What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
+The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
+
+RMSNorm needs no rewrite here: at the default-domain opset 23 of ops.ONNX_OPSET, the
+exporter's own optimizer (onnxscript's rewriter, run by `torch.onnx.export(optimize=True)`)
+already turns HF's decomposed norm (Cast, Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul,
+Cast, Mul) into one standard `RMSNormalization` (stash_type 1) per norm; the report counts
+them and tests/export/test_fuse.py holds that no decomposed norm is left.
+
+Why the standard opset-23 ops and not com.microsoft's (Skip)SimplifiedLayerNormalization /
+RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
+* onnxruntime 1.31 CPU runs RMSNormalization-23 and RotaryEmbedding-23 (checked here, fp32
+  and fp16, 3-D caches without position_ids); its CUDA EP registers both for float, float16
+  and bfloat16 (core/providers/cuda/nn/rms_norm.cc, cuda/llm/rotary_embedding.cc) and ran
+  them on an H100 (onnxruntime-gpu 1.31.1, profiler: every node of a norm -> fused QKV ->
+  Split -> 2 rotary graph on CUDAExecutionProvider; CUDA vs CPU within 1.5e-6 in float32,
+  one float16 ulp in float16). Not part of this module's CPU tests.
+* The TensorRT ONNX parser imports RMSNormalization and RotaryEmbedding from 10.15
+  (onnx-tensorrt 10.15 release notes; TensorRT-RTX 1.7's parser, installed here, parses a
+  fused graph without plugins into ROTARY_EMBEDDING layers); it has no importer for
+  com.microsoft ops.
+* onnx.checker full_check rejects SimplifiedLayerNormalization (ORT registers it in the
+  default domain, which onnx does not know), and a skip-norm would only save the residual Add.
+* Rounding: the ONNX definitions are HF's (RMSNormalization: variance in float32, normalized
+  cast to the activation dtype, then times the weight). onnxruntime's CPU kernels round once
+  instead (normalized x weight, resp. the rotation, in float32, one cast): identical in
+  float32, at most one float16 ulp apart per element in float16 (measured), far inside the
+  validation tolerance, which is derived from the float16 reference's own noise.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
+_LAYER_SCOPE = re.compile(r"layers\.(\d+)")
+# Ops a cos/sin tensor may pass through after cat(f, f) without its halves becoming unequal.
+_ELEMENTWISE_UNARY = ("Cos", "Sin", "Cast")
+
+
+@dataclass
+class FusionReport:
+    """What `fuse_graph` did. Node counts per op type before and after; per decoder layer:
+    nodes attributed to a layer by the exporter's module scopes, averaged; matched: patterns
+    this pass rewrote (RMSNormalization nodes, made by the exporter, are in kinds_*)."""
+
+    layers: int
+    kinds_before: dict[str, int]
+    kinds_after: dict[str, int]
+    per_layer_before: float
+    per_layer_after: float
+    matched: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def nodes_before(self) -> int:
+        return sum(self.kinds_before.values())
+
+    @property
+    def nodes_after(self) -> int:
+        return sum(self.kinds_after.values())
+
+    def manifest_entry(self) -> dict:
+        """The manifest's record of the graph's size (`"graph"` key)."""
+        return {
+            "nodes": self.nodes_after,
+            "nodes_per_layer": round(self.per_layer_after, 2),
+            "nodes_unfused": self.nodes_before,
+            "nodes_per_layer_unfused": round(self.per_layer_before, 2),
+            "fused": dict(self.matched),
+        }
+
+
+def fuse_graph(model: ir.Model) -> FusionReport:
+    """Fuse rotary and shared-input projections of `model` in place (see the module doc)."""
+    opset = model.opset_imports.get("", 0)
+    if opset < ROTARY_MIN_OPSET:
+        raise ValueError(f"fuse_graph needs default-domain opset >= {ROTARY_MIN_OPSET}, the graph has {opset}")
+    graph = model.graph
+    kinds_before, per_layer_before, layers = _census(graph)
+    matched = {
+        "rotary": _fuse_rotary(graph),
+        **_fuse_projections(graph),
+    }
+    RemoveUnusedNodesPass()(model)
+    kinds_after, per_layer_after, _ = _census(graph)
+    return FusionReport(layers, kinds_before, kinds_after, per_layer_before, per_layer_after, matched)
+
+
+def _layer_of(node: ir.Node) -> int | None:
+    found = _LAYER_SCOPE.search(node.metadata_props.get(_SCOPES_KEY, ""))
+    return int(found.group(1)) if found else None
+
+
+def nodes_by_layer(graph: ir.Graph) -> dict[int | None, collections.Counter]:
+    """Op-type counts per decoder layer (key None: nodes outside the layers: embedding,
+    rotary tables, final norm, lm_head), from the module scopes torch.onnx records."""
+    layers: dict[int | None, collections.Counter] = collections.defaultdict(collections.Counter)
+    for node in graph:
+        layers[_layer_of(node)][node.op_type] += 1
+    return dict(layers)
+
+
+def _census(graph: ir.Graph) -> tuple[dict[str, int], float, int]:
+    kinds = collections.Counter(node.op_type for node in graph)
+    per_layer = {layer: sum(c.values()) for layer, c in nodes_by_layer(graph).items() if layer is not None}
+    layers = len(per_layer)
+    return dict(sorted(kinds.items())), (sum(per_layer.values()) / layers if layers else 0.0), layers
+
+
+def _new_node(op_type, inputs, attributes=None, *, like: ir.Node, num_outputs=1, name: str) -> ir.Node:
+    """A default-domain node that takes the module scope (layer) of the node it replaces;
+    `name` is built from a value name, unique in the graph as node names must be."""
+    return ir.node(
+        op_type, inputs, attributes, num_outputs=num_outputs, name=name, metadata_props=dict(like.metadata_props)
+    )
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.domain == "" and node.op_type == op_type else None
+
+
+def _ints(value: ir.Value | None) -> list[int] | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or tensor.dtype != ir.DataType.INT64:
+        return None
+    return [int(v) for v in tensor.numpy().reshape(-1)]
+
+
+def _static_dims(value: ir.Value) -> list[int | None] | None:
+    if value.shape is None:
+        return None
+    return [d if isinstance(d, int) else None for d in value.shape]
+
+
+def _is_last_axis(axis: int, rank: int) -> bool:
+    return axis in (-1, rank - 1)
+
+
+# --- rotary -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rotary:
+    packed: ir.Value  # (B, L, H*D) projection
+    cos: ir.Value  # (B, L, D) = cat(f, f) form
+    sin: ir.Value
+    num_heads: int
+    head_dim: int
+    output: ir.Value  # the (B, L, H*D) rotated value the rest of the graph reads
+    last: ir.Node  # the Reshape producing `output`
+
+
+def _fuse_rotary(graph: ir.Graph) -> int:
+    halves: dict[int, ir.Value] = {}  # id(cos or sin value) -> its first half, sliced once
+    fused = 0
+    for node in list(graph):
+        match = _match_rotary(node)
+        if match is None:
+            continue
+        cos_half = _first_half(graph, match.cos, match.head_dim, halves)
+        sin_half = _first_half(graph, match.sin, match.head_dim, halves)
+        rotary = _new_node(
+            "RotaryEmbedding", [match.packed, cos_half, sin_half],
+            {"num_heads": match.num_heads, "interleaved": 0},
+            like=match.last, name=f"{match.output.name}/RotaryEmbedding",
+        )  # fmt: skip
+        graph.insert_before(match.last, rotary)
+        rotated = rotary.outputs[0]
+        rotated.shape, rotated.type = match.output.shape, match.output.type
+        ir.convenience.replace_all_uses_with(match.output, rotated)
+        fused += 1
+    return fused
+
+
+def _match_rotary(reshape_out: ir.Node) -> _Rotary | None:
+    """reshape_out = Reshape(Add(Mul(x4, Unsqueeze(cos)), Mul(rotate_half(x4), Unsqueeze(sin))))
+    with x4 = Reshape(packed) of shape (B, L, H, D), packed and the result (B, L, H*D)."""
+    if reshape_out.domain != "" or reshape_out.op_type != "Reshape" or reshape_out.outputs[0].is_graph_output():
+        return None
+    add = _producer(reshape_out.inputs[0], "Add")
+    if add is None:
+        return None
+    for plain, rotated in (add.inputs, add.inputs[::-1]):
+        mul_cos, mul_sin = _producer(plain, "Mul"), _producer(rotated, "Mul")
+        if mul_cos is None or mul_sin is None:
+            continue
+        for x4, cos_4d in (mul_cos.inputs, mul_cos.inputs[::-1]):
+            for rot, sin_4d in (mul_sin.inputs, mul_sin.inputs[::-1]):
+                found = _rotary_operands(x4, cos_4d, rot, sin_4d, reshape_out.outputs[0])
+                if found is not None:
+                    packed, cos, sin, heads, head_dim = found
+                    return _Rotary(packed, cos, sin, heads, head_dim, reshape_out.outputs[0], reshape_out)
+    return None
+
+
+def _rotary_operands(x4, cos_4d, rot, sin_4d, output):
+    split = _producer(x4, "Reshape")
+    dims = _static_dims(x4) if x4 is not None else None
+    if split is None or dims is None or len(dims) != 4 or None in dims[2:]:
+        return None
+    heads, head_dim = dims[2], dims[3]
+    packed = split.inputs[0]
+    packed_dims = _static_dims(packed)
+    if head_dim % 2 or packed_dims is None or len(packed_dims) != 3 or packed_dims[2] != heads * head_dim:
+        return None
+    # Only the last axis is split into heads and joined again: batch and length dims (named
+    # symbolic dims) are the same on the packed input, the 4-D view and the output.
+    if output.shape is None or list(output.shape) != list(packed.shape) or list(x4.shape)[:2] != list(packed.shape)[:2]:
+        return None
+    if not _is_rotate_half(rot, x4, head_dim):
+        return None
+    cos, sin = _unsqueezed_at_heads(cos_4d), _unsqueezed_at_heads(sin_4d)
+    for table in (cos, sin):
+        table_dims = _static_dims(table) if table is not None else None
+        if table_dims is None or len(table_dims) != 3 or table_dims[2] != head_dim:
+            return None
+        if list(table.shape)[:2] != list(packed.shape)[:2]:  # RotaryEmbedding takes (B, L, D/2) tables
+            return None
+        if table.dtype != packed.dtype or not _halves_equal(table):
+            return None
+    return packed, cos, sin, heads, head_dim
+
+
+def _is_rotate_half(rot: ir.Value | None, x4: ir.Value, head_dim: int) -> bool:
+    """rot = Concat(Neg(x4[..., D/2:]), x4[..., :D/2], axis=-1)."""
+    concat = _producer(rot, "Concat")
+    if concat is None or len(concat.inputs) != 2 or not _is_last_axis(concat.attributes.get_int("axis", 0), 4):
+        return False
+    neg = _producer(concat.inputs[0], "Neg")
+    half = head_dim // 2
+    return (
+        neg is not None
+        and _is_last_axis_slice(neg.inputs[0], x4, half, head_dim, head_dim)
+        and _is_last_axis_slice(concat.inputs[1], x4, 0, half, head_dim)
+    )
+
+
+def _is_last_axis_slice(value: ir.Value | None, source: ir.Value, start: int, end: int, length: int) -> bool:
+    """value = source[..., start:end] of a rank-4 source whose last axis has `length`
+    (an end past the axis counts as its length)."""
+    node = _producer(value, "Slice")
+    if node is None or node.inputs[0] is not source or len(node.inputs) < 4:
+        return False
+    starts, ends, axes = (_ints(node.inputs[i]) for i in (1, 2, 3))
+    steps = _ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
+    if starts is None or ends is None or axes is None or steps != [1] or len(axes) != 1:
+        return False
+    ends_at = ends[0] == end or (end == length and ends[0] >= length)
+    return len(starts) == len(ends) == 1 and _is_last_axis(axes[0], 4) and starts[0] == start and ends_at
+
+
+def _unsqueezed_at_heads(value: ir.Value | None) -> ir.Value | None:
+    """(B, L, D) table T for value = Unsqueeze(T, axes=[2]) of shape (B, L, 1, D)."""
+    node = _producer(value, "Unsqueeze")
+    if node is None or _ints(node.inputs[1]) not in ([2], [-2]):
+        return None
+    return node.inputs[0]
+
+
+def _halves_equal(table: ir.Value) -> bool:
+    """table = u(cat(f, f, axis=-1)) for elementwise unary steps u (Cos/Sin/Cast, or Mul by a
+    scalar constant such as HF's attention_scaling): then table[..., :D/2] == table[..., D/2:]."""
+    value = table
+    while True:
+        node = value.producer()
+        if node is None or node.domain != "":
+            return False
+        if node.op_type in _ELEMENTWISE_UNARY:
+            value = node.inputs[0]
+        elif node.op_type == "Mul" and len(node.inputs) == 2:
+            constants = [ir.convenience.get_const_tensor(v) for v in node.inputs]
+            scalar = [i for i, c in enumerate(constants) if c is not None and c.size == 1]
+            if len(scalar) != 1:
+                return False
+            value = node.inputs[1 - scalar[0]]
+        elif node.op_type == "Concat":
+            rank = len(value.shape) if value.shape is not None else 0
+            return (
+                len(node.inputs) == 2
+                and node.inputs[0] is node.inputs[1]
+                and rank > 0
+                and _is_last_axis(node.attributes.get_int("axis", 0), rank)
+            )
+        else:
+            return False
+
+
+def _first_half(graph: ir.Graph, table: ir.Value, head_dim: int, halves: dict[int, ir.Value]) -> ir.Value:
+    """table[..., :D/2], computed once per table for the whole graph."""
+    if id(table) not in halves:
+        source = table.producer()
+        bounds = [_const(graph, f"{table.name}_half_{name}", np.array(v, np.int64)) for name, v in
+                  (("starts", [0]), ("ends", [head_dim // 2]), ("axes", [-1]))]  # fmt: skip
+        node = _new_node("Slice", [table, *bounds], like=source, name=f"{table.name}/first_half")
+        graph.insert_after(source, node)
+        half = node.outputs[0]
+        half.name = f"{table.name}_half"
+        half.type = table.type
+        half.shape = ir.Shape([*table.shape[:-1], head_dim // 2])
+        halves[id(table)] = half
+    return halves[id(table)]
+
+
+def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))  # fmt: skip
+    graph.register_initializer(value)
+    return value
+
+
+# --- projections ------------------------------------------------------------------------------
+
+
+def _fuse_projections(graph: ir.Graph) -> dict[str, int]:
+    """One MatMul + Split per group of constant-weight MatMuls reading the same activation."""
+    groups: dict[tuple, list[ir.Node]] = collections.defaultdict(list)
+    for node in graph:
+        is_matmul = node.domain == "" and node.op_type == "MatMul"
+        if is_matmul and _weight(node) is not None and not node.outputs[0].is_graph_output():
+            key = (id(node.inputs[0]), _weight(node).shape[0], _weight(node).dtype)
+            groups[key].append(node)
+    fused_groups = fused_matmuls = fused_biases = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        biases = [_bias_add(m) for m in members]
+        with_bias = all(b is not None for b in biases)
+        _fuse_group(graph, members, biases if with_bias else None)
+        fused_groups += 1
+        fused_matmuls += len(members)
+        fused_biases += len(members) if with_bias else 0
+    return {"projection_groups": fused_groups, "projection_matmuls": fused_matmuls, "projection_biases": fused_biases}
+
+
+def _weight(matmul: ir.Node) -> ir.TensorProtocol | None:
+    """The constant (K, N) weight of x @ W, x itself not constant."""
+    if ir.convenience.get_const_tensor(matmul.inputs[0]) is not None:
+        return None
+    weight = ir.convenience.get_const_tensor(matmul.inputs[1])
+    return weight if weight is not None and len(weight.shape) == 2 else None
+
+
+def _bias_add(matmul: ir.Node) -> tuple[ir.Node, ir.TensorProtocol] | None:
+    """(Add node, bias) when the MatMul's only reader adds a constant (N,) bias to it."""
+    out = matmul.outputs[0]
+    if len(out.uses()) != 1:
+        return None
+    add = next(iter(out.uses())).node
+    if add.domain != "" or add.op_type != "Add" or len(add.inputs) != 2 or add.outputs[0].is_graph_output():
+        return None
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    bias = ir.convenience.get_const_tensor(other)
+    width = _weight(matmul).shape[1]
+    if bias is None or tuple(bias.shape) != (width,) or bias.dtype != _weight(matmul).dtype:
+        return None
+    return add, bias
+
+
+def _fuse_group(graph: ir.Graph, members: list[ir.Node], biases: list | None) -> None:
+    first = members[0]
+    weights = [_weight(m) for m in members]
+    widths = [int(w.shape[1]) for w in weights]
+    base = first.outputs[0].name
+    weight = _const(graph, f"{base}_fused_weight", np.concatenate([w.numpy() for w in weights], axis=1))
+    nodes = [_new_node("MatMul", [first.inputs[0], weight], like=first, name=f"{base}/fused_MatMul")]
+    replaced = [m.outputs[0] for m in members]
+    if biases is not None:
+        bias = _const(graph, f"{base}_fused_bias", np.concatenate([b.numpy() for _, b in biases]))
+        nodes.append(_new_node("Add", [nodes[-1].outputs[0], bias], like=biases[0][0], name=f"{base}/fused_bias"))
+        replaced = [add.outputs[0] for add, _ in biases]
+    sizes = _const(graph, f"{base}_fused_split", np.array(widths, np.int64))
+    split = _new_node("Split", [nodes[-1].outputs[0], sizes], {"axis": -1}, like=first,
+                      num_outputs=len(members), name=f"{base}/fused_Split")  # fmt: skip
+    nodes.append(split)
+    graph.insert_before(first, nodes)
+    for old, new in zip(replaced, split.outputs):
+        new.shape, new.type = old.shape, old.type
+        ir.convenience.replace_all_uses_with(old, new)
