@@ -252,7 +252,7 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_model(released, tmp_path
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(UniAttnError, match="exists and is not a model folder"):
+    with pytest.raises(UniAttnError, match="exists and is not a UniAttn checkpoint folder"):
         save_model(load_model(folder), precious)
     assert (precious / "notes.txt").read_text() == "keep me"
 

@@ -7,8 +7,6 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UniAttnError
-
 # In pipeline order.
 SUBCOMMANDS = ("convert", "generate", "model", "validate", "bench", "runtime_paths")
 
@@ -31,12 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UniAttnError as exc:
-        print(f"uniattn-export {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Exit codes: cli/outcome.py (0 ok, 1 validation failed, 2 bad input, 3 internal error)."""
+    from .outcome import run_command
+
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

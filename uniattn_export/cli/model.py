@@ -13,7 +13,7 @@ Targets:
   trt   additionally builds a TensorRT engine (targets/trt/cli.py, flags shown with
         `uniattn-export model --target trt --help`); validation runs the ONNX file with
         onnxruntime, the engine's own checks are in the build report
-Exit codes: 0 ok, 1 validation failed, 2 bad input.
+Exit codes: 0 ok, 1 validation failed, 2 bad input, 3 internal error (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_model, load_artifact
     from ..model import load_model
     from ..model.real import resolve_checkpoint
+    from ..output import ARTIFACT, check_destination
     from ..validate.report import write_report
 
     console = Console(stderr=True, soft_wrap=True)  # progress lines: never wrapped mid-path
-    check_validation_arguments(args)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
-    if args.output.resolve() == args.checkpoint.resolve():
-        raise UniAttnError("the output folder is the checkpoint folder", "pass a different -o")
+    check_destination(args.output, ARTIFACT, inputs=(args.checkpoint,), force=args.force)
+    check_validation_arguments(args, args.output, args.checkpoint)
     if args.dtype == "bfloat16" and args.device == "cpu" and not args.no_validate:
         raise UniAttnError(
             "onnxruntime's CPU execution provider has no bfloat16 kernels, so a bfloat16 "
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, dtype=args.dtype, producer_rule=args.producer_rule)
     console.print(f"[bold]model[/] {args.checkpoint}: {model.uniattn_config.describe()}")
     export_model(
-        model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits
+        model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
+        force=args.force,
     )
     del model
     artifact = load_artifact(args.output)

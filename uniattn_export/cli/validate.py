@@ -1,6 +1,7 @@
 """`uniattn-export validate ARTIFACT`: re-run validation on an exported artifact.
 
-Exit codes: 0 passed, 1 validation failed (numbers outside tolerance), 2 bad input.
+Exit codes: 0 passed, 1 validation failed (numbers outside tolerance), 2 bad input, 3 internal
+error (docs/cli.md).
 The validation options are shared with `uniattn-export model`, which validates what it built.
 """
 
@@ -30,6 +31,9 @@ def add_validation_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of reference outputs: checked against when it holds them, "
                         "stored there (from the PyTorch reference) when it does not")  # fmt: skip
     g.add_argument("--update-golden", action="store_true", help="store the golden outputs again")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing output folder whatever it holds (never an input or the "
+                        "current directory; docs/cli.md)")  # fmt: skip
     g.add_argument("--report", type=Path, default=None,
                    help=f"JSON report path (default: ARTIFACT/reports/{REPORT_NAME})")
     g.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -37,14 +41,18 @@ def add_validation_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the checks as JUnit XML to this path (for CI test reports)")  # fmt: skip
 
 
-def check_validation_arguments(args: argparse.Namespace) -> None:
+def check_validation_arguments(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None) -> None:
     """Reject bad validation flags before any work (an export takes a while)."""
     from ..errors import UniAttnError
+    from ..output import GOLDEN, check_destination
+    from ..validate.golden import golden_exists
 
     if args.max_new_tokens < 1:
         raise UniAttnError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "pass a positive number")
     if args.update_golden and args.golden is None:
         raise UniAttnError("--update-golden needs --golden DIR", "pass the folder to store the outputs in")
+    if args.golden is not None and (args.update_golden or not golden_exists(args.golden)):
+        check_destination(args.golden, GOLDEN, inputs=(artifact_dir, checkpoint), force=args.force)
     if args.perplexity_text is not None:
         try:
             args.perplexity_text.read_text()
@@ -61,7 +69,7 @@ def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Pat
     from ..validate import validate_artifact
     from ..validate.report import print_summary, write_report
 
-    check_validation_arguments(args)
+    check_validation_arguments(args, artifact_dir, checkpoint)
     text = args.perplexity_text.read_text() if args.perplexity_text is not None else None
     artifact = load_artifact(artifact_dir)
     custom_ops = {"auto": None, "on": True, "off": False}[args.custom_ops]
@@ -70,7 +78,7 @@ def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Pat
         artifact, session=session, checkpoint=checkpoint, prompts=args.prompt,
         max_new_tokens=args.max_new_tokens, perplexity_text=text,
         perplexity_tokens=args.perplexity_tokens, golden=args.golden,
-        update_golden=args.update_golden,
+        update_golden=args.update_golden, force=args.force,
     )  # fmt: skip
     path = write_report(report, args.report or artifact.path / "reports" / REPORT_NAME)
     if args.junit is not None:

@@ -129,15 +129,6 @@ def build_manifest(
     }
 
 
-def check_destination(out_dir: Path, marker: str, what: str) -> None:
-    """Refuse to replace anything but an empty folder or an earlier `what` (which holds
-    `marker`): the write replaces the whole folder."""
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file()):
-        raise UniAttnError(
-            f"{out_dir} exists and is not {what}", f"pass a new folder name (an existing {what} is replaced)"
-        )
-
-
 def write_manifest(folder: Path, manifest: dict) -> None:
     tmp = folder / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

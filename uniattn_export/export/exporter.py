@@ -25,18 +25,13 @@ import torch
 from torch import nn
 
 from ..errors import UniAttnError
-from ..model.checkpoint import RELEASED_GROUPING_KEYS, atomic_folder
+from ..model.checkpoint import RELEASED_GROUPING_KEYS
 from ..model.modeling import UniAttnForCausalLM
+from ..output import ARTIFACT, SIDE_FILES, atomic_folder, check_destination
 from . import artifact as artifact_files
 from .functions import function_protos
 from .ops import DOMAIN, DOMAIN_VERSION, EXPORT_OPS, ONNX_OPSET, PRODUCER_OP, TRANSLATION_TABLE
 
-# Files copied from the checkpoint folder when present (tokenizer and generation settings).
-_SIDE_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-    "added_tokens.json", "chat_template.jinja",
-)  # fmt: skip
 # Above this many bytes of weights the graph keeps them in model.onnx_data (protobuf's
 # 2 GiB limit must never be near).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -189,7 +184,7 @@ def _copy_side_files(source: Path | None, out: Path) -> list[str]:
     copied = []
     if source is None:
         return copied
-    for name in _SIDE_FILES:
+    for name in SIDE_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
             copied.append(name)
@@ -203,6 +198,7 @@ def export_model(
     source_dir: str | Path | None = None,
     external_data: bool | None = None,
     logits: Literal["all", "last"] = "all",
+    force: bool = False,
 ) -> Path:
     """Export `model` (in its current dtype) to the artifact folder `out_dir`.
 
@@ -210,7 +206,8 @@ def export_model(
     config files are copied and its path is recorded in the manifest (validation finds the
     reference there). external_data: None keeps weights inline below 1 GiB. logits: "all"
     positions (optimum's convention), or only the "last" one: a long prefill then never
-    materializes (B, L, vocab) floats, which is what generation needs.
+    materializes (B, L, vocab) floats, which is what generation needs. force: replace
+    `out_dir` whatever it holds (never the checkpoint; uniattn_export/output.py).
     The folder is written beside `out_dir` and renamed into place at the end, after the
     structural check passed, so a failure never leaves a half-written artifact.
     """
@@ -225,8 +222,8 @@ def export_model(
     if dtype not in EXPORT_DTYPES:
         raise UniAttnError(f"cannot export weights of dtype {dtype}", f"load the model as one of {EXPORT_DTYPES}")
     out_dir = Path(out_dir)
-    artifact_files.check_destination(out_dir, artifact_files.MANIFEST_FILE, "an artifact folder")
     source = Path(source_dir) if source_dir is not None else None
+    check_destination(out_dir, ARTIFACT, inputs=(source,), force=force)
     uniattn = model.uniattn_config
     layers = range(uniattn.num_layers)
     input_names = ["input_ids", "attention_mask", "position_ids"] + [
@@ -241,7 +238,7 @@ def export_model(
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
 
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, ARTIFACT, inputs=(source,), force=force) as tmp:
         ir.save(
             onnx_model, tmp / artifact_files.MODEL_FILE,
             external_data=artifact_files.EXTERNAL_DATA_FILE if external_data else None,

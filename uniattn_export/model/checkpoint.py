@@ -14,16 +14,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 
 from ..errors import UniAttnError
+from ..output import CHECKPOINT, atomic_folder, check_destination
 from .config import DEFAULT_RULE_BY_MODEL_TYPE, UniAttnConfig
 from .modeling import SUPPORTED_MODEL_TYPES, UniAttnForCausalLM
 
@@ -259,53 +256,25 @@ def model_from_state(
     return model.eval()
 
 
-def check_output_folder(out_dir: str | os.PathLike) -> Path:
-    """Refuse to replace anything but a model folder (save_model replaces the folder)."""
-    out_dir = Path(out_dir)
-    if out_dir.is_file() or (
-        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()
-    ):
-        raise UniAttnError(
-            f"{out_dir} exists and is not a model folder",
-            "pass a new folder name (an existing model folder is replaced)",
-        )
-    return out_dir
-
-
-@contextmanager
-def atomic_folder(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir` to fill; it replaces `out_dir` only when the
-    block succeeds, so an interrupted write never leaves a half-written folder behind."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the folder's mode
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_model(
     model: UniAttnForCausalLM,
     out_dir: str | os.PathLike,
     tokenizer=None,
     extra_files: dict[str, str] | None = None,
+    *,
+    inputs: tuple[str | os.PathLike, ...] = (),
+    force: bool = False,
 ) -> Path:
     """Save in our format (save_pretrained + explicit layer map), atomically.
 
     extra_files: name -> text written alongside (e.g. conversion_report.json).
+    inputs, force: what the folder may replace (uniattn_export/output.py states the rule).
     """
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_destination(out_dir, CHECKPOINT, inputs=inputs, force=force)  # before touching the model
     for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
         if hasattr(model.config, key):
             delattr(model.config, key)
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, CHECKPOINT, inputs=inputs, force=force) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

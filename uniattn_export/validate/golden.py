@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UniAttnError
-from ..export.artifact import Artifact, check_destination, package_versions
-from ..model.checkpoint import atomic_folder
+from ..export.artifact import Artifact, package_versions
+from ..output import GOLDEN, atomic_folder
 from ..targets.session import Generation, left_pad
 
 GOLDEN_FILE = "golden.json"
@@ -55,11 +55,10 @@ def golden_exists(folder: Path) -> bool:
     return (folder / GOLDEN_FILE).is_file()
 
 
-def store_golden(folder: Path, artifact: Artifact, golden: Golden) -> None:
-    """Write DIR atomically (a sibling temp folder renamed into place)."""
-    folder = Path(folder)
-    check_destination(folder, GOLDEN_FILE, "a golden folder")
-    with atomic_folder(folder) as tmp:
+def store_golden(folder: Path, artifact: Artifact, golden: Golden, *, inputs: tuple = (), force: bool = False) -> None:
+    """Write DIR atomically (a sibling temp folder renamed into place). inputs: what it
+    was computed from, never replaced (the artifact always counts)."""
+    with atomic_folder(folder, GOLDEN, inputs=(artifact.path, *inputs), force=force) as tmp:
         record = {
             "format": GOLDEN_FORMAT,
             "format_version": GOLDEN_VERSION,

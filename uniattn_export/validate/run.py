@@ -23,10 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UniAttnError
-from ..export.artifact import Artifact, check_destination, load_artifact, package_versions
+from ..export.artifact import Artifact, load_artifact, package_versions
+from ..output import GOLDEN, check_destination
 from ..targets.session import GenerationSession, left_pad, position_ids_for
 from . import compare
-from .golden import GOLDEN_FILE, Golden, golden_exists, load_golden, store_golden
+from .golden import Golden, golden_exists, load_golden, store_golden
 
 # Two independent implementations at one precision each sit about one "noise" away from the
 # exact result, so they can differ by about twice it; 4x leaves room for unlucky rows.
@@ -174,12 +175,14 @@ def validate_artifact(
     golden: str | Path | None = None,
     update_golden: bool = False,
     device: str = "cpu",
+    force: bool = False,
 ) -> dict:
     """Validate and return the JSON-ready report (report["passed"] says the verdict).
 
     session: the runtime to validate (default: an ONNX Runtime session on `device`).
     golden: a folder of stored reference outputs; checked against when it holds them
-    (unless update_golden), else filled from the PyTorch reference.
+    (unless update_golden), else filled from the PyTorch reference. force: replace the
+    golden folder whatever it holds (never the artifact or checkpoint; uniattn_export/output.py).
     """
     if max_new_tokens < 1:
         raise UniAttnError(f"max_new_tokens must be >= 1, got {max_new_tokens}", "pass a positive number")
@@ -202,14 +205,15 @@ def validate_artifact(
             )
     else:
         if golden_dir is not None:
-            check_destination(golden_dir, GOLDEN_FILE, "a golden folder")  # before the slow part
+            golden_inputs = (artifact.path, checkpoint)
+            check_destination(golden_dir, GOLDEN, inputs=golden_inputs, force=force)  # before the slow part
         token_prompts = _resolve_prompts(artifact, prompts)
         ref = _pytorch_reference(
             artifact, Path(checkpoint) if checkpoint else None, token_prompts,
             _pad_token_id(artifact), max_new_tokens, text_ids,
         )  # fmt: skip
         if golden_dir is not None:
-            store_golden(golden_dir, artifact, ref.golden)
+            store_golden(golden_dir, artifact, ref.golden, inputs=golden_inputs, force=force)
 
     return _report(artifact, session, ref, text_ids, golden_dir)
 
