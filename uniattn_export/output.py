@@ -118,6 +118,7 @@ def check_destination(
             )
     if out_dir.exists() and not out_dir.is_dir():
         raise UniAttnError(f"the output {out_dir} is a file, not a folder", "pass a new folder name")
+    _check_writable(out_dir)
     if force or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return out_dir
     if not kind.is_ours(out_dir):
@@ -132,6 +133,35 @@ def check_destination(
             "move those files out, pass a new folder name, or --force to replace it",
         )
     return out_dir
+
+
+def _check_writable(path: Path, fix: str = "pick a writable location") -> None:
+    """Fail now, not after the slow part, when `path` cannot be created: try a temporary
+    folder in its nearest existing ancestor (os.access would be wrong for root)."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UniAttnError(f"cannot create {path}: {ancestor} is a file", "pass a path whose folders are folders")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".uniattn-export-probe.", dir=ancestor))
+    except OSError as exc:
+        raise UniAttnError(f"cannot write to {ancestor} ({exc.strerror})", fix) from None
+
+
+def check_file_destination(
+    path: str | os.PathLike, what: str, is_ours: Callable[[Path], bool], *, force: bool = False,
+    unwritable_fix: str = "pick a writable location",
+) -> Path:  # fmt: skip
+    """The same rule for a single file (a report): writable, not a folder, and an existing
+    file is replaced only when it is an earlier `what` (or with --force)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UniAttnError(f"{path} is a folder, not a file ({what})", f"pass a file path, e.g. {path / 'report'}")
+    _check_writable(path, unwritable_fix)
+    if path.exists() and not force and not is_ours(path):
+        raise UniAttnError(f"{path} exists and is not {what}", "pass a new file name, or --force to replace it")
+    return path
 
 
 @contextmanager

@@ -7,12 +7,14 @@ import argparse
 import importlib
 import sys
 
+from .outcome import OneLineArgumentParser
+
 # In pipeline order.
 SUBCOMMANDS = ("convert", "generate", "model", "validate", "bench", "runtime_paths")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="uniattn-export",
         description=(
             "Export, compile and validate LLMs post-trained with UniAttn: consumer layers reuse "

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from ..model.real import SMOLLM2_NAME
+from .outcome import OneLineArgumentParser
 from .validate import add_validation_arguments, check_validation_arguments, run_validation
 
 TARGETS = ("onnx", "ort", "trt")
@@ -36,7 +37,7 @@ def _asks_for_trt(arg_strings: list[str]) -> bool:
     return False
 
 
-class _ModelParser(argparse.ArgumentParser):
+class _ModelParser(OneLineArgumentParser):
     """Adds the TensorRT builder's flags only when --target trt is on the command line, so
     the other targets never import the TensorRT code."""
 
@@ -79,14 +80,19 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UniAttnError
     from ..export import export_model, load_artifact
     from ..model import load_model
+    from ..model.checkpoint import read_checkpoint_config
     from ..model.real import resolve_checkpoint
     from ..output import ARTIFACT, check_destination
+    from ..targets.session import check_prompts
     from ..validate.report import write_report
 
     console = Console(stderr=True, soft_wrap=True)  # progress lines: never wrapped mid-path
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     check_destination(args.output, ARTIFACT, inputs=(args.checkpoint,), force=args.force)
-    check_validation_arguments(args, args.output, args.checkpoint)
+    if not args.no_validate:  # everything the validation needs is known before the export
+        check_validation_arguments(args, args.output, args.checkpoint)
+        positions = read_checkpoint_config(args.checkpoint).get("max_position_embeddings")
+        check_prompts([[0]], args.max_new_tokens, max_positions=positions)
     if args.dtype == "bfloat16" and args.device == "cpu" and not args.no_validate:
         raise UniAttnError(
             "onnxruntime's CPU execution provider has no bfloat16 kernels, so a bfloat16 "

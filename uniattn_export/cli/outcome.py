@@ -41,6 +41,13 @@ def _raise_interrupted(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2) instead of the whole usage block; --help has it."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message}. See `{self.prog} --help`.\n")
+
+
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
