@@ -151,7 +151,7 @@ def _check_writable(path: Path, fix: str = "pick a writable location") -> None:
 
 def check_file_destination(
     path: str | os.PathLike, what: str, is_ours: Callable[[Path], bool], *, force: bool = False,
-    unwritable_fix: str = "pick a writable location",
+    unwritable_fix: str = "pick a writable location", foreign_fix: str = "pass a new file name, or --force to replace it",
 ) -> Path:  # fmt: skip
     """The same rule for a single file (a report): writable, not a folder, and an existing
     file is replaced only when it is an earlier `what` (or with --force)."""
@@ -160,7 +160,7 @@ def check_file_destination(
         raise UniAttnError(f"{path} is a folder, not a file ({what})", f"pass a file path, e.g. {path / 'report'}")
     _check_writable(path, unwritable_fix)
     if path.exists() and not force and not is_ours(path):
-        raise UniAttnError(f"{path} exists and is not {what}", "pass a new file name, or --force to replace it")
+        raise UniAttnError(f"{path} exists and is not {what}", foreign_fix)
     return path
 
 
