@@ -197,7 +197,7 @@ BAD_CHECKPOINTS = {
         {}, _drop("model.layers.0.mlp.up_proj.weight"), {},
         "weights are missing model.layers.0.mlp.up_proj.weight",
     ),
-    "an unknown dtype": ({}, None, {"dtype": "float7"}, "unsupported dtype 'float7'"),
+    "an unknown dtype": ({}, None, {"dtype": "float7"}, "unknown dtype 'float7'"),
     "an integer dtype": ({}, None, {"dtype": "int8"}, r"unsupported dtype 'int8'\. Use one of float32, float16, bfloat16, float64"),
 }  # fmt: skip
 

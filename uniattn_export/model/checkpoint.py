@@ -240,7 +240,9 @@ def load_model(
     )
 
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None) if dtype in MODEL_DTYPES else dtype
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise UniAttnError(f"unknown dtype {dtype!r}", f"use one of {', '.join(MODEL_DTYPES)}")
+        dtype = getattr(torch, dtype)
     if dtype is not None and dtype not in (getattr(torch, name) for name in MODEL_DTYPES):
         raise UniAttnError(f"unsupported dtype {str(dtype).removeprefix('torch.')!r}", f"use one of {', '.join(MODEL_DTYPES)}")
     stored = state["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in state else None
