@@ -42,7 +42,8 @@ extern "C" {
 typedef enum uniattn_status {
   UNIATTN_OK = 0,
   UNIATTN_INVALID_ARGUMENT = 1, /* a bad option or request (NULL pointer, out-of-range value) */
-  UNIATTN_ARTIFACT_ERROR = 2,   /* the artifact folder is missing, incomplete or not supported */
+  UNIATTN_ARTIFACT_ERROR = 2,   /* the artifact folder is missing, incomplete, modified after export
+                                   (sha256 of a listed file), inconsistent or not supported */
   UNIATTN_LIBRARY_ERROR = 3,    /* libonnxruntime or the custom-op library cannot be loaded */
   UNIATTN_ORT_ERROR = 4,        /* ONNX Runtime refused (session creation, execution provider, run) */
   UNIATTN_OUT_OF_MEMORY = 5,
@@ -79,7 +80,8 @@ typedef struct uniattn_generate_request {
   const int64_t* prompt_ids;     /* the prompts' token ids, concatenated */
   const int64_t* prompt_lengths; /* batch_size lengths (each >= 1) */
   int64_t batch_size;            /* >= 1 */
-  int64_t max_new_tokens;        /* >= 1 */
+  int64_t max_new_tokens;        /* >= 1; the longest prompt + max_new_tokens <= the model's positions
+                                    (config.json's max_position_embeddings) */
   int64_t pad_token_id;          /* left padding and the filler after eos; a valid token id (default 0) */
   int64_t eos_token_id;          /* -1 (default): none */
   int32_t do_sample;             /* 0 (default): greedy (argmax, first index on ties) */

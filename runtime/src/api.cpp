@@ -165,7 +165,8 @@ uniattn_status uniattn_generate(uniattn_runtime* runtime, const uniattn_generate
                                                 ". Initialize the request with uniattn_generate_request_init");
     }
     auto generation = std::make_unique<uniattn_generation>();
-    generation->generated = uniattn::runtime::generate(*runtime->session, runtime->manifest.vocab_size, *request);
+    generation->generated = uniattn::runtime::generate(*runtime->session, runtime->manifest.vocab_size,
+                                                       runtime->manifest.max_positions, *request);
     *out = generation.release();
   });
 }

@@ -12,7 +12,7 @@ namespace {
 
 [[noreturn]] void invalid(const std::string& message) { throw Error(UNIATTN_INVALID_ARGUMENT, message); }
 
-void check_request(const uniattn_generate_request& r, int64_t vocab) {
+void check_request(const uniattn_generate_request& r, int64_t vocab, int64_t max_positions) {
   if (r.batch_size < 1) invalid("batch_size must be >= 1, got " + std::to_string(r.batch_size));
   if (r.prompt_ids == nullptr || r.prompt_lengths == nullptr) invalid("prompt_ids and prompt_lengths are required");
   if (r.max_new_tokens < 1) invalid("max_new_tokens must be >= 1, got " + std::to_string(r.max_new_tokens));
@@ -34,6 +34,11 @@ void check_request(const uniattn_generate_request& r, int64_t vocab) {
       }
     }
   }
+  const int64_t longest = *std::max_element(r.prompt_lengths, r.prompt_lengths + r.batch_size);
+  if (r.max_new_tokens > max_positions - longest) {  // no overflow: both sides are checked positive
+    invalid("prompt tokens (" + std::to_string(longest) + ") + max_new_tokens (" + std::to_string(r.max_new_tokens) +
+            ") exceed the model's " + std::to_string(max_positions) + " positions");
+  }
   if (r.do_sample) {
     if (!(r.temperature > 0) || !std::isfinite(r.temperature)) {
       invalid("temperature must be > 0, got " + std::to_string(r.temperature));
@@ -45,8 +50,8 @@ void check_request(const uniattn_generate_request& r, int64_t vocab) {
 
 }  // namespace
 
-Generated generate(const Session& session, int64_t vocab, const uniattn_generate_request& r) {
-  check_request(r, vocab);
+Generated generate(const Session& session, int64_t vocab, int64_t max_positions, const uniattn_generate_request& r) {
+  check_request(r, vocab, max_positions);
   const int64_t batch = r.batch_size;
   const int64_t width = *std::max_element(r.prompt_lengths, r.prompt_lengths + batch);
 

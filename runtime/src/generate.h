@@ -18,7 +18,9 @@ struct Generated {
   std::vector<float> logits;     // (batch, steps, vocab) when requested
 };
 
-// Throws Error(UNIATTN_INVALID_ARGUMENT, ...) for a request that cannot run.
-Generated generate(const Session& session, int64_t vocab_size, const uniattn_generate_request& request);
+// Throws Error(UNIATTN_INVALID_ARGUMENT, ...) for a request that cannot run (ids outside the
+// vocabulary, the longest prompt plus max_new_tokens beyond the model's positions, ...).
+Generated generate(const Session& session, int64_t vocab_size, int64_t max_positions,
+                   const uniattn_generate_request& request);
 
 }  // namespace uniattn::runtime

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "error.h"
+#include "sha256.h"
 
 namespace uniattn::runtime {
 
@@ -13,7 +14,11 @@ namespace {
 constexpr const char* kManifestFile = "uniattn_manifest.json";
 constexpr const char* kFormat = "uniattn-export/artifact";
 constexpr int kFormatVersion = 1;
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kLayerMapFile = "uniattn_layer_map.json";
+constexpr const char* kModelFile = "model.onnx";
 constexpr const char* kReexport = "Re-export the model with `uniattn-export model`";
+constexpr const char* kEdited = "Re-export the model; never edit an artifact in place";
 
 [[noreturn]] void fail(const std::string& problem, const std::string& fix = kReexport) {
   throw Error(UNIATTN_ARTIFACT_ERROR, problem + ". " + fix);
@@ -69,6 +74,112 @@ std::vector<CacheTensor> cache_tensors(const nlohmann::json& manifest) {
   return caches;
 }
 
+nlohmann::json read_json(const std::filesystem::path& path, const std::string& what) {
+  std::ifstream stream(path);
+  if (!stream) fail(path.parent_path().string() + " has no " + path.filename().string() + " (" + what + ")");
+  try {
+    nlohmann::json data = nlohmann::json::parse(stream);
+    if (!data.is_object()) fail(path.string() + " holds JSON that is not an object (" + what + ")");
+    return data;
+  } catch (const nlohmann::json::parse_error& exc) {
+    fail(path.string() + " is not valid JSON (" + exc.what() + ")");
+  }
+}
+
+// Every listed file is there, with the size and sha256 the export recorded.
+void check_files(const std::filesystem::path& folder, const std::filesystem::path& path, const nlohmann::json& files) {
+  namespace fs = std::filesystem;
+  if (!files.is_object() || !files.contains(kModelFile)) {
+    fail(path.string() + ": field files is " + files.dump() + ", expected an object listing model.onnx", kEdited);
+  }
+  for (const auto& [name, entry] : files.items()) {
+    const fs::path file = folder / name;
+    if (!fs::is_regular_file(file)) fail(file.string() + " is missing (the manifest lists it)");
+    if (!entry.is_object() || !entry.value("bytes", nlohmann::json()).is_number_unsigned() ||
+        !entry.value("sha256", nlohmann::json()).is_string()) {
+      fail(path.string() + ": the entry of " + name + " in files is " + entry.dump() + ", expected sha256 and bytes",
+           kEdited);
+    }
+    const uintmax_t bytes = entry.at("bytes").get<uintmax_t>();
+    if (fs::file_size(file) != bytes) {
+      fail(file.string() + " has " + std::to_string(fs::file_size(file)) + " bytes, the manifest says " +
+               std::to_string(bytes),
+           kEdited);
+    }
+    if (sha256_of_file(file) != entry.at("sha256").get<std::string>()) {
+      fail(file.string() + " was modified after export (sha256 differs from the manifest)", kEdited);
+    }
+  }
+}
+
+// The layer map (producer -> consumers) as a comparable value: keys and lists as written.
+nlohmann::json layer_map_of(const nlohmann::json& map_entry) {
+  if (!map_entry.is_object() || !map_entry.contains("layer_map")) return nullptr;
+  return map_entry.at("layer_map");
+}
+
+// The three copies of the layer map (manifest, uniattn_layer_map.json, config.json) agree.
+void check_layer_map(const std::filesystem::path& folder, const nlohmann::json& manifest_map,
+                     const nlohmann::json& config, const nlohmann::json& layer_map_file) {
+  const nlohmann::json expected = layer_map_of(manifest_map);
+  if (expected.is_null()) fail((folder / kManifestFile).string() + " has no layer_map", kEdited);
+  const std::pair<const char*, nlohmann::json> copies[] = {
+      {kLayerMapFile, layer_map_of(layer_map_file)},
+      {kConfigFile, layer_map_of(config.value("uniattn", nlohmann::json()))},
+  };
+  for (const auto& [name, copy] : copies) {
+    if (copy != expected) {
+      fail("the layer map in " + (folder / name).string() + " differs from the manifest's",
+           "Re-export the model; the folder mixes files of different exports");
+    }
+  }
+}
+
+// Facts stated twice (manifest, config.json, its own I/O list) agree; returns the model's
+// positions (config.json's max_position_embeddings).
+int64_t cross_check(const std::filesystem::path& folder, const nlohmann::json& manifest, const nlohmann::json& config) {
+  const auto& geometry = manifest.at("geometry");
+  const std::pair<const char*, const char*> pairs[] = {
+      {"num_layers", "num_hidden_layers"}, {"hidden_size", "hidden_size"}, {"vocab_size", "vocab_size"}};
+  for (const auto& [key, config_key] : pairs) {
+    const nlohmann::json stated = config.value(config_key, nlohmann::json());
+    if (stated != geometry.at(key)) {
+      fail("the manifest of " + folder.string() + " says " + key + "=" + geometry.at(key).dump() +
+               " but config.json has " + config_key + "=" + stated.dump(),
+           kEdited);
+    }
+  }
+  if (geometry.at("num_layers") != manifest.at("layers").size()) {
+    fail("the manifest of " + folder.string() + " says num_layers=" + geometry.at("num_layers").dump() + " but lists " +
+             std::to_string(manifest.at("layers").size()) + " layers",
+         kEdited);
+  }
+  const std::string dtype = manifest.at("dtype").get<std::string>();
+  for (const char* list : {"inputs", "outputs"}) {
+    for (const auto& spec : manifest.at(list)) {
+      const std::string name = spec.at("name").get<std::string>();
+      const bool cache = name.rfind("past_key_values.", 0) == 0 || name.rfind("present.", 0) == 0;
+      if (cache && spec.at("dtype").get<std::string>() != dtype) {
+        fail("the manifest of " + folder.string() + " says dtype " + dtype + " but its caches are " +
+                 spec.at("dtype").get<std::string>(),
+             kEdited);
+      }
+      if (name == "logits" && spec.at("shape").back() != geometry.at("vocab_size")) {
+        fail("the manifest of " + folder.string() + " says vocab_size=" + geometry.at("vocab_size").dump() +
+                 " but the logits have " + spec.at("shape").back().dump(),
+             kEdited);
+      }
+    }
+  }
+  const nlohmann::json positions = config.value("max_position_embeddings", nlohmann::json());
+  if (!positions.is_number_integer() || positions.get<int64_t>() < 1) {
+    fail((folder / kConfigFile).string() + " has max_position_embeddings=" + positions.dump() +
+             ", expected a positive integer",
+         kEdited);
+  }
+  return positions.get<int64_t>();
+}
+
 }  // namespace
 
 Manifest read_manifest(const std::filesystem::path& folder) {
@@ -86,21 +197,20 @@ Manifest read_manifest(const std::filesystem::path& folder) {
     fail(path.string() + " is not valid JSON (" + exc.what() + ")");
   }
   try {
-    if (manifest.value("format", "") != kFormat) fail(path.string() + " is not a uniattn-export manifest");
-    if (manifest.value("format_version", 0) > kFormatVersion) {
-      fail(folder.string() + " was written by a newer uniattn-export (manifest format " +
-               std::to_string(manifest.value("format_version", 0)) + ")",
+    if (!manifest.is_object() || manifest.value("format", "") != kFormat) {
+      fail(path.string() + " is not a uniattn-export manifest");
+    }
+    const auto& version = manifest.at("format_version");
+    if (!version.is_number_integer() || version.get<int64_t>() < 1) {
+      fail(path.string() + ": field format_version is " + version.dump() + ", expected a positive integer", kEdited);
+    }
+    if (version.get<int64_t>() > kFormatVersion) {
+      fail(folder.string() + " was written by a newer uniattn-export (manifest format " + version.dump() + ")",
            "Upgrade uniattn-export");
     }
-    for (const auto& [name, entry] : manifest.at("files").items()) {
-      const fs::path file = folder / name;
-      if (!fs::is_regular_file(file)) fail(file.string() + " is missing (the manifest lists it)");
-      if (fs::file_size(file) != entry.at("bytes").get<uintmax_t>()) {
-        fail(file.string() + " has " + std::to_string(fs::file_size(file)) + " bytes, the manifest says " +
-                 std::to_string(entry.at("bytes").get<uintmax_t>()),
-             "Re-export the model; never edit an artifact in place");
-      }
-    }
+    check_files(folder, path, manifest.at("files"));
+    const nlohmann::json config = read_json(folder / kConfigFile, "the model config");
+    check_layer_map(folder, manifest.at("layer_map"), config, read_json(folder / kLayerMapFile, "the layer map"));
     Manifest result;
     result.folder = folder;
     result.model_file = folder / manifest.at("onnx").at("file").get<std::string>();
@@ -108,6 +218,7 @@ Manifest read_manifest(const std::filesystem::path& folder) {
     result.cache_type = cache_type_of(result.dtype);
     result.vocab_size = manifest.at("geometry").at("vocab_size").get<int64_t>();
     result.num_layers = manifest.at("geometry").at("num_layers").get<int64_t>();
+    result.max_positions = cross_check(folder, manifest, config);
     result.num_consumers = 0;
     for (const auto& layer : manifest.at("layers")) result.num_consumers += layer.at("role") == "consumer";
     result.input_names = names_of(manifest.at("inputs"));

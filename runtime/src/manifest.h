@@ -26,13 +26,16 @@ struct Manifest {
   ONNXTensorElementDataType cache_type;
   int64_t vocab_size;
   int64_t num_layers;
+  int64_t max_positions;  // config.json's max_position_embeddings: prompt + new tokens fit in it
   int64_t num_consumers;
   std::vector<std::string> input_names;   // graph order
   std::vector<std::string> output_names;  // graph order
   std::vector<CacheTensor> caches;        // graph order
 };
 
-// Throws Error(UNIATTN_ARTIFACT_ERROR, ...) for a missing, malformed or unsupported folder.
+// Throws Error(UNIATTN_ARTIFACT_ERROR, ...) for a missing, malformed, modified (sha256) or
+// unsupported folder; checks what uniattn_export/export/artifact.py load_artifact checks, except
+// the graph's structure (which the sha256 of model.onnx pins to what the exporter checked).
 Manifest read_manifest(const std::filesystem::path& folder);
 
 }  // namespace uniattn::runtime

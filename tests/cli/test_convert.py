@@ -99,7 +99,7 @@ def test_convert_refuses_to_overwrite_a_folder_that_is_not_a_model(base_folder, 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep")
     assert main(["convert", str(base_folder), *ARGS, "-o", str(tmp_path / "notes")]) == 2
-    assert "exists and is not a model folder" in capsys.readouterr().err
+    assert "exists and is not a UniAttn checkpoint folder" in capsys.readouterr().err
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep"
 
 

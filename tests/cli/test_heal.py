@@ -74,5 +74,5 @@ def test_heal_refuses_a_base_model_as_checkpoint_and_the_input_as_output(folders
     assert main(["heal", str(base), "--base", str(base), *ARGS, "--steps", "2", "-o", str(tmp_path / "o")]) == 2
     assert "no consumer layers" in capsys.readouterr().err
     assert main(["heal", str(converted), "--base", str(base), *ARGS, "--steps", "2", "-o", str(converted)]) == 2
-    assert "is an input of this command" in capsys.readouterr().err
+    assert "writing there would destroy the input" in capsys.readouterr().err
     assert load_model(converted).uniattn_config.consumers == [2, 3, 5]

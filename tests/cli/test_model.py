@@ -97,5 +97,5 @@ def test_bad_paths_exit_2_and_write_nothing(checkpoint, tmp_path, capsys):
         f"uniattn-export model: error: checkpoint folder {tmp_path / 'missing'} does not exist. Check the path."
     )
     assert main(["model", str(checkpoint), "--target", "onnx", "-o", str(checkpoint)]) == 2
-    assert "the output folder is the checkpoint folder" in capsys.readouterr().err
+    assert f"the output {checkpoint} is the input {checkpoint}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

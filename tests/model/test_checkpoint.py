@@ -198,6 +198,7 @@ BAD_CHECKPOINTS = {
         "weights are missing model.layers.0.mlp.up_proj.weight",
     ),
     "an unknown dtype": ({}, None, {"dtype": "float7"}, "unknown dtype 'float7'"),
+    "an integer dtype": ({}, None, {"dtype": "int8"}, r"unsupported dtype 'int8'\. Use one of float32, float16, bfloat16, float64"),
 }  # fmt: skip
 
 
@@ -252,7 +253,7 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_model(released, tmp_path
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(UniAttnError, match="exists and is not a model folder"):
+    with pytest.raises(UniAttnError, match="exists and is not a UniAttn checkpoint folder"):
         save_model(load_model(folder), precious)
     assert (precious / "notes.txt").read_text() == "keep me"
 

@@ -133,5 +133,5 @@ def test_missing_reference_is_a_clear_error(artifact, tmp_path):
     art = artifact()
     with pytest.raises(UniAttnError, match=r"no PyTorch reference .*Pass --checkpoint FOLDER, or --golden DIR"):
         validate_artifact(art, session=_plain(art), checkpoint=tmp_path / "gone")
-    with pytest.raises(UniAttnError, match="prompt token id 999 is outside the vocabulary"):
+    with pytest.raises(UniAttnError, match=r"prompt 0 has token id 999 outside the vocabulary \[0, 128\)"):
         validate_artifact(art, session=_plain(art), prompts=[[1, 999]])

@@ -8,17 +8,19 @@ budget still has the headline comparisons; each measures every cell, smallest fi
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..errors import UniAttnError
 from ..export.artifact import Artifact, load_artifact, package_versions
+from ..output import check_file_destination
 from .build import build_baseline_for, build_pair, preset_targets, strip_weights
 from .measure import (
     Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory, summarize,
 )  # fmt: skip
-from .report import BenchReport, plot
+from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
 from .runtimes import OrtRuntime, Runtime, TransformersRuntime
 from .settings import ORT_BACKENDS, BenchSettings
 
@@ -258,10 +260,22 @@ def _measure_all(
     return report.doc
 
 
+def _is_bench_json(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == REPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _open_report(out_dir: Path, settings: BenchSettings, mode: str) -> BenchReport:
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise UniAttnError(f"{out_dir} is a file", "pass a folder for the benchmark's outputs")
+    # bench.json and bench.png are replaced only when they are an earlier run's (output.py's rule).
+    earlier_run = _is_bench_json(out_dir / JSON_FILE)
+    fix = "pass another -o folder, or move the file away"
+    check_file_destination(out_dir / JSON_FILE, "a bench.json of uniattn-export", _is_bench_json, foreign_fix=fix)
+    check_file_destination(out_dir / PLOT_FILE, "the plot of an earlier bench run", lambda _: earlier_run, foreign_fix=fix)
     header = {"mode": mode, "created_with": package_versions(), "device": _device_info(settings.device, settings.backends)}
     out_dir.mkdir(parents=True, exist_ok=True)
     return BenchReport(out_dir, header)

@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("base", help=f"base model folder, or {SMOLLM2_NAME} (SmolLM2-135M-Instruct, built offline)")
-    p.add_argument("-o", "--output", required=True, help="output folder (replaced if it is a model folder)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (an earlier convert output is replaced; anything else only with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output folder whatever it holds (never the base model or "
+                        "the current directory; docs/cli.md)")  # fmt: skip
     p.add_argument("--superblock", "-G", type=int, required=True, help="SuperBlock size G (>= 2)")
     p.add_argument("--begin", type=int, default=None,
                    help="first layer of the SuperBlock range (default: half the layers)")
@@ -65,16 +69,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UniAttnError
     from ..model import UniAttnConfig, load_model, save_model
-    from ..model.checkpoint import check_output_folder
     from ..model.convert import DEFAULT_RIDGE, convert_to_uniattn
     from ..model.real import resolve_checkpoint
-    from ..model.text import calibration_and_heldout
+    from ..model.text import GENSIM_PREFIX, calibration_and_heldout
     from ..model.tokenizer import load_tokenizer
+    from ..output import CHECKPOINT, check_destination
 
     if args.ridge is not None and args.mode != "improved":
         raise UniAttnError("--ridge applies to the improved mode only", "add --mode improved or drop --ridge")
-    check_output_folder(args.output)
     base_path = resolve_checkpoint(args.base)
+    text_files = [s for s in (args.calibration, args.heldout) if s and not s.startswith(GENSIM_PREFIX)]
+    check_destination(args.output, CHECKPOINT, inputs=(base_path, *text_files), force=args.force)
     split = calibration_and_heldout(args.calibration, args.heldout, args.num_samples, args.heldout_samples)
     base = load_model(base_path, dtype=torch.float32)
     tokenizer = load_tokenizer(base_path)
@@ -97,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
         base=str(args.base), calibration_source=args.calibration, heldout_source=args.heldout,
         text_split=split.note, dtype=dtype,
     )  # fmt: skip
-    out = save_model(converted, args.output, tokenizer, {"conversion_report.json": report_json})
+    out = save_model(
+        converted, args.output, tokenizer, {"conversion_report.json": report_json},
+        inputs=(base_path, *text_files), force=args.force,
+    )  # fmt: skip
     console = Console()
     console.print(f"{layer_map.describe()}")
     console.print(report.table())

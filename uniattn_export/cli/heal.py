@@ -43,7 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=20, help="resume-state interval in steps (default 20)")
     p.add_argument("--seed", type=int, default=0, help="data order seed (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the healed checkpoint")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder for the healed checkpoint (an earlier healed or converted checkpoint is replaced)")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="replace the output folder whatever it holds (never an input; docs/cli.md)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -53,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UniAttnError
     from ..model import load_model, save_model
-    from ..model.checkpoint import check_output_folder
     from ..model.heal import HealSettings, check_data, heal_compensation, pack_windows
     from ..model.real import resolve_checkpoint
-    from ..model.text import calibration_and_heldout
+    from ..model.text import GENSIM_PREFIX, calibration_and_heldout
     from ..model.tokenizer import load_tokenizer
+    from ..output import CHECKPOINT, check_destination
     from ..progress import progress_bar
 
     settings = HealSettings(
@@ -68,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
         raise UniAttnError("--device cuda, but torch sees no CUDA device here", "run with --device cpu")
     checkpoint = resolve_checkpoint(args.checkpoint)
     base_path = resolve_checkpoint(args.base)
-    if args.output.resolve() in (checkpoint.resolve(), base_path.resolve()):
-        raise UniAttnError(f"the output folder {args.output} is an input of this command", "pass a new -o folder")
-    check_output_folder(args.output)
+    text_files = [s for s in (args.data, args.heldout) if s and not s.startswith(GENSIM_PREFIX)]
+    inputs = (checkpoint, base_path, *text_files)
+    check_destination(args.output, CHECKPOINT, inputs=inputs, force=args.force)
     split = calibration_and_heldout(args.data, args.heldout, args.num_samples, args.heldout_samples)
     tokenizer = load_tokenizer(checkpoint)
     train = pack_windows(tokenizer, split.calibration, settings.max_length)
@@ -95,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     model.to("cpu", stored_dtype)
     report_json = json.dumps({**report.to_dict(), "checkpoint": str(checkpoint), "base": str(args.base),
                               "data": args.data, "text_split": split.note}, indent=2)  # fmt: skip
-    out = save_model(model, args.output, tokenizer, {REPORT_FILE: report_json, CURVE_FILE: report.curve_png()})
+    out = save_model(
+        model, args.output, tokenizer, {REPORT_FILE: report_json, CURVE_FILE: report.curve_png()},
+        inputs=inputs, force=args.force,
+    )  # fmt: skip
     resume_file.unlink(missing_ok=True)  # this run wrote it; the healed checkpoint supersedes it
     Console().print(report.table())
     console.print(f"saved {out} ({str(stored_dtype).removeprefix('torch.')}); report: {out / REPORT_FILE}, curve: {out / CURVE_FILE}")

@@ -7,14 +7,14 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UniAttnError
+from .outcome import OneLineArgumentParser
 
 # In pipeline order.
 SUBCOMMANDS = ("convert", "heal", "generate", "model", "validate", "bench", "runtime_paths")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="uniattn-export",
         description=(
             "Export, compile and validate LLMs post-trained with UniAttn: consumer layers reuse "
@@ -31,12 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UniAttnError as exc:
-        print(f"uniattn-export {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Exit codes: cli/outcome.py (0 ok, 1 validation failed, 2 bad input, 3 internal error)."""
+    from .outcome import run_command
+
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Caches (--cache):
   dynamic  caches that grow every step (op contract v1), optimum-compatible. The default for
            --target onnx (the portable file) and the only mode for --target trt for now (the
            TensorRT plugins for static caches are not written yet)
-Exit codes: 0 ok, 1 validation failed, 2 bad input.
+Exit codes: 0 ok, 1 validation failed, 2 bad input, 3 internal error (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..dtypes import DTYPE_NAMES
 from ..model.real import SMOLLM2_NAME
+from .outcome import OneLineArgumentParser
 from .validate import add_validation_arguments, check_validation_arguments, run_validation
 
 TARGETS = ("onnx", "ort", "trt")
@@ -50,7 +51,7 @@ def _asks_for_trt(arg_strings: list[str]) -> bool:
     return False
 
 
-class _ModelParser(argparse.ArgumentParser):
+class _ModelParser(OneLineArgumentParser):
     """Adds the TensorRT builder's flags only when --target trt is on the command line, so
     the other targets never import the TensorRT code."""
 
@@ -100,14 +101,19 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UniAttnError
     from ..export import export_model, load_artifact
     from ..model import load_model
+    from ..model.checkpoint import read_checkpoint_config
     from ..model.real import resolve_checkpoint
+    from ..output import ARTIFACT, check_destination
+    from ..targets.session import check_prompts
     from ..validate.report import write_report
 
     console = Console(stderr=True, soft_wrap=True)  # progress lines: never wrapped mid-path
-    check_validation_arguments(args)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
-    if args.output.resolve() == args.checkpoint.resolve():
-        raise UniAttnError("the output folder is the checkpoint folder", "pass a different -o")
+    check_destination(args.output, ARTIFACT, inputs=(args.checkpoint,), force=args.force)
+    if not args.no_validate:  # everything the validation needs is known before the export
+        check_validation_arguments(args, args.output, args.checkpoint)
+        positions = read_checkpoint_config(args.checkpoint).get("max_position_embeddings")
+        check_prompts([[0]], args.max_new_tokens, max_positions=positions)
     if args.dtype == "bfloat16" and args.device == "cpu" and not args.no_validate:
         raise UniAttnError(
             "onnxruntime's CPU execution provider has no bfloat16 kernels, so a bfloat16 "
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         max_length = min(model.config.max_position_embeddings, MAX_DEFAULT_CAPACITY)
     export_model(
         model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
-        cache=cache, max_length=max_length,
+        cache=cache, max_length=max_length, force=args.force,
     )  # fmt: skip
     del model
     artifact = load_artifact(args.output)

@@ -1,6 +1,7 @@
 """`uniattn-export validate ARTIFACT`: re-run validation on an exported artifact.
 
-Exit codes: 0 passed, 1 validation failed (numbers outside tolerance), 2 bad input.
+Exit codes: 0 passed, 1 validation failed (numbers outside tolerance), 2 bad input, 3 internal
+error (docs/cli.md).
 The validation options are shared with `uniattn-export model`, which validates what it built.
 """
 
@@ -25,11 +26,14 @@ def add_validation_arguments(p: argparse.ArgumentParser) -> None:
                         "or random token ids when the artifact has no tokenizer)")  # fmt: skip
     g.add_argument("--max-new-tokens", type=int, default=12, help="generation steps compared (default: 12)")
     g.add_argument("--perplexity-text", type=Path, default=None, help="also compare perplexity on this text file")
-    g.add_argument("--perplexity-tokens", type=int, default=512, help="tokens of the text used (default: 512)")
+    g.add_argument("--perplexity-tokens", type=int, default=512, help="tokens of the text used, at most the model's positions (default: 512)")
     g.add_argument("--golden", type=Path, default=None,
                    help="folder of reference outputs: checked against when it holds them, "
                         "stored there (from the PyTorch reference) when it does not")  # fmt: skip
     g.add_argument("--update-golden", action="store_true", help="store the golden outputs again")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing output folder whatever it holds (never an input or the "
+                        "current directory; docs/cli.md)")  # fmt: skip
     g.add_argument("--report", type=Path, default=None,
                    help=f"JSON report path (default: ARTIFACT/reports/{REPORT_NAME})")
     g.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -37,19 +41,79 @@ def add_validation_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the checks as JUnit XML to this path (for CI test reports)")  # fmt: skip
 
 
-def check_validation_arguments(args: argparse.Namespace) -> None:
-    """Reject bad validation flags before any work (an export takes a while)."""
+def _is_validation_report(path: Path) -> bool:
+    from ..validate.run import REPORT_FORMAT
+
+    try:
+        return json.loads(path.read_text()).get("format") == REPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_our_junit(path: Path) -> bool:
+    import xml.etree.ElementTree as ET
+
+    from ..validate.junit import SUITE
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return False
+    return root.tag == "testsuites" and root.get("name") == SUITE
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """The runtime the validation needs is there (checked before an export, not after)."""
+    from .. import native
     from ..errors import UniAttnError
+
+    if args.custom_ops == "on" and native.ort_custom_op_library() is None:
+        raise UniAttnError(
+            "--custom-ops on but the custom-op library (libuniattn_ort.so) is not built",
+            "build the package with its native libraries, or pass --custom-ops auto",
+        )
+    if args.device != "cuda":
+        return
+    import onnxruntime as ort
+    import torch
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UniAttnError(
+            f"--device cuda: onnxruntime {ort.__version__} here has no CUDA execution provider",
+            "install onnxruntime-gpu (same version) or pass --device cpu",
+        )
+    if not torch.cuda.is_available():
+        raise UniAttnError("--device cuda: no CUDA device is visible", "run on a GPU machine or pass --device cpu")
+
+
+def check_validation_arguments(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None) -> None:
+    """Reject bad validation flags before any work (an export takes a while): values,
+    every path the validation will write, the device."""
+    from ..errors import UniAttnError
+    from ..output import GOLDEN, check_destination, check_file_destination
+    from ..validate.golden import golden_exists
 
     if args.max_new_tokens < 1:
         raise UniAttnError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}", "pass a positive number")
+    if args.perplexity_tokens < 2:
+        raise UniAttnError(f"--perplexity-tokens must be >= 2, got {args.perplexity_tokens}", "pass a larger number")
     if args.update_golden and args.golden is None:
         raise UniAttnError("--update-golden needs --golden DIR", "pass the folder to store the outputs in")
+    if args.golden is not None and (args.update_golden or not golden_exists(args.golden)):
+        check_destination(args.golden, GOLDEN, inputs=(artifact_dir, checkpoint), force=args.force)
     if args.perplexity_text is not None:
         try:
-            args.perplexity_text.read_text()
+            text = args.perplexity_text.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise UniAttnError(f"cannot read {args.perplexity_text} ({exc})", "pass a UTF-8 text file") from None
+        if not text.strip():
+            raise UniAttnError(f"the perplexity text {args.perplexity_text} is empty", "pass a file with text")
+    report = args.report or artifact_dir / "reports" / REPORT_NAME
+    fix = "pick a writable location" if args.report else "pass --report PATH in a writable folder"
+    check_file_destination(report, "a validation report", _is_validation_report, force=args.force, unwritable_fix=fix)
+    if args.junit is not None:
+        check_file_destination(args.junit, "a JUnit file of uniattn-export", _is_our_junit, force=args.force)
+    _check_device(args)
 
 
 def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None) -> int:
@@ -61,7 +125,7 @@ def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Pat
     from ..validate import validate_artifact
     from ..validate.report import print_summary, write_report
 
-    check_validation_arguments(args)
+    check_validation_arguments(args, artifact_dir, checkpoint)
     text = args.perplexity_text.read_text() if args.perplexity_text is not None else None
     artifact = load_artifact(artifact_dir)
     custom_ops = {"auto": None, "on": True, "off": False}[args.custom_ops]
@@ -70,7 +134,7 @@ def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Pat
         artifact, session=session, checkpoint=checkpoint, prompts=args.prompt,
         max_new_tokens=args.max_new_tokens, perplexity_text=text,
         perplexity_tokens=args.perplexity_tokens, golden=args.golden,
-        update_golden=args.update_golden,
+        update_golden=args.update_golden, force=args.force,
     )  # fmt: skip
     path = write_report(report, args.report or artifact.path / "reports" / REPORT_NAME)
     if args.junit is not None:

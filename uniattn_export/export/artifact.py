@@ -128,15 +128,6 @@ def build_manifest(
     }
 
 
-def check_destination(out_dir: Path, marker: str, what: str) -> None:
-    """Refuse to replace anything but an empty folder or an earlier `what` (which holds
-    `marker`): the write replaces the whole folder."""
-    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file()):
-        raise UniAttnError(
-            f"{out_dir} exists and is not {what}", f"pass a new folder name (an existing {what} is replaced)"
-        )
-
-
 def write_manifest(folder: Path, manifest: dict) -> None:
     tmp = folder / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -150,6 +141,7 @@ class Artifact:
     path: Path
     manifest: dict
     uniattn: UniAttnConfig
+    max_positions: int  # config.json's max_position_embeddings: prompt + generated tokens fit in it
 
     @property
     def onnx_path(self) -> Path:
@@ -202,13 +194,94 @@ def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise UniAttnError(f"{path.parent} has no {path.name} ({what})", "re-export the model with `uniattn-export model`")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UniAttnError(f"{path} is not valid JSON ({exc})", "re-export the model") from None
+    if not isinstance(data, dict):
+        raise UniAttnError(f"{path} holds a JSON {type(data).__name__}, not an object ({what})", "re-export the model")
+    return data
 
 
-def _check_folder(path: Path, manifest: dict, verify_hashes: bool) -> UniAttnConfig:
-    """Files, hashes, layer map copies and graph structure; returns the layer map."""
+_EDITED = "re-export the model; never edit an artifact in place"
+
+
+def _field(manifest: dict, path: Path, key: str, valid, expected: str):
+    """manifest[key] (nested keys joined by '.'), or one line naming the field."""
+    value = manifest
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not valid(value):
+        raise UniAttnError(f"{path / MANIFEST_FILE}: field {key} is {value!r}, expected {expected}", _EDITED)
+    return value
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _check_manifest_fields(path: Path, manifest: dict) -> None:
+    """The types of every field a loader reads (the C runtime's manifest.cpp checks the same)."""
+    _field(manifest, path, "dtype", lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16")
+    _field(manifest, path, "logits", lambda v: v in ("all", "last"), "'all' or 'last'")
+    _field(manifest, path, "onnx.file", lambda v: v == MODEL_FILE, repr(MODEL_FILE))
+    files = _field(manifest, path, "files", lambda v: isinstance(v, dict) and MODEL_FILE in v, f"an object listing {MODEL_FILE}")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and _is_sha256(entry.get("sha256")) and isinstance(entry.get("bytes"), int)):
+            raise UniAttnError(f"{path / MANIFEST_FILE}: the entry of {name} in files is {entry!r}, expected sha256 and bytes", _EDITED)
+    for key in ("num_layers", "hidden_size", "vocab_size"):
+        _field(manifest, path, f"geometry.{key}", _positive_int, "a positive integer")
+    _field(manifest, path, "layer_map", lambda v: isinstance(v, dict), "an object")
+    _field(manifest, path, "layers", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of layers")
+    for key in ("inputs", "outputs"):
+        _field(manifest, path, key, lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of tensors")
+
+
+def _load_graph(path: Path) -> onnx.ModelProto:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(path / MODEL_FILE, load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise UniAttnError(f"{path / MODEL_FILE} is not a readable ONNX model ({str(exc).strip()[:120]})", _EDITED) from None
+
+
+def _cross_check(path: Path, manifest: dict, graph: onnx.ModelProto, config: dict, uniattn: UniAttnConfig) -> None:
+    """Facts stated twice (manifest, config.json, graph) must agree."""
+    geometry = manifest["geometry"]
+    for key, config_key in (("num_layers", "num_hidden_layers"), ("hidden_size", "hidden_size"), ("vocab_size", "vocab_size")):
+        if config.get(config_key) != geometry[key]:
+            raise UniAttnError(
+                f"the manifest of {path} says {key}={geometry[key]} but config.json has {config_key}={config.get(config_key)!r}",
+                _EDITED,
+            )
+    if not (geometry["num_layers"] == len(manifest["layers"]) == uniattn.num_layers):
+        raise UniAttnError(
+            f"the manifest of {path} says num_layers={geometry['num_layers']} but lists {len(manifest['layers'])} layers "
+            f"and a layer map of {uniattn.num_layers}",
+            _EDITED,
+        )
+    for key, values in (("inputs", graph.graph.input), ("outputs", graph.graph.output)):
+        if _io_spec(values) != manifest[key]:
+            raise UniAttnError(f"the {key} of {path / MODEL_FILE} (names, dtypes or shapes) differ from the manifest's", _EDITED)
+    specs = {s["name"]: s for s in manifest["inputs"] + manifest["outputs"]}
+    caches = [s for name, s in specs.items() if name.startswith(("past_key_values.", "present."))]
+    if any(s["dtype"] != manifest["dtype"] for s in caches):
+        raise UniAttnError(f"the manifest of {path} says dtype {manifest['dtype']} but its caches are {caches[0]['dtype']}", _EDITED)
+    logits_vocab = specs.get("logits", {}).get("shape", [None])[-1]
+    if logits_vocab != geometry["vocab_size"]:
+        raise UniAttnError(f"the manifest of {path} says vocab_size={geometry['vocab_size']} but the logits have {logits_vocab}", _EDITED)
+    max_positions = config.get("max_position_embeddings")
+    if not _positive_int(max_positions):
+        raise UniAttnError(f"{path / CONFIG_FILE} has max_position_embeddings={max_positions!r}, expected a positive integer", _EDITED)
+
+
+def _check_folder(path: Path, manifest: dict, verify_hashes: bool) -> tuple[UniAttnConfig, dict]:
+    """Files, hashes, layer map copies, cross-checks and graph structure; returns the
+    layer map and config.json."""
     from .structure import check_structure
 
     for name, entry in manifest["files"].items():
@@ -221,41 +294,42 @@ def _check_folder(path: Path, manifest: dict, verify_hashes: bool) -> UniAttnCon
                 "re-export the model; never edit an artifact in place",
             )
     uniattn = UniAttnConfig.from_dict(manifest["layer_map"])
-    copies = {
-        LAYER_MAP_FILE: _read_json(path / LAYER_MAP_FILE, "the layer map"),
-        CONFIG_FILE: _read_json(path / CONFIG_FILE, "the model config").get("uniattn"),
-    }
+    config = _read_json(path / CONFIG_FILE, "the model config")
+    copies = {LAYER_MAP_FILE: _read_json(path / LAYER_MAP_FILE, "the layer map"), CONFIG_FILE: config.get("uniattn")}
     for name, copy in copies.items():
         if copy is None or UniAttnConfig.from_dict(copy).layer_map != uniattn.layer_map:
             raise UniAttnError(
                 f"the layer map in {path / name} differs from the manifest's",
                 "re-export the model; the folder mixes files of different exports",
             )
-    graph = onnx.load(path / MODEL_FILE, load_external_data=False)
+    graph = _load_graph(path)
+    _cross_check(path, manifest, graph, config, uniattn)
     check_structure(graph, manifest, uniattn)
-    return uniattn
+    return uniattn, config
 
 
 def load_artifact(path: str | Path, *, verify_hashes: bool = True) -> Artifact:
-    """Open an artifact folder: manifest, hashes, layer map copies and graph structure."""
+    """Open an artifact folder: manifest, hashes, layer map copies, cross-checks of the facts
+    stated twice (manifest, config.json, graph) and graph structure."""
     path = Path(path)
     if not path.is_dir():
         raise UniAttnError(f"artifact folder {path} does not exist", "pass the -o folder of `uniattn-export model`")
     manifest = _read_json(path / MANIFEST_FILE, "the export manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise UniAttnError(f"{path / MANIFEST_FILE} is not a uniattn-export manifest", "re-export the model")
-    if int(manifest.get("format_version", 0)) > MANIFEST_VERSION:
+    version = _field(manifest, path, "format_version", _positive_int, "a positive integer")
+    if version > MANIFEST_VERSION:
         raise UniAttnError(
-            f"{path} was written by a newer uniattn-export (manifest format {manifest['format_version']})",
-            "upgrade uniattn-export",
+            f"{path} was written by a newer uniattn-export (manifest format {version})", "upgrade uniattn-export"
         )
     # Artifacts written before cache modes existed have growing caches.
     manifest.setdefault("cache", {"mode": "dynamic", "capacity": None, "op_version": 1})
+    _check_manifest_fields(path, manifest)
     try:
-        uniattn = _check_folder(path, manifest, verify_hashes)
+        uniattn, config = _check_folder(path, manifest, verify_hashes)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise UniAttnError(
             f"the artifact in {path} is malformed ({type(exc).__name__}: {exc} in its manifest or graph)",
             "re-export the model",
         ) from None
-    return Artifact(path=path, manifest=manifest, uniattn=uniattn)
+    return Artifact(path=path, manifest=manifest, uniattn=uniattn, max_positions=config["max_position_embeddings"])

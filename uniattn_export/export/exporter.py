@@ -33,8 +33,9 @@ from torch import nn
 
 from ..dtypes import DTYPE_NAMES
 from ..errors import UniAttnError
-from ..model.checkpoint import RELEASED_GROUPING_KEYS, atomic_folder
+from ..model.checkpoint import RELEASED_GROUPING_KEYS
 from ..model.modeling import UniAttnForCausalLM
+from ..output import ARTIFACT, SIDE_FILES, atomic_folder, check_destination
 from . import artifact as artifact_files
 from . import io_names
 from .functions import function_protos
@@ -42,12 +43,6 @@ from .fuse import fuse_graph
 from .ops import CONTRACTS, EXPORT_OPS, ONNX_OPSET, TRANSLATION_TABLES
 from .schema import CACHE_MODES, DOMAIN, PRODUCER_OP
 
-# Files copied from the checkpoint folder when present (tokenizer and generation settings).
-_SIDE_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-    "added_tokens.json", "chat_template.jinja",
-)  # fmt: skip
 # Above this many bytes of weights the graph keeps them in model.onnx_data (protobuf's
 # 2 GiB limit must never be near).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -211,7 +206,7 @@ def _copy_side_files(source: Path | None, out: Path) -> list[str]:
     copied = []
     if source is None:
         return copied
-    for name in _SIDE_FILES:
+    for name in SIDE_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
             copied.append(name)
@@ -227,6 +222,7 @@ def export_model(
     logits: Literal["all", "last"] | None = None,
     cache: Literal["dynamic", "static"] = "dynamic",
     max_length: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Export `model` (in its current dtype) to the artifact folder `out_dir`.
 
@@ -237,6 +233,7 @@ def export_model(
     materializes (B, L, vocab) floats, which is what generation needs; default "all" for
     dynamic caches. cache: "dynamic" (op contract v1, optimum-compatible) or "static" (v2,
     fixed capacity `max_length`, logits "last" only: each row's last real token).
+    force: replace `out_dir` whatever it holds (never the checkpoint; uniattn_export/output.py).
     The folder is written beside `out_dir` and renamed into place at the end, after the
     structural check passed, so a failure never leaves a half-written artifact.
     """
@@ -270,8 +267,8 @@ def export_model(
     if dtype not in DTYPE_NAMES:
         raise UniAttnError(f"cannot export weights of dtype {dtype}", f"load the model as one of {DTYPE_NAMES}")
     out_dir = Path(out_dir)
-    artifact_files.check_destination(out_dir, artifact_files.MANIFEST_FILE, "an artifact folder")
     source = Path(source_dir) if source_dir is not None else None
+    check_destination(out_dir, ARTIFACT, inputs=(source,), force=force)
     uniattn = model.uniattn_config
     has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
     input_names, output_names = io_names.input_names(has_key), io_names.output_names(has_key)
@@ -285,7 +282,7 @@ def export_model(
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD
 
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, ARTIFACT, inputs=(source,), force=force) as tmp:
         ir.save(
             onnx_model, tmp / artifact_files.MODEL_FILE,
             external_data=artifact_files.EXTERNAL_DATA_FILE if external_data else None,

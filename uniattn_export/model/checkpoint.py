@@ -14,19 +14,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig
 
 from ..errors import UniAttnError
+from ..output import CHECKPOINT, atomic_folder, check_destination
 from .config import DEFAULT_RULE_BY_MODEL_TYPE, UniAttnConfig
 from .modeling import SUPPORTED_MODEL_TYPES, UniAttnForCausalLM
 
+MODEL_DTYPES = ("float32", "float16", "bfloat16", "float64")  # float64: the validation reference
 RELEASED_GROUPING_KEYS = ("grouping_idx", "grouping_begin_idx", "grouping_end_idx")
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
@@ -40,11 +38,42 @@ def _read_config_json(path: Path) -> dict:
             f"{path} has no config.json", "pass a Hugging Face model folder (config.json + weights)"
         )
     try:
-        return json.loads(config_file.read_text())
+        raw = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UniAttnError(
             f"{config_file} is not valid JSON ({exc})", "restore the file from the original checkpoint"
         ) from None
+    if not isinstance(raw, dict):
+        raise UniAttnError(
+            f"{config_file} holds a JSON {type(raw).__name__}, not an object", "restore the file from the original checkpoint"
+        )
+    return raw
+
+
+def _check_config_values(raw: dict, config_file: Path) -> None:
+    """Values transformers accepts silently but no model can run with."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for key in ("max_position_embeddings", "vocab_size", "hidden_size", "num_hidden_layers"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UniAttnError(f"{config_file} has {key}={value!r}, expected a positive integer", "fix config.json")
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5 / 4 names of the same entry
+        rope = raw.get(key) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else rope
+        if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+            raise UniAttnError(
+                f"{config_file} has {key} rope_type {rope_type!r}, which transformers does not know",
+                f"use one of default, {', '.join(ROPE_INIT_FUNCTIONS)}",
+            )
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """config.json of a checkpoint folder as a dict, its values checked (no weights read)."""
+    path = Path(path)
+    raw = _read_config_json(path)
+    _check_config_values(raw, path / "config.json")
+    return raw
 
 
 def resolve_uniattn_config(
@@ -73,13 +102,12 @@ def resolve_uniattn_config(
             f"no known producer rule for model_type {raw.get('model_type')!r}",
             "pass --producer-rule begin_offset|absolute|gemma2",
         )
-    try:
-        size, begin, end = (int(raw[k]) for k in RELEASED_GROUPING_KEYS)
-    except (TypeError, ValueError):
+    size, begin, end = (raw[k] for k in RELEASED_GROUPING_KEYS)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (size, begin, end)):
         raise UniAttnError(
-            "grouping_idx / grouping_begin_idx / grouping_end_idx must be integers",
+            f"grouping_idx / grouping_begin_idx / grouping_end_idx must be integers, got {size!r} / {begin!r} / {end!r}",
             "fix config.json",
-        ) from None
+        )
     return UniAttnConfig.from_grouping(num_layers, size, begin, end, rule)
 
 
@@ -192,7 +220,7 @@ def load_model(
     released modeling file of that architecture (Llama: begin_offset, Mistral: absolute).
     """
     path = Path(path)
-    raw = _read_config_json(path)
+    raw = read_checkpoint_config(path)
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UniAttnError(
@@ -213,12 +241,19 @@ def load_model(
 
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise UniAttnError(f"unknown dtype {dtype!r}", "use float32, float16 or bfloat16")
+            raise UniAttnError(f"unknown dtype {dtype!r}", f"use one of {', '.join(MODEL_DTYPES)}")
         dtype = getattr(torch, dtype)
+    if dtype is not None and dtype not in (getattr(torch, name) for name in MODEL_DTYPES):
+        raise UniAttnError(f"unsupported dtype {str(dtype).removeprefix('torch.')!r}", f"use one of {', '.join(MODEL_DTYPES)}")
     stored = state["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in state else None
     dtype = dtype or stored or torch.float32
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not tensor.is_floating_point():
+            raise UniAttnError(
+                f"weight {name} has dtype {str(tensor.dtype).removeprefix('torch.')}, not a floating-point type",
+                "quantized or integer checkpoints are not supported: pass the float16/bfloat16/float32 weights",
+            )
+        if not torch.isfinite(tensor).all():
             raise UniAttnError(
                 f"weight {name} contains NaN or Inf", "the checkpoint is corrupt: download it again"
             )
@@ -259,53 +294,25 @@ def model_from_state(
     return model.eval()
 
 
-def check_output_folder(out_dir: str | os.PathLike) -> Path:
-    """Refuse to replace anything but a model folder (save_model replaces the folder)."""
-    out_dir = Path(out_dir)
-    if out_dir.is_file() or (
-        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file()
-    ):
-        raise UniAttnError(
-            f"{out_dir} exists and is not a model folder",
-            "pass a new folder name (an existing model folder is replaced)",
-        )
-    return out_dir
-
-
-@contextmanager
-def atomic_folder(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir` to fill; it replaces `out_dir` only when the
-    block succeeds, so an interrupted write never leaves a half-written folder behind."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the folder's mode
-    try:
-        yield tmp
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_model(
     model: UniAttnForCausalLM,
     out_dir: str | os.PathLike,
     tokenizer=None,
     extra_files: dict[str, str | bytes] | None = None,
+    *,
+    inputs: tuple[str | os.PathLike, ...] = (),
+    force: bool = False,
 ) -> Path:
     """Save in our format (save_pretrained + explicit layer map), atomically.
 
     extra_files: name -> text or bytes written alongside (e.g. conversion_report.json).
+    inputs, force: what the folder may replace (uniattn_export/output.py states the rule).
     """
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_destination(out_dir, CHECKPOINT, inputs=inputs, force=force)  # before touching the model
     for key in RELEASED_GROUPING_KEYS:  # the explicit map is the only truth
         if hasattr(model.config, key):
             delattr(model.config, key)
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir, CHECKPOINT, inputs=inputs, force=force) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -71,7 +71,7 @@ def _write_base_folder(out: Path) -> None:
 
 def smollm2_base() -> Path:
     """The SmolLM2-135M-Instruct base folder, built on first use."""
-    from .checkpoint import atomic_folder
+    from ..output import atomic_folder
 
     target = cache_dir() / "smollm2-135m-instruct"
     if not (target / "model.safetensors").is_file():

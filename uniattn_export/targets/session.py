@@ -18,6 +18,7 @@ Either way a row's real tokens get positions 0, 1, 2, ... and users see the same
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,12 +38,68 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.temperature > 0:
-            raise UniAttnError(f"temperature must be > 0, got {self.temperature}", "omit it for greedy decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise UniAttnError(f"top_k must be >= 1, got {self.top_k}", "pass a positive top-k")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UniAttnError(f"top_p must be in (0, 1], got {self.top_p}", "pass e.g. --top-p 0.9")
+        if not (_is_number(self.temperature) and 0 < self.temperature < math.inf):
+            raise UniAttnError(f"temperature must be > 0 and finite, got {self.temperature!r}", "omit it for greedy decoding")
+        if self.top_k is not None and not (_is_int(self.top_k) and self.top_k >= 1):
+            raise UniAttnError(f"top_k must be >= 1 (an integer), got {self.top_k!r}", "pass a positive top-k")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+            raise UniAttnError(f"top_p must be in (0, 1], got {self.top_p!r}", "pass e.g. --top-p 0.9")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**64):
+            raise UniAttnError(f"seed must be an integer in [0, 2**64), got {self.seed!r}", "pass e.g. --seed 0")
+
+
+def _is_int(value) -> bool:
+    """An integer, and not a bool (True would silently be token 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, (float, np.floating))) and not math.isnan(value)
+
+
+def check_prompts(
+    prompts, max_new_tokens, *, vocab_size: int | None = None, max_positions: int | None = None
+) -> list[list[int]]:
+    """The prompts as lists of Python ints, or one line saying what is wrong with them.
+
+    prompts: a batch (rank 2) of token ids: non-empty rows of integers (not bools or floats)
+    in [0, vocab_size). max_new_tokens: an integer >= 1; the longest prompt plus it must fit
+    max_positions. None skips a limit a runtime does not know.
+    """
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
+        raise UniAttnError(f"max_new_tokens must be >= 1 (an integer), got {max_new_tokens!r}", "pass a positive number")
+    shape = "a batch of token id lists (rank 2), e.g. [[1, 2, 3]]"
+    if isinstance(prompts, np.ndarray) and prompts.ndim != 2 or isinstance(prompts, (str, bytes, dict)):
+        raise UniAttnError(f"prompts must be {shape}", "wrap a single prompt in a list")
+    if not hasattr(prompts, "__iter__"):
+        raise UniAttnError(f"prompts must be {shape}, got {type(prompts).__name__}", "wrap a single prompt in a list")
+    rows = []
+    for index, row in enumerate(prompts):
+        if isinstance(row, (str, bytes, dict)) or not hasattr(row, "__iter__"):
+            raise UniAttnError(f"prompts must be {shape}; prompt {index} is {row!r:.40}", "wrap a single prompt in a list")
+        rows.append(list(row))
+    if not rows:
+        raise UniAttnError("no prompts given", "pass at least one prompt")
+    for index, row in enumerate(rows):
+        if not row:
+            raise UniAttnError(f"prompt {index} is empty: every prompt needs at least one token", "drop empty prompts")
+        bad = next((t for t in row if not _is_int(t)), None)
+        if bad is not None:
+            what = "a nested list (prompts must be rank 2)" if isinstance(bad, (list, tuple, np.ndarray)) else repr(bad)
+            raise UniAttnError(f"prompt {index} holds {what}, not an integer token id", "pass integer token ids")
+        if vocab_size is not None:
+            outside = next((t for t in row if not 0 <= t < vocab_size), None)
+            if outside is not None:
+                raise UniAttnError(
+                    f"prompt {index} has token id {outside} outside the vocabulary [0, {vocab_size})", "fix the token ids"
+                )
+    longest = max(map(len, rows))
+    if max_positions is not None and longest + max_new_tokens > max_positions:
+        raise UniAttnError(
+            f"prompt tokens ({longest}) + max_new_tokens ({max_new_tokens}) exceed the model's {max_positions} positions",
+            "shorten the prompt or lower max_new_tokens",
+        )
+    return [[int(t) for t in row] for row in rows]
 
 
 @dataclass
@@ -132,6 +189,9 @@ class GenerationSession(ABC):
     padding: str = "left"
     #: tokens per row the caches hold (prompt + generated); None when they grow without limit
     capacity: int | None = None
+    #: limits `generate` checks its inputs against; runtimes that know them set them
+    vocab_size: int | None = None
+    max_positions: int | None = None
 
     @abstractmethod
     def reset(self, batch_size: int) -> None:
@@ -161,8 +221,13 @@ class GenerationSession(ABC):
         forcing), so two runtimes can be compared step by step on identical inputs; the
         returned tokens are still the ones this runtime chose.
         """
-        if max_new_tokens < 1:
-            raise UniAttnError(f"max_new_tokens must be >= 1, got {max_new_tokens}", "pass a positive number")
+        prompts = check_prompts(prompts, max_new_tokens, vocab_size=self.vocab_size, max_positions=self.max_positions)
+        vocab = self.vocab_size if self.vocab_size is not None else np.iinfo(np.int64).max
+        for name, token in (("pad_token_id", pad_token_id), ("eos_token_id", eos_token_id)):
+            if token is not None and not (_is_int(token) and 0 <= token < vocab):
+                raise UniAttnError(f"{name} {token!r} is outside the vocabulary [0, {vocab})", f"pass a valid {name}")
+        if sampling is not None and not isinstance(sampling, Sampling):
+            raise UniAttnError(f"sampling must be a Sampling or None, got {type(sampling).__name__}", "pass Sampling(...)")
         ids, mask = pad_prompts(prompts, pad_token_id, self.padding)
         batch = len(ids)
         if self.capacity is not None and ids.shape[1] + max_new_tokens > self.capacity:

@@ -25,20 +25,23 @@ with these within the stored tolerance; no PyTorch model is needed.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UniAttnError
-from ..export.artifact import Artifact, check_destination, package_versions
-from ..model.checkpoint import atomic_folder
+from ..export.artifact import Artifact, package_versions
+from ..output import GOLDEN, atomic_folder
 from ..targets.session import Generation, pad_prompts
 
 GOLDEN_FILE = "golden.json"
 LOGITS_FILE = "logits.npz"
 GOLDEN_FORMAT = "uniattn-export/golden"
 GOLDEN_VERSION = 1
+_RECORD_KEYS = ("dtype", "logits", "prompts", "pad_token_id", "tokens", "tolerance", "reference")
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,10 @@ def golden_exists(folder: Path) -> bool:
     return (folder / GOLDEN_FILE).is_file()
 
 
-def store_golden(folder: Path, artifact: Artifact, golden: Golden) -> None:
-    """Write DIR atomically (a sibling temp folder renamed into place)."""
-    folder = Path(folder)
-    check_destination(folder, GOLDEN_FILE, "a golden folder")
-    with atomic_folder(folder) as tmp:
+def store_golden(folder: Path, artifact: Artifact, golden: Golden, *, inputs: tuple = (), force: bool = False) -> None:
+    """Write DIR atomically (a sibling temp folder renamed into place). inputs: what it
+    was computed from, never replaced (the artifact always counts)."""
+    with atomic_folder(folder, GOLDEN, inputs=(artifact.path, *inputs), force=force) as tmp:
         record = {
             "format": GOLDEN_FORMAT,
             "format_version": GOLDEN_VERSION,
@@ -81,14 +83,24 @@ def store_golden(folder: Path, artifact: Artifact, golden: Golden) -> None:
 
 def load_golden(folder: Path, artifact: Artifact) -> Golden:
     folder = Path(folder)
+    again = "store them again with --update-golden"
     try:
         record = json.loads((folder / GOLDEN_FILE).read_text())
         with np.load(folder / LOGITS_FILE) as stored:
             step_logits = [stored[name] for name in sorted(stored.files)]
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise UniAttnError(f"cannot read the golden outputs in {folder} ({exc})", "store them again with --update-golden") from None
-    if record.get("format") != GOLDEN_FORMAT or int(record.get("format_version", 0)) > GOLDEN_VERSION:
-        raise UniAttnError(f"{folder / GOLDEN_FILE} is not a golden file this version reads", "store it again with --update-golden")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UniAttnError(f"cannot read the golden outputs in {folder} ({detail})", again) from None
+    if not isinstance(record, dict) or record.get("format") != GOLDEN_FORMAT:
+        raise UniAttnError(f"{folder / GOLDEN_FILE} is not a golden file", again)
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > GOLDEN_VERSION:
+        raise UniAttnError(f"{folder / GOLDEN_FILE} has format_version {version!r}, this version reads 1..{GOLDEN_VERSION}", again)
+    missing = [key for key in _RECORD_KEYS if key not in record]
+    if missing:
+        raise UniAttnError(f"{folder / GOLDEN_FILE} lacks {', '.join(missing)}", again)
+    if not (isinstance(record["tolerance"], dict) and isinstance(record["tolerance"].get("logits_abs"), (int, float))):
+        raise UniAttnError(f"{folder / GOLDEN_FILE} has no numeric tolerance.logits_abs", again)
     for key in ("dtype", "logits"):
         if record[key] != artifact.manifest[key]:
             raise UniAttnError(
@@ -96,13 +108,19 @@ def load_golden(folder: Path, artifact: Artifact) -> Golden:
                 f"{artifact.manifest[key]!r}",
                 "use the golden folder of this export configuration, or store a new one with --update-golden",
             )
-    tokens = np.asarray(record["tokens"], dtype=np.int64)
-    if len(step_logits) != tokens.shape[1] or any(s.shape[-1] != artifact.vocab_size for s in step_logits):
+    try:
+        tokens = np.asarray(record["tokens"], dtype=np.int64)
+        ids, mask = pad_prompts(record["prompts"], record["pad_token_id"], "left")
+    except (TypeError, ValueError, UniAttnError) as exc:
+        raise UniAttnError(f"the tokens or prompts in {folder / GOLDEN_FILE} are malformed ({exc})", again) from None
+    if (
+        tokens.ndim != 2 or tokens.shape[0] != len(ids) or len(step_logits) != tokens.shape[1]
+        or any(s.ndim != 3 or s.shape[-1] != artifact.vocab_size for s in step_logits)
+    ):  # fmt: skip
         raise UniAttnError(
             f"the golden logits in {folder} do not match its tokens or this artifact's vocabulary",
             "store them again with --update-golden",
         )
-    ids, mask = pad_prompts(record["prompts"], record["pad_token_id"], "left")
     reference = Generation(tokens, ids, mask, step_logits)
     return Golden(
         prompts=record["prompts"],

@@ -19,6 +19,8 @@ class TorchSession(GenerationSession):
         self.model = model.eval()
         self.dtype = str(model.dtype).removeprefix("torch.")
         self.description = f"PyTorch reference {torch.__version__}, {self.dtype}"
+        self.vocab_size = model.config.vocab_size
+        self.max_positions = model.config.max_position_embeddings
         self._cache: UniAttnCache | None = None
 
     def reset(self, batch_size: int) -> None:

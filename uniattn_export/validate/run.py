@@ -29,10 +29,11 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..errors import UniAttnError
-from ..export.artifact import Artifact, check_destination, load_artifact, package_versions
-from ..targets.session import GenerationSession, pad_prompts, position_ids_for
+from ..export.artifact import Artifact, load_artifact, package_versions
+from ..output import GOLDEN, check_destination
+from ..targets.session import GenerationSession, check_prompts, pad_prompts, position_ids_for
 from . import compare
-from .golden import GOLDEN_FILE, Golden, golden_exists, load_golden, store_golden
+from .golden import Golden, golden_exists, load_golden, store_golden
 
 # Two independent implementations at one precision each sit about one "noise" away from the
 # exact result, so they can differ by about twice it; 4x leaves room for unlucky rows.
@@ -56,7 +57,7 @@ class _Reference:
 
 def _resolve_prompts(artifact: Artifact, prompts: Sequence[str] | Sequence[Sequence[int]] | None):
     if prompts and all(not isinstance(p, str) for p in prompts):
-        token_prompts = [list(map(int, p)) for p in prompts]
+        token_prompts = prompts  # checked with the others below
     elif artifact.has_tokenizer():
         from ..model.tokenizer import load_tokenizer
 
@@ -70,9 +71,6 @@ def _resolve_prompts(artifact: Artifact, prompts: Sequence[str] | Sequence[Seque
     else:
         rng = np.random.default_rng(0)
         token_prompts = [rng.integers(0, artifact.vocab_size, n).tolist() for n in RANDOM_PROMPT_LENGTHS]
-    bad = [t for p in token_prompts for t in p if not 0 <= t < artifact.vocab_size]
-    if bad:
-        raise UniAttnError(f"prompt token id {bad[0]} is outside the vocabulary (0..{artifact.vocab_size - 1})", "fix the prompt ids")
     return token_prompts
 
 
@@ -95,7 +93,7 @@ def _text_token_ids(artifact: Artifact, text: str, max_tokens: int) -> list[int]
         )
     from ..model.tokenizer import load_tokenizer
 
-    ids = load_tokenizer(artifact.path)(text)["input_ids"][:max_tokens]
+    ids = load_tokenizer(artifact.path)(text)["input_ids"][: min(max_tokens, artifact.max_positions)]
     if len(ids) < 2:
         raise UniAttnError("the perplexity text has fewer than 2 tokens", "pass a longer text")
     return ids
@@ -177,21 +175,27 @@ def validate_artifact(
     golden: str | Path | None = None,
     update_golden: bool = False,
     device: str = "cpu",
+    force: bool = False,
 ) -> dict:
     """Validate and return the JSON-ready report (report["passed"] says the verdict).
 
     session: the runtime to validate (default: an ONNX Runtime session on `device`).
     golden: a folder of stored reference outputs; checked against when it holds them
-    (unless update_golden), else filled from the PyTorch reference.
+    (unless update_golden), else filled from the PyTorch reference. force: replace the
+    golden folder whatever it holds (never the artifact or checkpoint; uniattn_export/output.py).
     """
-    if max_new_tokens < 1:
-        raise UniAttnError(f"max_new_tokens must be >= 1, got {max_new_tokens}", "pass a positive number")
     artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    # max_new_tokens alone (a one-token prompt) before any work; the real prompts come later.
+    check_prompts([[0]], max_new_tokens, max_positions=artifact.max_positions)
+    if perplexity_text is not None and not (isinstance(perplexity_tokens, int) and perplexity_tokens >= 2):
+        raise UniAttnError(f"perplexity_tokens must be >= 2, got {perplexity_tokens!r}", "pass a larger number")
     if session is None:
         from ..targets.ort import OrtSession
 
         session = OrtSession(artifact, device=device)
     golden_dir = Path(golden) if golden is not None else None
+    if perplexity_text is not None and not perplexity_text.strip():
+        raise UniAttnError("the perplexity text is empty", "pass a text")
     text_ids = _text_token_ids(artifact, perplexity_text, perplexity_tokens) if perplexity_text else None
 
     if golden_dir is not None and golden_exists(golden_dir) and not update_golden:
@@ -205,14 +209,18 @@ def validate_artifact(
             )
     else:
         if golden_dir is not None:
-            check_destination(golden_dir, GOLDEN_FILE, "a golden folder")  # before the slow part
-        token_prompts = _resolve_prompts(artifact, prompts)
+            golden_inputs = (artifact.path, checkpoint)
+            check_destination(golden_dir, GOLDEN, inputs=golden_inputs, force=force)  # before the slow part
+        token_prompts = check_prompts(
+            _resolve_prompts(artifact, prompts), max_new_tokens,
+            vocab_size=artifact.vocab_size, max_positions=artifact.max_positions,
+        )  # fmt: skip
         ref = _pytorch_reference(
             artifact, Path(checkpoint) if checkpoint else None, token_prompts,
             _pad_token_id(artifact), max_new_tokens, text_ids,
         )  # fmt: skip
         if golden_dir is not None:
-            store_golden(golden_dir, artifact, ref.golden)
+            store_golden(golden_dir, artifact, ref.golden, inputs=golden_inputs, force=force)
 
     return _report(artifact, session, ref, text_ids, golden_dir)
 

@@ -64,6 +64,7 @@ class OrtSession(GenerationSession):
         import onnxruntime as ort
 
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        self.vocab_size, self.max_positions = self.artifact.vocab_size, self.artifact.max_positions  # checked by generate
         self.device, self.device_id = device, device_id
         self.static = self.artifact.cache_mode == "static"
         if self.static:
