@@ -121,3 +121,21 @@ def test_convert_help_explains_itself(capsys):
     text = capsys.readouterr().out
     for phrase in ("SuperBlocks", "gensim:lee_background", "--mode", "paper", "improved", "smollm2-135m"):
         assert phrase in text
+
+
+def test_convert_without_a_terminal_prints_progress_lines_and_no_library_noise(base_folder, tmp_path):
+    """stderr is a pipe here (as in logs and CI): plain progress lines instead of a bar that
+    would stay silent until the end; transformers' own save progress bar is not shown."""
+    result = subprocess.run(
+        [sys.executable, "-m", "uniattn_export", "convert", str(base_folder), *ARGS, "--mode", "improved",
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    # improved mode: 3 consumers x 2 calibration batches, then 1 held-out batch (batch size 4)
+    fitting = [line.rsplit(" (", 1)[0] for line in lines if line.startswith("fitting Wc of 3 consumers (improved): ")]
+    assert fitting[0] == "fitting Wc of 3 consumers (improved): 0/7"
+    assert fitting[-1] == "fitting Wc of 3 consumers (improved): 6/7"
+    assert lines[-1].startswith("held-out evaluation: 7/7 (") and lines[-1].endswith(" s)")
+    assert not [line for line in lines if "Writing model shards" in line or "Warning" in line]
