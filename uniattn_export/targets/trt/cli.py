@@ -106,7 +106,7 @@ def describe_build(report: dict) -> list[str]:
         f"plugins: {report['plugins']}), built in {report['build_seconds']:.1f} s with {tensorrt} {report['tensorrt']['version']}",
         f"runs on compute capability {capabilities}; profile: {profile}",
         "not checked here: the engine was built but not run (running needs one of those GPUs and "
-        "the same TensorRT); the validation below runs the ONNX file with onnxruntime. "
+        "the same TensorRT); validation (unless --no-validate) runs the ONNX file with onnxruntime. "
         f"Try it there: uniattn-export generate {Path(report['engine']).parent} --prompt ...",
     ]
 
