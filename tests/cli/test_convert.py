@@ -80,7 +80,7 @@ def test_convert_to_another_dtype_and_default_range(base_folder, tmp_path):
     "change,message",
     [
         (["--calibration", "missing.txt"], "text file missing.txt does not exist"),
-        (["--ridge", "0.5"], "--ridge applies to the improved mode only"),
+        (["--mode", "paper", "--ridge", "0.5"], "--ridge applies to the improved mode only"),
         (["-G", "1"], "the layer map has no consumer layers"),
         (["--begin", "9"], "SuperBlock begin 9 is outside the model's 6 layers"),
         (["--max-length", "1"], "max_length must be >= 2"),
@@ -121,3 +121,39 @@ def test_convert_help_explains_itself(capsys):
     text = capsys.readouterr().out
     for phrase in ("SuperBlocks", "gensim:lee_background", "--mode", "paper", "improved", "smollm2-135m"):
         assert phrase in text
+
+
+def test_convert_without_a_terminal_prints_progress_lines_and_no_library_noise(base_folder, tmp_path):
+    """stderr is a pipe here (as in logs and CI): plain progress lines instead of a bar that
+    would stay silent until the end; transformers' own save progress bar is not shown."""
+    result = subprocess.run(
+        [sys.executable, "-m", "uniattn_export", "convert", str(base_folder), *ARGS, "--mode", "improved",
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    # Batches of 4: 3 consumers x (2 calibration + 1 held-out check), then 1 held-out evaluation.
+    fitting = [line.rsplit(" (", 1)[0] for line in lines if line.startswith("fitting Wc of 3 consumers (improved): ")]
+    assert fitting[0] == "fitting Wc of 3 consumers (improved): 0/10" and len(fitting) >= 5
+    assert lines[-1].startswith("held-out evaluation: 10/10 (") and lines[-1].endswith(" s)")
+    assert not [line for line in lines if "Writing model shards" in line or "Warning" in line]
+
+
+def test_paper_fit_that_overfits_is_replaced_by_zero_and_reported(base_folder, tmp_path, capsys):
+    """3 short samples in paper mode (see tests/model/test_convert.py): the fits interpolate
+    the calibration set; each consumer whose fit does worse held out gets Wc = 0, said in the
+    table, a warning line and conversion_report.json."""
+    out = tmp_path / "paper"
+    args = ["-G", "3", "--begin", "1", "--end", "6", "--calibration", "gensim:lee_background", "--heldout",
+            "gensim:lee", "--num-samples", "3", "--heldout-samples", "3", "--max-length", "16", "--mode", "paper"]  # fmt: skip
+    assert main(["convert", str(base_folder), *args, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert report["fallbacks"], "the constructed case must fall back"
+    fell_back = [c for c in report["consumers"] if c["fell_back_to_zero"]]
+    assert [c["layer"] for c in fell_back] == report["fallbacks"]
+    assert all(c["fitted_heldout_residual"] > 1 and c["compensation_norm"] == 0 for c in fell_back)
+    assert f"warning: Wc of consumer(s) {', '.join(map(str, report['fallbacks']))} set to zero" in " ".join(printed.split())
+    converted = load_model(out)
+    assert all(not converted.model.layers[layer].compensation.weight.any() for layer in report["fallbacks"])

@@ -1,8 +1,11 @@
-"""`uniattn-export generate` on a tiny checkpoint in the authors' layout."""
+"""`uniattn-export generate` on a tiny checkpoint in the authors' layout (transformers and
+torch only: CI runs this file at both ends of the allowed transformers range).
+Artifacts and engines: test_generate_artifacts.py."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -58,19 +61,64 @@ def test_sampling_is_seeded(checkpoint, capsys):
     assert first == again and first != other
 
 
+def _error_line(capsys, *argv) -> str:
+    assert main(["generate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniattn-export generate: error: ") and err.count("\n") == 1
+    return err
+
+
+# Checked from the flags alone: the model folder does not even exist.
 @pytest.mark.parametrize(
     "args,message",
     [
+        (["--prompt", ""], "--prompt is empty"),
         (["--top-k", "5"], "--top-k, --top-p and --num-return-sequences apply to sampling"),
-        (["--temperature", "0"], "--temperature must be > 0"),
+        (["--temperature", "0"], "--temperature must be a finite number > 0, got 0.0"),
+        (["--temperature", "-1"], "--temperature must be a finite number > 0, got -1.0"),
+        (["--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
+        (["--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
+        (["--temperature", "1", "--top-k", "0"], "--top-k must be >= 1, got 0"),
+        (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
+        (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+        (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+        (["--temperature", "1", "--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
-        (["--dtype", "float7"], "unknown dtype 'float7'"),
     ],
 )
-def test_generate_errors(checkpoint, capsys, args, message):
-    assert main(["generate", str(checkpoint), "--prompt", "x", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("uniattn-export generate: error: ") and message in err and "\n" not in err
+def test_bad_flags_fail_before_anything_is_read(tmp_path, capsys, args, message):
+    assert message in _error_line(capsys, str(tmp_path / "absent"), "--prompt", "x", *args)
+
+
+@pytest.fixture(scope="module")
+def unloadable_checkpoint(checkpoint, tmp_path_factory):
+    """The checkpoint with its weights destroyed: whatever is refused here was refused
+    before the model was loaded."""
+    folder = tmp_path_factory.mktemp("unloadable") / "checkpoint"
+    shutil.copytree(checkpoint, folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [  # tiny_config: max_position_embeddings 256; the byte tokenizer: one token per character
+        (["--prompt", "x" * 256], "the prompt has 256 tokens; the model's context is 256 tokens"),
+        (["--prompt", "x" * 10, "--max-new-tokens", "247"],
+         "--max-new-tokens 247 after a 10-token prompt exceeds the model's context of 256 tokens. "
+         "Pass --max-new-tokens 246 or less"),
+        (["--prompt", "x", "--runtime", "ort"], "is a checkpoint, not an exported artifact"),
+    ],
+)  # fmt: skip
+def test_context_and_runtime_are_checked_before_loading(unloadable_checkpoint, capsys, args, message):
+    assert message in _error_line(capsys, str(unloadable_checkpoint), *args)
+
+
+def test_unloadable_checkpoint_is_really_unloadable(unloadable_checkpoint, capsys):
+    """The fixture above proves ordering only if loading it does fail."""
+    assert "safetensors" in _error_line(capsys, str(unloadable_checkpoint), "--prompt", "x").lower()
 
 
 def test_generate_without_tokenizer(tmp_path, capsys):

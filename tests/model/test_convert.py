@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import weakref
 
@@ -75,7 +76,7 @@ def test_paper_mode_equals_independent_closed_form(base_folder, texts, released_
     calibration, heldout = texts[0][:6], texts[1][:2]
     length = 16
     model, report = convert_to_uniattn(
-        base_folder, LAYER_MAP, calibration, byte_tokenizer(), heldout=heldout, mode="paper",
+        base_folder, LAYER_MAP, calibration, byte_tokenizer(), heldout=heldout, mode="paper", heldout_fallback=False,
         max_length=length, batch_size=4,
     )  # fmt: skip
     config = model.config
@@ -106,7 +107,7 @@ def test_improved_mode_equals_independent_ridge_solution(base_folder, texts, rel
     calibration, heldout = texts[0][:5], texts[1][:2]
     length = 40  # 200 token rows > d = 64: ridge 0 is plain least squares
     model, report = convert_to_uniattn(
-        base_folder, LAYER_MAP, calibration, byte_tokenizer(), heldout=heldout, mode="improved",
+        base_folder, LAYER_MAP, calibration, byte_tokenizer(), heldout=heldout, mode="improved", heldout_fallback=False,
         max_length=length, ridge=ridge, batch_size=2,
     )  # fmt: skip
     config = model.config
@@ -193,7 +194,7 @@ def test_heldout_report_equals_an_independent_evaluation(base_folder, texts, tmp
 
 def test_improved_mode_fits_heldout_at_least_as_well_as_paper(base_folder, texts):
     calibration, heldout = texts
-    kwargs = dict(heldout=heldout, max_length=48, batch_size=8)
+    kwargs = dict(heldout=heldout, max_length=48, batch_size=8, heldout_fallback=False)  # the fits as computed
     _, paper = convert_to_uniattn(base_folder, LAYER_MAP, calibration, byte_tokenizer(), mode="paper", **kwargs)
     _, improved = convert_to_uniattn(base_folder, LAYER_MAP, calibration, byte_tokenizer(), mode="improved", **kwargs)
     for p, i in zip(paper.consumers, improved.consumers):
@@ -286,3 +287,35 @@ def test_an_already_converted_model_is_refused(base_folder, texts, tmp_path):
     converted, _ = convert_to_uniattn(base_folder, LAYER_MAP, texts[0][:2], byte_tokenizer(), heldout=texts[1][:1], max_length=16)
     with pytest.raises(UniAttnError, match="already shares softmax between layers"):
         convert_to_uniattn(converted, LAYER_MAP, texts[0][:2], byte_tokenizer(), heldout=texts[1][:1], max_length=16)
+
+
+def test_a_fit_worse_than_no_compensation_on_heldout_falls_back_to_zero(base_folder, texts):
+    """Paper mode on 3 short samples: 16 averaged rows for d = 64 unknowns per output
+    interpolate the calibration set, and the fit does worse on held-out text than Wc = 0."""
+    calibration, heldout = texts[0][:3], texts[1][:3]
+    kwargs = dict(heldout=heldout, mode="paper", max_length=16, batch_size=4)
+    kept, kept_report = convert_to_uniattn(base_folder, LAYER_MAP, calibration, byte_tokenizer(), heldout_fallback=False, **kwargs)
+    model, report = convert_to_uniattn(base_folder, LAYER_MAP, calibration, byte_tokenizer(), **kwargs)
+    first = LAYER_MAP.consumers[0]
+    # The first consumer's fit depends on no other consumer: the run that keeps every fit
+    # measures the same held-out residual the fallback decided on, independently.
+    assert report.consumers[0].fitted_heldout_residual == pytest.approx(kept_report.consumers[0].heldout_residual, rel=1e-6)
+    assert kept_report.consumers[0].heldout_residual > 1 and first in report.fallbacks
+    for fit in report.consumers:
+        assert fit.fell_back_to_zero == (fit.fitted_heldout_residual > 1)
+        zero = not model.model.layers[fit.layer].compensation.weight.any()
+        assert zero == fit.fell_back_to_zero == (fit.layer in report.fallbacks)
+    for layer in report.fallbacks:  # Wc = 0 is, by definition, residual 1 on held-out text
+        assert report.consumers[LAYER_MAP.consumers.index(layer)].heldout_residual == pytest.approx(1.0)
+    assert report.heldout.kl_base_converted < kept_report.heldout.kl_base_converted
+    assert kept_report.heldout.worse_than_no_compensation and kept_report.fallbacks == []
+    saved = json.loads(report.to_json())
+    assert saved["fallbacks"] == report.fallbacks and saved["heldout_fallback"] is True
+    assert saved["heldout"]["worse_than_no_compensation"] == report.heldout.worse_than_no_compensation
+    assert report.warnings()[0].startswith(f"Wc of consumer(s) {', '.join(map(str, report.fallbacks))} set to zero")
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(report.table())
+    rows = [line for line in console.export_text().splitlines() if " > 1)" in line]
+    assert [int(row.split()[1]) for row in rows] == report.fallbacks  # "│ 2 │ 1 │ ... │ 0 (fit 1.31 > 1) │"

@@ -221,3 +221,35 @@ def test_bad_forward_inputs(unified_model):
         unified_model()
     with pytest.raises(UniAttnError, match="cache_implementation"):
         unified_model.generate(input_ids=ids, max_new_tokens=2, cache_implementation="static")
+
+
+def test_cache_is_read_under_either_name_and_returned_under_this_versions_name(unified_model):
+    """transformers 5.24 renamed generate()'s cache keyword to `cache=`; both names work."""
+    from uniattn_export.model.modeling import CACHE_KEYWORD
+
+    ids = torch.arange(1, 9).view(1, 8)
+    with torch.no_grad():
+        full = unified_model(input_ids=ids, use_cache=False).logits
+        for name in ("cache", "past_key_values"):
+            cache = UniAttnCache(unified_model.uniattn_config)
+            first = unified_model(input_ids=ids[:, :5], **{name: cache})
+            assert getattr(first, CACHE_KEYWORD) is cache and cache.get_seq_length() == 5
+            rest = unified_model(input_ids=ids[:, 5:], attention_mask=torch.ones(1, 8, dtype=torch.long), **{name: cache})
+            torch.testing.assert_close(rest.logits, full[:, 5:], rtol=0, atol=5e-5)
+
+
+def test_a_step_without_its_past_is_refused(unified_model):
+    from uniattn_export.errors import UniAttnError
+
+    token, cache = torch.tensor([[7]]), UniAttnCache(unified_model.uniattn_config)
+    missing = "this step's 9 earlier token\\(s\\) are in no cache \\(cache holds 0, 1 new\\)"
+    with pytest.raises(UniAttnError, match=missing):  # a decode step's mask, no cache
+        unified_model(input_ids=token, attention_mask=torch.ones(1, 10, dtype=torch.long))
+    with pytest.raises(UniAttnError, match=missing):  # an empty cache is no better
+        unified_model(input_ids=token, attention_mask=torch.ones(1, 10, dtype=torch.long), cache=cache)
+    with pytest.raises(UniAttnError, match=missing):  # positions 9.. with nothing cached
+        unified_model(input_ids=token, position_ids=torch.tensor([[9]]))
+    with torch.no_grad():
+        unified_model(input_ids=torch.ones(1, 9, dtype=torch.long), cache=cache)
+        unified_model(input_ids=token, position_ids=torch.tensor([[9]]), cache=cache)  # cached: fine
+    assert cache.get_seq_length() == 10

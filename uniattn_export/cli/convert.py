@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Group the layers [begin, end) of a Llama/Mistral/Qwen2 base model into SuperBlocks "
             "of G layers: the first layer of each computes its softmax, the other G-1 reuse it "
             "and get a compensation projection Wc, fitted in closed form on calibration text, "
-            "layer by layer. Writes a checkpoint folder (explicit layer map, tokenizer, "
+            "layer by layer; a consumer whose fitted Wc does worse on the held-out text than "
+            "Wc = 0 gets Wc = 0 (reported). Writes a checkpoint folder (explicit layer map, tokenizer, "
             "conversion_report.json) and prints the fit and the divergence from the base "
             "model on held-out text. Text sources: a .txt file (documents separated by blank "
             "lines), .jsonl/.json (a 'text' field or instruction/input/output), or a corpus "
@@ -45,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="calibration documents (default 128; the released scripts use 1000, "
                    "a GPU-sized job)")
     p.add_argument("--heldout-samples", type=int, default=32, help="held-out documents (default 32)")
-    p.add_argument("--mode", choices=("paper", "improved"), default="paper",
-                   help="paper: the released closed form (per-position means, pads included, pinv); "
-                   "improved: masked token-level ridge regression")
+    p.add_argument("--mode", choices=("paper", "improved"), default="improved",
+                   help="improved (default): masked token-level ridge regression; paper: the released "
+                   "closed form (per-position means, pads included, pinv), for fidelity to the released code")
+    p.add_argument("--no-heldout-fallback", dest="heldout_fallback", action="store_false",
+                   help="keep every fitted Wc even where it does worse on the held-out text than Wc = 0 "
+                   "(default: such a consumer gets Wc = 0, reported)")
     p.add_argument("--ridge", type=float, default=None,
                    help="improved mode: ridge lambda, relative to the mean diagonal of X^T X (default 0.1)")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per sample (default 1024)")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     converted, report = convert_to_uniattn(
         base, layer_map, split.calibration, tokenizer, heldout=split.heldout, mode=args.mode,
         max_length=args.max_length, ridge=ridge, batch_size=args.batch_size,
+        heldout_fallback=args.heldout_fallback,
     )  # fmt: skip
     dtype = args.dtype or _stored_dtype(base_path)
     converted.to(getattr(torch, dtype))
@@ -109,5 +114,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"{layer_map.describe()}")
     console.print(report.table())
+    for warning in report.warnings():
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     console.print(f"saved {out} ({dtype}); report: {out / 'conversion_report.json'}")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from .outcome import OneLineArgumentParser
 
@@ -30,11 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """transformers' deprecation notices, info logs and save/load progress bars speak to the
+    authors of code that calls transformers (this package), not to a user of the command
+    line. Silenced here, in the CLI only (never on import of the package); a user's own
+    TRANSFORMERS_VERBOSITY / HF_HUB_DISABLE_PROGRESS_BARS still wins. Read when transformers
+    is first imported, hence set before any command runs."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"transformers(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: cli/outcome.py (0 ok, 1 validation failed, 2 bad input, 3 internal error)."""
     from .outcome import run_command
 
-    return run_command(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     from ..validate.report import write_report
 
     console = Console(stderr=True, soft_wrap=True)  # progress lines: never wrapped mid-path
+    if args.target == "trt":  # before any work: nothing is exported for a build that cannot happen
+        from ..targets.trt.cli import check_ready
+
+        check_ready(args, args.dtype)
     args.checkpoint = resolve_checkpoint(args.checkpoint)
     check_destination(args.output, ARTIFACT, inputs=(args.checkpoint,), force=args.force)
     if not args.no_validate:  # everything the validation needs is known before the export
@@ -147,9 +151,11 @@ def run(args: argparse.Namespace) -> int:
 
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}
     if args.target == "trt":
-        from ..targets.trt.cli import build_from_args
+        from ..targets.trt.cli import build_from_args, describe_build
 
         report["trt"] = build_from_args(args, args.output)
+        for line in describe_build(report["trt"]):
+            console.print(f"[bold]tensorrt[/] {line}", highlight=False)
     if args.target == "onnx" and args.custom_ops == "auto":
         args.custom_ops = "off"  # the portable file is what is delivered: prove it runs alone
     write_report(report, args.output / "reports" / EXPORT_REPORT_NAME)

@@ -1,8 +1,23 @@
-"""Stage 1: the UniAttn reference model, its checkpoints, and conversion from a base model."""
+"""Stage 1: the UniAttn reference model, its checkpoints, and conversion from a base model.
 
-from .checkpoint import load_model, save_model
-from .config import UniAttnConfig
-from .convert import convert_to_uniattn
-from .modeling import UniAttnForCausalLM
+Imported lazily (as the top-level package): the CLI's parser reads constants from
+submodules here (e.g. model.real.SMOLLM2_NAME) without loading torch or transformers.
+"""
 
-__all__ = ["UniAttnConfig", "UniAttnForCausalLM", "convert_to_uniattn", "load_model", "save_model"]
+from importlib import import_module
+
+_LAZY = {
+    "UniAttnConfig": ".config",
+    "UniAttnForCausalLM": ".modeling",
+    "convert_to_uniattn": ".convert",
+    "load_model": ".checkpoint",
+    "save_model": ".checkpoint",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

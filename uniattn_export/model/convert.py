@@ -19,9 +19,17 @@ Two modes:
 Statistics are streamed (running sums of size max_length x d or d x d) and every pass stops
 at the deepest layer it measures, so memory does not grow with the number of samples.
 
+Held-out fallback (on by default): right after consumer k is fitted, its fit is measured on
+the held-out text (token level, real tokens only, earlier consumers as converted). A Wc that
+does worse there than Wc = 0 (relative residual > 1: the fit learned the calibration set,
+not the model) is set to zero before consumer k+1 is fitted, and the report says so. The
+released closed form overfits this way when calibration rows are few (its per-position
+means give max_length rows for d unknowns per output).
+
 The report measures the result on held-out text: per consumer, the relative residual of the
 fit at token level (0 = exact, 1 = no better than Wc = 0), and for the whole model the mean
-per-token KL(base || converted), top-1 agreement and perplexity of both.
+per-token KL(base || converted), top-1 agreement and perplexity of both, and of the model
+with every Wc = 0; `worse_than_no_compensation` flags a result whose KL exceeds the latter.
 """
 
 from __future__ import annotations
@@ -53,7 +61,11 @@ class ConsumerFit:
     producer: int
     calibration_residual: float  # relative residual of the system this mode solves
     heldout_residual: float  # token-level relative residual on held-out text
-    compensation_norm: float  # Frobenius norm of Wc
+    compensation_norm: float  # Frobenius norm of Wc (0 after a fallback)
+    # Held-out relative residual of the fitted Wc, measured right after its fit; when it was
+    # above 1 (worse than Wc = 0) Wc was set to zero: `fell_back_to_zero`.
+    fitted_heldout_residual: float | None = None
+    fell_back_to_zero: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,10 @@ class HeldoutDivergence:
     kl_base_softmax_only: float
     perplexity_softmax_only: float
 
+    @property
+    def worse_than_no_compensation(self) -> bool:
+        return self.kl_base_converted > self.kl_base_softmax_only
+
 
 @dataclass(frozen=True)
 class ConversionReport:
@@ -78,9 +94,32 @@ class ConversionReport:
     heldout_samples: int
     consumers: list[ConsumerFit]
     heldout: HeldoutDivergence
+    heldout_fallback: bool = True
+
+    @property
+    def fallbacks(self) -> list[int]:
+        """Consumers whose Wc was set to zero because the fit did worse on held-out text."""
+        return [fit.layer for fit in self.consumers if fit.fell_back_to_zero]
+
+    def warnings(self) -> list[str]:
+        lines = []
+        if self.fallbacks:
+            lines.append(
+                f"Wc of consumer(s) {', '.join(map(str, self.fallbacks))} set to zero: the fit did worse on "
+                "held-out text than no compensation (more or more representative calibration text helps)"
+            )
+        if self.heldout.worse_than_no_compensation:
+            lines.append(
+                f"the converted model diverges more from the base on held-out text than with every Wc = 0 "
+                f"(KL {self.heldout.kl_base_converted:.4f} > {self.heldout.kl_base_softmax_only:.4f} nats/token)"
+            )
+        return lines
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        report = asdict(self)
+        report["heldout"]["worse_than_no_compensation"] = self.heldout.worse_than_no_compensation
+        report["fallbacks"] = self.fallbacks
+        return report
 
     def to_json(self, **extra) -> str:
         """The report plus `extra` entries (which must not shadow the report's own)."""
@@ -105,12 +144,16 @@ class ConversionReport:
             ),
         )
         for column in ("consumer", "producer", "fit residual (calibration)",
-                       "fit residual (held-out)", "|Wc|"):  # fmt: skip
+                       "fit residual (held-out)", "|Wc|", "Wc used"):  # fmt: skip
             table.add_column(column, justify="right")
         for fit in self.consumers:
+            if fit.fell_back_to_zero:
+                used = f"0 (fit {fit.fitted_heldout_residual:.2f} > 1)"  # held-out residual of the fit
+            else:
+                used = "fitted"
             table.add_row(
                 str(fit.layer), str(fit.producer), f"{fit.calibration_residual:.4f}",
-                f"{fit.heldout_residual:.4f}", f"{fit.compensation_norm:.3g}",
+                f"{fit.heldout_residual:.4f}", f"{fit.compensation_norm:.3g}", used,
             )  # fmt: skip
         return table
 
@@ -170,7 +213,7 @@ def _relative(residual_sq: float, target_sq: float) -> float:
     return (max(residual_sq, 0.0) / target_sq) ** 0.5 if target_sq > 0 else 0.0
 
 
-def _fit_paper(base, converted, batches: Callable[[], Iterator[dict]], step) -> list[float]:
+def _fit_paper(base, converted, batches: Callable[[], Iterator[dict]], step, settle) -> list[float]:
     consumers = converted.uniattn_config.consumers
     base_sums: dict[int, torch.Tensor] = {}
     samples = 0
@@ -198,6 +241,7 @@ def _fit_paper(base, converted, batches: Callable[[], Iterator[dict]], step) -> 
         _set_compensation(converted, layer, solution)
         residual = target - x @ solution
         residuals.append(_relative(float(residual.pow(2).sum()), float(target.pow(2).sum())))
+        settle(layer)
     return residuals
 
 
@@ -234,7 +278,7 @@ class _NormalEquations:
         return solution, _relative(residual_sq, self.dtd)
 
 
-def _fit_improved(base, converted, batches, step, ridge: float) -> list[float]:
+def _fit_improved(base, converted, batches, step, settle, ridge: float) -> list[float]:
     residuals = []
     for layer in converted.uniattn_config.consumers:
         equations = _NormalEquations(converted.config.hidden_size, converted.device)
@@ -247,7 +291,25 @@ def _fit_improved(base, converted, batches, step, ridge: float) -> list[float]:
         solution, residual = equations.solve(ridge)
         _set_compensation(converted, layer, solution)
         residuals.append(residual)
+        settle(layer)
     return residuals
+
+
+def _heldout_residual(base, converted, layer: int, batches: Iterator[dict], step) -> float:
+    """Consumer `layer`'s token-level relative residual on held-out text, Wc as it is now
+    (1 = no better than Wc = 0), with the earlier consumers as converted."""
+    compensation = converted.model.layers[layer].compensation
+    residual_sq = target_sq = 0.0
+    for batch in batches:
+        real = batch["attention_mask"].bool()
+        _, base_attended = _capture(base, batch, layer)
+        normed, attended = _capture(converted, batch, layer)
+        residual = (base_attended - attended)[real].double()
+        target = residual + compensation(normed)[real].double()  # the residual with Wc = 0
+        residual_sq += float(residual.pow(2).sum())
+        target_sq += float(target.pow(2).sum())
+        step()
+    return _relative(residual_sq, target_sq)
 
 
 def _evaluate(
@@ -360,10 +422,11 @@ def convert_to_uniattn(
     tokenizer,
     *,
     heldout: Sequence[str],
-    mode: ConversionMode = "paper",
+    mode: ConversionMode = "improved",
     max_length: int = 1024,
     ridge: float = DEFAULT_RIDGE,
     batch_size: int = 4,
+    heldout_fallback: bool = True,
 ) -> tuple[UniAttnForCausalLM, ConversionReport]:
     """Convert `base` to the UniAttn structure `layer_map`, fitting every consumer's Wc.
 
@@ -371,6 +434,8 @@ def convert_to_uniattn(
     dtype is copied first). The returned model, fp32, shares the base's weight tensors.
     calibration / heldout: documents (see text.py); keep them disjoint.
     ridge: improved mode only.
+    heldout_fallback: set a consumer's Wc to zero when it does worse on the held-out text
+    than Wc = 0 (see the module doc); False keeps every fit as the mode computes it.
     """
     base = _fp32_base(base)
     _check_inputs(base, layer_map, calibration, heldout, mode, max_length, ridge, batch_size)
@@ -379,28 +444,41 @@ def convert_to_uniattn(
     calibration_batches = -(-len(calibration) // batch_size)
     passes = len(consumers) + (1 if mode == "paper" else 0)
     heldout_batches = -(-len(heldout) // batch_size)
+    checks = len(consumers) if heldout_fallback else 0
 
     def calibration_stream():
         return _batches(calibration, batch_size, tokenizer, max_length, mode == "paper", base.device)
 
+    def heldout_stream():
+        return _batches(heldout, batch_size, tokenizer, max_length, False, base.device)
+
+    fitted_heldout: dict[int, float] = {}
+
     with torch.no_grad(), progress_bar() as progress:
         task = progress.add_task(
             f"fitting Wc of {len(consumers)} consumers ({mode})",
-            total=passes * calibration_batches + heldout_batches,
+            total=passes * calibration_batches + (checks + 1) * heldout_batches,
         )
 
         def step():
             progress.advance(task)
 
+        def settle(layer: int) -> None:
+            """Before the next consumer is fitted: keep this Wc only if it helps on held-out text."""
+            if not heldout_fallback:
+                return
+            fitted_heldout[layer] = _heldout_residual(base, converted, layer, heldout_stream(), step)
+            if fitted_heldout[layer] > 1.0:
+                converted.model.layers[layer].compensation.weight.zero_()
+
         if mode == "paper":
-            fit_residuals = _fit_paper(base, converted, calibration_stream, step)
+            fit_residuals = _fit_paper(base, converted, calibration_stream, step, settle)
         else:
-            fit_residuals = _fit_improved(base, converted, calibration_stream, step, ridge)
+            fit_residuals = _fit_improved(base, converted, calibration_stream, step, settle, ridge)
         progress.update(task, description="held-out evaluation")
         heldout_residuals, divergence = _evaluate(
-            base, converted, unify(base, layer_map),
-            _batches(heldout, batch_size, tokenizer, max_length, False, base.device), step,
-        )  # fmt: skip
+            base, converted, unify(base, layer_map), heldout_stream(), step
+        )
     fits = [
         ConsumerFit(
             layer=layer,
@@ -408,6 +486,8 @@ def convert_to_uniattn(
             calibration_residual=fit_residual,
             heldout_residual=heldout_residual,
             compensation_norm=float(converted.model.layers[layer].compensation.weight.detach().norm()),
+            fitted_heldout_residual=fitted_heldout.get(layer),
+            fell_back_to_zero=fitted_heldout.get(layer, 0.0) > 1.0,
         )
         for layer, fit_residual, heldout_residual in zip(consumers, fit_residuals, heldout_residuals)
     ]
@@ -420,5 +500,6 @@ def convert_to_uniattn(
         heldout_samples=len(heldout),
         consumers=fits,
         heldout=divergence,
+        heldout_fallback=heldout_fallback,
     )
     return converted, report

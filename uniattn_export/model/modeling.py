@@ -11,7 +11,7 @@ exactly what is validated here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, NamedTuple
 
 import torch
@@ -27,6 +27,11 @@ from .cache import UniAttnCache
 from .config import UniAttnConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+# transformers 5.24 renamed the cache wherever generate() handles it (forward's keyword, the
+# generation model_kwargs key, the output field) from `past_key_values` to `cache`. The output
+# class's field tells which name this version uses; forward accepts both names.
+CACHE_KEYWORD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -293,8 +298,8 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
     """A causal LM whose consumer layers reuse their producer's softmax.
 
     Usable like a transformers causal LM: `model(input_ids, attention_mask, position_ids)`
-    returns `.logits` and `.past_key_values` (a `UniAttnCache`), and `model.generate(...)`
-    works with greedy search and sampling. `model.uniattn_config` is the resolved layer map.
+    returns `.logits` and the `UniAttnCache` (`.cache` from transformers 5.24, before that
+    `.past_key_values`), and `model.generate(...)` works with greedy search and sampling. `model.uniattn_config` is the resolved layer map.
     """
 
     base_model_prefix = "model"
@@ -357,22 +362,30 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         labels: torch.LongTensor | None = None,
+        cache: UniAttnCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """`cache=` (transformers >= 5.24) and `past_key_values=` (earlier) name the same input."""
         if (input_ids is None) == (inputs_embeds is None):
             raise UniAttnError("pass exactly one of input_ids and inputs_embeds")
         hidden = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = hidden.shape[:2]
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is not None and not isinstance(past_key_values, UniAttnCache):
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
             raise UniAttnError(
-                f"past_key_values is a {type(past_key_values).__name__}",
+                "both cache= and past_key_values= were passed, with different caches",
+                "pass the UniAttnCache under one name",
+            )
+        cache = past_key_values if cache is None else cache
+        if cache is not None and not isinstance(cache, UniAttnCache):
+            raise UniAttnError(
+                f"the cache is a {type(cache).__name__}",
                 "a UniAttn model keeps no K for consumers: pass the UniAttnCache it returned, or None",
             )
-        cache = past_key_values
+        past_len = cache.get_seq_length() if cache is not None else 0
+        self._refuse_missing_past(attention_mask, position_ids, past_len, length)
         if cache is None and use_cache:
             cache = UniAttnCache(self.uniattn_config)
-        past_len = cache.get_seq_length() if cache is not None else 0
 
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_len + length, dtype=torch.long, device=hidden.device)
@@ -398,7 +411,24 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:  # next-token cross-entropy, as every transformers causal LM
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEYWORD: cache if use_cache else None})
+
+    @staticmethod
+    def _refuse_missing_past(attention_mask, position_ids, past_len: int, length: int) -> None:
+        """A step whose earlier tokens are in no cache would attend to its new tokens only and
+        produce plausible-looking garbage: refuse it (a mask wider than cache + new tokens, or,
+        with nothing cached, positions that start after 0 in every row)."""
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[-1] > past_len + length:
+            missing = attention_mask.shape[-1] - past_len - length
+        elif past_len == 0 and position_ids is not None and bool((position_ids.min(dim=-1).values > 0).all()):
+            missing = int(position_ids.min())
+        else:
+            return
+        raise UniAttnError(
+            f"this step's {missing} earlier token(s) are in no cache (cache holds {past_len}, "
+            f"{length} new): it would run without its past",
+            f"pass the UniAttnCache returned by the previous step as {CACHE_KEYWORD}=",
+        )
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """generate() would build a DynamicCache; this model needs its K-less UniAttnCache."""
@@ -407,5 +437,5 @@ class UniAttnForCausalLM(PreTrainedModel, GenerationMixin):
                 f"cache_implementation={generation_config.cache_implementation!r} is not supported",
                 "leave it unset: UniAttn models use their own cache (no K for consumers)",
             )
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = UniAttnCache(self.uniattn_config)
+        if model_kwargs.get(CACHE_KEYWORD) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_KEYWORD] = UniAttnCache(self.uniattn_config)

@@ -72,3 +72,54 @@ def test_a_tampered_artifact_is_refused_before_building(artifact_copy):
     with pytest.raises(UniAttnError, match="model.onnx was modified after export"):
         build_from_args(_args(), artifact_copy)
     assert not (artifact_copy / "trt").exists()
+
+
+def test_the_build_summary_says_what_was_built_where_it_runs_and_what_was_not_checked(artifact_copy):
+    from uniattn_export.targets.trt.cli import describe_build
+
+    report = build_from_args(_args("--trt-compute-capability", "8.6,8.9", "--trt-plugins", "none"), artifact_copy)
+    engine = artifact_copy / "trt" / "engine.plan"
+    size = f"{engine.stat().st_size / 2**20:.1f} MiB"
+    first, runs_on, unchecked = describe_build(report)
+    assert first.startswith(f"engine {engine} ({size}, float32, plugins: none), built in ")
+    assert first.endswith(f" s with TensorRT-RTX {report['tensorrt']['version']}")
+    assert runs_on == ("runs on compute capability 8.6 Ampere (RTX 30, A10, A40), 8.9 Ada (RTX 40, L4, L40); "
+                       "profile: batch 1-8, sequence 1-512, past 0-2048")  # fmt: skip
+    assert unchecked.startswith("not checked here: the engine was built but not run")
+    assert unchecked.endswith(f"uniattn-export generate {artifact_copy / 'trt'} --prompt ...")
+    preflight = describe_build(build_from_args(_args("--trt-preflight-only"), artifact_copy))
+    assert preflight == ["TensorRT preflight only: every custom node resolves; no engine built"]
+
+
+def test_model_target_trt_without_tensorrt_fails_before_exporting(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from uniattn_export.cli.main import main
+    from uniattn_export.model.synthetic import random_base_model, tiny_config
+
+    random_base_model(tiny_config("llama"), seed=3).save_pretrained(tmp_path / "checkpoint")
+    capsys.readouterr()  # transformers' save progress bar
+    # Both bindings fail to import, as when neither package is installed.
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
+    out = tmp_path / "out"
+    assert main(["model", str(tmp_path / "checkpoint"), "--target", "trt", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniattn-export model: error: no usable TensorRT (tensorrt: not installed; "
+                          "tensorrt_rtx_bindings: not installed). Install TensorRT-RTX")  # fmt: skip
+    assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # nothing exported
+
+
+def test_model_target_trt_with_bad_flags_fails_before_exporting(tmp_path, capsys):
+    from uniattn_export.cli.main import main
+    from uniattn_export.model.synthetic import random_base_model, tiny_config
+
+    random_base_model(tiny_config("llama"), seed=3).save_pretrained(tmp_path / "checkpoint")
+    capsys.readouterr()  # transformers' save progress bar
+    for flags, message in [(["--trt-batch", "8:1:4"], "--trt-batch range 8:1:4 must satisfy"),
+                           (["--trt-precision", "float16"], "the artifact is float32 but float16 was asked for"),
+                           (["--trt-compute-capability", "7.0"], "cannot target compute capability 7.0")]:  # fmt: skip
+        assert main(["model", str(tmp_path / "checkpoint"), "--target", "trt", "-o", str(tmp_path / "out"), *flags]) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

@@ -60,7 +60,7 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
     flavour = compat.load(options.flavour)
     model = graph.load_graph(onnx_path)
     dtype = graph.activation_dtype(model)
-    _check_options(options, flavour, dtype)
+    check_options(options, flavour, dtype)
     input_shapes = options.profile.input_shapes(graph.graph_inputs(model))
     capabilities = flavour.target_capabilities(list(options.compute_capabilities))
     nodes = graph.custom_nodes(model)
@@ -130,7 +130,7 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
     return EngineBuild(out_dir / ENGINE_NAME, manifest, checks, seconds)
 
 
-def _check_options(options: BuildOptions, flavour: compat.Flavour, dtype: str) -> None:
+def check_options(options: BuildOptions, flavour: compat.Flavour, dtype: str) -> None:
     if options.plugins not in PLUGIN_MODES:
         raise UniAttnError(f"unknown plugin mode {options.plugins!r}", f"use one of: {', '.join(PLUGIN_MODES)}")
     if not 0 <= options.optimization_level <= 5:

@@ -1,8 +1,10 @@
 """The TensorRT flags of `uniattn-export model ... --target trt`, and the build they drive.
 
-The `model` command calls `add_arguments(parser)` when it builds its parser and
-`build_from_args(args, artifact_dir)` after the export; the engine lands in
-ARTIFACT/trt/ (engine.plan + engine_manifest.json). Heavy imports happen in the build only.
+The `model` command calls `add_arguments(parser)` when it builds its parser,
+`check_ready(args, dtype)` before any work (flags, a usable TensorRT, a GPU where the flavour
+needs one), `build_from_args(args, artifact_dir)` after the export, and prints
+`describe_build(report)`; the engine lands in ARTIFACT/trt/ (engine.plan +
+engine_manifest.json). Heavy imports happen in the build only.
 """
 
 from __future__ import annotations
@@ -68,6 +70,45 @@ def options_from_args(args: argparse.Namespace):
         compute_capabilities=tuple(c.strip() for c in args.trt_compute_capability.split(",") if c.strip()),
         flavour=args.trt_flavour,
     )
+
+
+def check_ready(args: argparse.Namespace, dtype: str) -> None:
+    """Everything a build needs that can be known before exporting: valid flags, an
+    installed TensorRT, its targets, and the GPU that NVIDIA TensorRT builds for."""
+    from . import compat
+    from .build import check_options
+
+    options = options_from_args(args)
+    flavour = compat.load(options.flavour)
+    check_options(options, flavour, dtype)
+    flavour.target_capabilities(list(options.compute_capabilities))
+    if not flavour.is_rtx and not args.trt_preflight_only:
+        compat.current_compute_capability()  # TensorRT builds on (and for) the GPU it runs on
+
+
+# GPU generations by compute capability, for the summary (what a user knows their GPU as).
+GPU_FAMILIES = {"8.0": "Ampere datacenter (A100, A30)", "8.6": "Ampere (RTX 30, A10, A40)",
+                "8.7": "Ampere (Jetson Orin)", "8.9": "Ada (RTX 40, L4, L40)", "9.0": "Hopper (H100, H200)",
+                "10.0": "Blackwell datacenter (B200)", "12.0": "Blackwell (RTX 50, RTX PRO)",
+                "12.1": "Blackwell (GB10)"}  # fmt: skip
+
+
+def describe_build(report: dict) -> list[str]:
+    """What `model --target trt` built, where it runs and what this machine did not check."""
+    if report["engine"] is None:
+        ok = report["preflight"]["tensorrt_ok"]
+        return [f"TensorRT preflight only: every custom node {'resolves' if ok else 'does NOT resolve'}; no engine built"]
+    tensorrt = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX"}[report["tensorrt"]["flavour"]]
+    capabilities = ", ".join(f"{c} {GPU_FAMILIES.get(c, '')}".rstrip() for c in report["compute_capabilities"])
+    profile = ", ".join(f"{name} {dims[0]}-{dims[2]}" for name, dims in report["profile"].items())
+    return [
+        f"engine {report['engine']} ({report['engine_bytes'] / 2**20:.1f} MiB, {report['dtype']}, "
+        f"plugins: {report['plugins']}), built in {report['build_seconds']:.1f} s with {tensorrt} {report['tensorrt']['version']}",
+        f"runs on compute capability {capabilities}; profile: {profile}",
+        "not checked here: the engine was built but not run (running needs one of those GPUs and "
+        "the same TensorRT); validation (unless --no-validate) runs the ONNX file with onnxruntime. "
+        f"Try it there: uniattn-export generate {Path(report['engine']).parent} --prompt ...",
+    ]
 
 
 def build_from_args(args: argparse.Namespace, artifact_dir: Path) -> dict:

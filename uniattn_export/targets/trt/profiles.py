@@ -4,9 +4,12 @@ the shapes of every graph input (optimum-style names, see export)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from ...errors import UniAttnError
-from .graph import TensorInfo
+
+if TYPE_CHECKING:  # graph.py imports onnx; `model --target trt --help` reads only the defaults here
+    from .graph import TensorInfo
 
 Shape = list[int]
 
