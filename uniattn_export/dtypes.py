@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
+
+# ONNX TensorProto element types (fixed by the ONNX spec). Spelled as numbers so that the CLI
+# can build its parser (dtype choices) without importing onnx.
+_ONNX_FLOAT, _ONNX_FLOAT16, _ONNX_BFLOAT16, _ONNX_INT64 = 1, 10, 16, 7
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,14 @@ class DType:
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in (
-        DType("float32", onnx.TensorProto.FLOAT, 4, 0, 2.0**-23, "float64", np.dtype(np.float32)),
-        DType("float16", onnx.TensorProto.FLOAT16, 2, 1, 2.0**-10, "float32", np.dtype(np.float16)),
-        DType("bfloat16", onnx.TensorProto.BFLOAT16, 2, 2, 2.0**-7, "float32", np.dtype(np.uint16)),
+        DType("float32", _ONNX_FLOAT, 4, 0, 2.0**-23, "float64", np.dtype(np.float32)),
+        DType("float16", _ONNX_FLOAT16, 2, 1, 2.0**-10, "float32", np.dtype(np.float16)),
+        DType("bfloat16", _ONNX_BFLOAT16, 2, 2, 2.0**-7, "float32", np.dtype(np.uint16)),
     )
 }
 DTYPE_NAMES = tuple(DTYPES)
 # Element types of the other graph tensors (token ids, masks, positions, lse).
-_OTHER_ONNX_TYPES = {"int64": onnx.TensorProto.INT64, "float": onnx.TensorProto.FLOAT}
+_OTHER_ONNX_TYPES = {"int64": _ONNX_INT64, "float": _ONNX_FLOAT}
 
 
 def onnx_type(name: str) -> int:
@@ -49,8 +52,10 @@ def onnx_type_name(elem_type: int) -> str:
     for d in DTYPES.values():
         if d.onnx == elem_type:
             return d.name
-    if elem_type == onnx.TensorProto.INT64:
+    if elem_type == _ONNX_INT64:
         return "int64"
+    import onnx
+
     return onnx.helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
 
 

@@ -74,16 +74,17 @@ def _error_line(capsys, *argv) -> str:
     [
         (["--prompt", ""], "--prompt is empty"),
         (["--top-k", "5"], "--top-k, --top-p and --num-return-sequences apply to sampling"),
-        (["--temperature", "0"], "--temperature must be a finite number > 0, got 0.0"),
-        (["--temperature", "-1"], "--temperature must be a finite number > 0, got -1.0"),
-        (["--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
-        (["--temperature", "inf"], "--temperature must be a finite number > 0, got inf"),
-        (["--temperature", "1", "--top-k", "0"], "--top-k must be >= 1, got 0"),
-        (["--temperature", "1", "--top-k", "-3"], "--top-k must be >= 1, got -3"),
-        (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
-        (["--temperature", "1", "--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-        (["--temperature", "1", "--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--temperature", "0"], "temperature must be > 0 and finite, got 0.0"),
+        (["--temperature", "-1"], "temperature must be > 0 and finite, got -1.0"),
+        (["--temperature", "nan"], "temperature must be > 0 and finite, got nan"),
+        (["--temperature", "inf"], "temperature must be > 0 and finite, got inf"),
+        (["--temperature", "1", "--top-k", "0"], "top_k must be >= 1 (an integer), got 0"),
+        (["--temperature", "1", "--top-k", "-3"], "top_k must be >= 1 (an integer), got -3"),
+        (["--temperature", "1", "--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+        (["--temperature", "1", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--temperature", "1", "--top-p", "nan"], "top_p must be in (0, 1], got nan"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**64), got -1"),
+        (["--temperature", "1", "--seed", "-1"], "seed must be an integer in [0, 2**64), got -1"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     ],
 )
@@ -105,10 +106,10 @@ def unloadable_checkpoint(checkpoint, tmp_path_factory):
 @pytest.mark.parametrize(
     "args,message",
     [  # tiny_config: max_position_embeddings 256; the byte tokenizer: one token per character
-        (["--prompt", "x" * 256], "the prompt has 256 tokens; the model's context is 256 tokens"),
+        (["--prompt", "x" * 256, "--max-new-tokens", "1"],
+         "prompt tokens (256) + max_new_tokens (1) exceed the model's 256 positions"),
         (["--prompt", "x" * 10, "--max-new-tokens", "247"],
-         "--max-new-tokens 247 after a 10-token prompt exceeds the model's context of 256 tokens. "
-         "Pass --max-new-tokens 246 or less"),
+         "prompt tokens (10) + max_new_tokens (247) exceed the model's 256 positions"),
         (["--prompt", "x", "--runtime", "ort"], "is a checkpoint, not an exported artifact"),
     ],
 )  # fmt: skip

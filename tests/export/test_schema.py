@@ -121,3 +121,14 @@ def test_tensorrt_plugin_fields_follow_schema_version_1():
     assert defaults == {a.name: a.default for a in v1.producer.attributes if a.name not in ops.ROUTING_ATTRIBUTES}
     assert plugins.CONSUMER_FIELDS == tuple(a.name for a in v1.consumer.attributes if a.name not in ops.ROUTING_ATTRIBUTES)
     assert plugins.PRODUCER_FIELDS == (*defaults, "num_outputs")
+
+
+def test_dtype_table_uses_onnx_element_types():
+    """dtypes.py spells ONNX element types as numbers (no onnx import for the CLI's parser)."""
+    import onnx
+
+    from uniattn_export.dtypes import DTYPES, onnx_type
+
+    expected = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
+    assert {name: d.onnx for name, d in DTYPES.items()} == expected
+    assert onnx_type("int64") == onnx.TensorProto.INT64 and onnx_type("float") == onnx.TensorProto.FLOAT

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,22 +70,14 @@ def _check_arguments(args: argparse.Namespace):
         raise UniAttnError("--max-new-tokens must be >= 1", "pass a positive number")
     if args.num_return_sequences < 1:
         raise UniAttnError("--num-return-sequences must be >= 1", "pass a positive number")
-    if args.seed < 0:
-        raise UniAttnError(f"--seed must be >= 0, got {args.seed}", "pass a non-negative seed")
     if args.temperature is None:
         if args.top_k is not None or args.top_p is not None or args.num_return_sequences != 1:
             raise UniAttnError(
                 "--top-k, --top-p and --num-return-sequences apply to sampling",
                 "add --temperature (e.g. 0.7) or drop them",
             )
+        Sampling(seed=args.seed)  # the settings' own checks: a bad --seed is refused in greedy runs too
         return None
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UniAttnError(f"--temperature must be a finite number > 0, got {args.temperature}",
-                           "drop it for greedy decoding")  # fmt: skip
-    if args.top_k is not None and args.top_k < 1:
-        raise UniAttnError(f"--top-k must be >= 1, got {args.top_k}", "pass a positive number, or drop it")
-    if args.top_p is not None and not 0 < args.top_p <= 1:  # NaN fails the comparison too
-        raise UniAttnError(f"--top-p must be in (0, 1], got {args.top_p}", "pass e.g. --top-p 0.9, or drop it")
     return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
@@ -127,25 +118,9 @@ def _target(model: str, runtime: str | None) -> Target:
     return Target(runtime, engine if runtime == "trt" else artifact, artifact)
 
 
-def _check_context(target: Target, prompt_lengths: list[int], max_new_tokens: int) -> None:
-    """Prompt + new tokens must fit the positions the model was trained for."""
-    config_path = target.text_folder / "config.json"
-    if not config_path.is_file():
-        return  # the model loader says what is missing
-    config = json.loads(config_path.read_text())
-    context = config.get("max_position_embeddings")
-    if context is None:
-        return
-    longest = max(prompt_lengths)
-    if longest >= context:
-        raise UniAttnError(f"the prompt has {longest} tokens; the model's context is {context} tokens",
-                           f"shorten the prompt to at most {context - 1} tokens")  # fmt: skip
-    if longest + max_new_tokens > context:
-        raise UniAttnError(
-            f"--max-new-tokens {max_new_tokens} after a {longest}-token prompt exceeds the model's "
-            f"context of {context} tokens",
-            f"pass --max-new-tokens {context - longest} or less",
-        )
+def _max_positions(target: Target) -> int | None:
+    config = target.text_folder / "config.json"  # absent: the model loader says so
+    return json.loads(config.read_text()).get("max_position_embeddings") if config.is_file() else None
 
 
 def _session(target: Target, args: argparse.Namespace):
@@ -182,12 +157,13 @@ def _counting_steps(session, advance):
 def run(args: argparse.Namespace) -> int:
     from ..model.tokenizer import load_tokenizer
     from ..progress import progress_bar
+    from ..targets.session import check_prompts
 
     sampling = _check_arguments(args)
     target = _target(args.model, args.runtime)
     tokenizer = load_tokenizer(target.text_folder)
     prompts = [tokenizer(text)["input_ids"] for text in args.prompt for _ in range(args.num_return_sequences)]
-    _check_context(target, [len(p) for p in prompts], args.max_new_tokens)
+    check_prompts(prompts, args.max_new_tokens, max_positions=_max_positions(target))
     session = _session(target, args)
     with progress_bar() as progress:
         task = progress.add_task(f"generating ({target.runtime})", total=args.max_new_tokens)
