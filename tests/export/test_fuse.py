@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from uniattn_export.export import exporter, load_artifact
+from uniattn_export.export import exporter, io_names, load_artifact
 from uniattn_export.export.fuse import fuse_graph, nodes_by_layer
 from uniattn_export.model import load_model
 from uniattn_export.targets.ort import OrtSession
@@ -52,7 +52,7 @@ class _RawOrtSession(GenerationSession):
         options.intra_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.dtype = np.dtype(dtype)
-        self.caches = [(i.name, i.shape) for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self.caches = [(i.name, i.shape) for i in self.session.get_inputs() if io_names.is_past(i.name)]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def reset(self, batch_size: int) -> None:
@@ -61,7 +61,7 @@ class _RawOrtSession(GenerationSession):
     def step(self, input_ids, attention_mask, position_ids):
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, **self.past}
         results = dict(zip(self.output_names, self.session.run(None, feeds)))
-        self.past = {name: results[name.replace("past_key_values.", "present.")] for name, _ in self.caches}
+        self.past = {name: results[io_names.parse_cache_name(name).present] for name, _ in self.caches}
         return results["logits"]
 
 
@@ -82,13 +82,10 @@ def traced(checkpoint, tmp_path_factory):
             source = checkpoint(family, base)
             model = load_model(source, dtype=dtype)
             uniattn = model.uniattn_config
-            layers = range(uniattn.num_layers)
-            inputs = ["input_ids", "attention_mask", "position_ids"] + [
-                n for i in layers for n in exporter.past_names(i, uniattn.has_key_cache(i))
-            ]
-            outputs = ["logits"] + [n for i in layers for n in exporter.present_names(i, uniattn.has_key_cache(i))]
-            graph = exporter._trace(model, "all", inputs, outputs).model
-            exporter._finish_graph(graph, uniattn.num_layers)
+            has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
+            inputs, outputs = io_names.input_names(has_key), io_names.output_names(has_key)
+            graph = exporter._trace(model, "all", "dynamic", None, inputs, outputs).model
+            exporter._finish_graph(graph, uniattn.num_layers, 1)
             folder = tmp_path_factory.mktemp(f"fuse_{family}_{dtype}_{base}")
             unfused = _save(graph, folder / "unfused.onnx")
             report = fuse_graph(graph)

@@ -135,7 +135,7 @@ def test_a_tampered_cache_mode_or_capacity_is_refused(exported, tmp_path):
     with pytest.raises(UniAttnError) as error:
         load_artifact(to_dynamic)
     assert str(error.value) == (
-        "the graph imports opsets {'': 18, 'uniattn': 2}, but the manifest's dynamic caches need '': 18 and "
+        "the graph imports opsets {'': 23, 'uniattn': 2}, but the manifest's dynamic caches need '': 23 and "
         "'uniattn': 1. Re-export the model with `uniattn-export model`; the graph does not match its manifest."
     )
     smaller = _tampered(artifact, tmp_path / "capacity", lambda c: c.update(capacity=32))

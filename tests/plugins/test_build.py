@@ -4,6 +4,7 @@ entry points refuse with a message."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import struct

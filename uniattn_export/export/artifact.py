@@ -48,7 +48,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _io_spec(values) -> list[dict]:
+def io_spec(values) -> list[dict]:
     specs = []
     for value in values:
         tensor = value.type.tensor_type
@@ -122,8 +122,8 @@ def build_manifest(
             (1 + layer["key_cache"]) * layer["kv_num_heads"] * layer["head_dim"] * itemsize
             for layer in layers
         ),
-        "inputs": _io_spec(graph.graph.input),
-        "outputs": _io_spec(graph.graph.output),
+        "inputs": io_spec(graph.graph.input),
+        "outputs": io_spec(graph.graph.output),
         "files": {name: {"sha256": sha256_of(folder / name), "bytes": (folder / name).stat().st_size} for name in files},
     }
 
@@ -265,7 +265,7 @@ def _cross_check(path: Path, manifest: dict, graph: onnx.ModelProto, config: dic
             _EDITED,
         )
     for key, values in (("inputs", graph.graph.input), ("outputs", graph.graph.output)):
-        if _io_spec(values) != manifest[key]:
+        if io_spec(values) != manifest[key]:
             raise UniAttnError(f"the {key} of {path / MODEL_FILE} (names, dtypes or shapes) differ from the manifest's", _EDITED)
     specs = {s["name"]: s for s in manifest["inputs"] + manifest["outputs"]}
     caches = [s for name, s in specs.items() if name.startswith(("past_key_values.", "present."))]

@@ -34,13 +34,16 @@ PROMPTS = [
 ]
 DECODE_STEPS = 8
 # Max |logit difference| vs the reference over every real prompt position and decode step
-# (logits reach |76| here). Measured on the 2-core CPU, onnxruntime 1.31.1, 2026-12-05:
-# 4.58e-5 with the function bodies, 1.79e-4 with the custom-op library (the library's own
-# float32 accumulation order); the bounds leave about 30% headroom.
-FLOAT32_BOUND = {False: 6e-5, True: 2.5e-4}
-# Export options per cache mode. The static (fixed-capacity) cache of issue 11 is one entry
-# here, e.g. "static": {"cache": "static", "max_length": 64}, once export_model takes it.
-CACHE_MODES = {"dynamic": {}}
+# (logits reach |76| here). Measured on the 2-core CPU, onnxruntime 1.31.1, 2026-12-05, on the
+# fused opset-23 graph (RMSNormalization, RotaryEmbedding, one MatMul per projection group),
+# the same in both cache modes: 1.41e-4 with the function bodies, 7.25e-5 with the custom-op
+# library (2e-6 of the logit scale: float32 accumulation order; before fusion the bodies gave
+# 4.6e-5). The bounds leave about 40% headroom; a deliberate 1e-5 shift of the consumers'
+# recomputed probabilities gives 2.1e-3.
+FLOAT32_BOUND = {False: 2e-4, True: 1e-4}
+# Export options per cache mode: growing caches (op contract v1) and fixed-capacity caches
+# updated in place (v2; right-padded prompts, logits of each row's last real token only).
+CACHE_MODES = {"dynamic": {}, "static": {"cache": "static", "max_length": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,13 @@ def real_artifact(request, real_slice, tmp_path_factory):
 
 
 def _max_logit_error(run, reference) -> float:
-    """Over every real prompt position (step 0) and every decode step's last position."""
-    real = reference.prompt_mask.astype(bool)
-    errors = [np.abs(run.step_logits[0] - reference.step_logits[0])[real].max()]
+    """Over every real prompt position (step 0; each row's last one where the artifact keeps
+    only that) and every decode step's last position."""
+    if run.step_logits[0].shape[1] == 1:  # the reference is left-padded: its last column is each row's last token
+        errors = [np.abs(run.step_logits[0][:, -1] - reference.step_logits[0][:, -1]).max()]
+    else:
+        real = reference.prompt_mask.astype(bool)
+        errors = [np.abs(run.step_logits[0] - reference.step_logits[0])[real].max()]
     errors += [np.abs(a[:, -1] - b[:, -1]).max() for a, b in zip(run.step_logits[1:], reference.step_logits[1:])]
     return float(max(errors))
 
