@@ -64,6 +64,14 @@ def _append(past: torch.Tensor, new_packed: torch.Tensor, kv_num_heads: int) -> 
     return torch.cat([past, _heads_first(new_packed, kv_num_heads).to(past.dtype)], dim=2)
 
 
+def _emitted_probs(probs: torch.Tensor, query: torch.Tensor, probs_max_query_len: int) -> torch.Tensor:
+    """shared_probs as the producer hands them on: all of them in the query's dtype for calls of
+    at most probs_max_query_len new tokens, an empty (B, Hq, L, 0) tensor for longer ones."""
+    if query.shape[1] <= probs_max_query_len:
+        return probs.to(query.dtype)
+    return probs.new_empty((*probs.shape[:3], 0), dtype=query.dtype)
+
+
 def producer_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -96,11 +104,7 @@ def producer_attention(
     probs = torch.where(row_sees_a_key[..., None], torch.softmax(scores, dim=-1), 0.0)
     lse = torch.where(row_sees_a_key, lse, float("inf"))
     output = _apply_probs(probs, present_value, num_heads, kv_num_heads, query.dtype)
-    if query_len <= probs_max_query_len:
-        shared_probs = probs.to(query.dtype)
-    else:
-        shared_probs = probs.new_empty((*probs.shape[:3], 0), dtype=query.dtype)
-    return output, present_key, present_value, shared_probs, lse
+    return output, present_key, present_value, _emitted_probs(probs, query, probs_max_query_len), lse
 
 
 def consumer_attention(
@@ -185,11 +189,7 @@ def producer_attention_static(
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.softmax(scores, dim=-1)
     output = _apply_probs(probs, present_value, num_heads, kv_num_heads, query.dtype)
-    if query.shape[1] <= probs_max_query_len:
-        shared_probs = probs.to(query.dtype)
-    else:
-        shared_probs = probs.new_empty((*probs.shape[:3], 0), dtype=query.dtype)
-    return output, present_key, present_value, shared_probs, lse
+    return output, present_key, present_value, _emitted_probs(probs, query, probs_max_query_len), lse
 
 
 def consumer_attention_static(
