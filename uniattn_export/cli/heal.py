@@ -89,10 +89,13 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]heal[/] {checkpoint}: {model.uniattn_config.describe()}; training text: {split.note}")
     with progress_bar() as progress:
         task = progress.add_task("training Wc", total=settings.steps)
-        report = heal_compensation(
-            model, base, train, heldout, settings, resume_file=resume_file,
-            on_step=lambda done, loss: progress.update(task, completed=done, description=f"training Wc (loss {loss:.4f})"),
-        )  # fmt: skip
+        shown = [0]  # steps already on the bar (a resumed run starts later)
+
+        def on_step(done: int, loss: float) -> None:
+            progress.advance(task, done - shown[0])
+            shown[0] = done
+
+        report = heal_compensation(model, base, train, heldout, settings, resume_file=resume_file, on_step=on_step)
     if report.resumed_from_step:
         console.print(f"resumed from step {report.resumed_from_step} ({resume_file})")
     model.to("cpu", stored_dtype)
