@@ -182,4 +182,7 @@ def test_static_export_settings_are_checked_before_tracing(checkpoint, tmp_path)
         export_model(model, tmp_path / "a", cache="static")
     with pytest.raises(UniAttnError, match="unknown cache mode 'paged'"):
         export_model(model, tmp_path / "b", cache="paged")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    positions = model.config.max_position_embeddings
+    with pytest.raises(UniAttnError, match=f"a cache capacity of {positions + 1} tokens exceeds the model's {positions} positions"):
+        export_model(model, tmp_path / "c", cache="static", max_length=positions + 1)
+    assert not any((tmp_path / name).exists() for name in "abc")

@@ -262,6 +262,12 @@ def export_model(
                 "pass --max-length N (prompt + new tokens)",
             )
         capacity = int(max_length)
+        positions = model.config.max_position_embeddings
+        if capacity > positions:  # generation never fills it (it is bounded by the positions)
+            raise UniAttnError(
+                f"a cache capacity of {capacity} tokens exceeds the model's {positions} positions",
+                f"pass --max-length {positions} or less",
+            )
     elif max_length is not None:
         raise UniAttnError("max_length applies to static caches only", "drop --max-length or pass --cache static")
     if dtype not in DTYPE_NAMES:
