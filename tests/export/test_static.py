@@ -1,6 +1,6 @@
 """Static-cache artifacts (op contract v2): fixed capacity, caches bound as past and present
 and updated in place, right-padded prompts. Run here through the function bodies on the CPU
-(the installed custom-op library implements op version 1 only)."""
+(tests/targets/ort run the custom-op library on static artifacts)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,22 @@ def test_static_graph_has_fixed_capacity_caches_and_v2_nodes(exported):
     nodes = [n for n in model.graph.node if n.domain == "uniattn"]
     assert [n.input[5] if n.op_type == "UniAttnProducer" else n.input[2] for n in nodes] == ["position_ids"] * 6
     onnx.checker.check_model(str(artifact.onnx_path), full_check=True)
+
+
+def test_next_tokens_is_the_argmax_of_the_logits_and_greedy_uses_it(exported):
+    """Static artifacts return next_tokens = argmax(logits) (first maximum), so greedy decoding
+    copies B token ids instead of B x V logits; tokens are the same either way."""
+    artifact = _static(exported, "llama")
+    specs = {s["name"]: s for s in artifact.output_specs}
+    assert [s["name"] for s in artifact.output_specs][:2] == ["logits", "next_tokens"]
+    assert specs["next_tokens"]["dtype"] == "int64" and specs["next_tokens"]["shape"] == ["batch_size", 1]
+    session = OrtSession(artifact, custom_ops=False)
+    prompts = _prompts(artifact.vocab_size)
+    on_host = session.generate(prompts, 12, return_logits=True)  # step(): logits come down
+    on_device = session.generate(prompts, 12)  # step_greedy(): next_tokens come down
+    np.testing.assert_array_equal(on_device.tokens, on_host.tokens)
+    for step_logits, tokens in zip(on_host.step_logits, on_host.tokens.T):
+        np.testing.assert_array_equal(step_logits[:, -1].argmax(axis=-1), tokens)
 
 
 def test_generation_beyond_the_capacity_fails_before_anything_runs(exported):

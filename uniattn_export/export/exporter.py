@@ -11,7 +11,8 @@ runtimes run the file too. Two cache modes:
   static   op contract v2: caches of fixed capacity C = max_length, (B, Hkv, C, D) in and out,
            meant to be bound to one buffer as past and present and updated in place; prompts
            right-padded; logits (B, 1, V) of each row's last real token, found from the mask:
-           index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1].
+           index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1],
+           and next_tokens (B, 1) int64, their argmax (greedy decoding on the device).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class _ExportGraph(nn.Module):
             hidden = hidden[:, -1:, :]
         logits = self.model.lm_head(hidden).float()
         flat_presents = [t for key, value in presents for t in ((key, value) if key is not None else (value,))]
+        if self.cache == "static":  # first maximum on ties, as numpy's and ORT's ArgMax
+            return (logits, logits.argmax(dim=-1), *flat_presents)
         return (logits, *flat_presents)
 
 
@@ -277,7 +280,7 @@ def export_model(
     check_destination(out_dir, ARTIFACT, inputs=(source,), force=force)
     uniattn = model.uniattn_config
     has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
-    input_names, output_names = io_names.input_names(has_key), io_names.output_names(has_key)
+    input_names, output_names = io_names.input_names(has_key), io_names.output_names(has_key, next_tokens=cache == "static")
     op_version = CONTRACTS[cache].version
 
     program = _trace(model, logits, cache, capacity, input_names, output_names)

@@ -1,7 +1,8 @@
 """The artifact's input and output names (optimum's convention), built and parsed here only.
 
 Inputs: input_ids, attention_mask, position_ids, past_key_values.{i}.key / .value;
-outputs: logits, present.{i}.key / .value. Consumer layers keep no K cache, so they have
+outputs: logits, [next_tokens,] present.{i}.key / .value. next_tokens (static-cache artifacts
+only) is the argmax of the logits, so greedy decoding never copies logits off the device. Consumer layers keep no K cache, so they have
 `.value` names only. Every module that builds or reads these names (exporter, artifact,
 structural check, runtimes, TensorRT graph reading, bench) goes through this module.
 """
@@ -15,6 +16,7 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
+NEXT_TOKENS = "next_tokens"
 TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
 PAST_PREFIX = "past_key_values"
 PRESENT_PREFIX = "present"
@@ -45,8 +47,9 @@ def input_names(has_key: Iterable[bool]) -> list[str]:
     return [*TOKEN_INPUTS, *(n for layer, k in enumerate(has_key) for n in past_names(layer, k))]
 
 
-def output_names(has_key: Iterable[bool]) -> list[str]:
-    return [LOGITS, *(n for layer, k in enumerate(has_key) for n in present_names(layer, k))]
+def output_names(has_key: Iterable[bool], next_tokens: bool = False) -> list[str]:
+    head = [LOGITS, NEXT_TOKENS] if next_tokens else [LOGITS]
+    return [*head, *(n for layer, k in enumerate(has_key) for n in present_names(layer, k))]
 
 
 @dataclass(frozen=True)

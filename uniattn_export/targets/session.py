@@ -204,6 +204,12 @@ class GenerationSession(ABC):
         attention_mask covers cached + new tokens (B, S). The caches grow by L.
         """
 
+    def step_greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """Like `step`, but returns only each row's argmax token (B,) int64 of its last
+        logits. Runtimes that can pick it on the device (the graph's next_tokens output)
+        override this so greedy decoding never copies the (B, V) logits to the host."""
+        return self.step(input_ids, attention_mask, position_ids)[:, -1, :].argmax(axis=-1)
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -249,11 +255,15 @@ class GenerationSession(ABC):
         finished = np.zeros(batch, dtype=bool)
         step_logits = [] if return_logits else None
         step_ids, step_mask, positions = ids, mask, position_ids_for(mask, self.padding)
+        on_device_argmax = sampling is None and step_logits is None
         for t in range(max_new_tokens):
-            logits = self.step(step_ids, step_mask, positions)
-            if step_logits is not None:
-                step_logits.append(logits)
-            tokens = choose_tokens(logits[:, -1, :], sampling, rng)
+            if on_device_argmax:
+                tokens = self.step_greedy(step_ids, step_mask, positions)
+            else:
+                logits = self.step(step_ids, step_mask, positions)
+                if step_logits is not None:
+                    step_logits.append(logits)
+                tokens = choose_tokens(logits[:, -1, :], sampling, rng)
             tokens = np.where(finished, pad_token_id, tokens)
             chosen[:, t] = tokens
             if eos_token_id is not None:

@@ -197,9 +197,25 @@ class OrtSession(GenerationSession):
         self._cache = {past: outputs[present] for past, present in self.cache_names}
         return outputs["logits"].numpy()
 
-    def _step_in_place(self, input_ids, attention_mask, position_ids) -> np.ndarray:
+    def step_greedy(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        if self.static:  # the graph's next_tokens: B int64 come down instead of B x V floats
+            return self._step_in_place(input_ids, attention_mask, position_ids, io_names.NEXT_TOKENS)[:, 0]
+        return super().step_greedy(input_ids, attention_mask, position_ids)
+
+    def load_caches(self, values: dict[str, np.ndarray]) -> None:
+        """Copy host arrays (B, Hkv, C, D) into the bound static caches (benchmarks start
+        decode from a cache of random values this way); names are past_key_values.*."""
+        if not self._cache:
+            raise UniAttnError("load_caches() called before reset()", "call reset(batch_size) first")
+        for name, value in values.items():
+            if name not in self._cache or tuple(value.shape) != tuple(self._cache[name].shape()):
+                raise UniAttnError(f"no cache {name} of shape {tuple(value.shape)} here", "pass the shapes reset() allocated")
+            self._cache[name].update_inplace(np.ascontiguousarray(value))
+
+    def _step_in_place(self, input_ids, attention_mask, position_ids, wanted: str = io_names.LOGITS) -> np.ndarray:
         """One step over static caches: each cache OrtValue is bound as its past input AND its
-        present output, so the graph writes the new slots into the buffer it reads."""
+        present output, so the graph writes the new slots into the buffer it reads. Only the
+        `wanted` output (logits or next_tokens) comes to the host; the other stays on the device."""
         last = int(np.max(position_ids))
         if last >= self.capacity:
             raise UniAttnError(
@@ -209,7 +225,10 @@ class OrtSession(GenerationSession):
         binding = self.session.io_binding()
         for name, host in zip(io_names.TOKEN_INPUTS, (input_ids, attention_mask, position_ids)):
             binding.bind_cpu_input(name, np.ascontiguousarray(host, dtype=np.int64))
-        binding.bind_output(io_names.LOGITS, "cpu")  # first: get_outputs() keeps bind order
+        binding.bind_output(wanted, "cpu")  # first: get_outputs() keeps bind order
+        for other in (io_names.LOGITS, io_names.NEXT_TOKENS):
+            if other != wanted:
+                binding.bind_output(other, self.device, self.device_id)
         for past, present in self.cache_names:
             binding.bind_ortvalue_input(past, self._cache[past])
             binding.bind_ortvalue_output(present, self._cache[past])
