@@ -74,10 +74,13 @@ class _ExportGraph(nn.Module):
         if self.cache == "static":
             # Right padding: row b's last real token is new token n_b - 1 - p_b, where n_b
             # counts its real tokens so far and p_b is the position of its first new token.
-            # The upper bound L - 1 is read off the (consecutive) positions, not the shape:
-            # a Shape node would be placed on the CPU by ORT's CUDA EP and forbid CUDA graphs.
-            last = attention_mask.sum(dim=1) - 1 - position_ids[:, 0]
-            last = torch.minimum(last.clamp(min=0), position_ids[:, -1] - position_ids[:, 0])
+            # Every node here must have a CUDA kernel in ORT, or ORT's CUDA EP places it on
+            # the CPU and CUDA graphs are impossible: the upper bound L - 1 is read off the
+            # (consecutive) positions rather than a Shape node, the mask is summed as int32
+            # (ORT's CUDA ReduceSum has no int64 kernel).
+            real = attention_mask.to(torch.int32).sum(dim=1, dtype=torch.int32).to(torch.int64)
+            last = (real - 1 - position_ids[:, 0]).clamp(min=0)
+            last = torch.minimum(last, position_ids[:, -1] - position_ids[:, 0])
             hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[2]))
         elif self.last_logits_only:
             hidden = hidden[:, -1:, :]
