@@ -180,3 +180,31 @@ def test_a_static_artifact_relabelled_dynamic_is_refused(static_artifact, tmp_pa
     assert c_error.value.message.startswith(
         "past_key_values.0.key has shape [None, 2, 64, 16], expected (batch, 2, past, 16) for dynamic caches."
     )
+
+
+# ---- the C++ service (examples/cpp_service) on a static artifact ----------------------
+
+
+def test_cpp_service_serves_several_requests_on_one_runtime(cpp_service, static_artifact, tmp_path):
+    """Two requests of different batch sizes in one prompt file run one after the other on one
+    runtime; each gets the Python runtime's greedy tokens."""
+    import subprocess
+
+    second = [PROMPTS[2], PROMPTS[0]]
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(" ".join(map(str, p)) for p in PROMPTS) + "\n---\n"
+                           + "\n".join(", ".join(map(str, p)) for p in second) + "\n")  # fmt: skip
+    done = subprocess.run([str(cpp_service), str(static_artifact), str(prompt_file), "--onnxruntime",
+                           native.onnxruntime_library(), "--max-new-tokens", str(STEPS), "--cuda-graphs", "off"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["cache_capacity"] == CAPACITY and out["cuda_graphs"] is False
+    python = OrtSession(static_artifact)
+    assert [r["tokens"] for r in out["requests"]] == [
+        python.generate(PROMPTS, STEPS).tokens.tolist(),
+        python.generate(second, STEPS).tokens.tolist(),
+    ]
+    bad = subprocess.run([str(cpp_service), str(static_artifact), str(prompt_file), "--onnxruntime",
+                          native.onnxruntime_library(), "--cuda-graphs", "yes"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr == "uniattn_cpp_service: error: --cuda-graphs is on or off, got 'yes'\n"
