@@ -208,3 +208,48 @@ def test_cpp_service_serves_several_requests_on_one_runtime(cpp_service, static_
     bad = subprocess.run([str(cpp_service), str(static_artifact), str(prompt_file), "--onnxruntime",
                           native.onnxruntime_library(), "--cuda-graphs", "yes"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr == "uniattn_cpp_service: error: --cuda-graphs is on or off, got 'yes'\n"
+
+
+def test_concurrent_generations_on_one_runtime_equal_sequential(static_artifact, c_runtime):
+    """Without CUDA graphs every generation has caches of its own: calls may overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime = c_runtime(static_artifact)
+    jobs = [([p], s) for p in PROMPTS for s in (None, SAMPLINGS[1])] + [(PROMPTS, SAMPLINGS[0])]
+    sequential = [runtime.generate(p, 12, sampling=s).tokens for p, s in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # ctypes releases the GIL while C runs
+        results = list(pool.map(lambda job: runtime.generate(job[0], 12, sampling=job[1]).tokens, jobs * 3))
+    for i, tokens in enumerate(results):
+        np.testing.assert_array_equal(tokens, sequential[i % len(jobs)])
+
+
+OP_VERSION_1_KERNELS = "int ua_abi_version(void) { return 1; }\nint ua_has_cuda(void) { return 0; }\n"
+
+
+def test_a_custom_op_library_of_op_version_1_serves_no_static_artifact(static_artifact, tmp_path, c_runtime,
+                                                                       c_runtime_error):  # fmt: skip
+    """The Python runtime's rule: beside kernels of ABI 1, AUTO runs the function bodies and says
+    why, REQUIRE refuses. The folder holds the real custom-op library and a kernel library that
+    reports ABI 1 (built here from two lines of C)."""
+    import subprocess
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    library = folder / "libuniattn_ort.so"
+    shutil.copy(native.ort_custom_op_library(), library)
+    (tmp_path / "kernels.c").write_text(OP_VERSION_1_KERNELS)
+    subprocess.run(["cc", "-shared", "-fPIC", str(tmp_path / "kernels.c"), "-o", str(folder / "libuniattn_kernels.so")],
+                   check=True)  # fmt: skip
+    auto = c_runtime(static_artifact, custom_ops=0, custom_op_library=str(library))
+    assert not auto.uses_custom_ops
+    assert auto.description.endswith(
+        "ONNX function bodies (no custom-op library) (the installed custom-op library implements op version 1 only; "
+        "this artifact needs 2), float32, 6 layers (2 consumers)"
+    )
+    np.testing.assert_array_equal(auto.generate(PROMPTS, 8).tokens, OrtSession(static_artifact).generate(PROMPTS, 8).tokens)
+    with pytest.raises(c_runtime_error) as caught:
+        c_runtime(static_artifact, custom_ops=1, custom_op_library=str(library))
+    assert caught.value.status == "LIBRARY_ERROR" and caught.value.message == (
+        f"the custom-op library {library} implements op version 1 only (kernel ABI 1), but this static-cache "
+        "artifact needs op version 2. Rebuild the native libraries from this checkout, or set custom_ops to OFF"
+    )
