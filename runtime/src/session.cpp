@@ -1,6 +1,12 @@
 #include "session.h"
 
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
 
 namespace uniattn::runtime {
 
@@ -40,6 +46,29 @@ bool refuses_graph_capture(const std::string& message) {
          message.find("CUDA graph") != std::string::npos;
 }
 
+// The nodes of an ORT profile (JSON events of one run) that ran off the CUDA EP, and the
+// Memcpy nodes: what keeps ORT from capturing a CUDA graph. At most 12 named.
+std::string off_device_nodes(const std::string& profile_file) {
+  std::ifstream stream(profile_file);
+  const nlohmann::json events = nlohmann::json::parse(stream);
+  std::vector<std::string> found;
+  std::set<std::string> seen;
+  for (const auto& event : events) {
+    if (event.value("cat", "") != "Node" || !event.contains("args")) continue;
+    const auto& args = event.at("args");
+    const std::string op = args.value("op_name", ""), provider = args.value("provider", "");
+    std::string name = event.value("name", "");
+    if (const size_t suffix = name.rfind("_kernel_time"); suffix != std::string::npos) name.resize(suffix);
+    if ((provider != "CUDAExecutionProvider" || op.rfind("Memcpy", 0) == 0) && seen.insert(name).second) {
+      found.push_back(op + " " + name + " on " + provider);
+    }
+  }
+  std::string list;
+  for (size_t i = 0; i < found.size() && i < 12; ++i) list += (i ? ", " : "") + found[i];
+  if (found.size() > 12) list += " and " + std::to_string(found.size() - 12) + " more";
+  return found.empty() ? "no node off the CUDA EP in a profiled run" : std::to_string(found.size()) + " nodes: " + list;
+}
+
 size_t element_size(ONNXTensorElementDataType type) {
   return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? 4 : type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? 8 : 2;
 }
@@ -67,13 +96,15 @@ Session::Session(const Manifest& manifest, const SessionOptions& options)
   const bool try_graphs = device_io_ && options.cuda_graphs;
   const std::string refusal = create_session(options, try_graphs);
   cuda_graphs_ = try_graphs && refusal.empty();
+  // The placement check: ORT enables graph capture only when every node runs on the CUDA EP
+  // and no Memcpy node exists, and says which rule failed. Decode then runs without graphs
+  // (same tokens, a launch per node); one profiled run of the fallback session names the nodes.
+  const std::string profile_prefix =
+      refusal.empty() ? "" : (std::filesystem::temp_directory_path() / ("uniattn_placement_" + std::to_string(getpid()))).string();
   if (!refusal.empty()) {
-    // The placement check: ORT enables graph capture only when every node runs on the CUDA
-    // EP and no Memcpy node exists, and says which rule failed. Decode then runs without
-    // graphs (same tokens, a launch per node).
     cuda_graph_warning_ = "ONNX Runtime cannot capture CUDA graphs of " + manifest_.model_file.string() + " (" +
                           refusal + "); decode runs without them";
-    create_session(options, false);
+    create_session(options, false, profile_prefix);
   }
   check_io_names();
   check(api_, api_->CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, host_memory_.out()),
@@ -85,15 +116,40 @@ Session::Session(const Manifest& manifest, const SessionOptions& options)
     check(api_, api_->CreateAllocator(session_.get(), device_memory_.get(), device_allocator_.out()),
           "CreateAllocator(Cuda)");
   }
+  if (!profile_prefix.empty()) cuda_graph_warning_ += " (" + placement_report() + ")";
   if (cuda_graphs_) {
     check(api_, api_->CreateRunOptions(prefill_run_.out()), "CreateRunOptions");
     check(api_, api_->AddRunConfigEntry(prefill_run_.get(), "gpu_graph_id", "-1"), "AddRunConfigEntry(gpu_graph_id)");
   }
 }
 
-std::string Session::create_session(const SessionOptions& options, bool with_cuda_graphs) {
+// Runs a one-token prompt through the (profiling) session and lists the nodes the profile
+// shows off the CUDA EP; ends the profiling (later runs are not profiled) and removes its file.
+std::string Session::placement_report() {
+  try {
+    std::unique_ptr<StaticBatch> state = static_batch(1);
+    static_prefill(*state, {0}, {1}, {0}, 1);
+    OrtAllocator* allocator = nullptr;
+    check(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
+    char* file = nullptr;
+    check(api_, api_->SessionEndProfiling(session_.get(), allocator, &file), "SessionEndProfiling");
+    const std::string path = file;
+    check(api_, api_->AllocatorFree(allocator, file), "AllocatorFree");
+    std::string report = off_device_nodes(path);
+    std::filesystem::remove(path);
+    return report;
+  } catch (const std::exception& error) {
+    return std::string("the nodes could not be listed: ") + error.what();
+  }
+}
+
+std::string Session::create_session(const SessionOptions& options, bool with_cuda_graphs,
+                                    const std::string& profile_prefix) {
   Owned<OrtSessionOptions> session_options(api_->ReleaseSessionOptions);
   check(api_, api_->CreateSessionOptions(session_options.out()), "CreateSessionOptions");
+  if (!profile_prefix.empty()) {
+    check(api_, api_->EnableProfiling(session_options.get(), profile_prefix.c_str()), "EnableProfiling");
+  }
   // Warnings about unused initializers and the like are noise for a service.
   check(api_, api_->SetSessionLogSeverityLevel(session_options.get(), ORT_LOGGING_LEVEL_ERROR),
         "SetSessionLogSeverityLevel");

@@ -88,8 +88,11 @@ class Session {
   const OrtLibrary& library() const { return library_; }
 
  private:
-  // Creates session_; returns ORT's refusal of graph capture ("" when none) instead of throwing it.
-  std::string create_session(const SessionOptions& options, bool with_cuda_graphs);
+  // Creates session_ (profiling into `profile_prefix`* when given); returns ORT's refusal of
+  // graph capture ("" when none) instead of throwing it.
+  std::string create_session(const SessionOptions& options, bool with_cuda_graphs,
+                             const std::string& profile_prefix = "");
+  std::string placement_report();
   Owned<OrtValue> io_tensor(const std::vector<int64_t>& shape, ONNXTensorElementDataType type) const;
   void write(OrtValue* value, const void* host, size_t bytes) const;
   void read(void* host, OrtValue* value, size_t bytes) const;
