@@ -113,6 +113,8 @@ int ua_has_cuda(void) { return 1; }
 
 ua_status ua_cuda_copy(int device, void* dst, const void* src, size_t bytes) {
   cudaError_t e = cudaSetDevice(device);
+  // After the work other streams (ONNX Runtime's non-blocking one) queued on the buffers.
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamLegacy);
   // A pageable host->device copy may return before the DMA is done: wait for it.
   if (e == cudaSuccess) e = cudaStreamSynchronize(cudaStreamLegacy);
@@ -122,6 +124,7 @@ ua_status ua_cuda_copy(int device, void* dst, const void* src, size_t bytes) {
 
 ua_status ua_cuda_zero(int device, void* dst, size_t bytes) {
   cudaError_t e = cudaSetDevice(device);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e == cudaSuccess) e = cudaMemsetAsync(dst, 0, bytes, cudaStreamLegacy);
   if (e == cudaSuccess) e = cudaStreamSynchronize(cudaStreamLegacy);
   if (e != cudaSuccess) return fail(UA_DEVICE_ERROR, "ua_cuda_zero of %zu bytes failed: %s", bytes, cudaGetErrorString(e));

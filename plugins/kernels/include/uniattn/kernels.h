@@ -109,8 +109,9 @@ const char* ua_last_error(void);
  * pointers, unified addressing), and a zero fill of device memory. For hosts that link no
  * CUDA runtime of their own: the C runtime (runtime/) writes each decode step's ids and
  * positions into the device buffers a CUDA graph was captured with, and reads next_tokens
- * back. Both return when the device memory holds the data (they wait for the default stream,
- * which ONNX Runtime's non-blocking compute stream does not). */
+ * back. Both first wait for all work on the device (ONNX Runtime's non-blocking compute
+ * stream does not synchronize with the default stream) and return when the copy or fill is
+ * done. */
 ua_status ua_cuda_copy(int device, void* dst, const void* src, size_t bytes);
 ua_status ua_cuda_zero(int device, void* dst, size_t bytes);
 
