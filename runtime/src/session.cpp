@@ -126,21 +126,30 @@ Session::Session(const Manifest& manifest, const SessionOptions& options)
 // Runs a one-token prompt through the (profiling) session and lists the nodes the profile
 // shows off the CUDA EP; ends the profiling (later runs are not profiled) and removes its file.
 std::string Session::placement_report() {
+  std::string failure;
   try {
     std::unique_ptr<StaticBatch> state = static_batch(1);
     static_prefill(*state, {0}, {1}, {0}, 1);
-    OrtAllocator* allocator = nullptr;
-    check(api_, api_->GetAllocatorWithDefaultOptions(&allocator), "GetAllocatorWithDefaultOptions");
-    char* file = nullptr;
-    check(api_, api_->SessionEndProfiling(session_.get(), allocator, &file), "SessionEndProfiling");
-    const std::string path = file;
-    check(api_, api_->AllocatorFree(allocator, file), "AllocatorFree");
-    std::string report = off_device_nodes(path);
-    std::filesystem::remove(path);
-    return report;
   } catch (const std::exception& error) {
-    return std::string("the nodes could not be listed: ") + error.what();
+    failure = error.what();
   }
+  // Ended whatever happened above, so that no later run is profiled.
+  OrtAllocator* allocator = nullptr;
+  char* file = nullptr;
+  std::string ended = consume(api_, api_->GetAllocatorWithDefaultOptions(&allocator));
+  if (ended.empty()) ended = consume(api_, api_->SessionEndProfiling(session_.get(), allocator, &file));
+  const std::string path = file != nullptr ? file : "";
+  if (file != nullptr) consume(api_, api_->AllocatorFree(allocator, file));
+  std::string report;
+  try {
+    if (failure.empty() && ended.empty()) report = off_device_nodes(path);
+  } catch (const std::exception& error) {
+    failure = error.what();
+  }
+  std::error_code ignored;
+  if (!path.empty()) std::filesystem::remove(path, ignored);
+  if (!failure.empty() || !ended.empty()) return "the nodes could not be listed: " + failure + ended;
+  return report;
 }
 
 std::string Session::create_session(const SessionOptions& options, bool with_cuda_graphs,
