@@ -49,6 +49,9 @@
 extern "C" {
 #endif
 
+/* Version 2 added uniattn_runtime_options.cuda_graphs and the cache/CUDA-graph queries.
+ * uniattn_runtime_options_init fills the whole struct of this version: rebuild callers
+ * against this header (the library still accepts options of version 1 sizes, struct_size). */
 #define UNIATTN_RUNTIME_API_VERSION 2
 
 typedef enum uniattn_status {
