@@ -17,7 +17,12 @@ nlohmann-json==3.12.0` (add `cmake` when the machine has none). Steps, each repo
      logit scale), and its CPU tokens the Python CPU tokens;
   5. the execution provider, from what the program's process held while running (ORT's CUDA
      provider library and the CUDA driver mapped, an NVIDIA device file open; none on the
-     CPU), and with the GPU hidden (CUDA_VISIBLE_DEVICES="") --device cuda must fail.
+     CPU), and with the GPU hidden (CUDA_VISIBLE_DEVICES="") --device cuda must fail;
+  6. static-cache artifacts (capacity 64, float32 and float16): the program serves three
+     requests on one runtime (batches of 3, 1 and 3 rows of different lengths, 32 new tokens)
+     with CUDA graphs on and off; ONNX Runtime must accept the graph capture (no warning,
+     "cuda_graphs": true), and greedy tokens, seeded samples and logits must be the same with
+     graphs on, with graphs off and from the Python runtime on CUDA (float32 on the CPU too).
 Prints one summary line per check and writes OUT/gpu_check.json; exit code 1 if any check
 fails or did not run.
 """
@@ -40,6 +45,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [[5, 17, 99, 3, 250, 41, 8], [200, 1], [64, 64, 12, 7]]
 MAX_NEW = 16
+STATIC_CAPACITY, STATIC_NEW = 64, 32
+# Requests served one after the other by one runtime: batch sizes 3, 1, 3 (the second batch
+# of 3 replays the graph captured for the first, over re-zeroed caches).
+STATIC_REQUESTS = [PROMPTS, [PROMPTS[1]], PROMPTS]
 SEED, TEMPERATURE, TOP_K, TOP_P = 7, 0.9, 40, 0.95
 LOGITS_TOLERANCE = {"float32": 1e-4, "float16": 2e-2}  # relative to max |logit|
 
@@ -76,17 +85,25 @@ def build(out: Path) -> tuple[Path, Path]:
     return Path(lib_dir), service_dir / "uniattn_cpp_service"
 
 
-def export(out: Path) -> dict[str, Path]:
+def export(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(dynamic-cache artifacts, static-cache artifacts) per dtype."""
     from uniattn_export.export import export_model
     from uniattn_export.model import load_model
     from uniattn_export.model.synthetic import random_base_model, released_checkpoint, tiny_config
 
     checkpoint = out / "checkpoint"
     released_checkpoint(random_base_model(tiny_config(vocab_size=256), seed=0), checkpoint, 2, 2, 6)
-    return {
+    dtypes = ("float32", "float16")
+    dynamic = {
         dtype: export_model(load_model(checkpoint, dtype=dtype), out / f"artifact_{dtype}", source_dir=checkpoint)
-        for dtype in ("float32", "float16")
+        for dtype in dtypes
     }
+    static = {
+        dtype: export_model(load_model(checkpoint, dtype=dtype), out / f"artifact_{dtype}_static", source_dir=checkpoint,
+                            cache="static", max_length=STATIC_CAPACITY)
+        for dtype in dtypes
+    }  # fmt: skip
+    return dynamic, static
 
 
 def cuda_library_path() -> str:
@@ -118,13 +135,13 @@ GPU_EVIDENCE = {"libonnxruntime_providers_cuda.so", "libcuda.so", "/dev/nvidia*"
 
 
 def run_service(binary: Path, artifact: Path, prompts_file: Path, onnxruntime: str, device: str, *flags,
-                env_overrides: dict | None = None) -> dict:
+                env_overrides: dict | None = None, max_new: int = MAX_NEW) -> dict:
     """The program's JSON, plus `gpu_use`: what it was seen holding of the GPU while it ran
     (sampled every 20 ms), the evidence that --device cuda really ran on the CUDA provider
     rather than the description string saying so."""
     env = dict(os.environ, LD_LIBRARY_PATH=cuda_library_path(), **(env_overrides or {}))
     command = [str(binary), str(artifact), str(prompts_file), "--onnxruntime", onnxruntime, "--device", device,
-               "--max-new-tokens", str(MAX_NEW), "--custom-ops", "require", *map(str, flags)]  # fmt: skip
+               "--max-new-tokens", str(max_new), "--custom-ops", "require", *map(str, flags)]  # fmt: skip
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     gpu_use: set[str] = set()
@@ -138,6 +155,7 @@ def run_service(binary: Path, artifact: Path, prompts_file: Path, onnxruntime: s
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
     result = json.loads(stdout)
+    result["stderr"] = stderr
     result["wall_s"] = time.perf_counter() - start
     result["gpu_use"] = sorted(gpu_use)
     return result
@@ -203,6 +221,55 @@ def check_dtype(dtype: str, artifact: Path, binary: Path, prompts_file: Path, on
     return checks
 
 
+def check_static(dtype: str, artifact: Path, binary: Path, requests_file: Path, onnxruntime: str,
+                 devices: list[str]) -> list[dict]:
+    """Step 6: a static-cache artifact through the program with CUDA graphs on and off."""
+    from uniattn_export.targets.ort import OrtSession
+    from uniattn_export.targets.session import Sampling
+
+    sampling = Sampling(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=SEED)
+    sample_flags = ["--temperature", TEMPERATURE, "--top-k", TOP_K, "--top-p", TOP_P, "--seed", SEED]
+    checks = []
+
+    def record(name: str, passed: bool, **details):
+        checks.append({"check": f"{dtype} static: {name}", "passed": bool(passed), **details})
+        print(f"{'PASS' if passed else 'FAIL'}  {dtype} static: {name}  {json.dumps(details)[:300]}", flush=True)
+
+    def tokens(result: dict) -> list:
+        return [request["tokens"] for request in result["requests"]]
+
+    for device in devices if dtype == "float32" else [d for d in devices if d == "cuda"]:
+        python = OrtSession(artifact, device=device, custom_ops=True)
+        greedy = [python.generate(p, STATIC_NEW).tokens.tolist() for p in STATIC_REQUESTS]
+        sampled = [python.generate(p, STATIC_NEW, sampling=sampling).tokens.tolist() for p in STATIC_REQUESTS]
+        with_logits = python.generate(PROMPTS, STATIC_NEW, return_logits=True)
+        expected_logits = np.concatenate(with_logits.step_logits, axis=1)
+        scale = float(np.abs(expected_logits).max())
+        for graphs in ("on", "off") if device == "cuda" else ("off",):
+            run = lambda *flags: run_service(binary, artifact, requests_file, onnxruntime, device, "--cuda-graphs",
+                                             graphs, *flags, max_new=STATIC_NEW)  # fmt: skip
+            cpp, cpp_sampled = run(), run(*sample_flags)
+            label = f"{device}, CUDA graphs {graphs}" if device == "cuda" else device
+            if device == "cuda":
+                record(f"{label}: the program says graphs are {graphs}",
+                       cpp["cuda_graphs"] is (graphs == "on") and cpp_sampled["cuda_graphs"] is (graphs == "on"),
+                       runtime=cpp["runtime"], warning=cpp["stderr"].strip()[-500:])  # fmt: skip
+            record(f"{label}: greedy tokens of 3 requests equal Python", tokens(cpp) == greedy,
+                   cpp=tokens(cpp), python=greedy, wall_s=cpp["wall_s"])  # fmt: skip
+            record(f"{label}: sampled tokens equal Python (seed {SEED})", tokens(cpp_sampled) == sampled,
+                   cpp=tokens(cpp_sampled), python=sampled)  # fmt: skip
+            single = run_service(binary, artifact, requests_file.with_name("prompts.txt"), onnxruntime, device,
+                                 "--cuda-graphs", graphs, "--logits", max_new=STATIC_NEW)  # fmt: skip
+            got = np.asarray(single["logits"], dtype=np.float32)
+            diff = float(np.abs(got - expected_logits).max()) if got.shape == expected_logits.shape else None
+            record(f"{label}: logits match Python", diff is not None and diff <= LOGITS_TOLERANCE[dtype] * scale,
+                   max_abs_diff=diff, tolerance=LOGITS_TOLERANCE[dtype] * scale)  # fmt: skip
+    return checks
+
+
+STATIC_CHECKS = {"cuda": 8, "cpu": 3}  # check_static's records per device (CUDA: graphs on and off)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu_check")))
@@ -223,12 +290,18 @@ def main() -> int:
     try:
         lib_dir, binary = build(args.out)
         summary["libraries"] = str(lib_dir)
-        artifacts = export(args.out)
+        artifacts, static_artifacts = export(args.out)
         prompts_file = args.out / "prompts.txt"
         prompts_file.write_text("".join(" ".join(map(str, p)) + "\n" for p in PROMPTS))
+        requests_file = args.out / "requests.txt"
+        requests_file.write_text("---\n".join("".join(" ".join(map(str, p)) + "\n" for p in r) for r in STATIC_REQUESTS))
         for dtype, artifact in artifacts.items():
             summary["checks"] += check_dtype(
                 dtype, artifact, binary, prompts_file, native.onnxruntime_library(), args.devices.split(",")
+            )
+        for dtype, artifact in static_artifacts.items():
+            summary["checks"] += check_static(
+                dtype, artifact, binary, requests_file, native.onnxruntime_library(), args.devices.split(",")
             )
     except Exception as exc:  # report how far it got instead of a traceback only
         summary["error"] = f"{type(exc).__name__}: {exc}"
@@ -238,6 +311,7 @@ def main() -> int:
     per_device = {"cuda": 7, "cpu": 5}  # check_dtype's records per device
     # float32 on every device, float16 on CUDA only
     expected_checks = sum(per_device[d] for d in devices) + (per_device["cuda"] if "cuda" in devices else 0)
+    expected_checks += sum(STATIC_CHECKS[d] for d in devices) + (STATIC_CHECKS["cuda"] if "cuda" in devices else 0)
     summary["expected_checks"] = expected_checks
     passed = ("error" not in summary and len(summary["checks"]) == expected_checks
               and all(c["passed"] for c in summary["checks"]))  # fmt: skip

@@ -4,16 +4,22 @@
 //   uniattn_cpp_service ARTIFACT PROMPTS --onnxruntime LIB [options]
 //
 // PROMPTS is a text file with one prompt per line: token ids as decimal integers separated
-// by spaces or commas; blank lines and lines starting with '#' are skipped. All prompts form
-// one left-padded batch. Options:
+// by spaces or commas; blank lines and lines starting with '#' are skipped. The prompts form
+// one batch (padded on the side the artifact's cache mode uses); a line "---" starts another
+// request, and the requests run one after the other on one runtime, as a service would. Options:
 //   --max-new-tokens N (16)   --eos ID (none)   --pad ID (0)
 //   --temperature T           sample instead of greedy decoding; with --top-k K, --top-p P, --seed S
 //   --device cpu|cuda (cpu)   --device-id N (0)   --threads N (ONNX Runtime's choice)
 //   --custom-ops auto|require|off (auto)   --custom-op-library PATH
+//   --cuda-graphs on|off (on) static-cache artifacts on CUDA: replay decode steps as CUDA graphs
 //   --logits                  also print each step's logits of the last position
-// Output (stdout): {"runtime", "uses_custom_ops", "steps", "tokens": [[...] per prompt],
-// "lengths": [...], "logits": [[[...] per step] per prompt]}. Exit code 0, 2 for bad input
-// (usage, prompt file, artifact, request), 1 when the runtime fails otherwise.
+// Output (stdout): {"runtime", "uses_custom_ops", "cache_capacity" (0: dynamic caches),
+// "cuda_graphs", "steps", "tokens": [[...] per prompt], "lengths": [...],
+// "logits": [[[...] per step] per prompt]}; with several requests, "steps", "tokens",
+// "lengths" and "logits" move into "requests": [{...} per request]. When CUDA graphs were
+// requested but ONNX Runtime cannot capture the graph, one warning line on stderr says why.
+// Exit code 0, 2 for bad input (usage, prompt file, artifact, request), 1 when the runtime
+// fails otherwise.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -74,6 +80,11 @@ Arguments parse_arguments(int argc, char** argv) {
     else if (flag == "--threads") args.options.intra_op_threads = static_cast<int32_t>(parse_integer(flag, value()));
     else if (flag == "--custom-op-library") args.custom_op_library = value();
     else if (flag == "--logits") args.logits = true;
+    else if (flag == "--cuda-graphs") {
+      const std::string mode = value();
+      if (mode != "on" && mode != "off") throw UsageError{"--cuda-graphs is on or off, got '" + mode + "'"};
+      args.options.cuda_graphs = mode == "on" ? 1 : 0;
+    }
     else if (flag == "--device") {
       const std::string device = value();
       if (device != "cpu" && device != "cuda") throw UsageError{"--device is cpu or cuda, got '" + device + "'"};
@@ -103,14 +114,25 @@ Arguments parse_arguments(int argc, char** argv) {
   return args;
 }
 
-// One prompt per line; returns the concatenated ids and fills `lengths`.
-std::vector<int64_t> read_prompts(const std::string& path, std::vector<int64_t>& lengths) {
+struct Batch {
+  std::vector<int64_t> ids, lengths;  // the prompts' ids concatenated, and their lengths
+};
+
+// One prompt per line, "---" between requests.
+std::vector<Batch> read_prompts(const std::string& path) {
   std::ifstream file(path);
   if (!file) throw UsageError{"cannot read the prompt file " + path};
-  std::vector<int64_t> ids;
+  std::vector<Batch> batches(1);
   std::string line;
   for (int number = 1; std::getline(file, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos || line[line.find_first_not_of(" \t\r")] == '#') continue;
+    const size_t first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos || line[first] == '#') continue;
+    if (line.compare(first, 3, "---") == 0) {
+      if (batches.back().lengths.empty()) throw UsageError{path + ":" + std::to_string(number) + ": a request without prompts"};
+      batches.emplace_back();
+      continue;
+    }
+    std::vector<int64_t>& ids = batches.back().ids;
     for (char& c : line) c = c == ',' ? ' ' : c;
     std::istringstream tokens(line);
     std::string token;
@@ -119,10 +141,10 @@ std::vector<int64_t> read_prompts(const std::string& path, std::vector<int64_t>&
       ids.push_back(parse_integer(path + ":" + std::to_string(number), token));
       ++count;
     }
-    lengths.push_back(count);
+    batches.back().lengths.push_back(count);
   }
-  if (lengths.empty()) throw UsageError{path + " has no prompts (one line of token ids per prompt)"};
-  return ids;
+  if (batches.back().lengths.empty()) throw UsageError{path + " has no prompts (one line of token ids per prompt)"};
+  return batches;
 }
 
 std::string json_string(const std::string& text) {
@@ -142,15 +164,14 @@ std::string json_string(const std::string& text) {
   return out + "\"";
 }
 
-void print_json(const uniattn_runtime* runtime, const uniattn_generation* generation, bool with_logits) {
+// "steps", "tokens", "lengths" (and "logits") of one generation.
+void print_generation(const uniattn_runtime* runtime, const uniattn_generation* generation, bool with_logits) {
   const int64_t batch = uniattn_generation_batch_size(generation);
   const int64_t steps = uniattn_generation_num_steps(generation);
   const int64_t vocab = uniattn_runtime_vocab_size(runtime);
   const int64_t* tokens = uniattn_generation_tokens(generation);
   const int64_t* lengths = uniattn_generation_lengths(generation);
-  std::printf("{\"runtime\": %s, \"uses_custom_ops\": %s, \"steps\": %lld,\n \"tokens\": [",
-              json_string(uniattn_runtime_description(runtime)).c_str(),
-              uniattn_runtime_uses_custom_ops(runtime) ? "true" : "false", static_cast<long long>(steps));
+  std::printf("\"steps\": %lld,\n \"tokens\": [", static_cast<long long>(steps));
   for (int64_t b = 0; b < batch; ++b) {
     std::printf("%s[", b ? ", " : "");
     for (int64_t t = 0; t < steps; ++t) std::printf("%s%lld", t ? ", " : "", static_cast<long long>(tokens[b * steps + t]));
@@ -175,6 +196,25 @@ void print_json(const uniattn_runtime* runtime, const uniattn_generation* genera
     }
     std::printf("]");
   }
+}
+
+void print_json(const uniattn_runtime* runtime, const std::vector<uniattn_generation*>& generations, bool with_logits) {
+  std::printf("{\"runtime\": %s, \"uses_custom_ops\": %s, \"cache_capacity\": %lld, \"cuda_graphs\": %s,\n ",
+              json_string(uniattn_runtime_description(runtime)).c_str(),
+              uniattn_runtime_uses_custom_ops(runtime) ? "true" : "false",
+              static_cast<long long>(uniattn_runtime_cache_capacity(runtime)),
+              uniattn_runtime_uses_cuda_graphs(runtime) ? "true" : "false");
+  if (generations.size() == 1) {
+    print_generation(runtime, generations[0], with_logits);
+  } else {
+    std::printf("\"requests\": [");
+    for (size_t i = 0; i < generations.size(); ++i) {
+      std::printf("%s{", i ? ",\n  " : "");
+      print_generation(runtime, generations[i], with_logits);
+      std::printf("}");
+    }
+    std::printf("]");
+  }
   std::printf("}\n");
 }
 
@@ -189,10 +229,10 @@ int fail(const char* what, uniattn_status status) {
 
 int main(int argc, char** argv) {
   Arguments args;
-  std::vector<int64_t> ids, lengths;
+  std::vector<Batch> batches;
   try {
     args = parse_arguments(argc, argv);
-    ids = read_prompts(args.prompts_file, lengths);
+    batches = read_prompts(args.prompts_file);
   } catch (const UsageError& error) {
     std::fprintf(stderr, "uniattn_cpp_service: error: %s\n", error.message.c_str());
     return 2;
@@ -204,19 +244,26 @@ int main(int argc, char** argv) {
   uniattn_runtime* runtime = nullptr;
   uniattn_status status = uniattn_runtime_create(&args.options, &runtime);
   if (status != UNIATTN_OK) return fail("loading the artifact", status);
-
-  args.request.prompt_ids = ids.data();
-  args.request.prompt_lengths = lengths.data();
-  args.request.batch_size = static_cast<int64_t>(lengths.size());
-  uniattn_generation* generation = nullptr;
-  status = uniattn_generate(runtime, &args.request, &generation);
-  if (status != UNIATTN_OK) {
-    const int code = fail("generating", status);
-    uniattn_runtime_destroy(runtime);
-    return code;
+  if (*uniattn_runtime_cuda_graph_warning(runtime) != '\0') {
+    std::fprintf(stderr, "uniattn_cpp_service: warning: %s\n", uniattn_runtime_cuda_graph_warning(runtime));
   }
-  print_json(runtime, generation, args.logits);
-  uniattn_generation_destroy(generation);
+
+  std::vector<uniattn_generation*> generations;
+  int code = 0;
+  for (Batch& batch : batches) {
+    args.request.prompt_ids = batch.ids.data();
+    args.request.prompt_lengths = batch.lengths.data();
+    args.request.batch_size = static_cast<int64_t>(batch.lengths.size());
+    uniattn_generation* generation = nullptr;
+    status = uniattn_generate(runtime, &args.request, &generation);
+    if (status != UNIATTN_OK) {
+      code = fail("generating", status);
+      break;
+    }
+    generations.push_back(generation);
+  }
+  if (code == 0) print_json(runtime, generations, args.logits);
+  for (uniattn_generation* generation : generations) uniattn_generation_destroy(generation);
   uniattn_runtime_destroy(runtime);
-  return 0;
+  return code;
 }

@@ -9,11 +9,21 @@
  * nodes run the fused kernels.
  *
  * Generation follows the Python runtime (uniattn_export/targets/session.py) step for step:
- * prompts are left-padded with pad_token_id (attention mask 0), position ids count real
- * tokens only, a row that emitted eos gets pad_token_id afterwards, and generation stops
- * when every row finished or after max_new_tokens. The KV cache (no K for consumer layers)
- * and the shared softmax state live inside ONNX Runtime (device memory on CUDA) and never
- * leave it between steps.
+ * a row that emitted eos gets pad_token_id afterwards, and generation stops when every row
+ * finished or after max_new_tokens. The KV cache (no K for consumer layers) and the shared
+ * softmax state live inside ONNX Runtime (device memory on CUDA) and never leave it.
+ * Two kinds of artifact (the manifest's cache mode, `uniattn-export model --cache`):
+ *   dynamic  prompts left-padded with pad_token_id (attention mask 0), position ids count
+ *            real tokens only; the caches grow by one token per step.
+ *   static   caches of a fixed capacity C, allocated once per generation (zeroed) and bound
+ *            as past and present so the graph updates them in place; prompts right-padded,
+ *            positions 0..width-1, then each row's next token at position = its length.
+ *            Greedy decoding copies only the graph's next_tokens (B ids) to the host per
+ *            step; sampling and return_logits copy the logits. The longest prompt +
+ *            max_new_tokens must fit C (checked before anything runs). On CUDA, decode steps
+ *            replay one CUDA graph per batch size (cuda_graphs, below): all decode inputs and
+ *            outputs live in device buffers bound once, and each step writes B ids and B
+ *            positions into them.
  *
  * Sampling is reproducible across languages: the random draws are those of NumPy's
  * `numpy.random.default_rng(seed).random()` (PCG64 seeded through SeedSequence), one draw
@@ -25,7 +35,9 @@
  * Errors: every function that can fail returns a uniattn_status; the message of the last
  * failure on the calling thread is uniattn_last_error(). Nothing here aborts or exits.
  * Threads: a runtime may be used by several threads at once (uniattn_generate keeps its
- * caches per call); a uniattn_generation belongs to the caller.
+ * caches per call), except that with CUDA graphs on, the caches and buffers of a batch size
+ * belong to the runtime (the captured graph holds their addresses), so its generations run
+ * one at a time; a uniattn_generation belongs to the caller.
  */
 #ifndef UNIATTN_RUNTIME_H
 #define UNIATTN_RUNTIME_H
@@ -37,7 +49,10 @@
 extern "C" {
 #endif
 
-#define UNIATTN_RUNTIME_API_VERSION 1
+/* Version 2 added uniattn_runtime_options.cuda_graphs and the cache/CUDA-graph queries.
+ * uniattn_runtime_options_init fills the whole struct of this version: rebuild callers
+ * against this header (the library still accepts options of version 1 sizes, struct_size). */
+#define UNIATTN_RUNTIME_API_VERSION 2
 
 typedef enum uniattn_status {
   UNIATTN_OK = 0,
@@ -73,6 +88,10 @@ typedef struct uniattn_runtime_options {
   int32_t device;                  /* uniattn_device, default CPU */
   int32_t device_id;               /* CUDA device ordinal, default 0 */
   int32_t intra_op_threads;        /* ONNX Runtime intra-op threads; 0 (default): its own choice */
+  /* API version 2 (read only when struct_size covers it): */
+  int32_t cuda_graphs; /* static artifacts on CUDA: 1 (default) decode steps replay a CUDA graph per batch
+                          size, or run without graphs (and uniattn_runtime_cuda_graph_warning says why)
+                          when ONNX Runtime places a node off the CUDA EP or needs a Memcpy; 0: never */
 } uniattn_runtime_options;
 
 typedef struct uniattn_generate_request {
@@ -81,8 +100,9 @@ typedef struct uniattn_generate_request {
   const int64_t* prompt_lengths; /* batch_size lengths (each >= 1) */
   int64_t batch_size;            /* >= 1 */
   int64_t max_new_tokens;        /* >= 1; the longest prompt + max_new_tokens <= the model's positions
-                                    (config.json's max_position_embeddings) */
-  int64_t pad_token_id;          /* left padding and the filler after eos; a valid token id (default 0) */
+                                    (config.json's max_position_embeddings) and, for static caches,
+                                    <= the cache capacity */
+  int64_t pad_token_id;          /* padding and the filler after eos; a valid token id (default 0) */
   int64_t eos_token_id;          /* -1 (default): none */
   int32_t do_sample;             /* 0 (default): greedy (argmax, first index on ties) */
   double temperature;            /* sampling: > 0 (default 1) */
@@ -106,8 +126,14 @@ const char* uniattn_runtime_description(const uniattn_runtime* runtime);
 int64_t uniattn_runtime_vocab_size(const uniattn_runtime* runtime);
 /* 1 when the custom-op library is registered, 0 when ONNX Runtime runs the function bodies. */
 int uniattn_runtime_uses_custom_ops(const uniattn_runtime* runtime);
+/* The artifact's cache capacity (tokens per row: prompt + new); 0 for dynamic caches. */
+int64_t uniattn_runtime_cache_capacity(const uniattn_runtime* runtime);
+/* 1 when decode steps replay CUDA graphs. */
+int uniattn_runtime_uses_cuda_graphs(const uniattn_runtime* runtime);
+/* Why CUDA graphs were requested but are off (ONNX Runtime's reason), or "". Owned by the runtime. */
+const char* uniattn_runtime_cuda_graph_warning(const uniattn_runtime* runtime);
 
-/* Generate for a left-padded batch. *out is NULL on failure. */
+/* Generate for a batch of prompts (padded as the artifact's cache mode says). *out is NULL on failure. */
 uniattn_status uniattn_generate(uniattn_runtime* runtime, const uniattn_generate_request* request,
                                 uniattn_generation** out);
 

@@ -2,6 +2,7 @@
 // becomes a status code plus a thread-local message, never an abort or an exit.
 #include <dlfcn.h>
 
+#include <cstddef>
 #include <filesystem>
 #include <memory>
 #include <new>
@@ -9,6 +10,7 @@
 
 #include "error.h"
 #include "generate.h"
+#include "kernels.h"
 #include "manifest.h"
 #include "sampling.h"
 #include "session.h"
@@ -32,6 +34,11 @@ namespace {
 thread_local std::string last_error;
 
 constexpr const char* kCustomOpLibrary = "libuniattn_ort.so";
+constexpr const char* kKernelLibrary = "libuniattn_kernels.so";
+// The kernel ABI from which the libraries implement op contract version 2 (static caches).
+constexpr int kStaticCacheAbi = 2;
+// uniattn_runtime_options up to intra_op_threads: what callers built against API version 1 pass.
+constexpr size_t kOptionsV1Size = offsetof(uniattn_runtime_options, cuda_graphs);
 
 template <typename Body>
 uniattn_status guarded(Body&& body) {
@@ -75,7 +82,7 @@ std::string resolve_custom_op_library(const uniattn_runtime_options& options) {
 }
 
 void check_options(const uniattn_runtime_options& o) {
-  if (o.struct_size < sizeof(uniattn_runtime_options)) {
+  if (o.struct_size < kOptionsV1Size) {
     throw Error(UNIATTN_INVALID_ARGUMENT, "uniattn_runtime_options.struct_size is " + std::to_string(o.struct_size) +
                                               ". Initialize the options with uniattn_runtime_options_init");
   }
@@ -89,9 +96,57 @@ void check_options(const uniattn_runtime_options& o) {
     throw Error(UNIATTN_INVALID_ARGUMENT, "unknown custom_ops mode " + std::to_string(o.custom_ops) +
                                               ". Use UNIATTN_CUSTOM_OPS_AUTO, _REQUIRE or _OFF");
   }
+  if (o.struct_size >= sizeof(uniattn_runtime_options) && o.cuda_graphs != 0 && o.cuda_graphs != 1) {
+    throw Error(UNIATTN_INVALID_ARGUMENT, "cuda_graphs must be 0 or 1, got " + std::to_string(o.cuda_graphs));
+  }
   if (o.device_id < 0 || o.intra_op_threads < 0) {
     throw Error(UNIATTN_INVALID_ARGUMENT, "device_id and intra_op_threads must be >= 0");
   }
+}
+
+// The kernel library beside the custom-op library (or this one): the wheel installs the
+// three together.
+std::filesystem::path kernel_library_path(const std::string& custom_op_library) {
+  return (custom_op_library.empty() ? own_folder() : std::filesystem::path(custom_op_library).parent_path()) /
+         kKernelLibrary;
+}
+
+// A static-cache artifact needs op version 2 from the custom-op library (kernel ABI >= 2):
+// AUTO runs the function bodies instead of an older library (and says so), REQUIRE fails. The
+// rule of the Python runtime (targets/ort/session.py).
+void check_static_abi(const uniattn_runtime_options& options, std::string& custom_op_library, std::string& reason) {
+  if (custom_op_library.empty()) return;
+  std::string why;
+  const uniattn::runtime::KernelLibrary* kernels = uniattn::runtime::load_kernels(kernel_library_path(custom_op_library), &why);
+  const int abi = kernels != nullptr ? kernels->abi_version : 0;
+  if (abi >= kStaticCacheAbi) return;
+  if (options.custom_ops == UNIATTN_CUSTOM_OPS_REQUIRE) {
+    throw Error(UNIATTN_LIBRARY_ERROR,
+                "the custom-op library " + custom_op_library + " implements op version 1 only (kernel ABI " +
+                    (kernels != nullptr ? std::to_string(abi) : "unknown: " + why) +
+                    "), but this static-cache artifact needs op version 2. Rebuild the native libraries from this "
+                    "checkout, or set custom_ops to OFF");
+  }
+  reason = " (the installed custom-op library implements op version 1 only; this artifact needs 2)";
+  custom_op_library.clear();
+}
+
+// Static caches on CUDA: the kernel library (built with CUDA) copies between host and the
+// device buffers decode is bound to.
+const uniattn::runtime::KernelLibrary* device_copies(const std::string& custom_op_library) {
+  const std::filesystem::path path = kernel_library_path(custom_op_library);
+  std::string why;
+  const uniattn::runtime::KernelLibrary* kernels = uniattn::runtime::load_kernels(path, &why);
+  if (kernels != nullptr && (!kernels->has_cuda || kernels->cuda_copy == nullptr || kernels->cuda_zero == nullptr)) {
+    why = path.string() + (kernels->has_cuda ? " predates ua_cuda_copy" : " was built without CUDA");
+    kernels = nullptr;
+  }
+  if (kernels == nullptr) {
+    throw Error(UNIATTN_LIBRARY_ERROR, "static-cache artifacts on CUDA need the kernel library built with CUDA (" +
+                                           why + "). Build the native libraries with the CUDA toolkit (nvcc on PATH), "
+                                           "or run on the CPU");
+  }
+  return kernels;
 }
 
 }  // namespace
@@ -102,6 +157,7 @@ void uniattn_runtime_options_init(uniattn_runtime_options* options) {
   if (options == nullptr) return;
   *options = uniattn_runtime_options{};
   options->struct_size = sizeof(uniattn_runtime_options);
+  options->cuda_graphs = 1;
 }
 
 void uniattn_generate_request_init(uniattn_generate_request* request) {
@@ -120,18 +176,31 @@ uniattn_status uniattn_runtime_create(const uniattn_runtime_options* options, un
     check_options(*options);
     auto runtime = std::make_unique<uniattn_runtime>();
     runtime->manifest = uniattn::runtime::read_manifest(options->artifact_dir);
-    const std::string custom_op_library = resolve_custom_op_library(*options);
-    const bool cuda = options->device == UNIATTN_DEVICE_CUDA;
-    runtime->session = std::make_unique<uniattn::runtime::Session>(
-        runtime->manifest, uniattn::runtime::SessionOptions{options->onnxruntime_library, custom_op_library, cuda,
-                                                           options->device_id, options->intra_op_threads});
-    runtime->custom_ops = !custom_op_library.empty();
-    const auto& library = runtime->session->library();
     const auto& manifest = runtime->manifest;
+    std::string custom_op_library = resolve_custom_op_library(*options);
+    std::string bodies_reason;
+    if (manifest.static_cache) check_static_abi(*options, custom_op_library, bodies_reason);
+    const bool cuda = options->device == UNIATTN_DEVICE_CUDA;
+    const bool cuda_graphs = options->struct_size < sizeof(uniattn_runtime_options) || options->cuda_graphs == 1;
+    const uniattn::runtime::KernelLibrary* kernels =
+        cuda && manifest.static_cache ? device_copies(custom_op_library) : nullptr;
+    runtime->session = std::make_unique<uniattn::runtime::Session>(
+        runtime->manifest,
+        uniattn::runtime::SessionOptions{options->onnxruntime_library, custom_op_library, cuda, options->device_id,
+                                         options->intra_op_threads, cuda_graphs, kernels});
+    runtime->custom_ops = !custom_op_library.empty();
+    const auto& session = *runtime->session;
+    const auto& library = session.library();
+    std::string caches = "dynamic caches";
+    if (manifest.static_cache) {
+      caches = "static caches of " + std::to_string(manifest.capacity) + " tokens";
+      if (cuda) caches += session.cuda_graphs() ? ", CUDA graphs for decode" : ", no CUDA graphs";
+    }
     runtime->description =
         "onnxruntime " + library.version + " (" + library.path + "), " +
-        (cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider") + ", " +
-        (runtime->custom_ops ? "custom-op library " + custom_op_library : "ONNX function bodies (no custom-op library)") +
+        (cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider") + ", " + caches + ", " +
+        (runtime->custom_ops ? "custom-op library " + custom_op_library
+                             : "ONNX function bodies (no custom-op library)" + bodies_reason) +
         ", " + manifest.dtype + ", " + std::to_string(manifest.num_layers) + " layers (" +
         std::to_string(manifest.num_consumers) + " consumers)";
     *out = runtime.release();
@@ -150,6 +219,18 @@ int64_t uniattn_runtime_vocab_size(const uniattn_runtime* runtime) {
 
 int uniattn_runtime_uses_custom_ops(const uniattn_runtime* runtime) {
   return runtime != nullptr && runtime->custom_ops ? 1 : 0;
+}
+
+int64_t uniattn_runtime_cache_capacity(const uniattn_runtime* runtime) {
+  return runtime != nullptr ? runtime->manifest.capacity : 0;
+}
+
+int uniattn_runtime_uses_cuda_graphs(const uniattn_runtime* runtime) {
+  return runtime != nullptr && runtime->session->cuda_graphs() ? 1 : 0;
+}
+
+const char* uniattn_runtime_cuda_graph_warning(const uniattn_runtime* runtime) {
+  return runtime != nullptr ? runtime->session->cuda_graph_warning().c_str() : "";
 }
 
 uniattn_status uniattn_generate(uniattn_runtime* runtime, const uniattn_generate_request* request,

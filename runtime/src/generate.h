@@ -19,8 +19,9 @@ struct Generated {
 };
 
 // Throws Error(UNIATTN_INVALID_ARGUMENT, ...) for a request that cannot run (ids outside the
-// vocabulary, the longest prompt plus max_new_tokens beyond the model's positions, ...).
-Generated generate(const Session& session, int64_t vocab_size, int64_t max_positions,
+// vocabulary, the longest prompt plus max_new_tokens beyond the model's positions or, for
+// static caches, beyond the capacity, ...).
+Generated generate(Session& session, int64_t vocab_size, int64_t max_positions,
                    const uniattn_generate_request& request);
 
 }  // namespace uniattn::runtime

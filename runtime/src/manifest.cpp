@@ -1,5 +1,6 @@
 #include "manifest.h"
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -41,8 +42,69 @@ std::vector<std::string> names_of(const nlohmann::json& specs) {
   return names;
 }
 
-// Cache inputs in graph order; their key/value pattern must be the one the layer map implies.
-std::vector<CacheTensor> cache_tensors(const nlohmann::json& manifest) {
+// The structural check's fix (uniattn_export/export/structure.py), for the cache facts the
+// manifest states about the graph.
+constexpr const char* kGraphMismatch =
+    "Re-export the model with `uniattn-export model`; the graph does not match its manifest";
+
+// A JSON scalar as Python's repr() writes it, so that both loaders say the same words.
+std::string python_repr(const nlohmann::json& value) {
+  if (value.is_null()) return "None";
+  if (value.is_boolean()) return value.get<bool>() ? "True" : "False";
+  if (value.is_string()) return "'" + value.get<std::string>() + "'";
+  return value.dump();
+}
+
+// The op contract version of each cache mode (uniattn_export/export/op_schema.json; the
+// tampered-artifact tests hold the two loaders' words equal).
+constexpr std::pair<const char*, int64_t> kCacheModes[] = {{"dynamic", 1}, {"static", 2}};
+
+// The manifest's cache {mode, capacity, op_version} agree with each other (the rules of
+// structure.py's _cache_contract); artifacts written before cache modes existed are dynamic.
+void read_cache_mode(const nlohmann::json& manifest, Manifest& result) {
+  const nlohmann::json cache =
+      manifest.contains("cache") ? manifest.at("cache")
+                                 : nlohmann::json{{"mode", "dynamic"}, {"capacity", nullptr}, {"op_version", 1}};
+  if (!cache.is_object()) fail("the manifest records cache " + cache.dump() + ", expected an object", kGraphMismatch);
+  const nlohmann::json mode = cache.value("mode", nlohmann::json());
+  const auto* contract = std::find_if(std::begin(kCacheModes), std::end(kCacheModes),
+                                      [&](const auto& entry) { return mode == entry.first; });
+  if (contract == std::end(kCacheModes)) {
+    fail("the manifest records cache mode " + python_repr(mode) + ", not one of ('dynamic', 'static')", kGraphMismatch);
+  }
+  const std::string name = contract->first;
+  const nlohmann::json version = cache.value("op_version", nlohmann::json());
+  if (version != contract->second) {
+    fail("the manifest records op version " + python_repr(version) + " for " + name + " caches, which are version " +
+             std::to_string(contract->second),
+         kGraphMismatch);
+  }
+  const nlohmann::json capacity = cache.value("capacity", nlohmann::json());
+  result.static_cache = name == "static";
+  if (result.static_cache && !(capacity.is_number_integer() && capacity.get<int64_t>() > 0)) {
+    fail("the manifest records static caches of capacity " + python_repr(capacity), kGraphMismatch);
+  }
+  if (!result.static_cache && !capacity.is_null()) {
+    fail("the manifest records a capacity (" + capacity.dump() + ") for dynamic caches", kGraphMismatch);
+  }
+  result.capacity = result.static_cache ? capacity.get<int64_t>() : 0;
+}
+
+// A tensor shape as structure.py prints the graph's: fixed sizes, None for named ones.
+std::string shape_repr(const nlohmann::json& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    text += (i ? ", " : "") + (shape[i].is_number_integer() ? shape[i].dump() : std::string("None"));
+  }
+  return text + "]";
+}
+
+// Cache inputs in graph order; their key/value pattern must be the one the layer map implies,
+// and their shapes (past and present) those of the cache mode: (batch, Hkv, capacity, D) for
+// static caches, a growing length for dynamic ones.
+std::vector<CacheTensor> cache_tensors(const nlohmann::json& manifest, const Manifest& result) {
+  std::map<std::string, const nlohmann::json*> outputs;
+  for (const auto& spec : manifest.at("outputs")) outputs[spec.at("name").get<std::string>()] = &spec;
   std::map<std::string, const nlohmann::json*> inputs;
   for (const auto& spec : manifest.at("inputs")) inputs[spec.at("name").get<std::string>()] = &spec;
   std::vector<CacheTensor> caches;
@@ -63,12 +125,23 @@ std::vector<CacheTensor> cache_tensors(const nlohmann::json& manifest) {
              ", which the layer map of layer " + std::to_string(index) + " (" + role + ") contradicts");
       }
       if (!expected) continue;
-      const auto& shape = found->second->at("shape");
-      if (shape.size() != 4 || !shape[1].is_number_integer() || !shape[3].is_number_integer()) {
-        fail(past + " has shape " + shape.dump() + ", expected (batch, kv_heads, past, head_dim)");
+      const std::string present = "present." + std::to_string(index) + "." + kind;
+      const int64_t heads = layer.at("kv_num_heads").get<int64_t>(), head_dim = layer.at("head_dim").get<int64_t>();
+      auto present_spec = outputs.find(present);
+      if (present_spec == outputs.end()) fail("the graph outputs lack " + present + ", the pair of input " + past);
+      for (const auto& [tensor, spec] : {std::pair{past, found->second}, std::pair{present, present_spec->second}}) {
+        const auto& shape = spec->at("shape");
+        const nlohmann::json length = result.static_cache ? nlohmann::json(result.capacity) : nlohmann::json();
+        const bool length_ok = result.static_cache ? shape.size() == 4 && shape[2] == length
+                                                   : shape.size() == 4 && !shape[2].is_number_integer();
+        if (!length_ok || shape[1] != heads || shape[3] != head_dim) {
+          fail(tensor + " has shape " + shape_repr(shape) + ", expected (batch, " + std::to_string(heads) + ", " +
+                   (result.static_cache ? std::to_string(result.capacity) : std::string("past")) + ", " +
+                   std::to_string(head_dim) + ") for " + (result.static_cache ? "static" : "dynamic") + " caches",
+               kGraphMismatch);
+        }
       }
-      caches.push_back({past, "present." + std::to_string(index) + "." + kind, shape[1].get<int64_t>(),
-                        shape[3].get<int64_t>()});
+      caches.push_back({past, present, heads, head_dim});
     }
   }
   return caches;
@@ -223,18 +296,26 @@ Manifest read_manifest(const std::filesystem::path& folder) {
     for (const auto& layer : manifest.at("layers")) result.num_consumers += layer.at("role") == "consumer";
     result.input_names = names_of(manifest.at("inputs"));
     result.output_names = names_of(manifest.at("outputs"));
-    result.caches = cache_tensors(manifest);
+    read_cache_mode(manifest, result);
+    result.caches = cache_tensors(manifest, result);
     const std::vector<std::string> leading = {"input_ids", "attention_mask", "position_ids"};
     if (result.input_names.size() != leading.size() + result.caches.size() ||
         !std::equal(leading.begin(), leading.end(), result.input_names.begin())) {
       fail("the graph inputs are not input_ids, attention_mask, position_ids and the caches");
     }
-    if (result.output_names.size() != 1 + result.caches.size() || result.output_names[0] != "logits") {
-      fail("the graph outputs are not logits and the present caches");
+    // Static artifacts add next_tokens (the argmax of the logits) after the logits.
+    std::vector<std::string> leading_outputs = {"logits"};
+    if (result.static_cache) leading_outputs.push_back("next_tokens");
+    const size_t first_cache = leading_outputs.size();
+    if (result.output_names.size() != first_cache + result.caches.size() ||
+        !std::equal(leading_outputs.begin(), leading_outputs.end(), result.output_names.begin())) {
+      fail(result.static_cache ? "the graph outputs are not logits, next_tokens and the present caches"
+                               : "the graph outputs are not logits and the present caches");
     }
     for (size_t i = 0; i < result.caches.size(); ++i) {
-      if (result.output_names[1 + i] != result.caches[i].present) {
-        fail("graph output " + result.output_names[1 + i] + " does not pair with input " + result.caches[i].past);
+      if (result.output_names[first_cache + i] != result.caches[i].present) {
+        fail("graph output " + result.output_names[first_cache + i] + " does not pair with input " +
+             result.caches[i].past);
       }
     }
     return result;

@@ -1,6 +1,7 @@
 // What the runtime needs from an artifact folder, read from uniattn_manifest.json (written by
-// uniattn_export/export/artifact.py): the graph file, dtype, vocabulary, I/O names and the
-// cache layout the layer map implies (consumer layers have a value cache only).
+// uniattn_export/export/artifact.py): the graph file, dtype, vocabulary, I/O names, the cache
+// mode and capacity, and the cache layout the layer map implies (consumer layers have a value
+// cache only).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,11 @@ struct Manifest {
   int64_t num_layers;
   int64_t max_positions;  // config.json's max_position_embeddings: prompt + new tokens fit in it
   int64_t num_consumers;
+  // The manifest's cache {mode, capacity, op_version}: dynamic (op contract v1, caches grow
+  // each step; capacity 0) or static (v2, caches of `capacity` slots bound as past and present
+  // and written in place; outputs logits, next_tokens and the caches).
+  bool static_cache;
+  int64_t capacity;
   std::vector<std::string> input_names;   // graph order
   std::vector<std::string> output_names;  // graph order
   std::vector<CacheTensor> caches;        // graph order

@@ -54,7 +54,7 @@ class RuntimeOptions(ctypes.Structure):
         ("struct_size", ctypes.c_uint32), ("artifact_dir", ctypes.c_char_p),
         ("onnxruntime_library", ctypes.c_char_p), ("custom_op_library", ctypes.c_char_p),
         ("custom_ops", ctypes.c_int32), ("device", ctypes.c_int32), ("device_id", ctypes.c_int32),
-        ("intra_op_threads", ctypes.c_int32),
+        ("intra_op_threads", ctypes.c_int32), ("cuda_graphs", ctypes.c_int32),
     ]  # fmt: skip
 
 
@@ -92,6 +92,9 @@ def _bind(path: str) -> ctypes.CDLL:
         "uniattn_runtime_description": ([p], ctypes.c_char_p),
         "uniattn_runtime_vocab_size": ([p], i64),
         "uniattn_runtime_uses_custom_ops": ([p], ctypes.c_int),
+        "uniattn_runtime_cache_capacity": ([p], i64),
+        "uniattn_runtime_uses_cuda_graphs": ([p], ctypes.c_int),
+        "uniattn_runtime_cuda_graph_warning": ([p], ctypes.c_char_p),
         "uniattn_generate": ([p, ctypes.POINTER(GenerateRequest), ctypes.POINTER(p)], ctypes.c_int),
         "uniattn_generation_batch_size": ([p], i64),
         "uniattn_generation_num_steps": ([p], i64),
@@ -135,6 +138,10 @@ class CRuntime:
     @property
     def uses_custom_ops(self) -> bool:
         return bool(self.lib.uniattn_runtime_uses_custom_ops(self.handle))
+
+    @property
+    def cache_capacity(self) -> int:
+        return self.lib.uniattn_runtime_cache_capacity(self.handle)
 
     def request(self, prompts, max_new_tokens, *, sampling=None, eos_token_id=None, pad_token_id=0,
                 return_logits=False) -> GenerateRequest:  # fmt: skip

@@ -111,6 +111,26 @@ extern "C" {
 
 int ua_has_cuda(void) { return 1; }
 
+ua_status ua_cuda_copy(int device, void* dst, const void* src, size_t bytes) {
+  cudaError_t e = cudaSetDevice(device);
+  // After the work other streams (ONNX Runtime's non-blocking one) queued on the buffers.
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamLegacy);
+  // A pageable host->device copy may return before the DMA is done: wait for it.
+  if (e == cudaSuccess) e = cudaStreamSynchronize(cudaStreamLegacy);
+  if (e != cudaSuccess) return fail(UA_DEVICE_ERROR, "ua_cuda_copy of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+  return ok();
+}
+
+ua_status ua_cuda_zero(int device, void* dst, size_t bytes) {
+  cudaError_t e = cudaSetDevice(device);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) e = cudaMemsetAsync(dst, 0, bytes, cudaStreamLegacy);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(cudaStreamLegacy);
+  if (e != cudaSuccess) return fail(UA_DEVICE_ERROR, "ua_cuda_zero of %zu bytes failed: %s", bytes, cudaGetErrorString(e));
+  return ok();
+}
+
 size_t ua_producer_cuda_workspace_size(const ua_attention_desc* desc, int emit_probs) {
   if (!plannable(desc) || !use_split_kv(*desc, emit_probs != 0)) return 0;
   return plan_split_kv(*desc, Weights::kSoftmax, emit_probs != 0).workspace_bytes;

@@ -25,4 +25,8 @@ ua_status ua_consumer_cuda(const ua_attention_desc*, const ua_consumer_io*, void
   return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_consumer_cuda");
 }
 
+ua_status ua_cuda_copy(int, void*, const void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_copy"); }
+
+ua_status ua_cuda_zero(int, void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_zero"); }
+
 }  // extern "C"

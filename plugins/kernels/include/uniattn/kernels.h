@@ -105,6 +105,16 @@ int ua_has_cuda(void);
 /* Message of the last failure on this thread ("" if none). */
 const char* ua_last_error(void);
 
+/* Synchronous copy between host and device memory of `device` (direction inferred from the
+ * pointers, unified addressing), and a zero fill of device memory. For hosts that link no
+ * CUDA runtime of their own: the C runtime (runtime/) writes each decode step's ids and
+ * positions into the device buffers a CUDA graph was captured with, and reads next_tokens
+ * back. Both first wait for all work on the device (ONNX Runtime's non-blocking compute
+ * stream does not synchronize with the default stream) and return when the copy or fill is
+ * done. */
+ua_status ua_cuda_copy(int device, void* dst, const void* src, size_t bytes);
+ua_status ua_cuda_zero(int device, void* dst, size_t bytes);
+
 /* CPU threading: the kernels split their work into independent tasks and hand them to the
  * caller's thread pool (ONNX Runtime's, through KernelContext_ParallelFor), so they never
  * start threads of their own. parallel_for(pool, count, fn, task) must call fn(task, i) once
