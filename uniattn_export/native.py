@@ -71,13 +71,17 @@ def runtime_library() -> str | None:
 
 
 def runtime_include_dir() -> str | None:
-    """The folder holding uniattn/runtime.h: the wheel's include/, else this source checkout's."""
-    folders = [Path(__file__).parent / "include"]
+    """The folder holding uniattn/runtime.h, from the same place as the libraries: this
+    source checkout's include/ when UNIATTN_EXPORT_LIB_DIR points at a development build,
+    else the wheel's include/, else the checkout's."""
+    checkout = Path(__file__).parents[1] / "include"
+    folders = [checkout] if os.environ.get("UNIATTN_EXPORT_LIB_DIR") else []
+    folders.append(Path(__file__).parent / "include")
     try:
         folders.append(Path(metadata.distribution(DISTRIBUTION).locate_file("uniattn_export/include")))
     except metadata.PackageNotFoundError:
         pass
-    folders.append(Path(__file__).parents[1] / "include")
+    folders.append(checkout)
     return next((str(f) for f in folders if (f / "uniattn" / "runtime.h").is_file()), None)
 
 
