@@ -183,3 +183,27 @@ def test_placement_check_names_memcpy_and_foreign_nodes():
     # A refusal with no node to name still stands in the way, in onnxruntime's words.
     refusal = "This session cannot use the graph capture feature as the model has control flow nodes"
     assert placement_problems([(cuda, "proj", "MatMul")], refusal) == [refusal]
+
+
+def test_the_python_service_serves_a_static_artifact_on_this_path(static_artifact):
+    """examples/python_service: requests in a row on one worker (its buffers reused) answer
+    what a fresh session generates."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "python_service" / "app.py"
+    spec = importlib.util.spec_from_file_location("python_service_static", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the request model's annotations there
+    spec.loader.exec_module(module)
+    client = TestClient(module.create_app(static_artifact.path, workers=1))
+    assert f"static caches of {CAPACITY} tokens" in client.get("/health").json()["runtime"]
+    eos, pad = module._special_tokens(static_artifact, None)
+    for prompt in _prompts(static_artifact.vocab_size, (12, 2, 7), 8):
+        answer = client.post("/generate", json={"prompt_ids": prompt, "max_new_tokens": STEPS})
+        assert answer.status_code == 200, answer.text
+        fresh = OrtSession(static_artifact).generate([prompt], STEPS, eos_token_id=eos, pad_token_id=pad)  # same kernels
+        assert answer.json()["tokens"] == fresh.sequences(eos)[0]
