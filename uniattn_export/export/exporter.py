@@ -11,7 +11,8 @@ runtimes run the file too. Two cache modes:
   static   op contract v2: caches of fixed capacity C = max_length, (B, Hkv, C, D) in and out,
            meant to be bound to one buffer as past and present and updated in place; prompts
            right-padded; logits (B, 1, V) of each row's last real token, found from the mask:
-           index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1],
+           index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1]
+           (L - 1 = position_ids[:, -1] - position_ids[:, 0]: a step's positions are consecutive),
            and next_tokens (B, 1) int64, their argmax (greedy decoding on the device).
 """
 
@@ -73,8 +74,13 @@ class _ExportGraph(nn.Module):
         if self.cache == "static":
             # Right padding: row b's last real token is new token n_b - 1 - p_b, where n_b
             # counts its real tokens so far and p_b is the position of its first new token.
-            last = attention_mask.sum(dim=1) - 1 - position_ids[:, 0]
-            last = last.clamp(min=0, max=hidden.shape[1] - 1)
+            # Every node here must have a CUDA kernel in ORT, or ORT's CUDA EP places it on
+            # the CPU and CUDA graphs are impossible: the upper bound L - 1 is read off the
+            # (consecutive) positions rather than a Shape node, the mask is summed as int32
+            # (ORT's CUDA ReduceSum has no int64 kernel).
+            real = attention_mask.to(torch.int32).sum(dim=1, dtype=torch.int32).to(torch.int64)
+            last = (real - 1 - position_ids[:, 0]).clamp(min=0)
+            last = torch.minimum(last, position_ids[:, -1] - position_ids[:, 0])
             hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[2]))
         elif self.last_logits_only:
             hidden = hidden[:, -1:, :]

@@ -47,17 +47,25 @@ def _write_slots(past, packed, position_ids, kv_heads):
 
 
 @onnxscript.script(default_opset=op)
-def _slot_scores(query, key_cache, position_ids, q_heads, kv_heads, scale, sliding_window):
-    """float32 scores (B, Hkv, g, L, C) of version 2, slots a query cannot see at -inf:
-    slot j is visible to the query at position p iff j <= p (and p - j < sliding_window)."""
+def _grouped_scores(query, key_cache, q_heads, kv_heads, scale):
+    """float32 scale * Q K^T (B, Hkv, g, L, S) for packed queries (B, L, Hq*D) over a key
+    cache (B, Hkv, S, D): query head h = kv*g + r reads KV head kv. q_heads / kv_heads are
+    1-element int64 tensors."""
     batch = op.Shape(query, start=0, end=1)
     query_len = op.Shape(query, start=1, end=2)
-    capacity = op.Shape(key_cache, start=2, end=3)
     head_dim = op.Shape(key_cache, start=3, end=4)
     q = op.Reshape(op.Cast(query, to=1), op.Concat(batch, query_len, q_heads, head_dim, axis=0))
     q = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Concat(batch, kv_heads, q_heads / kv_heads, query_len, head_dim, axis=0))
-    k = op.Unsqueeze(op.Cast(key_cache, to=1), [2])  # (B, Hkv, 1, C, D)
-    scores = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3])) * scale
+    k = op.Unsqueeze(op.Cast(key_cache, to=1), [2])  # (B, Hkv, 1, S, D)
+    return op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3])) * scale
+
+
+@onnxscript.script(default_opset=op)
+def _slot_scores(query, key_cache, position_ids, q_heads, kv_heads, scale, sliding_window):
+    """float32 scores (B, Hkv, g, L, C) of version 2, slots a query cannot see at -inf:
+    slot j is visible to the query at position p iff j <= p (and p - j < sliding_window)."""
+    capacity = op.Shape(key_cache, start=2, end=3)
+    scores = _grouped_scores(query, key_cache, q_heads, kv_heads, scale)
 
     zero = op.Constant(value_int=0)
     one = op.Constant(value_int=1)
@@ -104,18 +112,11 @@ def _shared_state(probs, lse, query, q_heads, probs_max_query_len):
 
 @onnxscript.script(default_opset=op)
 def _masked_scores(query, key_cache, attention_mask, q_heads, kv_heads, scale, is_causal, sliding_window):
-    """float32 scores (B, Hkv, g, L, S), keys hidden by docs/ops.md's visibility rule at -inf.
-
-    Query head h = kv*g + r reads KV head kv. q_heads / kv_heads are 1-element int64
-    tensors; the flags int64 scalars."""
-    batch = op.Shape(query, start=0, end=1)
+    """float32 scores (B, Hkv, g, L, S), keys hidden by docs/ops.md's visibility rule at -inf;
+    the flags are int64 scalars."""
     query_len = op.Shape(query, start=1, end=2)
     key_len = op.Shape(key_cache, start=2, end=3)
-    head_dim = op.Shape(key_cache, start=3, end=4)
-    q = op.Reshape(op.Cast(query, to=1), op.Concat(batch, query_len, q_heads, head_dim, axis=0))
-    q = op.Reshape(op.Transpose(q, perm=[0, 2, 1, 3]), op.Concat(batch, kv_heads, q_heads / kv_heads, query_len, head_dim, axis=0))
-    k = op.Unsqueeze(op.Cast(key_cache, to=1), [2])  # (B, Hkv, 1, S, D)
-    scores = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3])) * scale
+    scores = _grouped_scores(query, key_cache, q_heads, kv_heads, scale)
 
     zero = op.Constant(value_int=0)
     one = op.Constant(value_int=1)
@@ -230,7 +231,7 @@ def UniAttnConsumerV2(
 # contract version -> (producer, consumer) bodies; the V2 names are onnxscript's, the protos
 # carry the op names (function_protos renames them).
 _BODIES = {1: (UniAttnProducer, UniAttnConsumer), 2: (UniAttnProducerV2, UniAttnConsumerV2)}
-_HELPERS = (_append, _write_slots, _masked_scores, _slot_scores, _softmax_lse, _shared_state, _apply_probs)
+_HELPERS = (_append, _write_slots, _grouped_scores, _masked_scores, _slot_scores, _softmax_lse, _shared_state, _apply_probs)
 
 
 def function_protos(version: int = 1) -> list[onnx.FunctionProto]:
