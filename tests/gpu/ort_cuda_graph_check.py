@@ -14,7 +14,11 @@ must turn them on) against one without (cuda_graph=False), both on CUDAExecution
   * the same generation from another thread (onnxruntime captures again there) identical;
   * logits of the graph session against the PyTorch reference within validation's derived
     tolerance (uniattn_export.validate, teacher-forced, 12 steps);
-  * the placement check's verdict (graph_placement, empty) and the session's description.
+  * the placement check's verdict (graph_placement, empty), the nodes per execution provider
+    as onnxruntime assigned them, and the session's description.
+Before the artifacts, the placement check itself on two hand-built graphs: Add -> Mul (all on
+CUDA: graphs on, and a captured graph replays with its input updated in place) and
+Add -> Unique (Unique has no CUDA kernel: onnxruntime refuses, the check names the node).
 Milliseconds per generated token (a generation's wall time / 32, prompt step included) with
 and without graphs are recorded, not asserted. Writes
 $OUT/ort_cuda_graph_check.json (./ort_cuda_graph_check_out without OUT), one line per case,
@@ -30,6 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +78,55 @@ def timed(session, batch, **kwargs):
     return run, 1000 * (time.perf_counter() - start) / STEPS
 
 
+def check_placement() -> dict:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from uniattn_export.targets.ort.session import CUDA_EP, GRAPH_ID, open_with_cuda_graphs
+
+    def model(last) -> bytes:
+        """x -> Add -> `last` -> y, float32."""
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "x"], ["a"], name="double"), last], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10).SerializeToString()
+
+    def providers(graphs):
+        return [(CUDA_EP, {"enable_cuda_graph": 1} if graphs else {}), "CPUExecutionProvider"]
+
+    session, problems = open_with_cuda_graphs(model(helper.make_node("Mul", ["a", "a"], ["y"], name="last")), ort.SessionOptions(), providers)
+    x = ort.OrtValue.ortvalue_from_numpy(np.arange(4, dtype=np.float32), "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type([4], np.float32, "cuda", 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("x", x)
+    binding.bind_ortvalue_output("y", y)
+    run_options = ort.RunOptions()
+    run_options.add_run_config_entry(GRAPH_ID, "1")
+    outputs = []
+    for values in (np.arange(4), np.arange(4) + 1, np.arange(4) - 2):  # capture, then replays
+        x.update_inplace(values.astype(np.float32))
+        binding.synchronize_inputs()
+        session.run_with_iobinding(binding, run_options)
+        outputs.append(y.numpy().tolist())
+    expected = [(4 * v.astype(np.float32) ** 2).tolist() for v in (np.arange(4), np.arange(4) + 1, np.arange(4) - 2)]
+    refused_session, refused = open_with_cuda_graphs(model(helper.make_node("Unique", ["a"], ["y"], name="last")), ort.SessionOptions(), providers)
+    result = {
+        "all_cuda": {"problems": problems, "outputs": outputs, "expected": expected},
+        "unique_on_cpu": {"problems": refused},
+    }
+    result["passed"] = (
+        problems == [] and outputs == expected and any(p.startswith("last (Unique) on CPUExecutionProvider") for p in refused)
+        and refused_session.get_providers()[0] == CUDA_EP
+    )
+    return result
+
+
 def check_run(checkpoint: Path, artifact_dir: Path, custom_ops: bool) -> dict:
     from uniattn_export.export import load_artifact
     from uniattn_export.targets.ort import OrtSession
+    from uniattn_export.targets.ort.session import CUDA_EP, assigned_nodes
     from uniattn_export.targets.session import Sampling
     from uniattn_export.validate import validate_artifact
 
@@ -88,6 +139,8 @@ def check_run(checkpoint: Path, artifact_dir: Path, custom_ops: bool) -> dict:
         "runtime_without_graphs": plain.description,
         "cuda_graph": graphs.cuda_graph,
         "graph_placement": graphs.graph_placement,
+        "nodes_per_provider": dict(Counter(provider for provider, _, _ in assigned_nodes(graphs.session))),
+        "cpu_nodes": [f"{name} ({op})" for provider, name, op in assigned_nodes(graphs.session) if provider != CUDA_EP],
         "checks": {},
         "decode_ms_per_token": {},
     }
@@ -147,6 +200,12 @@ def main() -> int:
         "cases": [],
     }
     started = time.perf_counter()
+    try:
+        summary["placement"] = check_placement()
+    except Exception as exc:
+        summary["placement"] = {"passed": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print(f"{'PASS' if summary['placement']['passed'] else 'FAIL'} placement check on hand-built graphs: "
+          f"{ {k: v for k, v in summary['placement'].items() if k != 'traceback'} }", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as work:
         for name, (dtype, blocks) in CASES.items():
             case = {"case": name, "dtype": dtype, "runs": []}
@@ -169,7 +228,7 @@ def main() -> int:
             if "error" in case:
                 print(f"FAIL {name}: {case['error']}", flush=True)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    passed = len(summary["cases"]) == len(CASES) and all(case["passed"] for case in summary["cases"])
+    passed = summary["placement"]["passed"] and len(summary["cases"]) == len(CASES) and all(case["passed"] for case in summary["cases"])
     summary["passed"] = passed
     (out / "ort_cuda_graph_check.json").write_text(json.dumps(summary, indent=2))
     print(f"{'ALL PASSED' if passed else 'FAILURES'} in {summary['seconds']} s; details in {out / 'ort_cuda_graph_check.json'}")

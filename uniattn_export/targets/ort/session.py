@@ -108,8 +108,29 @@ def assigned_nodes(session) -> list[tuple[str, str, str]]:
     ]
 
 
-class _GraphRefused(Exception):
-    """onnxruntime refused an enable_cuda_graph session; args[0] is its message."""
+def open_with_cuda_graphs(model: str | bytes, options, providers) -> tuple[object, list[str]]:
+    """An onnxruntime InferenceSession of `model` with CUDA graphs if the placement check
+    passes, and the check's problems (`placement_problems`; empty: graphs on).
+
+    providers(graphs) gives the execution providers with or without enable_cuda_graph. When
+    onnxruntime refuses the graphs, or the check finds problems, the session returned is
+    one without them; onnxruntime's other errors propagate.
+    """
+    import onnxruntime as ort
+
+    options.add_session_config_entry(RECORD_ASSIGNMENT, "1")
+    refusal = None
+    try:
+        session = ort.InferenceSession(model, options, providers=providers(True))
+    except Exception as exc:  # onnxruntime raises its own exception types per status code
+        if GRAPH_REFUSAL not in str(exc):
+            raise
+        refusal = _first_line(exc)
+        session = ort.InferenceSession(model, options, providers=providers(False))
+    problems = placement_problems(assigned_nodes(session), refusal)
+    if problems and refusal is None:  # onnxruntime took the graph but the check did not
+        session = ort.InferenceSession(model, options, providers=providers(False))
+    return session, problems
 
 
 class _BatchBuffers:
@@ -213,13 +234,6 @@ class OrtSession(GenerationSession):
                 ) from None
         self.custom_op_library = library
 
-        graphs_possible = device == "cuda" and self.static
-        if cuda_graph and not graphs_possible:
-            raise UniAttnError(
-                "CUDA graphs need a static-cache artifact on CUDA; this is "
-                + (f"{self.artifact.path}, which has dynamic caches" if not self.static else "a CPU session"),
-                "export with --cache static and run with --device cuda, or leave CUDA graphs off",
-            )
         if device == "cuda":
             if CUDA_EP not in ort.get_available_providers():
                 raise UniAttnError(
@@ -228,39 +242,18 @@ class OrtSession(GenerationSession):
                 )
         elif device != "cpu":
             raise UniAttnError(f"unknown device {device!r}", "use cpu or cuda")
-        options.add_session_config_entry(RECORD_ASSIGNMENT, "1")  # for the placement check
-        graphs = graphs_possible and cuda_graph is not False
-        refusal = None
-        try:
-            self.session = self._load(options, graphs)
-        except _GraphRefused as refused:
-            refusal, graphs = refused.args[0], False
-            self.session = self._load(options, False)
+        graphs_possible = device == "cuda" and self.static
+        if cuda_graph and not graphs_possible:
+            raise UniAttnError(
+                "CUDA graphs need a static-cache artifact on CUDA; this is "
+                + (f"{self.artifact.path}, which has dynamic caches" if not self.static else "a CPU session"),
+                "export with --cache static and run with --device cuda, or leave CUDA graphs off",
+            )
+        self._open(options, graphs_possible and cuda_graph is not False, required=bool(cuda_graph))
         if device == "cuda" and self.session.get_providers()[0] != CUDA_EP:
             raise UniAttnError("onnxruntime did not enable the CUDA execution provider", "check the CUDA installation")
-        self.graph_placement = (
-            placement_problems(assigned_nodes(self.session), refusal) if graphs_possible and cuda_graph is not False else []
-        )
-        if self.graph_placement:
-            shown = "; ".join(self.graph_placement[:6])
-            if len(self.graph_placement) > 6:
-                shown += f"; and {len(self.graph_placement) - 6} more"
-            if cuda_graph:
-                raise UniAttnError(
-                    f"CUDA graphs are impossible for {self.artifact.onnx_path}: onnxruntime places {shown} "
-                    "(a captured graph needs every compute node on the CUDA execution provider and no Memcpy)",
-                    "run with CUDA graphs off (cuda_graph=False), or re-export so that every node runs on CUDA",
-                )
-            warnings.warn(
-                f"CUDA graphs off for {self.artifact.onnx_path}: onnxruntime places {shown} (a captured graph "
-                "needs every compute node on the CUDA execution provider and no Memcpy)",
-                stacklevel=2,
-            )
-            if graphs:
-                self.session, graphs = self._load(options, False), False
-        self.cuda_graph = graphs
         self._uncaptured = None  # run options of prompt steps (their shapes vary: never captured)
-        if graphs:
+        if self.cuda_graph:
             self._uncaptured = ort.RunOptions()
             self._uncaptured.add_run_config_entry(GRAPH_ID, UNCAPTURED)
         self._buffers: dict[int, _BatchBuffers] = {}  # static caches: per batch size
@@ -281,37 +274,66 @@ class OrtSession(GenerationSession):
         )
         if graphs_possible:
             self.description += ", CUDA graphs " + (
-                "on (one per batch size)" if graphs else "off" if cuda_graph is False else "off (placement check)"
+                "on (one per batch size)" if self.cuda_graph else "off (placement check)" if self.graph_placement else "off"
             )
 
-    def _load(self, options, graphs: bool):
-        """The onnxruntime session on this device (CUDA with enable_cuda_graph when `graphs`);
-        raises _GraphRefused when onnxruntime refuses the graphs, UniAttnError otherwise."""
+    def _open(self, options, graphs: bool, required: bool) -> None:
+        """Create the onnxruntime session, with CUDA graphs when `graphs` and the placement
+        check passes (module docstring); sets session, cuda_graph and graph_placement."""
+        try:
+            if graphs:
+                self.session, self.graph_placement = open_with_cuda_graphs(
+                    str(self.artifact.onnx_path), options, self._providers
+                )
+            else:
+                self.session, self.graph_placement = self._load(options), []
+        except UniAttnError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types per status code
+            raise self._load_error(exc) from None
+        self.cuda_graph = graphs and not self.graph_placement
+        if not self.graph_placement:
+            return
+        shown = "; ".join(self.graph_placement[:6])
+        if len(self.graph_placement) > 6:
+            shown += f"; and {len(self.graph_placement) - 6} more"
+        why = f"onnxruntime places {shown} (a captured graph needs every compute node on the CUDA execution provider and no Memcpy)"
+        if required:
+            raise UniAttnError(
+                f"CUDA graphs are impossible for {self.artifact.onnx_path}: {why}",
+                "run with CUDA graphs off (cuda_graph=False), or re-export so that every node runs on CUDA",
+            )
+        warnings.warn(f"CUDA graphs off for {self.artifact.onnx_path}: {why}", stacklevel=3)
+
+    def _providers(self, graphs: bool) -> list:
+        if self.device != "cuda":
+            return [CPU_EP]
+        # use_tf32 defaults to on in ORT's CUDA EP: float32 MatMuls would round their inputs
+        # to 10 mantissa bits (logit errors ~1e-2 on the H100), far outside a float32 tolerance.
+        cuda_options = {"device_id": self.device_id, "use_tf32": 0}
+        if graphs:
+            cuda_options["enable_cuda_graph"] = 1
+        return [(CUDA_EP, cuda_options), CPU_EP]
+
+    def _load(self, options):
+        """The onnxruntime session on this device, without CUDA graphs."""
         import onnxruntime as ort
 
-        if self.device == "cuda":
-            # use_tf32 defaults to on in ORT's CUDA EP: float32 MatMuls would round their inputs
-            # to 10 mantissa bits (logit errors ~1e-2 on the H100), far outside a float32 tolerance.
-            cuda_options = {"device_id": self.device_id, "use_tf32": 0}
-            if graphs:
-                cuda_options["enable_cuda_graph"] = 1
-            providers = [(CUDA_EP, cuda_options), CPU_EP]
-        else:
-            providers = [CPU_EP]
         try:
-            return ort.InferenceSession(str(self.artifact.onnx_path), options, providers=providers)
+            return ort.InferenceSession(str(self.artifact.onnx_path), options, providers=self._providers(False))
         except Exception as exc:  # onnxruntime raises its own exception types per status code
-            if graphs and GRAPH_REFUSAL in str(exc):
-                raise _GraphRefused(_first_line(exc)) from None
-            if self.artifact.dtype == "bfloat16" and self.device == "cpu":
-                raise UniAttnError(
-                    f"onnxruntime's CPU execution provider cannot run this bfloat16 artifact ({_first_line(exc)})",
-                    "run bfloat16 artifacts with --device cuda, or export float16 or float32 for the CPU",
-                ) from None
-            raise UniAttnError(
-                f"onnxruntime cannot load {self.artifact.onnx_path} ({_first_line(exc)})",
-                "re-export the model with this version of uniattn-export",
-            ) from None
+            raise self._load_error(exc) from None
+
+    def _load_error(self, exc: Exception) -> UniAttnError:
+        if self.artifact.dtype == "bfloat16" and self.device == "cpu":
+            return UniAttnError(
+                f"onnxruntime's CPU execution provider cannot run this bfloat16 artifact ({_first_line(exc)})",
+                "run bfloat16 artifacts with --device cuda, or export float16 or float32 for the CPU",
+            )
+        return UniAttnError(
+            f"onnxruntime cannot load {self.artifact.onnx_path} ({_first_line(exc)})",
+            "re-export the model with this version of uniattn-export",
+        )
 
     def _device_work(self):
         """The lock every CUDA session's device work holds (see _CUDA_WORK); none on the CPU."""
