@@ -24,12 +24,12 @@ otherwise the function bodies run and `description` says why.
 CUDA graphs are options on top of that one path (the CPU runs the same code without them):
 the session is created with the CUDA EP's `enable_cuda_graph`, and a decode step runs with
 run option gpu_graph_id = B, so onnxruntime captures one graph per batch size at its first
-decode step (inside that one call it runs the step once more as a warm-up and once to
-capture; a step rewrites the same slots with the same values, so this changes nothing) and
-replays it from then on; prompt steps run uncaptured (gpu_graph_id -1). A replay reads and
-writes the addresses recorded at capture, so a batch size's buffers live as long as the
-session (no captured graph can be released in onnxruntime 1.31's CUDA EP): every batch size
-used keeps its caches. Without graphs only the current batch size's buffers are kept.
+decode step (inside that one call onnxruntime runs the step more than once: regular runs up
+to its warm-up count, then the capture, which it replays; a step rewrites the same slots with
+the same values, so this changes nothing) and replays it from then on; prompt steps run
+uncaptured (gpu_graph_id -1). A replay reads and writes the addresses recorded at capture, so
+a batch size's buffers live as long as the session, as its captured graph does: every batch
+size used keeps its caches. Without graphs only the current batch size's buffers are kept.
 onnxruntime keeps captured graphs per thread (its CUDA EP's per-thread context; a session
 used from a new thread captures again there) and captures in cudaStreamCaptureModeGlobal,
 during which no other thread may allocate or copy on the device: every CUDA session of this
