@@ -96,22 +96,25 @@ def check_placement() -> dict:
     def providers(graphs):
         return [(CUDA_EP, {"enable_cuda_graph": 1} if graphs else {}), "CPUExecutionProvider"]
 
-    session, problems = open_with_cuda_graphs(model(helper.make_node("Mul", ["a", "a"], ["y"], name="last")), ort.SessionOptions(), providers)
-    x = ort.OrtValue.ortvalue_from_numpy(np.arange(4, dtype=np.float32), "cuda", 0)
+    square = helper.make_node("Mul", ["a", "a"], ["y"], name="last")
+    session, problems = open_with_cuda_graphs(model(square), ort.SessionOptions(), providers)
+    x = ort.OrtValue.ortvalue_from_numpy(np.zeros(4, np.float32), "cuda", 0)
     y = ort.OrtValue.ortvalue_from_shape_and_type([4], np.float32, "cuda", 0)
     binding = session.io_binding()
     binding.bind_ortvalue_input("x", x)
     binding.bind_ortvalue_output("y", y)
     run_options = ort.RunOptions()
     run_options.add_run_config_entry(GRAPH_ID, "1")
+    inputs = [np.arange(4, dtype=np.float32) + shift for shift in (0, 1, -2)]
     outputs = []
-    for values in (np.arange(4), np.arange(4) + 1, np.arange(4) - 2):  # capture, then replays
-        x.update_inplace(values.astype(np.float32))
+    for values in inputs:  # the first run captures, the others replay
+        x.update_inplace(values)
         binding.synchronize_inputs()
         session.run_with_iobinding(binding, run_options)
         outputs.append(y.numpy().tolist())
-    expected = [(4 * v.astype(np.float32) ** 2).tolist() for v in (np.arange(4), np.arange(4) + 1, np.arange(4) - 2)]
-    refused_session, refused = open_with_cuda_graphs(model(helper.make_node("Unique", ["a"], ["y"], name="last")), ort.SessionOptions(), providers)
+    expected = [(4 * values**2).tolist() for values in inputs]  # (x + x) * (x + x)
+    unique = helper.make_node("Unique", ["a"], ["y"], name="last")  # no CUDA kernel
+    refused_session, refused = open_with_cuda_graphs(model(unique), ort.SessionOptions(), providers)
     result = {
         "all_cuda": {"problems": problems, "outputs": outputs, "expected": expected},
         "unique_on_cpu": {"problems": refused},
