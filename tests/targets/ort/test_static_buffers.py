@@ -14,7 +14,12 @@ from onnx import TensorProto, helper
 
 from uniattn_export.errors import UniAttnError
 from uniattn_export.targets.ort import OrtSession
-from uniattn_export.targets.ort.session import RECORD_ASSIGNMENT, assigned_nodes, placement_problems
+from uniattn_export.targets.ort.session import (
+    RECORD_ASSIGNMENT,
+    assigned_nodes,
+    open_with_cuda_graphs,
+    placement_problems,
+)
 from uniattn_export.targets.session import Sampling
 
 CAPACITY = 64
@@ -138,9 +143,8 @@ def test_cuda_graphs_on_the_cpu_or_with_dynamic_caches_are_refused(tiny, static_
     )
 
 
-def _assignment_of_a_small_graph() -> list[tuple[str, str, str]]:
-    """onnxruntime's own record of where it put each node of x -> Add -> Shape (a dynamic
-    length keeps the Shape node from being folded away)."""
+def _small_graph() -> bytes:
+    """x -> Add -> Shape (a dynamic length keeps the Shape node from being folded away)."""
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "x"], ["y"], name="double"), helper.make_node("Shape", ["y"], ["n"], name="size")],
         "small",
@@ -149,13 +153,13 @@ def _assignment_of_a_small_graph() -> list[tuple[str, str, str]]:
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.add_session_config_entry(RECORD_ASSIGNMENT, "1")
-    return assigned_nodes(ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]))
+    return model.SerializeToString()
 
 
 def test_placement_check_reads_onnxruntimes_node_assignment():
-    nodes = _assignment_of_a_small_graph()
+    options = ort.SessionOptions()
+    options.add_session_config_entry(RECORD_ASSIGNMENT, "1")
+    nodes = assigned_nodes(ort.InferenceSession(_small_graph(), options, providers=["CPUExecutionProvider"]))
     assert nodes == [("CPUExecutionProvider", "double", "Add"), ("CPUExecutionProvider", "size", "Shape")]
     # Accepted by onnxruntime: CPU nodes are copy-free shape computations, nothing in the way.
     assert placement_problems(nodes) == []
@@ -165,6 +169,21 @@ def test_placement_check_reads_onnxruntimes_node_assignment():
         "double (Add) on CPUExecutionProvider",
         "size (Shape) on CPUExecutionProvider",
     ]
+
+
+def test_a_session_onnxruntime_accepts_is_kept():
+    """open_with_cuda_graphs on a session onnxruntime creates (here on the CPU, where nothing
+    refuses): one creation, with the providers for graphs, the assignment recorded."""
+    asked = []
+
+    def providers(graphs):
+        asked.append(graphs)
+        return ["CPUExecutionProvider"]
+
+    session, problems = open_with_cuda_graphs(_small_graph(), ort.SessionOptions(), providers)
+    assert problems == [] and asked == [True]
+    assert session.run(None, {"x": np.array([1.0, 2.0], np.float32)})[1].tolist() == [2]
+    assert [node[1] for node in assigned_nodes(session)] == ["double", "size"]
 
 
 def test_placement_check_names_memcpy_and_foreign_nodes():
