@@ -15,7 +15,7 @@ device: the caches (B, Hkv, C, D), input_ids and position_ids (B, 1), a fixed at
 cache as both `past_key_values.*` and `present.*`, so the graph updates it in place. A decode
 step (one new token per row) writes its ids and positions into their buffers in place and
 runs that binding; only next_tokens (greedy, `step_greedy`) or the logits (`step`) come down.
-A prompt step (L > 1) binds its ids, mask and positions from the host, with the same caches
+A prompt step (L > 1) binds its own ids, mask and positions buffers with the same caches
 and outputs. Prompts are right-padded (the GenerationSession's `padding`), and a generation
 that would not fit the capacity is refused before anything runs. The custom-op library
 serves a static artifact only when it implements op version 2 (its kernels' ABI >= 2);
@@ -427,14 +427,11 @@ class OrtSession(GenerationSession):
                 self._cache[name].update_inplace(np.ascontiguousarray(value))
 
     def _bind(self, buffers: _BatchBuffers, tokens: dict) -> object:
-        """An IOBinding of `tokens` (OrtValues, or host arrays copied in by the run) with the
-        batch's outputs and caches, each cache as its past input and its present output."""
+        """An IOBinding of the token inputs (OrtValues on the device) with the batch's outputs
+        and caches, each cache as its past input and its present output."""
         binding = self.session.io_binding()
         for name, value in tokens.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
-                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_input(name, value)
         binding.bind_ortvalue_output(io_names.LOGITS, buffers.logits)
         binding.bind_ortvalue_output(io_names.NEXT_TOKENS, buffers.next_tokens)
         for past, present in self.cache_names:
@@ -465,14 +462,17 @@ class OrtSession(GenerationSession):
             if ids.shape[1] == 1:
                 buffers.input_ids.update_inplace(ids)
                 buffers.position_ids.update_inplace(positions)
-                # A copy from pageable host memory may return before its DMA has landed, and a
-                # replayed graph runs on onnxruntime's own stream: wait for the copies.
-                buffers.decode.synchronize_inputs()
-                self.session.run_with_iobinding(buffers.decode, buffers.run_options)
-            else:
+                binding, run_options = buffers.decode, buffers.run_options
+            else:  # this step's own token buffers, uncaptured
+                import onnxruntime as ort
+
                 mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-                prompt = self._bind(buffers, dict(zip(io_names.TOKEN_INPUTS, (ids, mask, positions))))
-                self.session.run_with_iobinding(prompt, self._uncaptured)
+                tokens = [ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for a in (ids, mask, positions)]
+                binding, run_options = self._bind(buffers, dict(zip(io_names.TOKEN_INPUTS, tokens))), self._uncaptured
+            # A copy from pageable host memory may return before its DMA has landed, and the
+            # graph runs on onnxruntime's own stream: wait for the copies.
+            binding.synchronize_inputs()
+            self.session.run_with_iobinding(binding, run_options)
             result = (buffers.logits if wanted == io_names.LOGITS else buffers.next_tokens).numpy()
         # On the CPU numpy() is a view of the bound buffer, which the next step overwrites;
         # from device memory it is already a fresh host copy.
