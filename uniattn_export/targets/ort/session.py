@@ -41,7 +41,10 @@ enable_cuda_graph session otherwise ("This session cannot use the graph capture 
 without naming the nodes; the session records onnxruntime's node assignment
 (session.record_ep_graph_assignment_info) and `placement_problems` names them. With
 cuda_graph=None the session then runs without graphs and warns; cuda_graph=True makes it a
-one-line error.
+one-line error. CPU nodes of a session onnxruntime accepted need no copy: they compute
+shapes, which a batch size's graph fixes anyway. Neither check would see a CPU node reading
+a graph input's values (its copy happens outside the graph, so a replay would reuse the
+captured value); tests/gpu/ort_cuda_graph_check.py compares tokens with graphs on and off.
 """
 
 from __future__ import annotations
