@@ -21,7 +21,11 @@ not batched together: batching would change the padding each row sees and which 
 draw each row gets, so answers would depend on the traffic. FastAPI runs the endpoint in
 its thread pool; requests beyond `--workers` wait for a free session, at most `--max-queue`
 of them: the waiting requests (and the thread-pool threads they hold) stay bounded, and so
-does the memory, which the body limit bounds per request.
+does the memory, which the body limit bounds per request. Each session generates on a thread
+of its own: with `--device cuda` a static-cache artifact decodes through CUDA graphs
+(OrtSession's default; /health's "runtime" says whether they are on), and onnxruntime keeps
+captured graphs per thread, so a session passed between thread-pool threads would capture
+them again on each.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import json
 import queue
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -149,6 +155,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+@dataclass
+class _Worker:
+    session: OrtSession
+    thread: ThreadPoolExecutor  # one thread: the session's CUDA graphs belong to it
+
+
 def create_app(
     artifact_dir: str | Path, *, workers: int = 1, device: str = "cpu",
     max_queue: int = MAX_QUEUE, max_body_bytes: int = MAX_BODY_BYTES,
@@ -162,11 +174,11 @@ def create_app(
     artifact = load_artifact(artifact_dir)
     tokenizer = load_tokenizer(artifact.path) if artifact.has_tokenizer() else None
     eos_token_id, pad_token_id = _special_tokens(artifact, tokenizer)
-    created = [OrtSession(artifact, device=device) for _ in range(workers)]
-    description = created[0].description
-    sessions: queue.Queue[OrtSession] = queue.Queue()
-    for runtime in created:
-        sessions.put(runtime)
+    created = [_Worker(OrtSession(artifact, device=device), ThreadPoolExecutor(1)) for _ in range(workers)]
+    description = created[0].session.description
+    sessions: queue.Queue[_Worker] = queue.Queue()
+    for worker in created:
+        sessions.put(worker)
     # A fast tokenizer may refuse concurrent use ("Already borrowed"); tokenizing is cheap.
     tokenizer_lock = threading.Lock()
     # Requests admitted: generating (<= workers) or waiting for a session (<= max_queue).
@@ -218,11 +230,11 @@ def create_app(
         if not admitted.acquire(blocking=False):
             return _json_error(503, f"busy: {workers + max_queue} requests in progress; retry later", {"Retry-After": "1"})
         try:
-            with session() as runtime:
-                run = runtime.generate(
-                    [ids], body.max_new_tokens, sampling=body.sampling(),
+            with session() as worker:
+                run = worker.thread.submit(
+                    worker.session.generate, [ids], body.max_new_tokens, sampling=body.sampling(),
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                )  # fmt: skip
+                ).result()  # fmt: skip
         finally:
             admitted.release()
         tokens = run.sequences(eos_token_id)[0]

@@ -75,6 +75,8 @@ run_check ort_models "$python" tests/targets/ort/gpu_check.py --out "$results/or
 run_check trt_enqueue "$python" tests/targets/trt/gpu_enqueue_check.py
 # 5. the C++ service on CUDA and CPU vs the Python runtime
 run_check cpp_service "$python" examples/cpp_service/gpu_check.py --out "$results/cpp_service"
+# 6. static-cache artifacts decoding through CUDA graphs vs without (OrtSession cuda_graph)
+run_check ort_cuda_graph "$python" tests/gpu/ort_cuda_graph_check.py
 
 if [ "$failed" -ne 0 ]; then
   echo "FAILED: see $summary" >&2

@@ -13,8 +13,8 @@ from uniattn_export.model.synthetic import random_base_model, released_checkpoin
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """tiny(family, dtype="float32") -> (checkpoint folder, Artifact). SuperBlocks of 2 from
-    layer 1 of 6: ordinary layers, producers and consumers all occur."""
+    """tiny(family, dtype="float32", capacity=None) -> (checkpoint folder, Artifact). SuperBlocks
+    of 2 from layer 1 of 6: ordinary layers, producers and consumers all occur."""
 
     @functools.cache
     def checkpoint(family):
@@ -23,9 +23,11 @@ def tiny(tmp_path_factory):
         return folder
 
     @functools.cache
-    def make(family: str = "llama", dtype: str = "float32"):
+    def make(family: str = "llama", dtype: str = "float32", capacity: int | None = None):
+        """capacity: a static-cache artifact of that many tokens (default: dynamic caches)."""
         source = checkpoint(family)
-        out = tmp_path_factory.mktemp(f"{family}_{dtype}") / "artifact"
-        return source, load_artifact(export_model(load_model(source, dtype=dtype), out, source_dir=source))
+        out = tmp_path_factory.mktemp(f"{family}_{dtype}_{capacity or 'dynamic'}") / "artifact"
+        cache = dict(cache="static", max_length=capacity) if capacity else {}
+        return source, load_artifact(export_model(load_model(source, dtype=dtype), out, source_dir=source, **cache))
 
     return make
