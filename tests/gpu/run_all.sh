@@ -2,6 +2,7 @@
 # Every GPU check of the project in one command, on the GPU machine, from the repository root:
 #
 #   PYTHONPATH=/root/site:$PWD bash tests/gpu/run_all.sh
+#   CHECKS="ort_cuda_graph cpp_service" ...   # only those checks (names below)
 #
 # (onnxruntime-gpu 1.31.1 and nlohmann-json staged into /root/site first:
 #  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 nlohmann-json==3.12.0)
@@ -53,9 +54,12 @@ if [ -z "${UNIATTN_EXPORT_LIB_DIR:-}" ] || [ ! -f "$UNIATTN_EXPORT_LIB_DIR/libun
   fi
 fi
 
-run_check() {  # name, command...
+run_check() {  # name, command...   (CHECKS="name ..." runs only those, e.g. to split a session)
   local name="$1"
   shift
+  if [ -n "${CHECKS:-}" ] && [[ " $CHECKS " != *" $name "* ]]; then
+    return 0
+  fi
   local out="$results/$name"
   mkdir -p "$out"
   if OUT="$out" "$@" > "$out/log.txt" 2>&1; then
