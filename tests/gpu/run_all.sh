@@ -42,7 +42,9 @@ fi
 report "environment: $(tail -n 1 "$results/environment.log")" PASS
 
 if [ -z "${UNIATTN_EXPORT_LIB_DIR:-}" ] || [ ! -f "$UNIATTN_EXPORT_LIB_DIR/libuniattn_runtime.so" ]; then
-  if cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DUNIATTN_CUDA_ARCHITECTURES=native \
+  # The GPU's own architecture (CMake's "native" detection failed on the lent H200).
+  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')
+  if cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release "-DUNIATTN_CUDA_ARCHITECTURES=${arch:-native}" \
        "-DPython3_EXECUTABLE=$(command -v "$python")" > "$results/build.log" 2>&1 \
      && cmake --build build/gpu -j "$(nproc)" >> "$results/build.log" 2>&1; then
     export UNIATTN_EXPORT_LIB_DIR="$PWD/build/gpu/lib"
