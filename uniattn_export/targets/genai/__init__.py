@@ -1,0 +1,5 @@
+"""onnxruntime-genai target: the genai_config.json of an artifact folder, and running it."""
+
+from .config import GENAI_CONFIG_FILE, GENAI_MODEL_TYPES, genai_library_for, write_genai_config
+
+__all__ = ["GENAI_CONFIG_FILE", "GENAI_MODEL_TYPES", "genai_library_for", "write_genai_config"]
