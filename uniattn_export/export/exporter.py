@@ -72,7 +72,8 @@ class _ExportGraph(nn.Module):
             # would overwrite slot 0. Row b's new tokens are position_ids[b, 0] + i instead
             # (op contract v2's contiguous positions), so padding writes the slots after the
             # row's real tokens, as in our own runtimes.
-            position_ids = position_ids[:, :1] + torch.arange(position_ids.shape[1], device=position_ids.device)
+            ones = torch.ones_like(position_ids)
+            position_ids = position_ids[:, :1] + ones.cumsum(dim=1) - ones
         hidden = self.model.model.embed_tokens(input_ids)
         hidden, presents = self.model.model.run_layers(
             hidden, position_ids, attention_mask, past, EXPORT_OPS[self.cache]

@@ -75,7 +75,9 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name,cache,library", CASES)
+@pytest.mark.parametrize(
+    "name,cache,library", CASES, ids=[f"{n}-{c}-{'library' if lib else 'bodies'}" for n, c, lib in CASES]
+)
 def test_genai_generates_our_runtime_and_the_reference_tokens(checkpoints, genai_artifact, name, cache, library):
     folder = genai_artifact(name, cache, library)
     config = json.loads((folder / "genai_config.json").read_text())
@@ -120,19 +122,19 @@ def test_odd_consumer_count_pairs_into_a_pseudo_layer_with_one_dummy_key(genai_a
 
 def test_even_consumer_count_needs_no_cache_beyond_the_models(genai_artifact, checkpoints, tmp_path):
     """Consumers 2 and 4 share pseudo layer 6: as many cache tensors as the optimum layout."""
-    graph, caches = _cache_inputs(genai_artifact("uniattn_even", "static", True))
+    graph, caches = _cache_inputs(genai_artifact("uniattn_even", "dynamic", False))
     assert caches == [f"past_key_values.{layer}.{kind}" for layer in (0, 1, 3, 5, 6) for kind in ("key", "value")]
     consumers = {n.name: n.input[1] for n in graph.node if n.op_type == "UniAttnConsumer"}
     assert consumers == {
         "/model/layers.2/self_attn/UniAttnConsumer": "past_key_values.6.key",
         "/model/layers.4/self_attn/UniAttnConsumer": "past_key_values.6.value",
     }
-    optimum = export_model(load_model(checkpoints["uniattn_even"]), tmp_path / "optimum", cache="static", max_length=CAPACITY)
+    optimum = export_model(load_model(checkpoints["uniattn_even"]), tmp_path / "optimum")
     assert len(caches) == len(load_artifact(optimum).cache_names())
 
 
 def test_decode_timing_returns_numbers(genai_artifact):
-    timing = time_genai_decode(genai_artifact("uniattn_odd", "static", True), batch=2, prompt_length=5, new_tokens=4, repeats=1)
+    timing = time_genai_decode(genai_artifact("uniattn_odd", "static", False), batch=2, prompt_length=5, new_tokens=4, repeats=1)
     assert timing["decode_ms_per_token"] > 0 and timing["prefill_ms"] > 0
     assert (timing["batch"], timing["prompt_length"], timing["provider"]) == (2, 5, "cpu")
 
@@ -144,7 +146,7 @@ def test_prompts_ending_with_the_pad_token_are_refused():
 
 def test_cuda_graphs_need_the_cuda_provider(genai_artifact):
     with pytest.raises(UniAttnError, match="CUDA graphs need the cuda provider"):
-        load_genai_model(genai_artifact("base", "static", True), "cpu", cuda_graph=True)
+        load_genai_model(genai_artifact("uniattn_odd", "static", False), "cpu", cuda_graph=True)
 
 
 def test_cli_genai_target_writes_a_folder_genai_loads(checkpoints, tmp_path, capsys):

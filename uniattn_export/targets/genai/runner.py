@@ -51,6 +51,8 @@ def load_genai_model(folder: str | Path, provider: str = "cpu", cuda_graph: bool
     config.clear_providers()
     if provider == "cuda":
         config.append_provider("cuda")
+        # As OrtSession: ORT's CUDA EP defaults to TF32 float32 MatMuls (logit errors ~1e-2).
+        config.set_provider_option("cuda", "use_tf32", "0")
         if cuda_graph:
             config.set_provider_option("cuda", "enable_cuda_graph", "1")
     return og, og.Model(config)
