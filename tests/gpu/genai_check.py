@@ -56,7 +56,7 @@ def _export(root: Path, checkpoint: Path, cache: str, library: bool, dtype: str,
     from uniattn_export.model import load_model
     from uniattn_export.targets.genai import genai_library_for, write_genai_config
 
-    out = root / "genai" / f"{checkpoint.name}_{cache}_{dtype}_{'library' if library else 'bodies'}"
+    out = root / "genai" / f"{checkpoint.name}_{cache}{capacity}_{dtype}_{'library' if library else 'bodies'}"
     if out.is_dir():  # exported for an earlier case
         return out
     model = load_model(checkpoint, dtype=dtype)
@@ -110,7 +110,7 @@ def time_decode(root: Path, preset: str | None) -> list[dict]:
     from uniattn_export.targets.genai.runner import time_genai_decode
 
     timings = []
-    plans = [("uniattn_odd", tiny_config("llama", num_hidden_layers=4, pad_token_id=PAD, eos_token_id=EOS), (1, 8), 32, CAPACITY)]
+    plans = [("uniattn_odd", tiny_config("llama", num_hidden_layers=4, pad_token_id=PAD, eos_token_id=EOS), (1, 8), 32, 128)]
     if preset:
         config = preset_config(preset)
         for name in (f"{preset}_base", f"{preset}_uniattn"):

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "pass --cache dynamic, or --target ort for static caches",
         )
     if args.target == "genai":
-        genai_library = _check_genai(args, cache, read_checkpoint_config(args.checkpoint))
+        genai_library = _check_genai(args, cache)
     model = load_model(args.checkpoint, dtype=args.dtype, producer_rule=args.producer_rule)
     console.print(f"[bold]model[/] {args.checkpoint}: {model.uniattn_config.describe()}")
     max_length = args.max_length
@@ -143,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         max_length = min(model.config.max_position_embeddings, MAX_DEFAULT_CAPACITY)
     genai_export = {}
     if args.target == "genai":
-        from ..targets.genai import write_genai_config
+        from ..targets.genai import check_genai_model, write_genai_config
 
+        check_genai_model(model, cache)
         genai_export = dict(layout="genai", extra_files=lambda folder: write_genai_config(
             folder, model, cache=cache, capacity=max_length, library=genai_library))  # fmt: skip
     export_model(
@@ -177,16 +178,12 @@ def run(args: argparse.Namespace) -> int:
     return run_validation(args, args.output, args.checkpoint)
 
 
-def _check_genai(args: argparse.Namespace, cache: str, config: dict):
-    """Checks for --target genai before any work; returns the custom-op library to ship (or None)."""
+def _check_genai(args: argparse.Namespace, cache: str):
+    """Checks of --target genai's options before any work (the model's: check_genai_model);
+    returns the custom-op library to ship (or None)."""
     from ..errors import UniAttnError
-    from ..targets.genai import GENAI_MODEL_TYPES, genai_library_for
+    from ..targets.genai import genai_library_for
 
-    if config.get("model_type") not in GENAI_MODEL_TYPES:
-        raise UniAttnError(
-            f"--target genai exports {', '.join(GENAI_MODEL_TYPES)} models, not {config.get('model_type')!r}",
-            "export with --target ort or onnx",
-        )
     if args.logits == "last" and cache == "dynamic":
         raise UniAttnError(
             "--target genai with dynamic caches needs the logits of every position (onnxruntime-genai "

@@ -48,14 +48,6 @@ def _kinds(has_key: bool) -> tuple[str, ...]:
     return KINDS if has_key else ("value",)
 
 
-def past_names(layer: int, has_key: bool) -> list[str]:
-    return [past_name(layer, kind) for kind in _kinds(has_key)]
-
-
-def present_names(layer: int, has_key: bool) -> list[str]:
-    return [present_name(layer, kind) for kind in _kinds(has_key)]
-
-
 def input_names(has_key: Iterable[bool], layout: str = "optimum") -> list[str]:
     return [*TOKEN_INPUTS, *(t.name.past for t in cache_tensors(has_key, layout))]
 

@@ -28,16 +28,24 @@ STEPS = 16
 PAD, EOS = 0, 2
 # Rows of different lengths: onnxruntime-genai right-pads the shorter ones.
 PROMPTS = [[5, 9, 14, 3, 77, 41, 8, 100, 12], [33, 7, 90], [61, 4, 18, 27, 52, 9, 11, 70, 3, 44, 6, 15, 99, 23], [88]]
-# layers -> consumers with SuperBlocks of 2 from layer 1: 4 -> [2] (odd), 6 -> [2, 4] (even)
-MODELS = {"base": (4, True), "uniattn_odd": (4, False), "uniattn_even": (6, False)}
+# name: (family, layers, base model?, config overrides). Consumers with SuperBlocks of 2 from
+# layer 1: 4 layers -> [2] (odd), 6 -> [2, 4] (even). Mistral's window (8) is shorter than the
+# longest prompt + generation, so the window matters.
+MODELS = {
+    "base": ("llama", 4, True, {}),
+    "uniattn_odd": ("llama", 4, False, {}),
+    "uniattn_even": ("llama", 6, False, {}),
+    "mistral_window": ("mistral", 6, False, {"sliding_window": 8}),
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     made = {}
-    for name, (layers, base) in MODELS.items():
+    for name, (family, layers, base, overrides) in MODELS.items():
         folder = tmp_path_factory.mktemp(name)
-        model = random_base_model(tiny_config("llama", num_hidden_layers=layers, pad_token_id=PAD, eos_token_id=EOS), seed=3)
+        config = tiny_config(family, num_hidden_layers=layers, pad_token_id=PAD, eos_token_id=EOS, **overrides)
+        model = random_base_model(config, seed=3)
         if base:
             model.save_pretrained(folder)
         else:
@@ -72,6 +80,7 @@ CASES = [
     ("uniattn_odd", "static", True), ("uniattn_odd", "static", False),
     ("uniattn_odd", "dynamic", True), ("uniattn_odd", "dynamic", False),
     ("uniattn_even", "static", True), ("uniattn_even", "dynamic", False),
+    ("mistral_window", "static", False),
 ]  # fmt: skip
 
 
@@ -142,6 +151,25 @@ def test_decode_timing_returns_numbers(genai_artifact):
 def test_prompts_ending_with_the_pad_token_are_refused():
     with pytest.raises(UniAttnError, match="prompt 1 ends with the pad token 0, which onnxruntime-genai would take as padding"):
         pad_right([[3, 0, 4], [5, 0]], PAD)
+
+
+def test_dynamic_caches_with_a_sliding_window_are_refused(checkpoints, tmp_path):
+    """v1 measures the window in cache slots, which right padding shifts (static caches: above)."""
+    model = load_model(checkpoints["mistral_window"])
+    with pytest.raises(UniAttnError, match=r"this model has a sliding window \(8 tokens\), which dynamic caches measure in cache slots"):
+        export_model(
+            model, tmp_path / "out", cache="dynamic", layout="genai",
+            extra_files=lambda folder: write_genai_config(folder, model, cache="dynamic", capacity=None, library=None),
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_generations_beyond_the_capacity_are_refused(genai_artifact):
+    folder = genai_artifact("uniattn_odd", "static", False)
+    with pytest.raises(UniAttnError, match=r"prompt \+ new tokens = 49 tokens exceeds the artifact's cache capacity \(48\)"):
+        genai_generate(folder, [[5, 6, 7, 8, 9]], CAPACITY - 4)
+    with pytest.raises(UniAttnError, match="exceeds the artifact's cache capacity"):
+        time_genai_decode(folder, batch=1, prompt_length=40, new_tokens=9)
 
 
 def test_cuda_graphs_need_the_cuda_provider(genai_artifact):

@@ -57,6 +57,25 @@ def genai_library_for(cache: str, custom_ops: bool | None) -> Path | None:
     return Path(library)
 
 
+def check_genai_model(model, cache: str) -> None:
+    """What onnxruntime-genai cannot run correctly, refused in one line."""
+    config = model.config
+    if config.model_type not in GENAI_MODEL_TYPES:
+        raise UniAttnError(
+            f"--target genai exports {', '.join(GENAI_MODEL_TYPES)} models, not {config.model_type!r}",
+            "export with --target ort or onnx",
+        )
+    windows = {model.geometry(i).sliding_window for i in range(model.uniattn_config.num_layers)} - {0}
+    if cache == "dynamic" and windows:
+        # Growing caches (op contract v1) measure the window in cache slots; right padding
+        # (onnxruntime-genai's) puts padding slots between a row's prompt and its new tokens.
+        raise UniAttnError(
+            f"this model has a sliding window ({min(windows)} tokens), which dynamic caches measure in cache slots: "
+            "onnxruntime-genai's right padding would shift it",
+            "pass --cache static (slot = position)",
+        )
+
+
 def _token_id(config, generation_config: dict, key: str):
     value = generation_config.get(key, getattr(config, key, None))
     return value[0] if isinstance(value, list) and value else value
@@ -65,12 +84,8 @@ def _token_id(config, generation_config: dict, key: str):
 def write_genai_config(folder: Path, model, *, cache: str, capacity: int | None, library: Path | None) -> list[str]:
     """Write genai_config.json (and copy `library`) into the artifact folder being written;
     returns the names of the files written."""
+    check_genai_model(model, cache)
     config = model.config
-    if config.model_type not in GENAI_MODEL_TYPES:
-        raise UniAttnError(
-            f"onnxruntime-genai runs {', '.join(GENAI_MODEL_TYPES)} models here, not {config.model_type}",
-            "export with --target ort or onnx",
-        )
     uniattn = model.uniattn_config
     has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
     genai_layers = {t.name.layer for t in io_names.cache_tensors(has_key, "genai")}

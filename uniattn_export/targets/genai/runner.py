@@ -58,6 +58,20 @@ def load_genai_model(folder: str | Path, provider: str = "cpu", cuda_graph: bool
     return og, og.Model(config)
 
 
+def check_length(config: dict, tokens: int) -> None:
+    """Refuse a generation of `tokens` (prompt + new) that the folder's caches cannot hold:
+    static caches (shared buffers) hold search.max_length tokens, the model context_length."""
+    search = config["search"]
+    limit, what = config["model"]["context_length"], "the model's context"
+    if search.get("past_present_share_buffer"):
+        limit, what = search["max_length"], "the artifact's cache capacity"
+    if tokens > limit:
+        raise UniAttnError(
+            f"the longest prompt + new tokens = {tokens} tokens exceeds {what} ({limit})",
+            "shorten the prompt or generate fewer tokens, or re-export with a larger --max-length",
+        )
+
+
 def pad_right(prompts: Sequence[Sequence[int]], pad_token_id: int) -> np.ndarray:
     """(B, W) int32 ids, right-padded the way onnxruntime-genai reads them."""
     for index, prompt in enumerate(prompts):
@@ -79,9 +93,11 @@ def genai_generate(folder: str | Path, prompts: Sequence[Sequence[int]], max_new
     """Greedy tokens onnxruntime-genai generates for each prompt: up to max_new_tokens per
     row, cut after the row's first eos (as Generation.sequences does). `model`: an og.Model
     from load_genai_model to reuse."""
-    config = genai_config(folder)["model"]
-    og, model = (_import_genai(), model) if model is not None else load_genai_model(folder, provider, cuda_graph)
+    full_config = genai_config(folder)
+    config = full_config["model"]
     ids = pad_right(prompts, config["pad_token_id"])
+    check_length(full_config, ids.shape[1] + max_new_tokens)
+    og, model = (_import_genai(), model) if model is not None else load_genai_model(folder, provider, cuda_graph)
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, batch_size=len(ids), max_length=ids.shape[1] + max_new_tokens)
     generator = og.Generator(model, params)
@@ -106,7 +122,9 @@ def time_genai_decode(folder: str | Path, *, batch: int, prompt_length: int, new
     is masked by min_length), `repeats` times after one warm-up. Returns milliseconds:
     prefill_ms (median), decode_ms_per_token (median over every decode step of every repeat),
     and the settings."""
-    config = genai_config(folder)["model"]
+    full_config = genai_config(folder)
+    config = full_config["model"]
+    check_length(full_config, prompt_length + new_tokens)
     og, model = load_genai_model(folder, provider, cuda_graph)
     rng = np.random.default_rng(seed)
     pad = config["pad_token_id"]
