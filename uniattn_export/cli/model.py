@@ -1,4 +1,4 @@
-"""`uniattn-export model CHECKPOINT --target onnx|ort|trt -o OUT`: the main command.
+"""`uniattn-export model CHECKPOINT --target onnx|ort|genai|trt -o OUT`: the main command.
 
 Loads the checkpoint (UniAttn in our layout or the authors', or a plain base model),
 exports the ONNX artifact (graph already optimized by onnxscript's optimizer: constant
@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         f"layer, {graph['nodes_per_layer_unfused']:g} unfused)"
     )
 
+    if args.target == "genai":
+        kernels = f"the custom-op library {genai_library.name} copied in" if genai_library else "the function bodies"
+        console.print(f"[bold]onnxruntime-genai[/] og.Model({args.output}) loads it, with {kernels}", highlight=False)
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}
     if args.target == "trt":
         from ..targets.trt.cli import build_from_args, describe_build

@@ -182,8 +182,10 @@ def test_cli_genai_target_writes_a_folder_genai_loads(checkpoints, tmp_path, cap
     argv = ["model", str(checkpoints["uniattn_odd"]), "--target", "genai", "-o", str(out), "--max-length", "32",
             "--custom-ops", "off", "--max-new-tokens", "3", "--json"]  # fmt: skip
     assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
     assert report["passed"] and "static caches of 32 tokens" in report["runtime"]
+    assert f"onnxruntime-genai og.Model({out}) loads it, with the function bodies" in printed.err
     assert load_artifact(out).cache_layout == "genai"
     assert genai_generate(out, PROMPTS[:2], 3) == OrtSession(out, custom_ops=False).generate(
         PROMPTS[:2], 3, eos_token_id=EOS, pad_token_id=PAD
