@@ -12,6 +12,11 @@ runtimes run the file too. Two cache modes:
            meant to be bound to one buffer as past and present and updated in place; prompts
            right-padded; logits (B, 1, V) of each row's last real token, found from the mask:
            index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1].
+
+The cache tensors keep optimum's names, or onnxruntime-genai's layout (layout="genai",
+io_names.py: consumers' value caches paired into pseudo layers, a dummy key for an odd count);
+genai-layout static graphs take row b's positions as position_ids[b, 0] + i, because
+onnxruntime-genai gives right-padding tokens position 0.
 """
 
 from __future__ import annotations
