@@ -69,7 +69,7 @@ ARTIFACT = OutputKind(
     lambda folder: _json_field(folder / "uniattn_manifest.json", "format") == "uniattn-export/artifact",
     (
         "model.onnx", "model.onnx_data", "config.json", "uniattn_layer_map.json",
-        "uniattn_manifest.json", *SIDE_FILES,
+        "uniattn_manifest.json", *SIDE_FILES, "genai_config.json", "libuniattn_ort.so",
         "reports", "reports/export.json", "reports/validation.json", "trt", "trt/*",
     ),
 )  # fmt: skip

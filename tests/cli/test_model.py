@@ -42,7 +42,7 @@ def test_ort_target_exports_static_caches_and_uses_the_library_when_it_serves_th
     printed = json.loads(captured.out)
     assert printed == _report(out) and printed["passed"]
     # Static by default, capacity min(max_position_embeddings = 256, 4096).
-    assert _report(out, "export.json")["manifest"]["cache"] == {"mode": "static", "capacity": 256, "op_version": 2}
+    assert _report(out, "export.json")["manifest"]["cache"] == {"mode": "static", "capacity": 256, "op_version": 2, "layout": "optimum"}
     assert "static caches, capacity 256 tokens" in captured.err
     assert "static caches of 256 tokens" in printed["runtime"]
     library = native.ort_custom_op_library()

@@ -71,7 +71,7 @@ def test_released_checkpoint_gives_the_same_tokens_through_static_and_dynamic(ex
 
 def test_static_graph_has_fixed_capacity_caches_and_v2_nodes(exported):
     artifact = _static(exported, "llama")
-    assert artifact.manifest["cache"] == {"mode": "static", "capacity": CAPACITY, "op_version": 2}
+    assert artifact.manifest["cache"] == {"mode": "static", "capacity": CAPACITY, "op_version": 2, "layout": "optimum"}
     assert artifact.manifest["custom_ops"]["plugin_version"] == "2"
     assert artifact.manifest["onnx"]["custom_opsets"] == {"uniattn": 2}
     assert artifact.manifest["logits"] == "last"

@@ -4,8 +4,8 @@
 #   PYTHONPATH=/root/site:$PWD bash tests/gpu/run_all.sh
 #   CHECKS="ort_cuda_graph cpp_service" ...   # only those checks (names below)
 #
-# (onnxruntime-gpu 1.31.1 and nlohmann-json staged into /root/site first:
-#  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 nlohmann-json==3.12.0)
+# (onnxruntime-gpu 1.31.1, onnxruntime-genai-cuda 0.18.0 and nlohmann-json staged into /root/site first:
+#  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 onnxruntime-genai-cuda==0.18.0 nlohmann-json==3.12.0)
 # Builds the native libraries with CUDA for this GPU into build/gpu (unless
 # UNIATTN_EXPORT_LIB_DIR already holds them), then runs each check below with its log and
 # JSON under $OUT/gpu_checks (./gpu_checks when OUT is unset). Prints one PASS/FAIL line per
@@ -83,6 +83,8 @@ run_check trt_enqueue "$python" tests/targets/trt/gpu_enqueue_check.py
 run_check cpp_service "$python" examples/cpp_service/gpu_check.py --out "$results/cpp_service"
 # 6. static-cache artifacts decoding through CUDA graphs vs without (OrtSession cuda_graph)
 run_check ort_cuda_graph "$python" tests/gpu/ort_cuda_graph_check.py
+# 7. onnxruntime-genai-cuda (staged in /root/site) on our genai folders, CUDA graphs on and off
+run_check genai "$python" tests/gpu/genai_check.py
 
 if [ "$failed" -ne 0 ]; then
   echo "FAILED: see $summary" >&2

@@ -1,4 +1,4 @@
-"""`uniattn-export model CHECKPOINT --target onnx|ort|trt -o OUT`: the main command.
+"""`uniattn-export model CHECKPOINT --target onnx|ort|genai|trt -o OUT`: the main command.
 
 Loads the checkpoint (UniAttn in our layout or the authors', or a plain base model),
 exports the ONNX artifact (graph already optimized by onnxscript's optimizer: constant
@@ -11,6 +11,10 @@ Targets:
         uniattn custom-op library when it is built and serves the artifact's op version
         (fused kernels), on --device. onnxruntime's own graph rewrites depend on the
         execution provider and run when a session starts
+  genai the file for onnxruntime-genai (0.18): the graph with onnxruntime-genai's cache
+        names (docs/export.md, "onnxruntime-genai"), genai_config.json and, unless
+        --custom-ops off, the custom-op library copied into OUT; loads with og.Model(OUT).
+        onnxruntime-genai pads batched prompts on the right; validated like ort
   trt   additionally builds a TensorRT engine (targets/trt/cli.py, flags shown with
         `uniattn-export model --target trt --help`); validation runs the ONNX file with
         onnxruntime, the engine's own checks are in the build report
@@ -18,7 +22,7 @@ Targets:
 Caches (--cache):
   static   fixed capacity --max-length (prompt + new tokens), updated in place, prompts
            right-padded, logits of each row's last real token only (op contract v2). The
-           default for --target ort
+           default for --target ort and genai
   dynamic  caches that grow every step (op contract v1), optimum-compatible. The default for
            --target onnx (the portable file) and the only mode for --target trt for now (the
            TensorRT plugins for static caches are not written yet)
@@ -36,9 +40,9 @@ from ..model.real import SMOLLM2_NAME
 from .outcome import OneLineArgumentParser
 from .validate import add_validation_arguments, check_validation_arguments, run_validation
 
-TARGETS = ("onnx", "ort", "trt")
+TARGETS = ("onnx", "ort", "genai", "trt")
 EXPORT_REPORT_NAME = "export.json"
-DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "trt": "dynamic"}
+DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "genai": "static", "trt": "dynamic"}
 # Default static capacity: the model's context, but at most this many tokens (the caches are
 # allocated whole: B x layers x C x KV width).
 MAX_DEFAULT_CAPACITY = 4096
@@ -80,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--producer-rule", choices=("begin_offset", "absolute", "gemma2"), default=None,
                    help="only for checkpoints in the authors' layout (default: their file's rule)")  # fmt: skip
     p.add_argument("--cache", choices=("static", "dynamic"), default=None,
-                   help="static: fixed-capacity caches updated in place (default for --target ort); "
+                   help="static: fixed-capacity caches updated in place (default for --target ort and genai); "
                         "dynamic: growing caches, optimum-compatible (default for onnx; the only one for trt for now)")  # fmt: skip
     p.add_argument("--max-length", type=int, default=None,
                    help=f"capacity of static caches in tokens, prompt + generated (default: the model's "
@@ -130,14 +134,23 @@ def run(args: argparse.Namespace) -> int:
             "--target trt builds dynamic caches only for now (the TensorRT plugins for static caches are not written yet)",
             "pass --cache dynamic, or --target ort for static caches",
         )
+    if args.target == "genai":
+        genai_library = _check_genai(args, cache)
     model = load_model(args.checkpoint, dtype=args.dtype, producer_rule=args.producer_rule)
     console.print(f"[bold]model[/] {args.checkpoint}: {model.uniattn_config.describe()}")
     max_length = args.max_length
     if cache == "static" and max_length is None:
         max_length = min(model.config.max_position_embeddings, MAX_DEFAULT_CAPACITY)
+    genai_export = {}
+    if args.target == "genai":
+        from ..targets.genai import check_genai_model, write_genai_config
+
+        check_genai_model(model, cache)
+        genai_export = dict(layout="genai", extra_files=lambda folder: write_genai_config(
+            folder, model, cache=cache, capacity=max_length, library=genai_library))  # fmt: skip
     export_model(
         model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
-        cache=cache, max_length=max_length, force=args.force,
+        cache=cache, max_length=max_length, force=args.force, **genai_export,
     )  # fmt: skip
     del model
     artifact = load_artifact(args.output)
@@ -149,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         f"layer, {graph['nodes_per_layer_unfused']:g} unfused)"
     )
 
+    if args.target == "genai":
+        kernels = f"the custom-op library {genai_library.name} copied in" if genai_library else "the function bodies"
+        console.print(f"[bold]onnxruntime-genai[/] og.Model({args.output}) loads it, with {kernels}", highlight=False)
     report = {"target": args.target, "artifact": str(args.output), "manifest": artifact.manifest}
     if args.target == "trt":
         from ..targets.trt.cli import build_from_args, describe_build
@@ -163,3 +179,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"artifact": str(args.output), "validated": False}) if args.json else f"wrote {args.output}")
         return 0
     return run_validation(args, args.output, args.checkpoint)
+
+
+def _check_genai(args: argparse.Namespace, cache: str):
+    """Checks of --target genai's options before any work (the model's: check_genai_model);
+    returns the custom-op library to ship (or None)."""
+    from ..errors import UniAttnError
+    from ..targets.genai import genai_library_for
+
+    if args.logits == "last" and cache == "dynamic":
+        raise UniAttnError(
+            "--target genai with dynamic caches needs the logits of every position (onnxruntime-genai "
+            "picks each right-padded row's last real token itself)",
+            "drop --logits last, or pass --cache static",
+        )
+    return genai_library_for(cache, {"auto": None, "on": True, "off": False}[args.custom_ops])

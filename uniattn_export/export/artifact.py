@@ -99,7 +99,9 @@ def build_manifest(
         "dtype": str(model.dtype).removeprefix("torch."),
         "logits": logits,
         # mode "dynamic" (op contract v1, growing caches) or "static" (v2, fixed capacity)
-        "cache": {"mode": cache["mode"], "capacity": cache["capacity"], "op_version": contract.version},
+        # layout: the cache tensors' names, "optimum" or "genai" (io_names.py)
+        "cache": {"mode": cache["mode"], "capacity": cache["capacity"], "op_version": contract.version,
+                  "layout": cache["layout"]},
         "onnx": {
             "file": MODEL_FILE,
             "external_data": EXTERNAL_DATA_FILE if EXTERNAL_DATA_FILE in files else None,
@@ -167,6 +169,11 @@ class Artifact:
     def cache_mode(self) -> str:
         """"dynamic" (growing caches, op contract v1) or "static" (fixed capacity, v2)."""
         return self.manifest["cache"]["mode"]
+
+    @property
+    def cache_layout(self) -> str:
+        """"optimum" or "genai": how the cache tensors are named (io_names.py)."""
+        return self.manifest["cache"]["layout"]
 
     @property
     def capacity(self) -> int | None:
@@ -324,6 +331,8 @@ def load_artifact(path: str | Path, *, verify_hashes: bool = True) -> Artifact:
         )
     # Artifacts written before cache modes existed have growing caches.
     manifest.setdefault("cache", {"mode": "dynamic", "capacity": None, "op_version": 1})
+    # ... and, before cache layouts existed, optimum's names.
+    manifest["cache"].setdefault("layout", "optimum")
     _check_manifest_fields(path, manifest)
     try:
         uniattn, config = _check_folder(path, manifest, verify_hashes)

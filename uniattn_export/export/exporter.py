@@ -14,6 +14,11 @@ runtimes run the file too. Two cache modes:
            index = ReduceSum(attention_mask) - 1 - position_ids[:, 0], clamped to [0, L-1]
            (L - 1 = position_ids[:, -1] - position_ids[:, 0]: a step's positions are consecutive),
            and next_tokens (B, 1) int64, their argmax (greedy decoding on the device).
+
+The cache tensors keep optimum's names, or onnxruntime-genai's layout (layout="genai",
+io_names.py: consumers' value caches paired into pseudo layers, a dummy key for an odd count);
+genai-layout static graphs take row b's positions as position_ids[b, 0] + i, because
+onnxruntime-genai gives right-padding tokens position 0.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import onnx
 import onnx_ir as ir
@@ -57,16 +62,25 @@ MIN_CAPACITY = 8
 class _ExportGraph(nn.Module):
     """The model as a function of flat tensors: what the ONNX graph computes."""
 
-    def __init__(self, model: UniAttnForCausalLM, last_logits_only: bool = False, cache: str = "dynamic"):
+    def __init__(self, model: UniAttnForCausalLM, last_logits_only: bool = False, cache: str = "dynamic",
+                 contiguous_positions: bool = False):  # fmt: skip
         super().__init__()
         self.model = model
         self.last_logits_only = last_logits_only
         self.cache = cache
+        self.contiguous_positions = contiguous_positions
         self.has_key = [model.uniattn_config.has_key_cache(i) for i in range(len(model.model.layers))]
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values: list[torch.Tensor]):
         flat = iter(past_key_values)
         past = [(next(flat) if has_key else None, next(flat)) for has_key in self.has_key]
+        if self.contiguous_positions:
+            # onnxruntime-genai gives right-padding tokens position 0; with slot = position they
+            # would overwrite slot 0. Row b's new tokens are position_ids[b, 0] + i instead
+            # (op contract v2's contiguous positions), so padding writes the slots after the
+            # row's real tokens, as in our own runtimes.
+            ones = torch.ones_like(position_ids)
+            position_ids = position_ids[:, :1] + ones.cumsum(dim=1) - ones
         hidden = self.model.model.embed_tokens(input_ids)
         hidden, presents = self.model.model.run_layers(
             hidden, position_ids, attention_mask, past, EXPORT_OPS[self.cache]
@@ -131,8 +145,9 @@ def _dynamic_shapes(num_past: int, cache: str):
 
 
 def _trace(model: UniAttnForCausalLM, logits: str, cache: str, capacity: int | None,
-           input_names: list[str], output_names: list[str]):  # fmt: skip
-    graph = _ExportGraph(model, last_logits_only=logits == "last", cache=cache).eval()
+           input_names: list[str], output_names: list[str], layout: str):  # fmt: skip
+    contiguous = cache == "static" and layout == "genai"
+    graph = _ExportGraph(model, last_logits_only=logits == "last", cache=cache, contiguous_positions=contiguous).eval()
     args = _sample_inputs(model, graph.has_key, capacity)
     # The exporter narrates every stage on stdout and warns about unrelated registrations;
     # the CLI prints its own progress. A failure still raises with torch's full message.
@@ -175,6 +190,40 @@ def _finish_graph(model: ir.Model, uniattn_layers: int, op_version: int) -> None
     for proto in function_protos(op_version):
         function = ir.serde.deserialize_function(proto)
         model.functions[function.identifier()] = function
+
+
+def _apply_cache_layout(model: ir.Model, has_key: list[bool], layout: str, cache: str, next_tokens: bool) -> None:
+    """Rename the traced graph's cache inputs/outputs (optimum layout) into `layout`'s names
+    and order, adding the genai layout's dummy for an odd number of consumers (io_names.py)."""
+    if layout == "optimum":
+        return
+    tensors = io_names.cache_tensors(has_key, layout)
+    named = {t.source: t.name for t in tensors if t.source is not None}
+    for values, attr in ((model.graph.inputs, "past"), (model.graph.outputs, "present")):
+        for value in values:
+            source = io_names.parse_cache_name(value.name)
+            if source is not None:
+                value.name = getattr(named[source], attr)
+    dummy = next((t.name for t in tensors if t.source is None), None)
+    if dummy is not None:
+        inputs = {v.name: v for v in model.graph.inputs}
+        outputs = {v.name: v for v in model.graph.outputs}
+        paired = io_names.CacheName(dummy.layer, "value")
+        past = ir.Value(name=dummy.past, shape=inputs[paired.past].shape, type=inputs[paired.past].type)
+        model.graph.inputs.append(past)
+        # Static: present aliases past (one buffer bound as both): Identity then copies nothing.
+        # Dynamic: presents grow by the new tokens, as the paired value cache's present does.
+        node = ir.node("Identity", [past if cache == "static" else outputs[paired.present]])
+        present = node.outputs[0]
+        present.name, present.shape, present.type = dummy.present, outputs[paired.present].shape, outputs[paired.present].type
+        model.graph.append(node)
+        model.graph.outputs.append(present)
+    names = io_names.input_names(has_key, layout) + io_names.output_names(has_key, layout, next_tokens=next_tokens)
+    order = {name: i for i, name in enumerate(names)}
+    for values in (model.graph.inputs, model.graph.outputs):
+        ordered = sorted(values, key=lambda v: order[v.name])
+        values.clear()
+        values.extend(ordered)
 
 
 def _mark_absent_shared_state(onnx_file: Path) -> None:
@@ -231,6 +280,8 @@ def export_model(
     logits: Literal["all", "last"] | None = None,
     cache: Literal["dynamic", "static"] = "dynamic",
     max_length: int | None = None,
+    layout: str = "optimum",
+    extra_files: Callable[[Path], list[str]] | None = None,
     force: bool = False,
 ) -> Path:
     """Export `model` (in its current dtype) to the artifact folder `out_dir`.
@@ -242,6 +293,9 @@ def export_model(
     materializes (B, L, vocab) floats, which is what generation needs; default "all" for
     dynamic caches. cache: "dynamic" (op contract v1, optimum-compatible) or "static" (v2,
     fixed capacity `max_length`, logits "last" only: each row's last real token).
+    layout: the cache tensors' names, "optimum" or "genai" (onnxruntime-genai's, io_names.py).
+    extra_files: writes target files into the folder being written (its argument) and returns
+    their names, which the manifest then lists with their hashes.
     force: replace `out_dir` whatever it holds (never the checkpoint; uniattn_export/output.py).
     The folder is written beside `out_dir` and renamed into place at the end, after the
     structural check passed, so a failure never leaves a half-written artifact.
@@ -279,6 +333,8 @@ def export_model(
             )
     elif max_length is not None:
         raise UniAttnError("max_length applies to static caches only", "drop --max-length or pass --cache static")
+    if layout not in io_names.LAYOUTS:
+        raise UniAttnError(f"unknown cache layout {layout!r}", f"use one of {io_names.LAYOUTS}")
     if dtype not in DTYPE_NAMES:
         raise UniAttnError(f"cannot export weights of dtype {dtype}", f"load the model as one of {DTYPE_NAMES}")
     out_dir = Path(out_dir)
@@ -286,12 +342,15 @@ def export_model(
     check_destination(out_dir, ARTIFACT, inputs=(source,), force=force)
     uniattn = model.uniattn_config
     has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
-    input_names, output_names = io_names.input_names(has_key), io_names.output_names(has_key, next_tokens=cache == "static")
+    next_tokens = cache == "static"
     op_version = CONTRACTS[cache].version
 
-    program = _trace(model, logits, cache, capacity, input_names, output_names)
+    program = _trace(model, logits, cache, capacity, io_names.input_names(has_key), io_names.output_names(has_key, next_tokens=next_tokens), layout)
     onnx_model = program.model
     _finish_graph(onnx_model, uniattn.num_layers, op_version)
+    _apply_cache_layout(onnx_model, has_key, layout, cache, next_tokens)
+    input_names = io_names.input_names(has_key, layout)
+    output_names = io_names.output_names(has_key, layout, next_tokens=next_tokens)
     fusion = fuse_graph(onnx_model)  # export/fuse.py: one node per norm, rotary and projection group
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if external_data is None:
@@ -305,11 +364,13 @@ def export_model(
         _mark_absent_shared_state(tmp / artifact_files.MODEL_FILE)
         _artifact_config(model).save_pretrained(tmp)
         side_files = _copy_side_files(source, tmp)
+        if extra_files is not None:
+            side_files += extra_files(tmp)
         (tmp / artifact_files.LAYER_MAP_FILE).write_text(json.dumps(uniattn.to_dict(), indent=2) + "\n")
         manifest = artifact_files.build_manifest(
             tmp, model, input_names=input_names, output_names=output_names,
             source=source, side_files=side_files, logits=logits,
-            cache={"mode": cache, "capacity": capacity},
+            cache={"mode": cache, "capacity": capacity, "layout": layout},
         )  # fmt: skip
         manifest["graph"] = fusion.manifest_entry()
         artifact_files.write_manifest(tmp, manifest)

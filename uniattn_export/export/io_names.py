@@ -1,10 +1,24 @@
-"""The artifact's input and output names (optimum's convention), built and parsed here only.
+"""The artifact's input and output names, built and parsed here only.
 
 Inputs: input_ids, attention_mask, position_ids, past_key_values.{i}.key / .value;
 outputs: logits, [next_tokens,] present.{i}.key / .value. next_tokens (static-cache artifacts
-only) is the argmax of the logits, so greedy decoding never copies logits off the device. Consumer layers keep no K cache, so they have
-`.value` names only. Every module that builds or reads these names (exporter, artifact,
-structural check, runtimes, TensorRT graph reading, bench) goes through this module.
+only) is the argmax of the logits, so greedy decoding never copies logits off the device.
+Every module that builds or reads these names (exporter, artifact, structural check,
+runtimes, TensorRT graph reading, bench, the onnxruntime-genai config) goes through this module.
+
+Two cache layouts (how the model's cache tensors are named):
+
+  optimum  name index = model layer; consumer layers keep no K cache, so they have `.value`
+           names only (optimum's convention; the default).
+  genai    for onnxruntime-genai, which finds cache layers by their `.key` names only and
+           feeds `.key` and `.value` for every layer it found. Layers with a K cache keep
+           their names. Consumers' value caches are paired, in layer order, into pseudo
+           layers numbered from num_layers up: pseudo layer p's `.key` is the first
+           consumer's value cache, its `.value` the second's. For an odd number of
+           consumers the last pseudo layer's `.key` is a dummy of one value cache's size that
+           the graph never reads (its present is an Identity: of the past for static caches,
+           so an in-place binding copies nothing; of the paired value cache's present for
+           dynamic ones, whose presents grow).
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
 PAST_PREFIX = "past_key_values"
 PRESENT_PREFIX = "present"
 KINDS = ("key", "value")
+LAYOUTS = ("optimum", "genai")
 
 
 def past_name(layer: int, kind: str) -> str:
@@ -35,21 +50,13 @@ def _kinds(has_key: bool) -> tuple[str, ...]:
     return KINDS if has_key else ("value",)
 
 
-def past_names(layer: int, has_key: bool) -> list[str]:
-    return [past_name(layer, kind) for kind in _kinds(has_key)]
+def input_names(has_key: Iterable[bool], layout: str = "optimum") -> list[str]:
+    return [*TOKEN_INPUTS, *(t.name.past for t in cache_tensors(has_key, layout))]
 
 
-def present_names(layer: int, has_key: bool) -> list[str]:
-    return [present_name(layer, kind) for kind in _kinds(has_key)]
-
-
-def input_names(has_key: Iterable[bool]) -> list[str]:
-    return [*TOKEN_INPUTS, *(n for layer, k in enumerate(has_key) for n in past_names(layer, k))]
-
-
-def output_names(has_key: Iterable[bool], next_tokens: bool = False) -> list[str]:
+def output_names(has_key: Iterable[bool], layout: str = "optimum", next_tokens: bool = False) -> list[str]:
     head = [LOGITS, NEXT_TOKENS] if next_tokens else [LOGITS]
-    return [*head, *(n for layer, k in enumerate(has_key) for n in present_names(layer, k))]
+    return [*head, *(t.name.present for t in cache_tensors(has_key, layout))]
 
 
 @dataclass(frozen=True)
@@ -85,3 +92,45 @@ def is_past(name: str) -> bool:
 def cache_pairs(names: Iterable[str]) -> list[CacheName]:
     """The cache tensors among graph input names, in their order."""
     return [parse_cache_name(n) for n in names if is_past(n)]
+
+
+@dataclass(frozen=True)
+class CacheTensor:
+    """One cache tensor of an artifact: its `name` (a CacheName in the layout's numbering)
+    and the model cache it holds, `source` = CacheName(model layer, kind), or None for the
+    genai layout's dummy."""
+
+    name: CacheName
+    source: CacheName | None
+
+
+def cache_tensors(has_key: Iterable[bool], layout: str = "optimum") -> list[CacheTensor]:
+    """The cache tensors of a model whose layer i has a K cache iff has_key[i], in graph
+    order: the model's layers in order (optimum: every tensor; genai: those of layers with a K
+    cache), then the genai layout's pseudo layers (module docstring)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown cache layout {layout!r}, expected one of {LAYOUTS}")
+    has_key = list(has_key)
+    tensors, value_only = [], []
+    for layer, layer_has_key in enumerate(has_key):
+        if layout == "genai" and not layer_has_key:
+            value_only.append(CacheName(layer, "value"))
+            continue
+        tensors += [CacheTensor(CacheName(layer, kind), CacheName(layer, kind)) for kind in _kinds(layer_has_key)]
+    for pair in range(0, len(value_only), 2):
+        pseudo = len(has_key) + pair // 2
+        first, *second = value_only[pair : pair + 2]
+        if second:
+            tensors += [CacheTensor(CacheName(pseudo, "key"), first), CacheTensor(CacheName(pseudo, "value"), second[0])]
+        else:  # odd count: the key is the dummy
+            tensors += [CacheTensor(CacheName(pseudo, "key"), None), CacheTensor(CacheName(pseudo, "value"), first)]
+    return tensors
+
+
+def genai_name_templates() -> dict[str, str]:
+    """onnxruntime-genai's name templates (genai_config.json decoder inputs/outputs), which
+    the genai layout's names follow."""
+    return {
+        "past_key_names": f"{PAST_PREFIX}.%d.key", "past_value_names": f"{PAST_PREFIX}.%d.value",
+        "present_key_names": f"{PRESENT_PREFIX}.%d.key", "present_value_names": f"{PRESENT_PREFIX}.%d.value",
+    }  # fmt: skip

@@ -70,12 +70,18 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
 
     inputs = {v.name: v for v in graph.input}
     outputs = {v.name for v in graph.output}
+    layout = manifest["cache"].get("layout")
+    if layout not in io_names.LAYOUTS:
+        _fail(f"the manifest records cache layout {layout!r}, not one of {io_names.LAYOUTS}")
+    tensors = io_names.cache_tensors((uniattn.has_key_cache(i) for i in range(uniattn.num_layers)), layout)
+    cache_name = {t.source: t.name for t in tensors if t.source is not None}
     for kind, specs, names in (("inputs", manifest["inputs"], [v.name for v in graph.input]),
                                ("outputs", manifest["outputs"], [v.name for v in graph.output])):  # fmt: skip
         if [s["name"] for s in specs] != names:
             _fail(f"the graph's {kind} differ from the manifest's")
 
     node_of_layer: dict[int, tuple[int, onnx.NodeProto]] = {}
+    positions = set()  # what the static-cache nodes read as position_ids
     by_past_value = {}
     for index, node in enumerate(graph.node):
         if node.domain == DOMAIN:
@@ -87,8 +93,9 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
         role = uniattn.role(layer)
         if spec["role"] != role:
             _fail(f"the manifest calls layer {layer} a {spec['role']} but the layer map makes it a {role}")
-        value_name = io_names.past_name(layer, "value")
-        key_name = io_names.past_name(layer, "key")
+        value_cache = cache_name[io_names.CacheName(layer, "value")]
+        value_name = value_cache.past
+        key_name = io_names.past_name(layer, "key")  # a consumer's in either layout
         if value_name not in inputs:
             _fail(f"layer {layer} has no {value_name} input")
         if role == "consumer" and (key_name in inputs or io_names.present_name(layer, "key") in outputs):
@@ -113,20 +120,34 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
                 f"heads, the manifest {spec['num_heads']}/{spec['kv_num_heads']}"
             )
         graph_outputs = {v.name: v for v in graph.output}
-        for name in ((key_name, value_name) if role != "consumer" else (value_name,)):
-            present = io_names.parse_cache_name(name).present
+        for cache in ((cache_name[io_names.CacheName(layer, "key")], value_cache) if role != "consumer" else (value_cache,)):
+            name, present = cache.past, cache.present
             for tensor, dims in ((name, _static_dims(inputs[name])), (present, _static_dims(graph_outputs[present]))):
                 # Static caches hold exactly `capacity` slots; dynamic ones grow (no fixed dim).
                 if len(dims) != 4 or dims[1] != spec["kv_num_heads"] or dims[3] != spec["head_dim"] or dims[2] != capacity:
                     length = capacity if mode == "static" else "past"
                     _fail(f"{tensor} has shape {dims}, expected (batch, {spec['kv_num_heads']}, {length}, {spec['head_dim']}) for {mode} caches")
         present_value = node.output[2] if role != "consumer" else node.output[1]
-        if present_value != io_names.present_name(layer, "value"):
-            _fail(f"{io_names.present_name(layer, 'value')} does not come from layer {layer}'s attention node")
+        if present_value != value_cache.present:
+            _fail(f"{value_cache.present} does not come from layer {layer}'s attention node")
         op = contract.consumer if role == "consumer" else contract.producer
-        if mode == "static" and node.input[op.input_index("position_ids")] != io_names.POSITION_IDS:
-            _fail(f"layer {layer}'s node does not read the graph's {io_names.POSITION_IDS} (static caches take their slots from them)")
+        if mode == "static":
+            positions.add(node.input[op.input_index("position_ids")])
         node_of_layer[layer] = (index, node)
+
+    # Static caches take their slots from the positions: the graph's input, or for the genai
+    # layout one tensor derived from it (exporter.py: contiguous positions).
+    if mode == "static" and (len(positions) != 1 or (layout == "optimum" and positions != {io_names.POSITION_IDS})):
+        _fail(f"the attention nodes read {sorted(positions)} as positions, expected the graph's {io_names.POSITION_IDS} "
+              "(static caches take their slots from them)")  # fmt: skip
+
+    for dummy in (t.name for t in tensors if t.source is None):  # the genai layout's (io_names.py)
+        paired = cache_name[next(t.source for t in tensors if t.name == io_names.CacheName(dummy.layer, "value"))]
+        for tensor, like in ((dummy.past, paired.past), (dummy.present, paired.present)):
+            value = inputs.get(tensor) or next((v for v in graph.output if v.name == tensor), None)
+            reference = inputs.get(like) or next(v for v in graph.output if v.name == like)
+            if value is None or _static_dims(value) != _static_dims(reference):
+                _fail(f"the genai layout's dummy cache {tensor} is missing or not shaped like {like}")
 
     for consumer in uniattn.consumers:
         producer = uniattn.producer_of(consumer)
