@@ -56,6 +56,11 @@ std::string consume(const OrtApi* api, OrtStatus* status) {
   if (status == nullptr) return "";
   std::string message = api->GetErrorMessage(status);
   api->ReleaseStatus(status);
+  // ORT's messages can span lines (the CUDA EP's "no device" error does); ours are one line.
+  for (char& c : message) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  while (!message.empty() && message.back() == ' ') message.pop_back();
   return message.empty() ? "unknown error" : message;
 }
 
