@@ -83,18 +83,44 @@ def test_fields_round_trip_through_serialized_bytes(flavour, classes, index, val
 
 
 def test_creators_are_registered_once_under_the_op_names(flavour):
-    assert register_plugins(flavour) == ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1"]
-    assert register_plugins(flavour) == ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1"]
+    keys = ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1",
+            "uniattn::UniAttnProducer/2", "uniattn::UniAttnConsumer/2"]  # fmt: skip
+    assert register_plugins(flavour) == keys
+    assert register_plugins(flavour) == keys
     registry = flavour.plugin_registry()
     ours = [c for c in registry.all_creators if c.name in ("UniAttnProducer", "UniAttnConsumer")]
     assert sorted((c.name, c.plugin_namespace, c.plugin_version) for c in ours) == [
-        ("UniAttnConsumer", "uniattn", "1"), ("UniAttnProducer", "uniattn", "1"),
+        ("UniAttnConsumer", "uniattn", "1"), ("UniAttnConsumer", "uniattn", "2"),
+        ("UniAttnProducer", "uniattn", "1"), ("UniAttnProducer", "uniattn", "2"),
     ]  # fmt: skip
     producer = registry.get_creator("UniAttnProducer", "1", "uniattn")
     assert [f.name for f in producer.field_names] == [
         "num_heads", "kv_num_heads", "scale", "is_causal", "sliding_window", "probs_max_query_len", "num_outputs",
     ]  # fmt: skip
-    assert registry.get_creator("UniAttnProducer", "2", "uniattn") is None
+    # Version 2 is always causal: no is_causal field.
+    static_producer = registry.get_creator("UniAttnProducer", "2", "uniattn")
+    assert [f.name for f in static_producer.field_names] == [
+        "num_heads", "kv_num_heads", "scale", "sliding_window", "probs_max_query_len", "num_outputs",
+    ]  # fmt: skip
+    static_consumer = registry.get_creator("UniAttnConsumer", "2", "uniattn")
+    assert [f.name for f in static_consumer.field_names] == ["num_heads", "kv_num_heads", "scale", "sliding_window"]
+    assert registry.get_creator("UniAttnProducer", "3", "uniattn") is None
+
+
+def test_static_plugins_alias_their_present_caches_to_their_past_caches(flavour):
+    """Version 2: present_key / present_value (outputs 1, 2) share the memory of past_key /
+    past_value (inputs 3, 4); the consumer's present_value (1) that of past_value (1). No
+    other output aliases, and version 1 plugins have no aliasing interface at all."""
+    trt = flavour.module
+    v2 = plugin_classes(trt, 2)
+    producer = v2.producer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3, num_outputs=5))
+    consumer = v2.consumer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3, num_outputs=2))
+    assert [producer.get_aliased_input(i) for i in range(5)] == [-1, 3, 4, -1, -1]
+    assert [consumer.get_aliased_input(i) for i in range(2)] == [-1, 1]
+    assert isinstance(producer, trt.IPluginV3OneBuildV2) and isinstance(consumer, trt.IPluginV3OneBuildV2)
+    v1 = plugin_classes(trt, 1)
+    assert not isinstance(v1.producer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3)), trt.IPluginV3OneBuildV2)
+    assert (producer.plugin_version, v1.producer.layout.plugin_version) == ("2", "1")
 
 
 @pytest.mark.parametrize(
