@@ -95,3 +95,21 @@ def test_prefill_beyond_the_capacity_is_refused(tiny_static_artifact, tmp_path):
     with pytest.raises(UniAttnError, match=message):
         build_engine(tiny_static_artifact.onnx_path, tmp_path / "trt", BuildOptions(profile=profile))
     assert not (tmp_path / "trt").exists()
+
+
+def test_the_aliasing_is_real_without_the_preview_feature_the_build_fails(tiny_static_artifact, flavour, tmp_path):
+    """The version 2 plugins declare aliased outputs; TensorRT builds such a network only
+    with ALIASED_PLUGIN_IO_10_03 on (which build_engine sets), so the aliases are not ignored."""
+    from uniattn_export.targets.trt import build, graph
+
+    model = graph.load_graph(tiny_static_artifact.onnx_path)
+    profiles = ProfileSpec(batch=DimRange(1, 1, 2), sequence=DimRange(1, 1, 8)).static_profiles(
+        graph.graph_inputs(model), STATIC_CAPACITY)  # fmt: skip
+    (tmp_path / "out").mkdir()
+    request = {"action": "build", "onnx": str(tiny_static_artifact.onnx_path), "engine": str(tmp_path / "out" / "e.plan"),
+               "timing_cache_out": str(tmp_path / "t"), "flavour": flavour.name, "plugins": True,
+               "profiles": [p["inputs"] for p in profiles], "aliased_plugin_io": False, "tf32": False,
+               "optimization_level": 0, "workspace_mib": None, "timing_cache": None, "compute_capabilities": ["8.6"]}  # fmt: skip
+    with pytest.raises(UniAttnError, match="could not build the model: the builder produced no engine"):
+        build._run_child(request, tmp_path, flavour)
+    assert not (tmp_path / "out" / "e.plan").exists()

@@ -51,9 +51,10 @@ def test_build_into_the_artifact(artifact_copy):
     assert manifest["engine"]["bytes"] == report["engine_bytes"] == (engine_dir / "engine.plan").stat().st_size
 
 
-def test_static_artifact_builds_prefill_and_decode_profiles(tiny_static_artifact, tmp_path):
+def test_static_artifact_builds_prefill_and_decode_profiles(tiny_static_artifact, tmp_path, capsys):
     import shutil
 
+    from uniattn_export.cli.main import main
     from uniattn_export.targets.trt.cli import describe_build
 
     artifact = shutil.copytree(tiny_static_artifact.path, tmp_path / "artifact")
@@ -69,6 +70,13 @@ def test_static_artifact_builds_prefill_and_decode_profiles(tiny_static_artifact
     runs_on = describe_build(report)[1]
     assert runs_on.endswith("profile: prefill: batch 1-2, sequence 1-64; decode: batch 1-2, sequence 1-1; "
                             "caches of 64 tokens, updated in place (aliased plugin I/O)")  # fmt: skip
+    # `validate ENGINE_DIR` runs the engine (TensorRTSession): every check of the manifest
+    # passes here, and the first thing this machine lacks is a GPU. One line, exit 2.
+    capsys.readouterr()
+    assert main(["validate", str(artifact / "trt")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("uniattn-export validate: error: no CUDA GPU is visible to this process. Run TensorRT engines "
+                   "on a machine with an NVIDIA GPU (and a CUDA build of torch).\n")  # fmt: skip
 
 
 def test_preflight_only_builds_nothing(artifact_copy):

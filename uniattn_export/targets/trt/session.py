@@ -71,10 +71,8 @@ class TensorRTSession(GenerationSession):
                 f"{self.flavour.describe()} could not deserialize {engine_path} (see its log above)",
                 "rebuild the engine on this machine",
             )
-        self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.manifest = manifest
-        self.profile = ProfileSpec.from_dict(manifest["profiles"][0]["dims"])
         self.inputs, self.outputs = [], []
         for index in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(index)
@@ -88,7 +86,8 @@ class TensorRTSession(GenerationSession):
         if self.static:
             self.padding, self.capacity = "right", int(cache["capacity"])
             self.aliased = bool(manifest["aliased_caches"])
-            self.profile = ProfileSpec.from_dict({**manifest["profiles"][0]["dims"], "past": [0, 0, 0]})
+            prefill = manifest["profiles"][0]["dims"]  # batch and sequence ranges; no past
+            self.profile = ProfileSpec.from_dict({**prefill, "past": [0, 0, 0]})
             self._batches: dict[int, StaticBatch] = {}
             self._batch: StaticBatch | None = None
             self._prefill_context = None
@@ -98,6 +97,8 @@ class TensorRTSession(GenerationSession):
             in_place = "in place" if self.aliased else "in two alternating buffers"
             cache_text = f"static caches of {self.capacity} tokens {in_place}, decode in CUDA graphs"
         else:
+            self.profile = ProfileSpec.from_dict(manifest["profiles"][0]["dims"])
+            self.context = self.engine.create_execution_context()
             cache_text = "dynamic caches"
         self.description = f"{self.flavour.describe()}, {plugins}, {cache_text}, {manifest['dtype']}"
 
