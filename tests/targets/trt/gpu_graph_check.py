@@ -218,9 +218,11 @@ def run_case(case: Case) -> dict:
                 replays += result["replayed"]
                 for name, error in result["checks"].items():
                     label = f"B{stepper.state.batch}.{name}"
-                    if error is None:
+                    if error is None:  # off (or NaN): the worst error of this check is unbounded
                         failed.append(f"{label}@generation{generation}.step{step}")
-                    worst[label] = None if error is None or worst.get(label, 0.0) is None else max(error, worst.get(label, 0.0))
+                        worst[label] = None
+                    elif worst.get(label, 0.0) is not None:
+                        worst[label] = max(error, worst.get(label, 0.0))
     keys = len(case.batches) * (1 if case.aliased else 2)
     expected_replays = len(case.batches) * (case.steps + 4) - keys
     # Python runs the step twice per key (warm-up, capture) and never again: a replay runs no Python.
