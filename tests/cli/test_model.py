@@ -51,11 +51,17 @@ def test_ort_target_exports_static_caches_and_uses_the_library_when_it_serves_th
     assert f"custom-op library {library}" in printed["runtime"]
 
 
-def test_trt_target_refuses_static_caches(checkpoint, tmp_path, capsys):
+def test_trt_target_builds_static_caches_by_default(checkpoint, tmp_path, capsys):
     out = tmp_path / "trt"
-    assert main(["model", str(checkpoint), "--target", "trt", "--cache", "static", "-o", str(out), "--no-validate"]) == 2
-    assert "--target trt builds dynamic caches only for now" in capsys.readouterr().err
-    assert not out.exists()
+    argv = ["model", str(checkpoint), "--target", "trt", "--max-length", "32", "--trt-batch", "1:1:2", "-o", str(out),
+            "--no-validate"]  # fmt: skip
+    assert main(argv) == 0
+    report = _report(out, "export.json")
+    assert report["manifest"]["cache"] == {"mode": "static", "capacity": 32, "op_version": 2}
+    assert report["trt"]["cache"] == {"mode": "static", "capacity": 32} and report["trt"]["aliased_caches"] == 7
+    assert [p["name"] for p in report["trt"]["profiles"]] == ["prefill", "decode"]
+    assert "caches of 32 tokens, updated in place (aliased plugin I/O)" in capsys.readouterr().err
+    assert (out / "trt" / "engine.plan").is_file()
 
 
 def test_trt_target_hands_over_to_the_tensorrt_builder(checkpoint, tmp_path):

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from uniattn_export.export import functions, ops
-from uniattn_export.export.schema import SCHEMA, SCHEMA_FILE
+from uniattn_export.export.schema import PLUGIN_NAMESPACE, PRODUCER_OP, SCHEMA, SCHEMA_FILE
 from uniattn_export.targets.trt import plugins
 
 VERSIONS = sorted(SCHEMA.versions)
@@ -101,26 +101,28 @@ def test_function_bodies_follow_the_schema(version):
         assert {o.domain: o.version for o in body.opset_import} == {"": SCHEMA.versions[version].onnx_opset}
 
 
-def test_tensorrt_plugin_fields_follow_schema_version_1():
-    """The TensorRT plugins implement version 1 (version 2 plugins are not written yet)."""
-    v1 = SCHEMA.versions[1]
-    assert (plugins.PLUGIN_VERSION, plugins.PLUGIN_NAMESPACE) == (v1.plugin_version, SCHEMA.plugin_namespace)
-    assert (plugins.PRODUCER_OP, plugins.CONSUMER_OP) == (v1.producer.name, v1.consumer.name)
+@pytest.mark.parametrize("version", sorted(SCHEMA.versions))
+def test_tensorrt_plugin_layouts_follow_the_schema(version):
+    """The TensorRT plugins of every contract version: slots, fields, cache input, aliases."""
+    contract = SCHEMA.versions[version]
+    assert plugins.ROUTING_ATTRIBUTES == ops.ROUTING_ATTRIBUTES
     kinds = {"T": "T", "int64": "int64", "float": "float32"}
-    assert plugins.PRODUCER_INPUTS == tuple(kinds[t.type] for t in v1.producer.inputs)
-    assert plugins.PRODUCER_OUTPUTS == tuple(kinds[t.type] for t in v1.producer.outputs)
-    assert plugins.CONSUMER_INPUTS == tuple(kinds[t.type] for t in v1.consumer.inputs)
-    assert plugins.CONSUMER_OUTPUTS == tuple(kinds[t.type] for t in v1.consumer.outputs)
-    assert plugins.CACHE_INPUT == {
-        v1.producer.name: v1.producer.input_index("past_key"), v1.consumer.name: v1.consumer.input_index("past_value")
-    }  # fmt: skip
-    fields = inspect.signature(plugins.AttentionFields)
-    defaults = {n: (None if p.default is inspect.Parameter.empty else p.default) for n, p in fields.parameters.items()}
-    # num_outputs is no attribute: the builder writes it (a producer's used outputs).
-    assert defaults.pop("num_outputs") == len(v1.producer.outputs)
-    assert defaults == {a.name: a.default for a in v1.producer.attributes if a.name not in ops.ROUTING_ATTRIBUTES}
-    assert plugins.CONSUMER_FIELDS == tuple(a.name for a in v1.consumer.attributes if a.name not in ops.ROUTING_ATTRIBUTES)
-    assert plugins.PRODUCER_FIELDS == (*defaults, "num_outputs")
+    fields = inspect.signature(plugins.AttentionFields).parameters
+    for spec in (contract.producer, contract.consumer):
+        layout = plugins.layout(spec.name, contract.plugin_version)
+        assert (layout.op_type, layout.plugin_version, PLUGIN_NAMESPACE) == (spec.name, str(version), "uniattn")
+        assert layout.input_kinds == tuple(kinds[t.type] for t in spec.inputs)
+        assert layout.output_kinds == tuple(kinds[t.type] for t in spec.outputs)
+        assert spec.inputs[layout.cache_input].name == ("past_key" if spec.name == PRODUCER_OP else "past_value")
+        assert {spec.outputs[o].name: spec.inputs[i].name for o, i in layout.aliases.items()} == spec.aliases
+        attributes = [a for a in spec.attributes if a.name not in ops.ROUTING_ATTRIBUTES]
+        # num_outputs is no attribute: the builder writes it (a producer's used outputs).
+        extra = ("num_outputs",) if spec.name == PRODUCER_OP else ()
+        assert layout.field_names == tuple(a.name for a in attributes) + extra
+        for attribute in attributes:  # the plugin fields' defaults are the attributes' defaults
+            default = fields[attribute.name].default
+            assert (None if default is inspect.Parameter.empty else default) == attribute.default
+    assert fields["num_outputs"].default == len(contract.producer.outputs)
 
 
 def test_dtype_table_uses_onnx_element_types():

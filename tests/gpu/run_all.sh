@@ -79,6 +79,8 @@ run_check ort_ops "$python" tests/plugins/ort_on_device.py
 run_check ort_models "$python" tests/targets/ort/gpu_check.py --out "$results/ort_models"
 # 4. the TensorRT plugins' enqueue path (without TensorRT)
 run_check trt_enqueue "$python" tests/targets/trt/gpu_enqueue_check.py
+# 4b. the TensorRT session's static-cache decode in CUDA graphs (graphs.py, without TensorRT)
+run_check trt_graphs "$python" tests/targets/trt/gpu_graph_check.py
 # 5. the C++ service on CUDA and CPU vs the Python runtime
 run_check cpp_service "$python" examples/cpp_service/gpu_check.py --out "$results/cpp_service"
 # 6. static-cache artifacts decoding through CUDA graphs vs without (OrtSession cuda_graph)

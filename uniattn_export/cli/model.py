@@ -22,10 +22,10 @@ Targets:
 Caches (--cache):
   static   fixed capacity --max-length (prompt + new tokens), updated in place, prompts
            right-padded, logits of each row's last real token only (op contract v2). The
-           default for --target ort and genai
+           default for --target ort, genai and trt (TensorRT: prefill and decode profiles,
+           caches aliased in place by the plugins)
   dynamic  caches that grow every step (op contract v1), optimum-compatible. The default for
-           --target onnx (the portable file) and the only mode for --target trt for now (the
-           TensorRT plugins for static caches are not written yet)
+           --target onnx (the portable file)
 Exit codes: 0 ok, 1 validation failed, 2 bad input, 3 internal error (docs/cli.md).
 """
 
@@ -42,7 +42,7 @@ from .validate import add_validation_arguments, check_validation_arguments, run_
 
 TARGETS = ("onnx", "ort", "genai", "trt")
 EXPORT_REPORT_NAME = "export.json"
-DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "genai": "static", "trt": "dynamic"}
+DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "genai": "static", "trt": "static"}
 # Default static capacity: the model's context, but at most this many tokens (the caches are
 # allocated whole: B x layers x C x KV width).
 MAX_DEFAULT_CAPACITY = 4096
@@ -84,8 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--producer-rule", choices=("begin_offset", "absolute", "gemma2"), default=None,
                    help="only for checkpoints in the authors' layout (default: their file's rule)")  # fmt: skip
     p.add_argument("--cache", choices=("static", "dynamic"), default=None,
-                   help="static: fixed-capacity caches updated in place (default for --target ort and genai); "
-                        "dynamic: growing caches, optimum-compatible (default for onnx; the only one for trt for now)")  # fmt: skip
+                   help="static: fixed-capacity caches updated in place (default for --target ort, genai and trt); "
+                        "dynamic: growing caches, optimum-compatible (default for onnx)")  # fmt: skip
     p.add_argument("--max-length", type=int, default=None,
                    help=f"capacity of static caches in tokens, prompt + generated (default: the model's "
                         f"max_position_embeddings, at most {MAX_DEFAULT_CAPACITY})")  # fmt: skip
@@ -129,11 +129,6 @@ def run(args: argparse.Namespace) -> int:
             "validate on the GPU (--device cuda), or pass --no-validate",
         )
     cache = args.cache or DEFAULT_CACHE[args.target]
-    if cache == "static" and args.target == "trt":
-        raise UniAttnError(
-            "--target trt builds dynamic caches only for now (the TensorRT plugins for static caches are not written yet)",
-            "pass --cache dynamic, or --target ort for static caches",
-        )
     if args.target == "genai":
         genai_library = _check_genai(args, cache)
     model = load_model(args.checkpoint, dtype=args.dtype, producer_rule=args.producer_rule)

@@ -116,8 +116,10 @@ def check_validation_arguments(args: argparse.Namespace, artifact_dir: Path, che
     _check_device(args)
 
 
-def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None) -> int:
-    """Validate, write the report, print the summary; returns the exit code (0 / 1)."""
+def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Path | None,
+                   engine_dir: Path | None = None) -> int:  # fmt: skip
+    """Validate, write the report, print the summary; returns the exit code (0 / 1).
+    `engine_dir`: validate that TensorRT engine (the artifact's trt/) instead of onnxruntime."""
     from rich.console import Console
 
     from ..export import load_artifact
@@ -129,7 +131,12 @@ def run_validation(args: argparse.Namespace, artifact_dir: Path, checkpoint: Pat
     text = args.perplexity_text.read_text() if args.perplexity_text is not None else None
     artifact = load_artifact(artifact_dir)
     custom_ops = {"auto": None, "on": True, "off": False}[args.custom_ops]
-    session = OrtSession(artifact, device=args.device, custom_ops=custom_ops)
+    if engine_dir is not None:
+        from ..targets.trt.session import TensorRTSession
+
+        session = TensorRTSession(engine_dir)
+    else:
+        session = OrtSession(artifact, device=args.device, custom_ops=custom_ops)
     report = validate_artifact(
         artifact, session=session, checkpoint=checkpoint, prompts=args.prompt,
         max_new_tokens=args.max_new_tokens, perplexity_text=text,
@@ -155,12 +162,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "validate",
         help="compare an exported artifact with the PyTorch reference or golden outputs",
         description=(
-            "Run a multi-step generation with the artifact (onnxruntime) and compare it step by "
+            "Run a multi-step generation with the artifact (onnxruntime), or with its TensorRT "
+            "engine when given the engine folder (ARTIFACT/trt), and compare it step by "
             "step with the PyTorch reference (the checkpoint it was exported from, or "
             "--checkpoint), or with stored --golden outputs. Exit code 0 = passed, 1 = failed."
         ),
     )
-    p.add_argument("artifact", type=Path, help="artifact folder written by `uniattn-export model`")
+    p.add_argument("artifact", type=Path,
+                   help="artifact folder written by `uniattn-export model`, or its TensorRT engine folder (trt/)")
     p.add_argument("--checkpoint", default=None,
                    help="reference checkpoint folder (default: the one recorded in the manifest)")
     add_validation_arguments(p)
@@ -170,5 +179,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..model.real import resolve_checkpoint
 
+    from ..targets.trt.manifest import MANIFEST_NAME as ENGINE_MANIFEST
+
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    if (args.artifact / ENGINE_MANIFEST).is_file():  # an engine folder: its artifact is the parent
+        args.report = args.report or args.artifact / "reports" / REPORT_NAME
+        return run_validation(args, args.artifact.parent, checkpoint, engine_dir=args.artifact)
     return run_validation(args, args.artifact, checkpoint)

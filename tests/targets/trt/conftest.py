@@ -19,13 +19,17 @@ from uniattn_export.model import load_model
 from uniattn_export.model.synthetic import random_base_model, released_checkpoint, tiny_config
 from uniattn_export.targets.trt import compat
 from uniattn_export.targets.trt.build import BuildOptions, build_engine
+from uniattn_export.targets.trt.profiles import DimRange, ProfileSpec
 
 
-def _export(folder, dtype):
+STATIC_CAPACITY = 64
+
+
+def _export(folder, dtype, **cache):
     base = random_base_model(tiny_config("llama", num_hidden_layers=4))
     released_checkpoint(base, folder / "checkpoint", superblock_size=2, begin=1, end=4)
     model = load_model(folder / "checkpoint", dtype=dtype)
-    return load_artifact(export_model(model, folder / "artifact", source_dir=folder / "checkpoint"))
+    return load_artifact(export_model(model, folder / "artifact", source_dir=folder / "checkpoint", **cache))
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +40,24 @@ def tiny_artifact(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_artifact_fp16(tmp_path_factory):
     return _export(tmp_path_factory.mktemp("tiny_fp16"), "float16")
+
+
+@pytest.fixture(scope="session")
+def tiny_static_artifact(tmp_path_factory):
+    """The same tiny model with fixed-capacity caches (op contract v2)."""
+    return _export(tmp_path_factory.mktemp("tiny_static"), "float32", cache="static", max_length=STATIC_CAPACITY)
+
+
+@pytest.fixture(scope="session")
+def static_engines(tiny_static_artifact, tmp_path_factory):
+    """{"uniattn": EngineBuild, "none": EngineBuild} of the static tiny model, batch 1-4,
+    prefill 1-32 tokens."""
+    folder = tmp_path_factory.mktemp("static_engines")
+    profile = ProfileSpec(batch=DimRange(1, 2, 4), sequence=DimRange(1, 8, 32))
+    return {
+        mode: build_engine(tiny_static_artifact.onnx_path, folder / mode, BuildOptions(plugins=mode, profile=profile))
+        for mode in ("uniattn", "none")
+    }
 
 
 @pytest.fixture(scope="session")

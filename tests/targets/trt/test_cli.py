@@ -20,9 +20,17 @@ def _args(*argv):
 
 
 def test_defaults_are_a_decode_friendly_profile():
+    from uniattn_export.targets.trt.cli import options_from_args
+
     args = _args()
-    profile = (args.trt_batch, args.trt_seq, args.trt_past)
-    assert args.trt_plugins == "uniattn" and profile == ("1:1:8", "1:1:512", "0:256:2048")
+    # Unset sequence and past ranges: their defaults depend on the cache mode.
+    assert (args.trt_batch, args.trt_seq, args.trt_past) == ("1:1:8", None, None)
+    assert options_from_args(args).profile.to_dict() == {"batch": [1, 1, 8], "sequence": [1, 1, 512],
+                                                         "past": [0, 256, 2048]}  # fmt: skip
+    # Static caches: prefill up to the capacity when it is below 512.
+    assert options_from_args(args, capacity=64).profile.sequence.max == 64
+    assert options_from_args(args, capacity=4096).profile.sequence.max == 512
+    assert args.trt_plugins == "uniattn"
     assert (args.trt_precision, args.trt_opt_level, args.trt_tf32, args.trt_preflight_only) == ("auto", 3, False, False)
 
 
@@ -41,6 +49,34 @@ def test_build_into_the_artifact(artifact_copy):
     manifest = read_manifest(engine_dir)
     assert manifest["build"]["optimization_level"] == 2
     assert manifest["engine"]["bytes"] == report["engine_bytes"] == (engine_dir / "engine.plan").stat().st_size
+
+
+def test_static_artifact_builds_prefill_and_decode_profiles(tiny_static_artifact, tmp_path, capsys):
+    import shutil
+
+    from uniattn_export.cli.main import main
+    from uniattn_export.targets.trt.cli import describe_build
+
+    artifact = shutil.copytree(tiny_static_artifact.path, tmp_path / "artifact")
+    message = r"--trt-past applies to dynamic caches; a static-cache engine holds the artifact's capacity \(64 tokens\)"
+    with pytest.raises(UniAttnError, match=message):
+        build_from_args(_args("--trt-past", "0:8:16"), artifact)
+    report = json.loads(json.dumps(build_from_args(_args("--trt-batch", "1:1:2"), artifact)))
+    assert report["cache"] == {"mode": "static", "capacity": 64} and report["aliased_caches"] == 7
+    assert report["profiles"] == [
+        {"name": "prefill", "dims": {"batch": [1, 1, 2], "sequence": [1, 1, 64], "capacity": 64}},
+        {"name": "decode", "dims": {"batch": [1, 1, 2], "sequence": [1, 1, 1], "capacity": 64}},
+    ]
+    runs_on = describe_build(report)[1]
+    assert runs_on.endswith("profile: prefill: batch 1-2, sequence 1-64; decode: batch 1-2, sequence 1-1; "
+                            "caches of 64 tokens, updated in place (aliased plugin I/O)")  # fmt: skip
+    # `validate ENGINE_DIR` runs the engine (TensorRTSession): every check of the manifest
+    # passes here, and the first thing this machine lacks is a GPU. One line, exit 2.
+    capsys.readouterr()
+    assert main(["validate", str(artifact / "trt")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("uniattn-export validate: error: no CUDA GPU is visible to this process. Run TensorRT engines "
+                   "on a machine with an NVIDIA GPU (and a CUDA build of torch).\n")  # fmt: skip
 
 
 def test_preflight_only_builds_nothing(artifact_copy):

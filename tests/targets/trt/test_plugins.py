@@ -83,18 +83,44 @@ def test_fields_round_trip_through_serialized_bytes(flavour, classes, index, val
 
 
 def test_creators_are_registered_once_under_the_op_names(flavour):
-    assert register_plugins(flavour) == ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1"]
-    assert register_plugins(flavour) == ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1"]
+    keys = ["uniattn::UniAttnProducer/1", "uniattn::UniAttnConsumer/1",
+            "uniattn::UniAttnProducer/2", "uniattn::UniAttnConsumer/2"]  # fmt: skip
+    assert register_plugins(flavour) == keys
+    assert register_plugins(flavour) == keys
     registry = flavour.plugin_registry()
     ours = [c for c in registry.all_creators if c.name in ("UniAttnProducer", "UniAttnConsumer")]
     assert sorted((c.name, c.plugin_namespace, c.plugin_version) for c in ours) == [
-        ("UniAttnConsumer", "uniattn", "1"), ("UniAttnProducer", "uniattn", "1"),
+        ("UniAttnConsumer", "uniattn", "1"), ("UniAttnConsumer", "uniattn", "2"),
+        ("UniAttnProducer", "uniattn", "1"), ("UniAttnProducer", "uniattn", "2"),
     ]  # fmt: skip
     producer = registry.get_creator("UniAttnProducer", "1", "uniattn")
     assert [f.name for f in producer.field_names] == [
         "num_heads", "kv_num_heads", "scale", "is_causal", "sliding_window", "probs_max_query_len", "num_outputs",
     ]  # fmt: skip
-    assert registry.get_creator("UniAttnProducer", "2", "uniattn") is None
+    # Version 2 is always causal: no is_causal field.
+    static_producer = registry.get_creator("UniAttnProducer", "2", "uniattn")
+    assert [f.name for f in static_producer.field_names] == [
+        "num_heads", "kv_num_heads", "scale", "sliding_window", "probs_max_query_len", "num_outputs",
+    ]  # fmt: skip
+    static_consumer = registry.get_creator("UniAttnConsumer", "2", "uniattn")
+    assert [f.name for f in static_consumer.field_names] == ["num_heads", "kv_num_heads", "scale", "sliding_window"]
+    assert registry.get_creator("UniAttnProducer", "3", "uniattn") is None
+
+
+def test_static_plugins_alias_their_present_caches_to_their_past_caches(flavour):
+    """Version 2: present_key / present_value (outputs 1, 2) share the memory of past_key /
+    past_value (inputs 3, 4); the consumer's present_value (1) that of past_value (1). No
+    other output aliases, and version 1 plugins have no aliasing interface at all."""
+    trt = flavour.module
+    v2 = plugin_classes(trt, 2)
+    producer = v2.producer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3, num_outputs=5))
+    consumer = v2.consumer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3, num_outputs=2))
+    assert [producer.get_aliased_input(i) for i in range(5)] == [-1, 3, 4, -1, -1]
+    assert [consumer.get_aliased_input(i) for i in range(2)] == [-1, 1]
+    assert isinstance(producer, trt.IPluginV3OneBuildV2) and isinstance(consumer, trt.IPluginV3OneBuildV2)
+    v1 = plugin_classes(trt, 1)
+    assert not isinstance(v1.producer(AttentionFields(num_heads=4, kv_num_heads=2, scale=0.3)), trt.IPluginV3OneBuildV2)
+    assert (producer.plugin_version, v1.producer.layout.plugin_version) == ("2", "1")
 
 
 @pytest.mark.parametrize(
@@ -374,3 +400,53 @@ def test_enqueue_reports_a_refused_launch(flavour, classes, host_kernels):
     with pytest.raises(native.KernelError, match=message):
         producer.enqueue(_plugin_descs(trt, inputs), _plugin_descs(trt, outputs), pointers,
                          [t.data_ptr() for t in outputs], 0, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_static_enqueue_matches_the_reference(flavour, host_kernels, in_place):
+    """Version 2 enqueue (CPU kernels standing in): caches of capacity C, slots from
+    position_ids, rows at different positions; in place (the buffers TensorRT aliases) or
+    into other buffers (then past must stay as it was). Producer and both consumer paths."""
+    trt = flavour.module
+    classes = plugin_classes(trt, 2)
+    capacity, g = 12, torch.Generator().manual_seed(7)
+    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    attrs = dict(num_heads=HEADS, kv_num_heads=KV_HEADS, scale=HEAD_DIM**-0.5)
+    for query_len, starts in ((1, (6, 2)), (PROBS_MAX + 1, (0, 0)), (3, (4, 1))):
+        positions = torch.tensor([[s + i for i in range(query_len)] for s in starts])
+        query = rand(BATCH, query_len, HEADS * HEAD_DIM)
+        key, value = rand(BATCH, query_len, KV_HEADS * HEAD_DIM), rand(BATCH, query_len, KV_HEADS * HEAD_DIM)
+        past_key, past_value = rand(BATCH, KV_HEADS, capacity, HEAD_DIM), rand(BATCH, KV_HEADS, capacity, HEAD_DIM)
+        expected = reference.producer_attention_static(query, key, value, past_key, past_value, positions, **attrs,
+                                                       probs_max_query_len=PROBS_MAX)  # fmt: skip
+        before = (past_key.clone(), past_value.clone())
+        present = (past_key, past_value) if in_place else (torch.full_like(past_key, float("nan")),
+                                                          torch.full_like(past_value, float("nan")))  # fmt: skip
+        probs_width = capacity if query_len <= PROBS_MAX else 0
+        output, probs = torch.full_like(expected[0], float("nan")), torch.zeros(BATCH, HEADS, query_len, probs_width)
+        lse = torch.full_like(expected[4], float("nan"))
+        producer = classes.producer(AttentionFields(**attrs, probs_max_query_len=PROBS_MAX, num_outputs=5))
+        _enqueue(trt, producer, [query, key, value, past_key, past_value, positions], [output, *present, probs, lse])
+        written = torch.arange(capacity) <= positions[:, None, -1:, None]  # entries beyond: unspecified
+        torch.testing.assert_close(output, expected[0], atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(present[0], expected[1], atol=0, rtol=0)
+        torch.testing.assert_close(present[1], expected[2], atol=0, rtol=0)
+        torch.testing.assert_close(lse, expected[4], atol=2e-5, rtol=2e-5)
+        if probs_width:
+            torch.testing.assert_close(torch.where(written, probs, 0.0), expected[3], atol=2e-5, rtol=2e-5)
+        if not in_place:
+            assert torch.equal(past_key, before[0]) and torch.equal(past_value, before[1])
+        assert host_kernels.calls[-1][1] is not None if probs_width else host_kernels.calls[-1][1] is None
+
+        consumer_value, consumer_past = rand(BATCH, query_len, KV_HEADS * HEAD_DIM), rand(BATCH, KV_HEADS, capacity, HEAD_DIM)
+        wanted = reference.consumer_attention_static(consumer_value, consumer_past, positions, expected[3], expected[4],
+                                                     query, expected[1], **attrs)  # fmt: skip
+        consumer_present = consumer_past if in_place else torch.full_like(consumer_past, float("nan"))
+        consumer_output = torch.full_like(wanted[0], float("nan"))
+        consumer = classes.consumer(AttentionFields(**attrs, num_outputs=2))
+        _enqueue(trt, consumer, [consumer_value, consumer_past, positions, probs, lse, query, present[0]],
+                 [consumer_output, consumer_present])  # fmt: skip
+        torch.testing.assert_close(consumer_output, wanted[0], atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(consumer_present, wanted[1], atol=0, rtol=0)
+        # Decode reuses P (no K reads); prefill recomputes from the producer's key cache and lse.
+        assert (host_kernels.calls[-1][1] is not None) == bool(probs_width)

@@ -43,14 +43,16 @@ def test_every_node_of_the_exported_model_resolves(tiny_artifact, flavour):
     assert report.to_dict()["tensorrt_ok"] is True
 
 
-def test_unknown_plugin_version_fails_tensorrt_only(edited_graph, flavour, tmp_path):
-    path = edited_graph(_set_attribute("UniAttnProducer", "plugin_version", "2"))
+def test_unknown_plugin_version_fails_in_both_runtimes(edited_graph, flavour, tmp_path):
+    path = edited_graph(_set_attribute("UniAttnProducer", "plugin_version", "3"))
     report = preflight(onnx.load(str(path)), flavour)
-    assert not report.tensorrt_ok and report.onnxruntime_ok  # ORT ignores plugin_version
+    assert not report.tensorrt_ok and not report.onnxruntime_ok
+    ort_problems = [r.onnxruntime for r in report.resolutions if r.op_type == "UniAttnProducer"]
+    assert all('plugin_version="3" is not a version of the op (1 or 2)' in p for p in ort_problems)
     problems = {r.outputs: r.tensorrt for r in report.resolutions if r.op_type == "UniAttnProducer"}
-    assert problems[5] == f"no plugin is registered in {flavour.describe()} as uniattn::UniAttnProducer/2"
+    assert problems[5] == f"no plugin is registered in {flavour.describe()} as uniattn::UniAttnProducer/3"
     assert [r.tensorrt for r in report.resolutions if r.op_type == "UniAttnConsumer"] == [None]
-    message = "preflight: .*UniAttnProducer: no plugin is registered .* as uniattn::UniAttnProducer/2"
+    message = "preflight: .*UniAttnProducer: no plugin is registered .* as uniattn::UniAttnProducer/3"
     with pytest.raises(UniAttnError, match=message):
         build_engine(path, tmp_path / "trt", BuildOptions(plugins="uniattn"))
     # The self-contained engine needs no plugin: the parser inlines the function bodies.
@@ -107,8 +109,8 @@ def test_single_node_models_need_the_library(tiny_artifact):
     import onnxruntime
 
     node = next(n for n in preflight_module.custom_nodes(onnx.load(str(tiny_artifact.onnx_path))))
-    model = preflight_module._single_node_model(node, "float32").SerializeToString()
+    model = preflight_module._single_node_model(node, 1, "float32").SerializeToString()
     with pytest.raises(Exception, match="UniAttnProducer"):
         onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     library = native.ort_custom_op_library()
-    assert preflight_module._onnxruntime_problem(node, "float32", library, ("CPUExecutionProvider",)) is None
+    assert preflight_module._onnxruntime_problem(node, 1, "float32", library, ("CPUExecutionProvider",)) is None

@@ -7,6 +7,13 @@ gets the library path the TensorRT-RTX parser needs (compat.py) and a fresh plug
 aborts the process on some errors) becomes an error message instead of killing the caller.
 Everything is written into a temporary folder that replaces `out_dir` only at the end:
 engine.plan, engine_manifest.json and, on request, the timing cache.
+
+Static-cache graphs (op contract v2) get two optimization profiles (prefill, decode; see
+profiles.py) and, with the plugins, caches updated in place: the version 2 plugins declare
+present.* aliased to past_key_values.*, the builder enables aliased plugin I/O, and the
+manifest's "aliased_caches" records the pairs the built network declares (checked: every
+cache). Engines of the function bodies (--trt-plugins none) compute present.* as new
+tensors; their manifest has no aliased caches and the session alternates two cache sets.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from ... import __version__
 from ...errors import UniAttnError
+from ...export import io_names
 from ...export.artifact import sha256_of
 from ...native import kernels_library
 from . import compat, graph, worker
@@ -61,7 +69,12 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
     model = graph.load_graph(onnx_path)
     dtype = graph.activation_dtype(model)
     check_options(options, flavour, dtype)
-    input_shapes = options.profile.input_shapes(graph.graph_inputs(model))
+    capacity = graph.cache_capacity(model)
+    inputs = graph.graph_inputs(model)
+    if capacity is None:
+        profiles = [{"name": "all", "dims": options.profile.to_dict(), "inputs": options.profile.input_shapes(inputs)}]
+    else:
+        profiles = options.profile.static_profiles(inputs, capacity)
     capabilities = flavour.target_capabilities(list(options.compute_capabilities))
     nodes = graph.custom_nodes(model)
     layer_map = graph.layer_map(nodes)
@@ -86,7 +99,8 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
             "timing_cache_out": str(staging / "timing.cache"),
             "flavour": flavour.name,
             "plugins": with_plugins,
-            "input_shapes": input_shapes,
+            "profiles": [profile["inputs"] for profile in profiles],
+            "aliased_plugin_io": with_plugins and capacity is not None,
             "tf32": options.tf32,
             "optimization_level": options.optimization_level,
             "workspace_mib": options.workspace_mib,
@@ -97,6 +111,7 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
         result = _run_child(request, scratch, flavour)
         seconds = time.perf_counter() - started
         _check_plugin_layers(result["network"], nodes, with_plugins)
+        aliased = _aliased_caches(result["network"], nodes, with_plugins and capacity is not None)
         manifest = {
             "format_version": FORMAT_VERSION,
             "uniattn_export_version": __version__,
@@ -107,7 +122,9 @@ def build_engine(onnx_path: Path, out_dir: Path, options: BuildOptions) -> Engin
             "plugins": _plugins_entry(options.plugins, nodes),
             "dtype": dtype,
             "tf32": options.tf32,
-            "profiles": [{"dims": options.profile.to_dict(), "inputs": input_shapes}],
+            "cache": {"mode": "dynamic" if capacity is None else "static", "capacity": capacity},
+            "profiles": profiles,
+            "aliased_caches": aliased,
             "io": result["network"]["io"],
             "layer_map": layer_map,
             "network": result["network"]["summary"],
@@ -203,8 +220,35 @@ def _check_plugin_layers(network: dict, nodes: list[graph.CustomNode], with_plug
         raise UniAttnError(
             f"the ONNX parser imported {len(imported)} of {len(nodes)} custom nodes as plugins "
             f"(expected {expected})",
-            "check that every custom node carries plugin_namespace='uniattn' and plugin_version='1'",
+            "check that every custom node carries plugin_namespace='uniattn' and a plugin_version "
+            "this package implements",
         )
+
+
+def _aliased_caches(network: dict, nodes: list[graph.CustomNode], static_plugins: bool) -> dict[str, str]:
+    """{present name: past name} of the caches the plugins update in place. A static-cache
+    plugin engine must alias every cache it outputs to the same cache's input, or the session
+    would bind one buffer to two tensors TensorRT treats as different memory."""
+    declared = {}
+    for layer in network["summary"]["plugin_layers"]:
+        for output, source in layer.get("aliases", {}).items():
+            cache = io_names.parse_cache_name(output)
+            if cache is None or cache.past != source:
+                raise UniAttnError(
+                    f"plugin layer {layer['name']!r} aliases {output!r} to {source!r}, not to its past cache",
+                    "re-export the model: present.* must be the plugin outputs of their past_key_values.*",
+                )
+            declared[output] = source
+    if static_plugins:
+        outputs = {t["name"] for t in network["io"] if t["mode"] == "output"}
+        missing = sorted(n for n in outputs if io_names.parse_cache_name(n) is not None and n not in declared)
+        if missing:
+            raise UniAttnError(
+                f"the static-cache engine would not update {', '.join(missing)} in place (no plugin "
+                "declares it aliased to its past cache)",
+                "re-export the model with uniattn-export (caches as outputs of the attention nodes)",
+            )
+    return dict(sorted(declared.items()))
 
 
 def _store_timing_cache(built: Path, target: Path) -> None:

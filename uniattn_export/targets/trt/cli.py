@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "none: a self-contained engine from the ONNX function bodies")
     group.add_argument("--trt-batch", default=str(defaults.batch), metavar="MIN:OPT:MAX",
                        help="batch sizes of the optimization profile (default %(default)s)")
-    group.add_argument("--trt-seq", default=str(defaults.sequence), metavar="MIN:OPT:MAX",
-                       help="new tokens per call: 1 in decode, the prompt in prefill (default %(default)s)")
-    group.add_argument("--trt-past", default=str(defaults.past), metavar="MIN:OPT:MAX",
-                       help="cached tokens before a call (default %(default)s)")
+    group.add_argument("--trt-seq", default=None, metavar="MIN:OPT:MAX",
+                       help=f"new tokens per call: 1 in decode, the prompt in prefill (default {defaults.sequence}; "
+                            "static caches: the prefill profile, at most the capacity)")
+    group.add_argument("--trt-past", default=None, metavar="MIN:OPT:MAX",
+                       help=f"dynamic caches only: cached tokens before a call (default {defaults.past})")
     group.add_argument("--trt-precision", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                        help="must match the exported dtype: networks are strongly typed (default auto)")
     group.add_argument("--trt-tf32", action="store_true", help="allow TF32 math in float32 layers")
@@ -50,14 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="report whether every custom node resolves, and build nothing")
 
 
-def options_from_args(args: argparse.Namespace):
+def options_from_args(args: argparse.Namespace, capacity: int | None = None):
+    """BuildOptions from the flags; `capacity` is the static artifact's (None: dynamic caches
+    or not known yet), which bounds the default prefill range and excludes --trt-past."""
+    from ...errors import UniAttnError
     from .build import BuildOptions
     from .profiles import DimRange, ProfileSpec
 
+    defaults = ProfileSpec()
+    if capacity is not None and args.trt_past is not None:
+        raise UniAttnError(
+            "--trt-past applies to dynamic caches; a static-cache engine holds the artifact's "
+            f"capacity ({capacity} tokens) in every profile",
+            "drop --trt-past (or export with --cache dynamic)",
+        )
+    sequence = defaults.sequence
+    if args.trt_seq is not None:
+        sequence = DimRange.parse(args.trt_seq, "--trt-seq", 1)
+    elif capacity is not None and sequence.max > capacity:
+        sequence = DimRange(1, 1, capacity)
     profile = ProfileSpec(
         batch=DimRange.parse(args.trt_batch, "--trt-batch", 1),
-        sequence=DimRange.parse(args.trt_seq, "--trt-seq", 1),
-        past=DimRange.parse(args.trt_past, "--trt-past", 0),
+        sequence=sequence,
+        past=DimRange.parse(args.trt_past, "--trt-past", 0) if args.trt_past is not None else defaults.past,
     )
     return BuildOptions(
         plugins=args.trt_plugins,
@@ -100,7 +116,17 @@ def describe_build(report: dict) -> list[str]:
         return [f"TensorRT preflight only: every custom node {'resolves' if ok else 'does NOT resolve'}; no engine built"]
     tensorrt = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX"}[report["tensorrt"]["flavour"]]
     capabilities = ", ".join(f"{c} {GPU_FAMILIES.get(c, '')}".rstrip() for c in report["compute_capabilities"])
-    profile = ", ".join(f"{name} {dims[0]}-{dims[2]}" for name, dims in report["profile"].items())
+    if report["cache"]["mode"] == "static":
+        profile = "; ".join(
+            f"{p['name']}: " + ", ".join(f"{name} {dims[0]}-{dims[2]}" for name, dims in p["dims"].items()
+                                       if name != "capacity")
+            for p in report["profiles"]
+        )  # fmt: skip
+        in_place = "updated in place (aliased plugin I/O)" if report["aliased_caches"] else (
+            "recomputed into a second buffer (function bodies: no aliasing)")
+        profile += f"; caches of {report['cache']['capacity']} tokens, {in_place}"
+    else:
+        profile = ", ".join(f"{name} {dims[0]}-{dims[2]}" for name, dims in report["profile"].items())
     return [
         f"engine {report['engine']} ({report['engine_bytes'] / 2**20:.1f} MiB, {report['dtype']}, "
         f"plugins: {report['plugins']}), built in {report['build_seconds']:.1f} s with {tensorrt} {report['tensorrt']['version']}",
@@ -119,8 +145,8 @@ def build_from_args(args: argparse.Namespace, artifact_dir: Path) -> dict:
     from .graph import load_graph
     from .preflight import preflight
 
-    options = options_from_args(args)
     artifact = load_artifact(artifact_dir)
+    options = options_from_args(args, artifact.capacity if artifact.cache_mode == "static" else None)
     if args.trt_preflight_only:
         checks = preflight(load_graph(artifact.onnx_path), compat.load(options.flavour))
         return {"target": "trt", "preflight": checks.to_dict(), "engine": None}
@@ -134,6 +160,9 @@ def build_from_args(args: argparse.Namespace, artifact_dir: Path) -> dict:
         "plugins": manifest["plugins"]["mode"],
         "dtype": manifest["dtype"],
         "profile": manifest["profiles"][0]["dims"],
+        "cache": manifest["cache"],
+        "profiles": [{"name": p["name"], "dims": p["dims"]} for p in manifest["profiles"]],
+        "aliased_caches": len(manifest["aliased_caches"]),
         "network": {k: manifest["network"][k] for k in ("layers", "layer_types")},
         "plugin_layers": [layer["name"] for layer in manifest["network"]["plugin_layers"]],
         "engine_bytes": manifest["engine"]["bytes"],

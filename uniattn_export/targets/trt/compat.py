@@ -114,6 +114,19 @@ class Flavour:
         else:
             config.clear_flag(flag)
 
+    def enable_aliased_plugin_io(self, config) -> None:
+        """Plugins may declare outputs aliased to inputs (IPluginV3OneBuildV2, TensorRT 10.3+
+        and TensorRT-RTX 1.x): a preview feature that must be switched on in the builder
+        config, or the build fails on the first plugin that declares one."""
+        feature = getattr(self.module.PreviewFeature, "ALIASED_PLUGIN_IO_10_03", None)
+        if feature is None:
+            raise UniAttnError(
+                f"{self.describe()} has no aliased plugin I/O (TensorRT 10.3 or newer has it), "
+                "which the static-cache plugins need",
+                "install TensorRT 10.3+ or TensorRT-RTX, or build with --trt-plugins none",
+            )
+        config.set_preview_feature(feature, True)
+
     def plugin_registry(self):
         return self.module.get_plugin_registry()
 

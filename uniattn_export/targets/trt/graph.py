@@ -136,6 +136,20 @@ def _info(value: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(value.name, onnx_type_name(tensor.elem_type), dims)
 
 
+def cache_capacity(model: onnx.ModelProto) -> int | None:
+    """The fixed capacity C of a static-cache graph (op contract v2: past_key_values.* are
+    (B, Hkv, C, D) with C a number), or None for growing caches (a named axis)."""
+    capacities = {info.dims[2] for info in graph_inputs(model) if io_names.is_past(info.name) and len(info.dims) == 4}
+    if len(capacities) == 1 and isinstance(next(iter(capacities)), int):
+        return next(iter(capacities))
+    if any(isinstance(c, int) for c in capacities):
+        raise UniAttnError(
+            f"the graph's caches disagree on their length axis ({sorted(map(str, capacities))})",
+            "re-export the model: every cache of a static artifact has the same capacity",
+        )
+    return None
+
+
 def activation_dtype(model: onnx.ModelProto) -> str:
     """The type T of the cache tensors (the dtype the model was exported in)."""
     for info in graph_inputs(model):

@@ -7,11 +7,17 @@ combinations, serialized fields, workspace size); their enqueue launches the sha
 kernels through the C ABI (uniattn_export.native) with the pointers and the stream TensorRT passes,
 so no tensor data ever passes through Python.
 
-Each op has an IPluginCreatorV3One registered under the ONNX op name, version "1" and
+Each op has an IPluginCreatorV3One per op contract version, registered under the ONNX op
+name, the version ("1": growing caches, "2": fixed-capacity caches updated in place) and
 namespace "uniattn" (the nodes' plugin_version / plugin_namespace attributes), which is how
 the ONNX parser maps the custom nodes to them. A producer node's output count (3 for a layer
 without consumers, 5 for a SuperBlock producer) is not visible to a plugin creator, so the
 builder writes it into a `num_outputs` attribute before parsing (graph.prepare_for_parser).
+
+Version 2 plugins declare their present caches aliased to their past caches
+(IPluginV3OneBuildV2.get_aliased_input, TensorRT's preview feature ALIASED_PLUGIN_IO_10_03,
+which the builder enables): TensorRT then hands enqueue the same address for both, and the
+kernels write only the new slots. The aliases come from the op schema.
 
 A Python plugin lives in the process, not in the engine: whoever deserializes an engine
 built with these plugins must call `register_plugins` first (the runtime session does).
@@ -32,24 +38,70 @@ from ...export.schema import CONSUMER_OP, PLUGIN_NAMESPACE, PRODUCER_OP, SCHEMA
 from ...native import AttentionDesc, ConsumerIO, ProducerIO
 from .compat import Flavour
 
-# These plugins implement op contract version 1 (growing caches); the version 2 plugins
-# (fixed-capacity caches in place) are not written yet, so static artifacts cannot be built.
-CONTRACT = SCHEMA.versions[1]
-PLUGIN_VERSION = CONTRACT.plugin_version
+CONTRACTS = {version: SCHEMA.versions[version] for version in sorted(SCHEMA.versions)}
+# The version a node without plugin_version resolves to (ONNX's attribute default of v1).
+PLUGIN_VERSION = SCHEMA.versions[1].plugin_version
+# Plugin fields: the ops' attributes except the two that route the node to a plugin (the
+# same names as export.ops.ROUTING_ATTRIBUTES, which imports torch; tests/export/test_schema.py
+# holds them equal).
+ROUTING_ATTRIBUTES = ("plugin_version", "plugin_namespace")
+# Schema tensor types as the plugins name them: "T" is the activation type shared by all T
+# slots, positions and masks are int64, the log-sum-exp float32.
+_KINDS = {"T": "T", "int64": "int64", "float": "float32"}
 
-# Tensor kinds of every I/O slot, inputs first: "T" is the activation type shared by all of
-# them, the mask is int64 and the log-sum-exp float32 (docs/ops.md).
-PRODUCER_INPUTS = ("T", "T", "T", "T", "T", "int64")
-PRODUCER_OUTPUTS = ("T", "T", "T", "T", "float32")
-CONSUMER_INPUTS = ("T", "T", "int64", "T", "float32", "T", "T")
-CONSUMER_OUTPUTS = ("T", "T")
-# The input that carries P (dim 2) and D (dim 3): past_key / past_value. B and L are input 0's.
-CACHE_INPUT = {PRODUCER_OP: 3, CONSUMER_OP: 1}
+
+@dataclass(frozen=True)
+class OpLayout:
+    """One op of one contract version as a plugin sees it, derived from the op schema."""
+
+    op_type: str
+    version: int
+    input_kinds: tuple[str, ...]
+    output_kinds: tuple[str, ...]
+    field_names: tuple[str, ...]
+    cache_input: int  # past_key / past_value: carries P or C (dim 2) and D (dim 3)
+    aliases: dict[int, int]  # output index -> input index sharing its memory (version 2)
+
+    @property
+    def plugin_version(self) -> str:
+        return str(self.version)
+
+    @property
+    def static(self) -> bool:
+        return CONTRACTS[self.version].cache == "static"
+
+
+def _layout(op_type: str, version: int) -> OpLayout:
+    spec = getattr(CONTRACTS[version], "producer" if op_type == PRODUCER_OP else "consumer")
+    fields_ = tuple(a.name for a in spec.attributes if a.name not in ROUTING_ATTRIBUTES)
+    return OpLayout(
+        op_type=op_type,
+        version=version,
+        input_kinds=tuple(_KINDS[t.type] for t in spec.inputs),
+        output_kinds=tuple(_KINDS[t.type] for t in spec.outputs),
+        field_names=fields_ + (("num_outputs",) if op_type == PRODUCER_OP else ()),
+        cache_input=spec.input_index("past_key" if op_type == PRODUCER_OP else "past_value"),
+        aliases={spec.output_index(o): spec.input_index(i) for o, i in spec.aliases.items()},
+    )
+
+
+LAYOUTS = {(op, version): _layout(op, version) for version in CONTRACTS for op in (PRODUCER_OP, CONSUMER_OP)}
+
+
+def layout(op_type: str, plugin_version: str | int) -> OpLayout:
+    key = (op_type, int(plugin_version))
+    if key not in LAYOUTS:
+        raise UniAttnError(
+            f"no TensorRT plugin implements {op_type} version {plugin_version}",
+            f"re-export the model (plugin versions: {', '.join(map(str, CONTRACTS))})",
+        )
+    return LAYOUTS[key]
 
 
 @dataclass(frozen=True)
 class AttentionFields:
-    """The plugin fields: the nodes' attributes (plus num_outputs for producers)."""
+    """The plugin fields: the nodes' attributes (plus num_outputs for producers). Version 2
+    has no is_causal (always causal): its plugins leave it at 1."""
 
     num_heads: int
     kv_num_heads: int
@@ -77,9 +129,6 @@ class AttentionFields:
                                "re-export the model")  # fmt: skip
         return self
 
-    def describe(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in asdict(self).items())
-
 
 # Field name -> (numpy type, PluginFieldType name). Ints travel as int32: that is what the
 # ONNX parser makes of an INT attribute.
@@ -87,8 +136,6 @@ _FIELD_TYPES = {
     f.name: ((np.float32, "FLOAT32") if f.type in (float, "float") else (np.int32, "INT32"))
     for f in fields(AttentionFields)
 }
-PRODUCER_FIELDS = tuple(_FIELD_TYPES)
-CONSUMER_FIELDS = ("num_heads", "kv_num_heads", "scale", "is_causal", "sliding_window")
 
 
 def fields_from_collection(op_type: str, collection) -> AttentionFields:
@@ -103,13 +150,13 @@ def fields_from_collection(op_type: str, collection) -> AttentionFields:
         raise UniAttnError(f"{op_type} node lacks attribute(s) {', '.join(missing)}",
                            "re-export the model")  # fmt: skip
     if op_type == CONSUMER_OP:
-        values["num_outputs"] = len(CONSUMER_OUTPUTS)
+        values["num_outputs"] = len(LAYOUTS[(CONSUMER_OP, 1)].output_kinds)
     return AttentionFields(**values).validate(op_type)
 
 
 @dataclass(frozen=True)
 class PluginSet:
-    """The plugin and creator classes bound to one TensorRT module."""
+    """The plugin and creator classes of one contract version bound to one TensorRT module."""
 
     producer: type
     consumer: type
@@ -117,31 +164,31 @@ class PluginSet:
 
 
 @lru_cache(maxsize=None)
-def plugin_classes(trt) -> PluginSet:
-    """Define the plugin classes on top of `trt`'s binding classes (TensorRT or RTX)."""
+def plugin_classes(trt, version: int = 1) -> PluginSet:
+    """Define the plugin classes of contract `version` on top of `trt`'s binding classes
+    (TensorRT or RTX). Version 2 builds on IPluginV3OneBuildV2 for its aliased caches."""
     dtype_names = trt_type_names(trt)
+    aliased = any(LAYOUTS[(op, version)].aliases for op in (PRODUCER_OP, CONSUMER_OP))
+    build_interface = trt.IPluginV3OneBuildV2 if aliased else trt.IPluginV3OneBuild
 
-    class SharedSoftmaxPlugin(
-        trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime
-    ):
-        op_type: str
-        input_kinds: tuple[str, ...]
-        output_kinds: tuple[str, ...]
-        field_names: tuple[str, ...]
+    class SharedSoftmaxPlugin(trt.IPluginV3, trt.IPluginV3OneCore, build_interface, trt.IPluginV3OneRuntime):
+        layout: OpLayout
 
         def __init__(self, attributes: AttentionFields):
             trt.IPluginV3.__init__(self)
             trt.IPluginV3OneCore.__init__(self)
-            trt.IPluginV3OneBuild.__init__(self)
+            build_interface.__init__(self)
             trt.IPluginV3OneRuntime.__init__(self)
             self.attributes = attributes
-            self.plugin_name = self.op_type
-            self.plugin_version = PLUGIN_VERSION
+            self.op_type = self.layout.op_type
+            self.plugin_name = self.layout.op_type
+            self.plugin_version = self.layout.plugin_version
             self.plugin_namespace = PLUGIN_NAMESPACE
             self.num_outputs = attributes.num_outputs
             # Identical attributes time identically: let TensorRT reuse the measurement.
-            self.timing_cache_id = attributes.describe()
-            self.metadata_string = attributes.describe()
+            values = asdict(attributes)
+            self.timing_cache_id = f"v{version}:" + ",".join(f"{k}={values[k]}" for k in self.layout.field_names)
+            self.metadata_string = self.timing_cache_id
 
         # --- core / lifetime ---------------------------------------------------------------
 
@@ -163,20 +210,25 @@ def plugin_classes(trt) -> PluginSet:
                         np.array([values[name]], dtype=_FIELD_TYPES[name][0]),
                         getattr(trt.PluginFieldType, _FIELD_TYPES[name][1]),
                     )
-                    for name in self.field_names
+                    for name in self.layout.field_names
                 ]
             )
 
         # --- build -------------------------------------------------------------------------
 
+        def get_aliased_input(self, output_index):
+            """Version 2: present_key / present_value share the memory of past_key /
+            past_value (the caches are updated in place); -1: not aliased."""
+            return self.layout.aliases.get(output_index, -1)
+
         def slot_kinds(self) -> tuple[str, ...]:
-            return self.input_kinds + self.output_kinds[: self.num_outputs]
+            return self.layout.input_kinds + self.layout.output_kinds[: self.num_outputs]
 
         def get_output_data_types(self, input_types):
             activation = input_types[0]
             return [
                 activation if kind == "T" else trt.DataType.FLOAT
-                for kind in self.output_kinds[: self.num_outputs]
+                for kind in self.layout.output_kinds[: self.num_outputs]
             ]
 
         def supports_format_combination(self, pos, in_out, num_inputs):
@@ -210,11 +262,13 @@ def plugin_classes(trt) -> PluginSet:
             pass
 
         def get_workspace_size(self, inputs, outputs):
-            low, high, cache = [d.min for d in inputs], [d.max for d in inputs], CACHE_INPUT[self.op_type]
+            low, high, cache = [d.min for d in inputs], [d.max for d in inputs], self.layout.cache_input
+            # Static caches: dim 2 is the capacity, fixed by the graph (min == max).
+            past = (0, 0) if self.layout.static else (low[cache][2], high[cache][2])
             return workspace_bound(
                 self.op_type, self.attributes, dtype_names[inputs[0].desc.type],
-                (low[0][0], high[0][0]), (low[0][1], high[0][1]), (low[cache][2], high[cache][2]),
-                high[cache][3],
+                (low[0][0], high[0][0]), (low[0][1], high[0][1]), past, high[cache][3],
+                high[cache][2] if self.layout.static else 0,
             )  # fmt: skip
 
         # --- runtime -----------------------------------------------------------------------
@@ -223,22 +277,24 @@ def plugin_classes(trt) -> PluginSet:
             launch(
                 self.op_type, self.attributes, [list(d.dims) for d in input_desc],
                 [list(d.dims) for d in output_desc], dtype_names[input_desc[0].type],
-                inputs, outputs, workspace, stream,
+                inputs, outputs, workspace, stream, version,
             )  # fmt: skip
 
     class ProducerPlugin(SharedSoftmaxPlugin):
-        op_type = PRODUCER_OP
-        input_kinds, output_kinds, field_names = PRODUCER_INPUTS, PRODUCER_OUTPUTS, PRODUCER_FIELDS
+        layout = LAYOUTS[(PRODUCER_OP, version)]
 
         def get_output_shapes(self, inputs, shape_inputs, expr):
             query, past_key = inputs[0], inputs[3]
             batch, query_len = query[0], query[1]
-            key_len = expr.operation(trt.DimensionOperation.SUM, past_key[2], query_len)
+            if self.layout.static:  # fixed capacity C: present is past's shape
+                key_len = past_key[2]
+            else:
+                key_len = expr.operation(trt.DimensionOperation.SUM, past_key[2], query_len)
             present = trt.DimsExprs([past_key[0], past_key[1], key_len, past_key[3]])
             shapes = [trt.DimsExprs([query[0], query[1], query[2]]), present, present]
             heads = expr.constant(self.attributes.num_heads)
-            # shared_probs is (B, Hq, L, S) when L <= probs_max_query_len, else (B, Hq, L, 0):
-            # S * (L < limit + 1), with LESS giving 1 or 0.
+            # shared_probs is (B, Hq, L, S or C) when L <= probs_max_query_len, else
+            # (B, Hq, L, 0): width * (L < limit + 1), with LESS giving 1 or 0.
             limit = expr.constant(self.attributes.probs_max_query_len + 1)
             fits = expr.operation(trt.DimensionOperation.LESS, query_len, limit)
             width = expr.operation(trt.DimensionOperation.PROD, key_len, fits)
@@ -247,12 +303,14 @@ def plugin_classes(trt) -> PluginSet:
             return shapes[: self.num_outputs]
 
     class ConsumerPlugin(SharedSoftmaxPlugin):
-        op_type = CONSUMER_OP
-        input_kinds, output_kinds, field_names = CONSUMER_INPUTS, CONSUMER_OUTPUTS, CONSUMER_FIELDS
+        layout = LAYOUTS[(CONSUMER_OP, version)]
 
         def get_output_shapes(self, inputs, shape_inputs, expr):
             value, past_value, producer_query = inputs[0], inputs[1], inputs[5]
-            key_len = expr.operation(trt.DimensionOperation.SUM, past_value[2], value[1])
+            if self.layout.static:
+                key_len = past_value[2]
+            else:
+                key_len = expr.operation(trt.DimensionOperation.SUM, past_value[2], value[1])
             present = trt.DimsExprs([past_value[0], past_value[1], key_len, past_value[3]])
             output = trt.DimsExprs([producer_query[0], producer_query[1], producer_query[2]])
             return [output, present]
@@ -261,8 +319,8 @@ def plugin_classes(trt) -> PluginSet:
         class Creator(trt.IPluginCreatorV3One):
             def __init__(self):
                 trt.IPluginCreatorV3One.__init__(self)
-                self.name = plugin.op_type
-                self.plugin_version = PLUGIN_VERSION
+                self.name = plugin.layout.op_type
+                self.plugin_version = plugin.layout.plugin_version
                 self.plugin_namespace = PLUGIN_NAMESPACE
                 self.field_names = trt.PluginFieldCollection(
                     [
@@ -271,14 +329,14 @@ def plugin_classes(trt) -> PluginSet:
                             np.array([], dtype=_FIELD_TYPES[name][0]),
                             getattr(trt.PluginFieldType, _FIELD_TYPES[name][1]),
                         )
-                        for name in plugin.field_names
+                        for name in plugin.layout.field_names
                     ]
                 )
 
             def create_plugin(self, name, field_collection, phase):
-                return plugin(fields_from_collection(plugin.op_type, field_collection))
+                return plugin(fields_from_collection(plugin.layout.op_type, field_collection))
 
-        Creator.__name__ = Creator.__qualname__ = f"{plugin.__name__}Creator"
+        Creator.__name__ = Creator.__qualname__ = f"{plugin.__name__}V{version}Creator"
         return Creator
 
     return PluginSet(
@@ -288,34 +346,49 @@ def plugin_classes(trt) -> PluginSet:
     )
 
 
-def _desc(attributes: AttentionFields, batch, query_len, past_len, head_dim, dtype) -> AttentionDesc:
+def _desc(attributes: AttentionFields, batch, query_len, past_len, head_dim, dtype, capacity=0) -> AttentionDesc:
     return AttentionDesc(
         batch=int(batch), query_len=int(query_len), past_len=int(past_len),
         num_heads=attributes.num_heads, kv_num_heads=attributes.kv_num_heads,
         head_dim=int(head_dim), scale=attributes.scale, is_causal=attributes.is_causal,
-        sliding_window=attributes.sliding_window, dtype=native.DTYPE_CODES[dtype],
+        sliding_window=attributes.sliding_window, dtype=native.DTYPE_CODES[dtype], capacity=int(capacity),
     )  # fmt: skip
 
 
 def launch(op_type: str, attributes: AttentionFields, in_dims: list[list[int]], out_dims: list[list[int]],
-           dtype: str, inputs: list[int], outputs: list[int], workspace: int, stream: int) -> None:  # fmt: skip
+           dtype: str, inputs: list[int], outputs: list[int], workspace: int, stream: int,
+           version: int = 1) -> None:  # fmt: skip
     """What a plugin's enqueue does, on plain dims and device pointers (no TensorRT objects,
-    so the GPU check can drive it directly): launch the op's CUDA kernel on `stream`."""
-    cache = in_dims[CACHE_INPUT[op_type]]
-    desc = _desc(attributes, in_dims[0][0], in_dims[0][1], cache[2], cache[3], dtype)
+    so the GPU checks can drive it directly): launch the op's CUDA kernel on `stream`.
+
+    Version 2 (static caches): the capacity is the caches' dim 2, visibility and slots come
+    from position_ids on the device; when a present pointer equals its past pointer (TensorRT's
+    aliased I/O) the kernels write only the new slots. Nothing here reads device memory,
+    allocates or synchronizes, so a CUDA graph can capture it."""
+    static = LAYOUTS[(op_type, version)].static
+    cache = in_dims[LAYOUTS[(op_type, version)].cache_input]
+    if static:
+        desc = _desc(attributes, in_dims[0][0], in_dims[0][1], 0, cache[3], dtype, capacity=cache[2])
+    else:
+        desc = _desc(attributes, in_dims[0][0], in_dims[0][1], cache[2], cache[3], dtype)
     if op_type == PRODUCER_OP:
         count = attributes.num_outputs
         emits_probs = count >= 4 and out_dims[3][3] > 0  # (B, Hq, L, 0): nothing to write
-        io = ProducerIO(
-            *inputs[:6], *outputs[:3],
-            outputs[3] if emits_probs else None, outputs[4] if count == 5 else None,
-        )  # fmt: skip
+        probs = outputs[3] if emits_probs else None
+        lse = outputs[4] if count == 5 else None
+        if static:  # inputs: q, k, v, past_key, past_value, position_ids
+            io = ProducerIO(*inputs[:5], None, *outputs[:3], probs, lse, inputs[5])
+        else:
+            io = ProducerIO(*inputs[:6], *outputs[:3], probs, lse)
         function = "ua_producer_cuda"
     else:
-        key_len = cache[2] + in_dims[0][1]
+        key_len = cache[2] if static else cache[2] + in_dims[0][1]
         # Decode hands over the probabilities; a (..., 0) tensor means recompute.
-        uses_probs = in_dims[3][3] == key_len and key_len > 0
-        io = ConsumerIO(inputs[0], inputs[1], inputs[2], inputs[3] if uses_probs else None, *inputs[4:7], *outputs[:2])
+        probs = inputs[3] if in_dims[3][3] == key_len and key_len > 0 else None
+        if static:  # inputs: value, past_value, position_ids, probs, lse, producer q, producer k
+            io = ConsumerIO(inputs[0], inputs[1], None, probs, *inputs[4:7], *outputs[:2], inputs[2])
+        else:
+            io = ConsumerIO(inputs[0], inputs[1], inputs[2], probs, *inputs[4:7], *outputs[:2])
         function = "ua_consumer_cuda"
     kernels = native.kernels()
     status = getattr(kernels, function)(ctypes.byref(desc), ctypes.byref(io), workspace or None, stream or None)
@@ -335,7 +408,8 @@ def _sample(low: int, high: int, step: int, dense: int) -> list[int]:
 
 @lru_cache(maxsize=256)
 def workspace_bound(op_type: str, attributes: AttentionFields, dtype: str, batch: tuple[int, int],
-                    query_len: tuple[int, int], past_len: tuple[int, int], head_dim: int) -> int:  # fmt: skip
+                    query_len: tuple[int, int], past_len: tuple[int, int], head_dim: int,
+                    capacity: int = 0) -> int:  # fmt: skip
     """Workspace bytes that suffice for every call in the profile's (min, max) ranges.
 
     The kernels' own size is not monotone in the shape: split-KV planning trades batch and
@@ -343,10 +417,12 @@ def workspace_bound(op_type: str, attributes: AttentionFields, dtype: str, batch
     smaller than the profile's maximum can need more. Hence the maximum over every batch and
     query length (the first 64, then doubling), every 32nd past length (the kernels plan in
     key tiles of 32 keys or more; the first 256 steps, then doubling), and both kernel paths.
+    Static caches (`capacity` > 0, op version 2) have no past length: past_len is (0, 0) and
+    the size depends on batch, query length and the fixed capacity.
     """
     kind = "producer" if op_type == PRODUCER_OP else "consumer"
     size = getattr(native.kernels(), f"ua_{kind}_cuda_workspace_size")
-    desc = _desc(attributes, batch[1], query_len[1], past_len[1], head_dim, dtype)
+    desc = _desc(attributes, batch[1], query_len[1], past_len[1], head_dim, dtype, capacity)
     best = 0
     for b in _sample(*batch, step=1, dense=64):
         desc.batch = b
@@ -363,20 +439,22 @@ _REGISTERED: dict[tuple[str, str], object] = {}
 
 
 def register_plugins(flavour: Flavour) -> list[str]:
-    """Register both creators with `flavour`'s plugin registry (idempotent); returns the
-    registered "namespace::name/version" keys."""
+    """Register the creators of every contract version with `flavour`'s plugin registry
+    (idempotent); returns the registered "namespace::name/version" keys."""
     registry = flavour.plugin_registry()
     keys = []
-    for creator_class in plugin_classes(flavour.module).creators:
-        creator = creator_class()
-        key = (flavour.name, creator.name)
-        if key not in _REGISTERED:
-            if not registry.register_creator(creator, PLUGIN_NAMESPACE):
-                raise UniAttnError(
-                    f"{flavour.describe()} refused to register the {creator.name} plugin "
-                    "(another creator with that name, version and namespace is registered)",
-                    "do not load a second UniAttn plugin library into this process",
-                )
-            _REGISTERED[key] = creator
-        keys.append(f"{PLUGIN_NAMESPACE}::{creator.name}/{PLUGIN_VERSION}")
+    for version in CONTRACTS:
+        for creator_class in plugin_classes(flavour.module, version).creators:
+            creator = creator_class()
+            key = (flavour.name, creator.name, version)
+            if key not in _REGISTERED:
+                if not registry.register_creator(creator, PLUGIN_NAMESPACE):
+                    raise UniAttnError(
+                        f"{flavour.describe()} refused to register the {creator.name} plugin "
+                        f"version {version} (another creator with that name, version and namespace "
+                        "is registered)",
+                        "do not load a second UniAttn plugin library into this process",
+                    )
+                _REGISTERED[key] = creator
+            keys.append(f"{PLUGIN_NAMESPACE}::{creator.name}/{version}")
     return keys

@@ -21,12 +21,10 @@ from onnx import helper
 from ... import native
 from ...dtypes import onnx_type
 from ...errors import UniAttnError
+from ...export.schema import DOMAIN
 from .compat import Flavour
 from .graph import CustomNode, activation_dtype, custom_nodes
-from .plugins import (
-    CONSUMER_INPUTS, CONSUMER_OUTPUTS, PRODUCER_INPUTS, PRODUCER_OP, PRODUCER_OUTPUTS,
-    register_plugins,
-)  # fmt: skip
+from .plugins import layout, register_plugins
 
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 
@@ -71,6 +69,9 @@ def preflight(model: onnx.ModelProto, flavour: Flavour) -> PreflightReport:
     for node in nodes:
         groups.setdefault(node.signature(), []).append(node)
     dtype = activation_dtype(model)
+    # The op contract version the graph imports (what onnxruntime goes by; TensorRT goes by
+    # each node's plugin_version).
+    contract = next((o.version for o in model.opset_import if o.domain == DOMAIN), 1)
     kernels_problem, kernels_path = _kernels_problem()
     register_plugins(flavour)
     ort_library = native.ort_custom_op_library()
@@ -81,7 +82,7 @@ def preflight(model: onnx.ModelProto, flavour: Flavour) -> PreflightReport:
             outputs=len(group[0].outputs),
             nodes=tuple(n.name for n in group),
             tensorrt=kernels_problem or _tensorrt_problem(group[0], flavour),
-            onnxruntime=_onnxruntime_problem(group[0], dtype, ort_library, providers),
+            onnxruntime=_onnxruntime_problem(group[0], contract, dtype, ort_library, providers),
         )
         for group in groups.values()
     )
@@ -139,10 +140,9 @@ def _ort_providers() -> tuple[str, ...]:
     return tuple(p for p in ORT_PROVIDERS if p in available)
 
 
-def _single_node_model(node: CustomNode, dtype: str) -> onnx.ModelProto:
-    producer = node.op_type == PRODUCER_OP
-    input_kinds = PRODUCER_INPUTS if producer else CONSUMER_INPUTS
-    output_kinds = (PRODUCER_OUTPUTS if producer else CONSUMER_OUTPUTS)[: len(node.outputs)]
+def _single_node_model(node: CustomNode, contract: int, dtype: str) -> onnx.ModelProto:
+    op = layout(node.op_type, contract)
+    input_kinds, output_kinds = op.input_kinds, op.output_kinds[: len(node.outputs)]
 
     def values(prefix, kinds):
         return [helper.make_tensor_value_info(f"{prefix}{i}", onnx_type(dtype if k == "T" else k), None)
@@ -155,17 +155,19 @@ def _single_node_model(node: CustomNode, dtype: str) -> onnx.ModelProto:
         "preflight", inputs, outputs,
     )  # fmt: skip
     return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(node.domain, 1)], ir_version=10
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(node.domain, op.version)],
+        ir_version=10,
     )
 
 
-def _onnxruntime_problem(node: CustomNode, dtype: str, library: str | None, providers) -> str | None:
+def _onnxruntime_problem(node: CustomNode, contract: int, dtype: str, library: str | None,
+                         providers) -> str | None:  # fmt: skip
     if library is None:
         return ("the ONNX Runtime custom-op library (libuniattn_ort.so) is not built; onnxruntime "
                 "would fall back to the function bodies")  # fmt: skip
     import onnxruntime
 
-    model = _single_node_model(node, dtype).SerializeToString()
+    model = _single_node_model(node, contract, dtype).SerializeToString()
     for provider in providers:
         options = onnxruntime.SessionOptions()
         options.register_custom_ops_library(library)

@@ -27,8 +27,10 @@ def _describe_network(trt, network) -> dict:
         kind = str(layer.type).split(".")[-1]
         by_type[kind] = by_type.get(kind, 0) + 1
         if kind.startswith("PLUGIN"):
-            plugins.append({"name": layer.name, "kind": kind,
-                            "outputs": [layer.get_output(i).name for i in range(layer.num_outputs)]})  # fmt: skip
+            entry = {"name": layer.name, "kind": kind,
+                     "outputs": [layer.get_output(i).name for i in range(layer.num_outputs)]}  # fmt: skip
+            entry.update(_plugin_aliases(trt, layer))
+            plugins.append(entry)
     io = []
     for mode, count, get in (("input", network.num_inputs, network.get_input),
                              ("output", network.num_outputs, network.get_output)):  # fmt: skip
@@ -38,6 +40,22 @@ def _describe_network(trt, network) -> dict:
                        "shape": list(tensor.shape)})  # fmt: skip
     summary = {"layers": network.num_layers, "layer_types": dict(sorted(by_type.items())), "plugin_layers": plugins}
     return {"summary": summary, "io": io}
+
+
+def _plugin_aliases(trt, layer) -> dict:
+    """{"version", "aliases": {output name: input name}} of a UniAttn plugin layer, as the
+    plugin object TensorRT holds declares them (get_aliased_input); {} for other plugins."""
+    layer.__class__ = trt.IPluginV3Layer  # the bindings hand out every layer as ILayer
+    plugin = layer.plugin
+    build = plugin.get_capability_interface(trt.PluginCapabilityType.BUILD)
+    if not hasattr(build, "get_aliased_input"):
+        return {}
+    aliases = {}
+    for index in range(layer.num_outputs):
+        source = build.get_aliased_input(index)
+        if source >= 0:
+            aliases[layer.get_output(index).name] = layer.get_input(source).name
+    return {"version": str(plugin.plugin_version), "aliases": aliases}
 
 
 def run(request: dict) -> dict:
@@ -62,10 +80,13 @@ def run(request: dict) -> dict:
         return {"network": _describe_network(trt, network)}
 
     config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in request["input_shapes"].items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    for input_shapes in request["profiles"]:  # in order: the engine's profile indices
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in input_shapes.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
+    if request["aliased_plugin_io"]:
+        flavour.enable_aliased_plugin_io(config)
     capabilities = flavour.set_compute_capabilities(config, request["compute_capabilities"])
     flavour.set_tf32(config, request["tf32"])
     config.builder_optimization_level = request["optimization_level"]
