@@ -57,7 +57,7 @@ def test_trt_target_builds_static_caches_by_default(checkpoint, tmp_path, capsys
             "--no-validate"]  # fmt: skip
     assert main(argv) == 0
     report = _report(out, "export.json")
-    assert report["manifest"]["cache"] == {"mode": "static", "capacity": 32, "op_version": 2}
+    assert report["manifest"]["cache"] == {"mode": "static", "capacity": 32, "op_version": 2, "layout": "optimum"}
     assert report["trt"]["cache"] == {"mode": "static", "capacity": 32} and report["trt"]["aliased_caches"] == 7
     assert [p["name"] for p in report["trt"]["profiles"]] == ["prefill", "decode"]
     assert "caches of 32 tokens, updated in place (aliased plugin I/O)" in capsys.readouterr().err
