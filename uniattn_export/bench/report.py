@@ -19,6 +19,17 @@ JSON_FILE, PLOT_FILE = "bench.json", "bench.png"
 
 # (name, numerator runtime, denominator runtime)
 RATIOS = (
+    ("uniattn / base, ort-static-graph", "artifact/ort-static-graph", "baseline/ort-static-graph"),
+    ("uniattn / base, ort-static-library", "artifact/ort-static-library", "baseline/ort-static-library"),
+    ("uniattn / base, ort-static-bodies", "artifact/ort-static-bodies", "baseline/ort-static-bodies"),
+    ("uniattn ort-static-graph / transformers static compiled", "artifact/ort-static-graph", "baseline/transformers-static-compiled"),
+    ("uniattn ort-static-library / transformers static compiled", "artifact/ort-static-library", "baseline/transformers-static-compiled"),
+    ("uniattn ort-static-graph / onnxruntime-genai", "artifact/ort-static-graph", "baseline/onnxruntime-genai"),
+    ("uniattn ort-static-library / onnxruntime-genai", "artifact/ort-static-library", "baseline/onnxruntime-genai"),
+    ("base ort-static-library / onnxruntime-genai", "baseline/ort-static-library", "baseline/onnxruntime-genai"),
+    ("library / function bodies, uniattn static", "artifact/ort-static-library", "artifact/ort-static-bodies"),
+    ("static / dynamic, uniattn ort-library", "artifact/ort-static-library", "artifact/ort-library"),
+    ("uniattn ort-static-library / transformers dynamic", "artifact/ort-static-library", "baseline/transformers-dynamic"),
     ("uniattn / base, ort-library", "artifact/ort-library", "baseline/ort-library"),
     ("uniattn / base, ort-bodies", "artifact/ort-bodies", "baseline/ort-bodies"),
     ("library / function bodies, uniattn", "artifact/ort-library", "artifact/ort-bodies"),
@@ -29,7 +40,8 @@ RATIOS = (
 PHASES = ("decode", "prefill")
 _SHORT_MODEL = {"artifact": "ua", "baseline": "base"}
 _SHORT_BACKEND = {
-    "ort-library": "lib", "ort-bodies": "bodies", "transformers-dynamic": "hf dyn",
+    "ort-library": "lib", "ort-bodies": "bodies", "ort-static-library": "st lib", "ort-static-bodies": "st bodies",
+    "ort-static-graph": "st graph", "onnxruntime-genai": "genai", "transformers-dynamic": "hf dyn",
     "transformers-static": "hf static", "transformers-static-compiled": "hf compiled",
 }  # fmt: skip
 
@@ -133,33 +145,57 @@ def plot(doc: dict, path: Path) -> Path:
     return path
 
 
+# The table's ratio columns: (column title, RATIOS name); a column shows when any cell has it.
+HEADLINE_RATIOS = (
+    ("ua/base st", "uniattn / base, ort-static-library"),
+    ("ua st/genai", "uniattn ort-static-library / onnxruntime-genai"),
+    ("ua graph/hf comp", "uniattn ort-static-graph / transformers static compiled"),
+    ("ua st lib/bodies", "library / function bodies, uniattn static"),
+    ("ua st/dyn", "static / dynamic, uniattn ort-library"),
+)
+
+
+def _copies(result: dict | None) -> str:
+    """Device-to-device memcpy bytes of the profiled decode step (CUDA), "-" where not profiled."""
+    copies = (result or {}).get("decode", {}).get("cache_copies")
+    return "-" if copies is None else str(copies["memcpy_dtod_bytes"])
+
+
 def summary_table(doc: dict) -> Table:
-    """Decode medians (ms per step) per cell and runtime, then the two headline ratios."""
+    """Per cell and phase, the medians (ms) of every runtime that ran, then the headline ratios
+    of that phase; the last column: memcpy DtoD bytes of one profiled decode step per ORT row (CUDA)."""
     runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
     table = Table(
-        title=f"decode ms/step, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
+        title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
         caption="ua = the UniAttn artifact, base = the base model; lib = ORT + custom-op library, bodies = ORT "
-        "function bodies, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + torch.compile). "
-        "Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
+        "function bodies, st = static caches through OrtSession (graph: + CUDA graphs), genai = onnxruntime-genai "
+        "on its own build of the base model, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + "
+        "torch.compile). Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
     )
-    table.add_column("B", justify="right")
-    table.add_column("S", justify="right")
+    for column in ("phase", "B", "S"):
+        table.add_column(column, justify="right")
     for runtime in runtimes:
         table.add_column(short_name(runtime), justify="right")
-    headline = RATIOS[0][0], RATIOS[3][0]
-    table.add_column("ua/base lib", justify="right")
-    table.add_column("ua lib/hf compiled", justify="right")
-    ratios = {(r["name"], r["batch"], r["context"]): r["decode"] for r in doc["ratios"]}
+    present = {r["name"] for r in doc["ratios"]}
+    headline = [(title, name) for title, name in HEADLINE_RATIOS if name in present]
+    for title, _ in headline:
+        table.add_column(title, justify="right")
+    profiled = any("cache_copies" in r.get("decode", {}) for r in doc["results"])
+    if profiled:
+        table.add_column("DtoD B/step", justify="right")
+    ratios = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
     cells = {(r["runtime"], r["batch"], r["context"]): r for r in doc["results"]}
-    for batch in doc["settings"]["batches"]:
-        for context in doc["settings"]["contexts"]:
-            row = [str(batch), str(context)]
-            for runtime in runtimes:
-                result = cells.get((runtime, batch, context))
-                median = _median(result.get("decode")) if result else None
-                row.append(f"{median:.3f}" if median is not None else "-")
-            for name in headline:
-                ratio = ratios.get((name, batch, context))
+    shapes = sorted({(r["batch"], r["context"]) for r in doc["results"]})
+    for phase in PHASES:
+        for batch, context in shapes:
+            medians = [_median(cells.get((runtime, batch, context), {}).get(phase)) for runtime in runtimes]
+            if all(m is None for m in medians):
+                continue
+            row = [phase, str(batch), str(context), *(f"{m:.3f}" if m is not None else "-" for m in medians)]
+            for _, name in headline:
+                ratio = ratios.get((name, batch, context), {}).get(phase)
                 row.append(f"{ratio:.3f}" if ratio is not None else "-")
+            if profiled:
+                row.append(" / ".join(_copies(cells.get((r, batch, context))) for r in runtimes if "ort-" in r) if phase == "decode" else "")
             table.add_row(*row)
     return table
