@@ -42,7 +42,7 @@ def test_json_output(artifacts, tmp_path, capsys):
         (["{artifact}", "--preset", "tiny"], "pass either an ARTIFACT folder or --preset NAME."),
         (["{artifact}"], "no output folder. Pass -o OUT"),
         (["{artifact}", "--dtype", "float16"], "--dtype and --work apply to --preset."),
-        (["--preset", "tiny", "--baseline", "build"], "--preset builds its own baseline. Drop --baseline."),
+        (["--preset", "tiny", "--baseline", "build"], "--preset builds its own baseline. Drop --baseline and --base-checkpoint."),
         (["{artifact}", "--compile", "3x7"], "compile shape 3x7 is not in the matrix."),
         (["{artifact}", "--compile", "3by7"], "cannot read the shape '3by7'."),
         (["{artifact}", "--time-budget", "0"], "time_budget must be > 0, got 0.0."),

@@ -31,7 +31,8 @@ def static_run(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("static_run")
     settings = BenchSettings(
         batches=(1, 2), contexts=(8, 24), device="cpu", decode_steps=3, warmup_steps=1, prefill_repeats=2,
-        backends=("ort-static-library", "ort-static-bodies", "ort-static-graph", "onnxruntime-genai", "ort-library"),
+        backends=("ort-static-library", "ort-static-bodies", "ort-static-graph", "onnxruntime-genai", "ort-library",
+                  "ort-bodies"),
     )  # fmt: skip
     return run_preset("tiny", out, work_dir=work, dtype="float32", settings=settings), work
 
@@ -41,7 +42,8 @@ def test_one_run_shows_static_dynamic_library_bodies_and_genai(static_run):
     status = {r["id"]: r["status"] for r in doc["runtimes"]}
     assert list(status) == ["artifact/ort-static-graph", "baseline/ort-static-graph", "artifact/ort-static-library",
                             "baseline/ort-static-library", "baseline/onnxruntime-genai", "artifact/ort-library",
-                            "baseline/ort-library", "artifact/ort-static-bodies", "baseline/ort-static-bodies"]  # fmt: skip
+                            "baseline/ort-library", "artifact/ort-static-bodies", "baseline/ort-static-bodies",
+                            "artifact/ort-bodies", "baseline/ort-bodies"]  # fmt: skip
     graph_reason = "skipped: ONNX Runtime CUDA graphs need the CUDA execution provider. Run with --device cuda."
     assert status["artifact/ort-static-graph"] == status["baseline/ort-static-graph"] == graph_reason
     assert all(v == "ok" for k, v in status.items() if "graph" not in k), status
@@ -154,3 +156,30 @@ def test_genai_greedy_tokens_equal_our_static_base_artifact(static_run):
     assert ours.tokens[0].tolist() == theirs
     assert len(set(theirs)) > 1  # not a degenerate constant sequence
     assert (work / BASE_CHECKPOINT_FOLDER / "tokenizer.json").is_file()  # the builder's placeholder tokenizer
+
+
+def test_copies_per_decode_step_from_the_cpu_profiler(static_run):
+    """Static caches bound as past and present with the library: no node copies the cache
+    (what is left are index-sized Expand/Concat); the dynamic path copies the whole cache
+    (concat node or v1 kernel), the static function bodies the whole capacity (scatter into
+    a copy)."""
+    doc, _ = static_run
+    capacity = doc["models"]["artifact"]["capacity"]
+    for result in doc["results"]:
+        copies = result["decode"].get("cache_copies")
+        runtime, batch, context = result["runtime"], result["batch"], result["context"]
+        if runtime.endswith("graph") or runtime == "baseline/onnxruntime-genai":
+            assert copies is None
+            continue
+        cache = result["kv_cache_bytes"]  # context tokens
+        by_op = copies["copy_bytes_by_op"]
+        if runtime.endswith("/ort-static-library"):
+            assert copies["copy_bytes"] < cache / 8 and "ScatterElements" not in by_op, (runtime, copies)
+            assert copies["caches_bound_in_place"] and sum(copies["uniattn_output_bytes"].values()) > 0
+        elif runtime.endswith("/ort-static-bodies"):
+            # every cache tensor, at full capacity, comes out of a ScatterElements
+            assert by_op["ScatterElements"] == cache * capacity // context, (runtime, copies)
+        else:  # dynamic: present = past + new of context + 1 tokens (a Concat node, or inside the v1 kernel)
+            assert copies["copy_bytes"] >= cache * (context + 1) // context and not copies["caches_bound_in_place"]
+        if runtime.endswith("/ort-bodies"):
+            assert by_op["Concat"] >= cache * (context + 1) // context, (runtime, copies)

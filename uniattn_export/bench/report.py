@@ -156,14 +156,18 @@ HEADLINE_RATIOS = (
 
 
 def _copies(result: dict | None) -> str:
-    """Device-to-device memcpy bytes of the profiled decode step (CUDA), "-" where not profiled."""
+    """Bytes copied by the profiled decode step: device-to-device memcpy (CUDA) or copying
+    nodes' outputs (CPU); "-" where not profiled."""
     copies = (result or {}).get("decode", {}).get("cache_copies")
-    return "-" if copies is None else str(copies["memcpy_dtod_bytes"])
+    if copies is None:
+        return "-"
+    return str(copies["memcpy_dtod_bytes"] if "memcpy_dtod_bytes" in copies else copies["copy_bytes"])
 
 
 def summary_table(doc: dict) -> Table:
     """Per cell and phase, the medians (ms) of every runtime that ran, then the headline ratios
-    of that phase; the last column: memcpy DtoD bytes of one profiled decode step per ORT row (CUDA)."""
+    of that phase; the last column: bytes copied by one profiled decode step of each ORT row
+    (CUDA: memcpy device to device; CPU: outputs of copying nodes), in the rows' order."""
     runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
     table = Table(
         title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
@@ -182,7 +186,7 @@ def summary_table(doc: dict) -> Table:
         table.add_column(title, justify="right")
     profiled = any("cache_copies" in r.get("decode", {}) for r in doc["results"])
     if profiled:
-        table.add_column("DtoD B/step", justify="right")
+        table.add_column("copied B/step (ort rows)", justify="right")
     ratios = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
     cells = {(r["runtime"], r["batch"], r["context"]): r for r in doc["results"]}
     shapes = sorted({(r["batch"], r["context"]) for r in doc["results"]})

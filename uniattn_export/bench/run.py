@@ -20,7 +20,7 @@ from .build import (
     BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
 )  # fmt: skip
 from .measure import (
-    Clock, Deadline, cuda_copy_profile, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
+    Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
     summarize,
 )  # fmt: skip
 from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
@@ -39,8 +39,6 @@ RUNTIME_ORDER = (
 )  # fmt: skip
 # Keep this much of the free device memory for what the prefill estimate does not count.
 _PREFILL_MEMORY_MARGIN = 0.9
-# Rows whose decode step is profiled for copies on CUDA (graph rows replay a captured step).
-_PROFILED = ("ort-library", "ort-bodies", "ort-static-library", "ort-static-bodies")
 # torch.compile(mode="reduce-overhead") records its CUDA graph on the second or third call.
 _COMPILED_WARMUP = 3
 EXPORT_RISK = (
@@ -216,8 +214,7 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
         while not times or (len(times) < settings.decode_steps and clock() < cell_end):
             times.append(run.step())
         kv_cache_bytes = run.kv_cache_bytes
-        # One more, uncaptured step under the profiler: what it copies (CUDA ORT rows only).
-        copies = cuda_copy_profile(run.step) if settings.device == "cuda" and runtime.backend in _PROFILED else None
+        copies = runtime.copy_profile(run)  # one more step under a profiler (ORT rows)
         del run
     except Exception as exc:
         release_device_memory(settings.device)
@@ -465,11 +462,14 @@ def run_preset(
     return _measure_all(models, settings, report, deadline, log)
 
 
-def prepare_preset(preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, log: Log = _quiet) -> dict:
-    """The preset's dynamic-cache artifacts without their external weight files (small enough
-    to carry to a machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the
-    weights there and exports what else it needs: static artifacts, genai's checkpoint)."""
-    make_config, targets = preset_targets(preset, Path(out_dir))
+def prepare_preset(
+    preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, capacity_needed: int | None = None,
+    log: Log = _quiet,
+) -> dict:  # fmt: skip
+    """The preset's artifacts without their external weight files (small enough to carry to a
+    machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the weights there):
+    the dynamic pair and, with capacity_needed, the static pair of at least that capacity."""
+    make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed)
     _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True)
     sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}

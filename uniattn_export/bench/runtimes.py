@@ -17,6 +17,7 @@ fixed cost outside the model step).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
 from ..native import ort_custom_op_library
-from .measure import device_used_bytes, release_device_memory, synchronize
+from .measure import cuda_copy_profile, device_used_bytes, release_device_memory, synchronize
 from .settings import GENAI_BACKEND
 
 # Live float32 (B, Hq, L, S) buffers in the function bodies' prefill (scores, masked scores,
@@ -121,6 +122,10 @@ class Runtime(ABC):
         """Why `phase` cannot run on this cell (recorded as skipped), or None."""
         return None
 
+    def copy_profile(self, run: DecodeRun) -> dict | None:
+        """What one more decode step of `run` copies, under a profiler; None where not profiled."""
+        return None
+
     def reset_peak_memory(self) -> None:
         """Start a cell's peak-memory window (where the backend can)."""
 
@@ -190,6 +195,69 @@ class _OrtRuntime(Runtime):
         used = device_used_bytes(self.device)
         return None if used is None else used - self._used_before
 
+    @property
+    def generation_session(self):
+        """The OrtSession that runs this runtime's steps."""
+        raise NotImplementedError
+
+    def copy_profile(self, run: DecodeRun) -> dict | None:
+        """CUDA: torch.profiler around one uncaptured step; CPU: ONNX Runtime's profiler. Rows
+        with CUDA graphs replay a captured step: not profiled."""
+        if self.backend == "ort-static-graph":
+            return None
+        return cuda_copy_profile(run.step) if self.device == "cuda" else self.cpu_copy_profile(run)
+
+    def cpu_copy_profile(self, run: DecodeRun) -> dict:
+        """One more decode step of `run` with ONNX Runtime's CPU profiler on: a second
+        InferenceSession of the same file, options and kernels, with profiling, swapped into
+        the OrtSession for that step (the binding code is the one users run). Accounts the
+        output bytes of the nodes that copy tensors (Concat, Scatter*, Identity, Expand, ...):
+        the dynamic path's present = concat(past, new), the function bodies' scatter into a copy
+        of the cache. uniattn nodes' outputs are counted as copies for dynamic caches (v1
+        kernels write present = past + new into a new buffer) and not for static ones (past and
+        present are one bound buffer; the op-version-2 kernels write only the new rows)."""
+        import onnxruntime as ort
+
+        owner = self.generation_session
+        with tempfile.TemporaryDirectory() as folder:
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = f"{folder}/step"
+            options.log_severity_level = 3
+            if owner.custom_op_library:
+                options.register_custom_ops_library(owner.custom_op_library)
+            profiled = ort.InferenceSession(str(self.artifact.onnx_path), options, providers=["CPUExecutionProvider"])
+            timed, owner.session = owner.session, profiled
+            try:
+                run.step()
+            finally:
+                owner.session = timed
+            with open(profiled.end_profiling()) as f:
+                events = json.load(f)
+        copies: dict[str, int] = {}
+        uniattn: dict[str, int] = {}
+        for event in events:
+            args = event.get("args", {})
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            op, size = args.get("op_name", ""), int(args.get("output_size", 0))
+            if op in _COPY_OPS:
+                copies[op] = copies.get(op, 0) + size
+            elif op.startswith("UniAttn"):
+                uniattn[op] = uniattn.get(op, 0) + size
+        in_place = self.artifact.cache_mode == "static"
+        return {
+            "method": "onnxruntime CPU profiler, one decode step: output bytes of copying nodes by op type, plus "
+            "the uniattn nodes' outputs unless the caches are bound in place",
+            "copy_bytes": sum(copies.values()) + (0 if in_place else sum(uniattn.values())),
+            "copy_bytes_by_op": copies, "uniattn_output_bytes": uniattn, "caches_bound_in_place": in_place,
+        }  # fmt: skip
+
+
+# Ops whose output is a copy of (part of) their inputs: a cache passing through one is copied.
+_COPY_OPS = ("Concat", "ScatterElements", "ScatterND", "TensorScatter", "Identity", "Expand", "Where",
+             "MemcpyFromHost", "MemcpyToHost", "Copy")  # fmt: skip
+
 
 class OrtRuntime(_OrtRuntime):
     """A dynamic-cache artifact in onnxruntime; ort-library registers the custom-op library,
@@ -216,6 +284,10 @@ class OrtRuntime(_OrtRuntime):
         specs = {s["name"]: s["shape"] for s in artifact.input_specs}
         # past input -> (present output, kv heads, head dim), in graph order
         self._caches = {past: (present, specs[past][1], specs[past][3]) for past, present in artifact.cache_names()}
+
+    @property
+    def generation_session(self):
+        return self.runner
 
     def device_value(self, bits: np.ndarray):
         """An OrtValue on this runtime's device holding `bits` (the artifact's dtype)."""
@@ -307,6 +379,10 @@ class OrtStaticRuntime(_OrtRuntime):
         self.session = OrtSession(artifact, device=device, custom_ops=library, **graph_option)
         self.description = self.session.description
         self.capacity = artifact.capacity
+
+    @property
+    def generation_session(self):
+        return self.session
 
     def unsupported(self, phase: str, batch: int, context: int, steps: int) -> str | None:
         need = context + (steps if phase == "decode" else 0)

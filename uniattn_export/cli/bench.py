@@ -17,8 +17,9 @@ model's transformers folder, which onnxruntime-genai's builder turns into its ro
 --preset NAME builds a UniAttn artifact (SuperBlocks of 4 over the top half of the layers)
 and its base model from a shape preset with random weights first, with dynamic and static
 caches, and the base checkpoint for onnxruntime-genai (in OUT/work, or --work DIR, reused
-when already there); --prepare DIR only exports the dynamic graphs without weights (to carry
-to a machine whose exporter fails).
+when already there); --prepare DIR only exports the graphs without weights (to carry
+to a machine whose exporter fails; with static backends, the static pair too, of the capacity
+the given --contexts and steps need).
 Exit codes: 0 ran (skipped cells are listed in the JSON), 1 some measurement failed, 2 bad input.
 """
 
@@ -133,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
             raise UniAttnError("--prepare exports a preset's graphs", "pass --preset NAME --prepare DIR (no ARTIFACT)")
         from ..bench import prepare_preset
 
-        info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed, log=log)
+        from ..bench.settings import STATIC_ORT_BACKENDS
+
+        settings = _settings(args)
+        static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
+        capacity = max(settings.contexts) + settings.decode_length() if static else None
+        info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed,
+                              capacity_needed=capacity, log=log)  # fmt: skip
         print(json.dumps(info, indent=2))
         return 0
     if (not args.artifact) == (args.preset is None):
