@@ -5,6 +5,7 @@ version 2 (kernel ABI >= 2)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -183,3 +184,34 @@ def test_copies_per_decode_step_from_the_cpu_profiler(static_run):
             assert copies["copy_bytes"] >= cache * (context + 1) // context and not copies["caches_bound_in_place"]
         if runtime.endswith("/ort-bodies"):
             assert by_op["Concat"] >= cache * (context + 1) // context, (runtime, copies)
+
+
+def test_cli_takes_one_export_per_cache_mode_and_a_base_checkpoint(static_run, tmp_path, capsys):
+    from uniattn_export.cli.main import main
+
+    _, work = static_run
+    out = tmp_path / "out"
+    code = main(["bench", str(work / "uniattn_static"), str(work / "uniattn"), "--baseline", str(work / "base_static"),
+                 "--baseline", str(work / "base"), "--base-checkpoint", str(work / BASE_CHECKPOINT_FOLDER),
+                 "--device", "cpu", "--batches", "1", "--contexts", "8,16", "--decode-cells", "1x8", "--prefill-cells", "1x16",
+                 "--decode-steps", "2", "--prefill-repeats", "1", "--backends", "ort-static-bodies,ort-bodies,onnxruntime-genai",
+                 "-o", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "ua st bodies" in printed and "base genai" in printed and "copied B/step (ort rows)" in printed
+    doc = json.loads((out / "bench.json").read_text())
+    assert [r["id"] for r in doc["runtimes"]] == ["baseline/onnxruntime-genai", "artifact/ort-static-bodies",
+                                                  "baseline/ort-static-bodies", "artifact/ort-bodies", "baseline/ort-bodies"]  # fmt: skip
+    assert all(r["status"] == "ok" for r in doc["runtimes"]) and doc["build"]["genai"]["status"] == "ok"
+    phases = {(r["runtime"], r["context"]): (r["prefill"]["status"], r["decode"]["status"]) for r in doc["results"]}
+    for runtime in (r["id"] for r in doc["runtimes"]):
+        assert phases[(runtime, 8)] == ("skipped: not a --prefill-cells shape", "ok")
+        assert phases[(runtime, 16)] == ("ok", "skipped: not a --decode-cells shape")
+
+
+def test_two_exports_of_one_cache_mode_are_refused(static_run, tmp_path):
+    from uniattn_export.bench import run_bench
+
+    _, work = static_run
+    with pytest.raises(UniAttnError, match=r"two static-cache artifacts were given .* Pass at most one artifact per cache mode"):
+        run_bench([work / "uniattn_static", work / "base_static"], tmp_path / "out")
