@@ -219,6 +219,30 @@ def save_base_checkpoint(config, weights: dict[str, torch.Tensor], folder: Path)
     tmp.replace(folder)
 
 
+def _builder_source(checkpoint: Path, cache: Path) -> Path:
+    """The folder to give the builder: `checkpoint` itself, or, when its config.json has no
+    `architectures` (the builder picks its model class from architectures[0] and fails with
+    "'NoneType' object is not subscriptable" without it; e.g. smollm2-135m, built from a GGUF
+    file), a folder in `cache` of links to its files with that field added from model_type."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    if config.get("architectures"):
+        return checkpoint
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UniAttnError(f"{checkpoint}/config.json names no architectures and no causal-LM model_type",
+                           "add \"architectures\": [\"<Model>ForCausalLM\"] to it")  # fmt: skip
+    config["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]
+    source = cache / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    for item in Path(checkpoint).resolve().iterdir():
+        link = source / item.name
+        if item.name != "config.json" and not link.exists():
+            link.symlink_to(item)
+    (source / "config.json").write_text(json.dumps(config, indent=2))
+    return source
+
+
 # onnxruntime-genai's builder precision names for our dtypes.
 GENAI_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 GENAI_STAMP = "uniattn_bench_source.json"
@@ -238,8 +262,9 @@ def build_genai_model(checkpoint: Path, out: Path, dtype: str, device: str, log:
     if stamp.is_file() and json.loads(stamp.read_text()) == source and (out / "genai_config.json").is_file():
         log(f"onnxruntime-genai: reusing {out}")
         return out, {"path": str(out), "reused": True, **source}
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
-               "-p", precision, "-e", provider, "-c", str(out.with_name(f".{out.name}.cache"))]  # fmt: skip
+    cache = out.with_name(f".{out.name}.cache")
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(_builder_source(checkpoint, cache)),
+               "-o", str(out), "-p", precision, "-e", provider, "-c", str(cache)]  # fmt: skip
     log(f"onnxruntime-genai: {' '.join(command[1:])}")
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
