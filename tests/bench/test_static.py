@@ -198,7 +198,7 @@ def test_cli_takes_one_export_per_cache_mode_and_a_base_checkpoint(static_run, t
                  "-o", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "ua st bodies" in printed and "base genai" in printed and "copied B/step (ort rows)" in printed
+    assert "ua st bodies" in printed and "base genai" in printed and "bytes copied by one decode step" in printed
     doc = json.loads((out / "bench.json").read_text())
     assert [r["id"] for r in doc["runtimes"]] == ["baseline/onnxruntime-genai", "artifact/ort-static-bodies",
                                                   "baseline/ort-static-bodies", "artifact/ort-bodies", "baseline/ort-bodies"]  # fmt: skip

@@ -155,19 +155,9 @@ HEADLINE_RATIOS = (
 )
 
 
-def _copies(result: dict | None) -> str:
-    """Bytes copied by the profiled decode step: device-to-device memcpy (CUDA) or copying
-    nodes' outputs (CPU); "-" where not profiled."""
-    copies = (result or {}).get("decode", {}).get("cache_copies")
-    if copies is None:
-        return "-"
-    return str(copies["memcpy_dtod_bytes"] if "memcpy_dtod_bytes" in copies else copies["copy_bytes"])
-
-
 def summary_table(doc: dict) -> Table:
     """Per cell and phase, the medians (ms) of every runtime that ran, then the headline ratios
-    of that phase; the last column: bytes copied by one profiled decode step of each ORT row
-    (CUDA: memcpy device to device; CPU: outputs of copying nodes), in the rows' order."""
+    of that phase."""
     runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
     table = Table(
         title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
@@ -184,9 +174,6 @@ def summary_table(doc: dict) -> Table:
     headline = [(title, name) for title, name in HEADLINE_RATIOS if name in present]
     for title, _ in headline:
         table.add_column(title, justify="right")
-    profiled = any("cache_copies" in r.get("decode", {}) for r in doc["results"])
-    if profiled:
-        table.add_column("copied B/step (ort rows)", justify="right")
     ratios = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
     cells = {(r["runtime"], r["batch"], r["context"]): r for r in doc["results"]}
     shapes = sorted({(r["batch"], r["context"]) for r in doc["results"]})
@@ -199,7 +186,32 @@ def summary_table(doc: dict) -> Table:
             for _, name in headline:
                 ratio = ratios.get((name, batch, context), {}).get(phase)
                 row.append(f"{ratio:.3f}" if ratio is not None else "-")
-            if profiled:
-                row.append(" / ".join(_copies(cells.get((r, batch, context))) for r in runtimes if "ort-" in r) if phase == "decode" else "")
             table.add_row(*row)
+    return table
+
+
+def copies_table(doc: dict) -> Table | None:
+    """Bytes one profiled decode step copies, per ORT row and cell, beside the KV cache it
+    holds (CUDA: memcpy device to device + copy-like kernels; CPU: outputs of copying nodes);
+    None when no step was profiled."""
+    profiled = [r for r in doc["results"] if "cache_copies" in r.get("decode", {})]
+    if not profiled:
+        return None
+    cuda = "memcpy_dtod_bytes" in profiled[0]["decode"]["cache_copies"]
+    table = Table(title="bytes copied by one decode step (profiled after the timed ones)")
+    for column in ("runtime", "B", "S", "KV cache bytes", "DtoD memcpy bytes" if cuda else "copied bytes",
+                   "copy kernels" if cuda else "by op"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("runtime", "by op", "copy kernels") else "right")
+    for result in profiled:
+        copies = result["decode"]["cache_copies"]
+        if cuda:
+            copied = copies["memcpy_dtod_bytes"]
+            detail = ", ".join(f"{name[:40]} x{k['count']}" for name, k in copies["copy_kernels"].items()) or "none"
+        else:
+            copied = copies["copy_bytes"]
+            detail = ", ".join(f"{op} {size}" for op, size in copies["copy_bytes_by_op"].items()) or "none"
+            if not copies["caches_bound_in_place"]:
+                detail += f", uniattn outputs {sum(copies['uniattn_output_bytes'].values())}"
+        table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
+                      str(result["kv_cache_bytes"]), str(copied), detail)  # fmt: skip
     return table

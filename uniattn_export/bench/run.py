@@ -9,6 +9,7 @@ budget still has the headline comparisons; each measures every cell, smallest fi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -78,7 +79,7 @@ def _quiet(_: str) -> None:
 def _device_info(device: str, backends: tuple[str, ...]) -> dict:
     from .. import native
 
-    info: dict = {"type": device, "name": "CPU"}
+    info: dict = {"type": device, "name": "CPU", "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg())}
     if device == "cuda":
         import torch
 
@@ -319,6 +320,7 @@ def _measure_all(
         report.doc["stopped"] = f"time budget of {settings.time_budget:g} s spent after {deadline.elapsed():.0f} s; {not_run} cells not run"
     report.doc["complete"] = True
     report.doc["total_seconds"] = round(deadline.elapsed(), 1)
+    report.doc["device"]["load_average_at_end"] = list(os.getloadavg())  # 1/5/15 min: a shared machine shows here
     report.write()
     plot(report.doc, report.plot_path)
     return report.doc
