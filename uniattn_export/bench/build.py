@@ -248,23 +248,30 @@ GENAI_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 GENAI_STAMP = "uniattn_bench_source.json"
 
 
+# Our benchmarked artifacts keep the last position's logits only (--logits last); the
+# builder's equivalent computes the LM head on the last token only during prefill.
+GENAI_EXTRA_OPTIONS = ("prune_lm_head=true",)
+
+
 def build_genai_model(checkpoint: Path, out: Path, dtype: str, device: str, log: Log) -> tuple[Path, dict]:
     """onnxruntime-genai's own model builder over a transformers checkpoint folder:
-    `python -m onnxruntime_genai.models.builder -i CHECKPOINT -o OUT -p fp32|fp16|bf16 -e cpu|cuda`
-    (a subprocess: the builder imports its modules by bare name). Reused when OUT was built
-    from the same folder, precision and execution provider (a stamp file says so)."""
+    `python -m onnxruntime_genai.models.builder -i CHECKPOINT -o OUT -p fp32|fp16|bf16 -e cpu|cuda
+    --extra_options prune_lm_head=true` (a subprocess: the builder imports its modules by bare
+    name). Reused when OUT was built from the same folder, precision, execution provider and
+    options (a stamp file says so)."""
     import subprocess
     import sys
 
     precision, provider = GENAI_PRECISION[dtype], "cuda" if device == "cuda" else "cpu"
-    source = {"checkpoint": str(Path(checkpoint).resolve()), "precision": precision, "execution_provider": provider}
+    source = {"checkpoint": str(Path(checkpoint).resolve()), "precision": precision, "execution_provider": provider,
+              "extra_options": list(GENAI_EXTRA_OPTIONS)}  # fmt: skip
     stamp = out / GENAI_STAMP
     if stamp.is_file() and json.loads(stamp.read_text()) == source and (out / "genai_config.json").is_file():
         log(f"onnxruntime-genai: reusing {out}")
         return out, {"path": str(out), "reused": True, **source}
     cache = out.with_name(f".{out.name}.cache")
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(_builder_source(checkpoint, cache)),
-               "-o", str(out), "-p", precision, "-e", provider, "-c", str(cache)]  # fmt: skip
+               "-o", str(out), "-p", precision, "-e", provider, "-c", str(cache), "--extra_options", *GENAI_EXTRA_OPTIONS]  # fmt: skip
     log(f"onnxruntime-genai: {' '.join(command[1:])}")
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
