@@ -263,6 +263,10 @@ def build_genai_model(checkpoint: Path, out: Path, dtype: str, device: str, log:
     import sys
 
     precision, provider = GENAI_PRECISION[dtype], "cuda" if device == "cuda" else "cpu"
+    if provider == "cpu" and precision != "fp32":
+        # the builder's float combinations for the CPU: fp32 only (its model then fails to decode)
+        raise UniAttnError(f"onnxruntime-genai's builder makes {precision} models for CUDA only, not the CPU",
+                           "benchmark float32 artifacts on the CPU")  # fmt: skip
     source = {"checkpoint": str(Path(checkpoint).resolve()), "precision": precision, "execution_provider": provider,
               "extra_options": list(GENAI_EXTRA_OPTIONS)}  # fmt: skip
     stamp = out / GENAI_STAMP

@@ -92,9 +92,12 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
                 print(f"    {ratio['name']} B={ratio['batch']} S={ratio['context']}: {phase} {ratio[phase]:.3f}")
     for result in doc["results"]:
         copies = result["decode"].get("cache_copies")
-        if copies:
+        if copies and "memcpy_dtod_bytes" in copies:  # CUDA
             print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
                   f"DtoD {copies['memcpy_dtod_bytes']} B of a {copies['kv_cache_bytes']} B cache, "
                   f"copy kernels {sum(k['count'] for k in copies['copy_kernels'].values())}")
+        elif copies:  # the CPU dry run
+            print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
+                  f"{copies['copy_bytes']} B of a {copies['kv_cache_bytes']} B cache")
 EOF
 exit $status

@@ -1,7 +1,10 @@
 """The runtimes a benchmark compares, behind one interface.
 
-  ort-library / ort-bodies        an artifact in onnxruntime (CUDA or CPU EP) with or without
-                                  the uniattn custom-op library, caches bound on the device
+  ort-library / ort-bodies        a dynamic-cache artifact in onnxruntime (CUDA or CPU EP) with
+                                  or without the uniattn custom-op library, caches on the device
+  ort-static-library / -bodies    a static-cache artifact through OrtSession (caches bound as past
+  / -graph                        and present, step_greedy); -graph: OrtSession(cuda_graph=True)
+  onnxruntime-genai               a genai model folder (its builder's output) in og.Generator
   transformers-dynamic / -static  the base architecture in transformers (SDPA attention),
   / -static-compiled              DynamicCache, StaticCache, StaticCache + torch.compile
 
@@ -424,14 +427,15 @@ class OrtStaticDecode(DecodeRun):
         session.reset(batch)
         padded: dict[int, np.ndarray] = {}  # one capacity-wide copy per shared random array
         caches = {}
+        self.kv_cache_bytes = 0  # the context's tokens, as the dynamic rows count them
         for past, bits in random_caches(runtime.artifact, batch, context, runtime._rng).items():
             if id(bits) not in padded:
                 full = np.zeros((*bits.shape[:2], runtime.capacity, bits.shape[3]), bits.dtype)
                 full[:, :, :context] = bits
                 padded[id(bits)] = full
             caches[past] = padded[id(bits)]
+            self.kv_cache_bytes += bits.nbytes
         session.load_caches(caches)
-        self.kv_cache_bytes = sum(bits.itemsize * bits.size * context // runtime.capacity for bits in caches.values())
         self.outputs: np.ndarray | None = None
 
     def step(self) -> float:
@@ -482,6 +486,8 @@ class GenaiRuntime(Runtime):
             ) from None
         super().__init__(model, GENAI_BACKEND, device, seed)
         self._og = og
+        self.memory_method = "device memory in use above the level before the model was loaded" if device == "cuda" else "n/a on the CPU"
+        self._used_before = device_used_bytes(device)
         config = og.Config(str(folder))
         config.clear_providers()
         if device == "cuda":
@@ -489,14 +495,15 @@ class GenaiRuntime(Runtime):
             if cuda_graph:
                 config.set_provider_option("cuda", "enable_cuda_graph", "1")
         self.network = og.Model(config)
-        decoder = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["decoder"]
+        genai_config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
+        decoder = genai_config["decoder"]
         onnx_file = Path(folder) / decoder["filename"]
         self.weight_bytes = _initializer_bytes(onnx_file)
-        itemsize = 2 if "float16" in _first_cache_type(onnx_file) else 4
+        itemsize = _cache_itemsize(onnx_file)
         self.shape = ModelShape(
+            # genai_config has no MLP width; 4 x hidden only sizes the prefill memory estimate
             hidden_size=decoder["hidden_size"], intermediate_size=4 * decoder["hidden_size"],
-            vocab_size=json.loads((Path(folder) / "genai_config.json").read_text())["model"]["vocab_size"],
-            num_heads=decoder["num_attention_heads"],
+            vocab_size=genai_config["vocab_size"], num_heads=decoder["num_attention_heads"],
             kv_bytes_per_token=2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * itemsize,
             itemsize=itemsize, logits_all_positions=False,
         )  # fmt: skip
@@ -504,8 +511,6 @@ class GenaiRuntime(Runtime):
             f"onnxruntime-genai {og.__version__} ({folder}), {'cuda' if device == 'cuda' else 'cpu'}"
             f"{', CUDA graph' if cuda_graph else ''}"
         )
-        self.memory_method = "device memory in use above the level before the model was loaded" if device == "cuda" else "n/a on the CPU"
-        self._used_before = device_used_bytes(device)
         self._rng = np.random.default_rng(seed)
 
     def random_ids(self, batch: int, length: int) -> np.ndarray:
@@ -568,11 +573,12 @@ def _initializer_bytes(onnx_file: Path) -> int:
     )
 
 
-def _first_cache_type(onnx_file: Path) -> str:
+def _cache_itemsize(onnx_file: Path) -> int:
+    """Bytes per element of the first past_key_values input of a genai decoder."""
     graph = onnx.load(onnx_file, load_external_data=False).graph
     for value in graph.input:
         if value.name.startswith("past_key_values"):
-            return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+            return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
     raise UniAttnError(f"{onnx_file} has no past_key_values inputs", "pass a decoder built by onnxruntime-genai's model builder")
 
 
