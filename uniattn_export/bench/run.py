@@ -60,9 +60,11 @@ METHOD = {
     "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator; decode = "
     "generate_next_token (one model step + greedy pick) after an untimed prefill of `context` random tokens "
     "(genai cannot load a cache)",
-    "cache_copies": "CUDA: torch.profiler (CUDA activities, process-wide, so ORT's kernels too) around one "
-    "uncaptured decode step after the timed ones: memcpy bytes by kind and the copy/concat/scatter kernels "
-    "launched; CPU: not measurable by a profiler (no device copies), see docs/bench.md",
+    "cache_copies": "one more decode step of each ort-* row (not -graph) after the timed ones, under a profiler. "
+    "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too): memcpy bytes by kind and the "
+    "copy/concat/scatter kernels; CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
+    "swapped into the OrtSession for that step: output bytes of copying nodes (Concat, Scatter*, Expand, Where, "
+    "...), plus the uniattn nodes' outputs where the caches are not bound in place (dynamic)",
     "prefill": "one call over `context` new tokens per row from an empty cache (after one untimed call); "
     "skipped where the estimated footprint exceeds free device memory",
     "transformers": "the base architecture of the artifact's config with random weights, SDPA, "
