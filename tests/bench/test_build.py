@@ -11,7 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 from uniattn_export.bench.build import (
-    ARTIFACT_FOLDER, BASELINE_FOLDER, preset_layer_map, preset_targets, reuse_artifact,
+    ARTIFACT_FOLDER, BASELINE_FOLDER, Target, build_genai_model, preset_layer_map, preset_targets, reuse_artifact,
+    static_capacity,
 )  # fmt: skip
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export.artifact import EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE, sha256_of
@@ -66,8 +67,46 @@ def test_refilled_weights_are_finite_random_values_with_a_matching_hash(preset_r
 def test_reuse_only_what_matches(artifacts):
     uniattn, base = artifacts
     geometry = uniattn.manifest["geometry"]
-    assert reuse_artifact(uniattn.path, "float32", uniattn.uniattn, geometry) is not None
-    assert reuse_artifact(uniattn.path, "float16", uniattn.uniattn, geometry) is None
-    assert reuse_artifact(uniattn.path, "float32", base.uniattn, geometry) is None
-    assert reuse_artifact(uniattn.path, "float32", uniattn.uniattn, {**geometry, "hidden_size": 128}) is None
-    assert reuse_artifact(uniattn.path / "missing", "float32", uniattn.uniattn, geometry) is None
+    same = Target(uniattn.path, uniattn.uniattn)
+    assert reuse_artifact(uniattn.path, "float32", same, geometry) is not None
+    assert reuse_artifact(uniattn.path, "float16", same, geometry) is None
+    assert reuse_artifact(uniattn.path, "float32", Target(uniattn.path, base.uniattn), geometry) is None
+    assert reuse_artifact(uniattn.path, "float32", same, {**geometry, "hidden_size": 128}) is None
+    assert reuse_artifact(uniattn.path / "missing", "float32", same, geometry) is None
+    # a dynamic export never serves a static target
+    assert reuse_artifact(uniattn.path, "float32", Target(uniattn.path, uniattn.uniattn, "static", 64), geometry) is None
+
+
+def test_static_targets_and_their_capacity(tmp_path):
+    _, targets = preset_targets("tiny", tmp_path, capacity_needed=300)
+    assert {name: (t.folder.name, t.cache, t.capacity) for name, t in targets.items()} == {
+        "artifact": ("uniattn", "dynamic", None), "baseline": ("base", "dynamic", None),
+        "artifact-static": ("uniattn_static", "static", 512), "baseline-static": ("base_static", "static", 512),
+    }  # fmt: skip
+    assert static_capacity(28, 512) == 256 and static_capacity(8200, 131072) == 8448 and static_capacity(500, 512) == 512
+    with pytest.raises(UniAttnError, match="a cache of 513 tokens exceeds the model's 512 positions"):
+        preset_targets("tiny", tmp_path, capacity_needed=513)
+
+
+def test_genai_builds_float_models_for_the_cpu_in_fp32_only(tmp_path):
+    with pytest.raises(UniAttnError, match="onnxruntime-genai's builder makes fp16 models for CUDA only, not the CPU"):
+        build_genai_model(tmp_path / "checkpoint", tmp_path / "genai", "float16", "cpu", log=lambda _: None)
+    assert not (tmp_path / "genai").exists()
+
+
+def test_a_checkpoint_without_architectures_gets_a_linked_copy_for_the_genai_builder(tmp_path):
+    from uniattn_export.bench.build import _builder_source
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    source = _builder_source(checkpoint, tmp_path / "cache")
+    assert source == tmp_path / "cache" / "source"
+    assert json.loads((source / "config.json").read_text()) == {
+        "model_type": "llama", "hidden_size": 64, "architectures": ["LlamaForCausalLM"],
+    }  # fmt: skip
+    assert (source / "model.safetensors").resolve() == (checkpoint / "model.safetensors").resolve()
+    assert json.loads((checkpoint / "config.json").read_text()) == {"model_type": "llama", "hidden_size": 64}  # untouched
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    assert _builder_source(checkpoint, tmp_path / "cache2") == checkpoint  # nothing to add: the folder itself

@@ -20,7 +20,7 @@ def test_bench_writes_json_plot_and_prints_the_table(artifacts, tmp_path, capsys
                  "--backends", "ort-bodies,transformers-dynamic", "-o", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "decode ms/step, median (CPU, float32)" in printed and "ua bodies" in printed and "base hf dyn" in printed
+    assert "ms per decode step / per prefill, median (CPU, float32)" in printed and "ua bodies" in printed and "base hf dyn" in printed
     assert f"wrote {out / 'bench.json'} and {out / 'bench.png'}" in printed
     doc = json.loads((out / "bench.json").read_text())
     assert [r["id"] for r in doc["runtimes"]] == ["baseline/transformers-dynamic", "artifact/ort-bodies", "baseline/ort-bodies"]
@@ -42,7 +42,7 @@ def test_json_output(artifacts, tmp_path, capsys):
         (["{artifact}", "--preset", "tiny"], "pass either an ARTIFACT folder or --preset NAME."),
         (["{artifact}"], "no output folder. Pass -o OUT"),
         (["{artifact}", "--dtype", "float16"], "--dtype and --work apply to --preset."),
-        (["--preset", "tiny", "--baseline", "build"], "--preset builds its own baseline. Drop --baseline."),
+        (["--preset", "tiny", "--baseline", "build"], "--preset builds its own baseline. Drop --baseline and --base-checkpoint."),
         (["{artifact}", "--compile", "3x7"], "compile shape 3x7 is not in the matrix."),
         (["{artifact}", "--compile", "3by7"], "cannot read the shape '3by7'."),
         (["{artifact}", "--time-budget", "0"], "time_budget must be > 0, got 0.0."),

@@ -36,6 +36,8 @@ def test_cells_cover_the_matrix_smallest_cache_first():
         ({"cell_seconds": -1.0}, "cell_seconds must be > 0"),
         ({"compile_shapes": frozenset({(4, 512)})}, "compile shape 4x512 is not in the matrix"),
         ({"compile_backend": "tvm"}, "unknown compile backend 'tvm'"),
+        ({"decode_shapes": frozenset({(2, 512)})}, "--decode-cells shape 2x512 is not in the matrix"),
+        ({"prefill_shapes": frozenset({(1, 100)})}, "--prefill-cells shape 1x100 is not in the matrix"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(fields, message):
@@ -46,4 +48,14 @@ def test_bad_settings_say_what_is_wrong(fields, message):
 def test_settings_round_trip_to_json_types():
     settings = BenchSettings(batches=(1,), contexts=(64,), compile_shapes=frozenset({(1, 64)}))
     data = settings.to_dict()
-    assert data["compile_shapes"] == ["1x64"] and data["batches"] == [1] and data["backends"][0] == "ort-library"
+    assert data["compile_shapes"] == ["1x64"] and data["batches"] == [1] and data["backends"][0] == "ort-static-library"
+
+
+def test_decode_and_prefill_cells_choose_the_matrix_and_the_phases():
+    settings = BenchSettings(batches=(1, 8, 32), contexts=(2048, 8192), decode_shapes=frozenset({(1, 2048), (32, 8192)}),
+                             prefill_shapes=frozenset({(8, 8192)}))  # fmt: skip
+    assert settings.cells() == [(1, 2048), (8, 8192), (32, 8192)]
+    assert settings.runs("decode", 32, 8192) and not settings.runs("decode", 8, 8192)
+    assert settings.runs("prefill", 8, 8192) and not settings.runs("prefill", 1, 2048)
+    assert BenchSettings().runs("prefill", 1, 512)  # no list: every cell runs both phases
+    assert settings.to_dict()["decode_shapes"] == ["1x2048", "32x8192"]

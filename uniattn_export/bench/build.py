@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +31,7 @@ from .runtimes import random_bits
 
 PRESET_SUPERBLOCK_SIZE = 4
 COMPENSATION_SCALE = 0.05  # the scale synthetic.released_checkpoint gives Wc
-ARTIFACT_FOLDER, BASELINE_FOLDER = "uniattn", "base"
+ARTIFACT_FOLDER, BASELINE_FOLDER, BASE_CHECKPOINT_FOLDER = "uniattn", "base", "base_hf"
 _FILL_BLOCK = 1 << 20  # random values repeat every 1M elements: only timing reads them
 _FILL_SCALE = 0.02  # transformers' initializer_range: activations stay finite in float16
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
@@ -58,9 +59,19 @@ def random_base_weights(config, dtype: str, seed: int) -> dict[str, torch.Tensor
     return {name: tensor.to("cpu") for name, tensor in state.items()}
 
 
+@dataclass(frozen=True)
+class Target:
+    """One artifact to build: its folder, layer map and cache mode (capacity for static)."""
+
+    folder: Path
+    uniattn: UniAttnConfig
+    cache: str = "dynamic"
+    capacity: int | None = None
+
+
 def export_random_model(
     make_config: Callable, uniattn: UniAttnConfig, weights: dict[str, torch.Tensor], out: Path,
-    *, logits: str, seed: int, external_data: bool | None = None,
+    *, logits: str, seed: int, external_data: bool | None = None, cache: str = "dynamic", max_length: int | None = None,
 ) -> Path:  # fmt: skip
     """Export `weights` (+ random Wc for the consumers of `uniattn`) as an artifact.
     make_config returns a fresh config (a model must not reuse another model's config)."""
@@ -74,7 +85,7 @@ def export_random_model(
         wc = torch.randn(config.hidden_size, config.hidden_size, generator=generator) * COMPENSATION_SCALE
         state[f"model.layers.{layer}.compensation.weight"] = wc.to(dtype)
     model = model_from_state(config, uniattn, to_model_keys(state, uniattn, config))
-    return export_model(model, out, logits=logits, external_data=external_data)
+    return export_model(model, out, logits=logits, external_data=external_data, cache=cache, max_length=max_length)
 
 
 def fill_random_weights(folder: Path, seed: int = 0) -> None:
@@ -112,17 +123,21 @@ def strip_weights(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def reuse_artifact(folder: Path, dtype: str, uniattn: UniAttnConfig, geometry: dict) -> Artifact | None:
-    """The artifact in `folder` when it is one of `dtype` with this layer map and geometry
-    (refilling the weights of a prepared one); None when it must be (re)built."""
+def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> Artifact | None:
+    """The artifact in `folder` when it is one of `dtype` with the target's layer map, cache
+    mode and capacity (a larger one serves too) and this geometry (refilling the weights of a
+    prepared one); None when it must be (re)built."""
     manifest_file = folder / artifact_files.MANIFEST_FILE
     if not manifest_file.is_file():
         return None
     manifest = json.loads(manifest_file.read_text())
+    cache = manifest.get("cache", {"mode": "dynamic", "capacity": None})
     matches = (
         manifest.get("dtype") == dtype
-        and UniAttnConfig.from_dict(manifest["layer_map"]).layer_map == uniattn.layer_map
+        and UniAttnConfig.from_dict(manifest["layer_map"]).layer_map == target.uniattn.layer_map
         and all(manifest["geometry"].get(k) == v for k, v in geometry.items())
+        and cache["mode"] == target.cache
+        and (target.capacity is None or cache["capacity"] >= target.capacity)
     )
     if not matches:
         return None
@@ -139,56 +154,172 @@ def _geometry(config) -> dict:
 
 
 def build_pair(
-    make_config: Callable, targets: dict[str, tuple[Path, UniAttnConfig]], dtype: str, *,
-    logits: str, seed: int, log: Log, external_data: bool | None = None,
+    make_config: Callable, targets: dict[str, Target], dtype: str, *,
+    logits: str, seed: int, log: Log, external_data: bool | None = None, base_checkpoint: Path | None = None,
 ) -> tuple[dict[str, Artifact], dict]:  # fmt: skip
-    """Export (or reuse) one artifact per target from one set of random base weights.
-    Returns the artifacts by target name, and what was done with timings."""
+    """Export (or reuse) one artifact per target from one set of random base weights, and
+    save those weights as a transformers checkpoint in `base_checkpoint` when given (the
+    source onnxruntime-genai's builder reads). Returns the artifacts by target name, and
+    what was done with timings."""
     config = make_config()
     report: dict = {}
     artifacts: dict[str, Artifact] = {}
     weights = None
-    for name, (folder, uniattn) in targets.items():
-        start = time.perf_counter()
-        reused = reuse_artifact(folder, dtype, uniattn, _geometry(config))
-        if reused is not None:
-            artifacts[name] = reused
-            report[name] = {"path": str(folder), "reused": True, "seconds": round(time.perf_counter() - start, 2)}
-            log(f"{name}: reusing {folder} ({uniattn.describe()})")
-            continue
+
+    def base_weights() -> dict[str, torch.Tensor]:
+        nonlocal weights
         if weights is None:
+            start = time.perf_counter()
             log(f"random {dtype} weights for {config.num_hidden_layers} layers, d={config.hidden_size}")
             weights = random_base_weights(config, dtype, seed)
             report["weights_init_seconds"] = round(time.perf_counter() - start, 2)
-            start = time.perf_counter()
-        log(f"{name}: exporting {uniattn.describe()} with torch {torch.__version__} -> {folder}")
-        export_random_model(make_config, uniattn, weights, folder, logits=logits, seed=seed, external_data=external_data)
+        return weights
+
+    for name, target in targets.items():
+        start = time.perf_counter()
+        reused = reuse_artifact(target.folder, dtype, target, _geometry(config))
+        if reused is not None:
+            artifacts[name] = reused
+            report[name] = {"path": str(target.folder), "reused": True, "seconds": round(time.perf_counter() - start, 2)}
+            log(f"{name}: reusing {target.folder} ({target.uniattn.describe()}, {target.cache} caches)")
+            continue
+        state = base_weights()
+        start = time.perf_counter()
+        log(f"{name}: exporting {target.uniattn.describe()}, {target.cache} caches, with torch {torch.__version__} -> {target.folder}")
+        export_random_model(make_config, target.uniattn, state, target.folder, logits=logits, seed=seed,
+                            external_data=external_data, cache=target.cache, max_length=target.capacity)  # fmt: skip
         seconds = round(time.perf_counter() - start, 2)
-        report[name] = {"path": str(folder), "reused": False, "export_seconds": seconds}
+        report[name] = {"path": str(target.folder), "reused": False, "export_seconds": seconds}
         log(f"{name}: exported in {seconds:.1f} s")
-        artifacts[name] = load_artifact(folder, verify_hashes=False)  # export_model just checked them
+        artifacts[name] = load_artifact(target.folder, verify_hashes=False)  # export_model just checked them
+    if base_checkpoint is not None and not (base_checkpoint / "config.json").is_file():
+        start = time.perf_counter()
+        save_base_checkpoint(make_config(), base_weights(), base_checkpoint)
+        report["base_checkpoint"] = {"path": str(base_checkpoint), "seconds": round(time.perf_counter() - start, 2)}
+        log(f"base checkpoint (for onnxruntime-genai's builder) saved in {base_checkpoint}")
     return artifacts, report
 
 
-def preset_targets(preset: str, work_dir: Path) -> tuple[Callable, dict[str, tuple[Path, UniAttnConfig]]]:
+def save_base_checkpoint(config, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """The base model with `weights` as a transformers folder (config + safetensors), with a
+    placeholder tokenizer: onnxruntime-genai's builder loads one (AutoTokenizer) and fails
+    without it, and random weights have no text anyway (one word "t<i>" per token id)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=next(iter(weights.values())).dtype)
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.tie_weights()
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    model.save_pretrained(tmp)
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(config.vocab_size)}, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0").save_pretrained(tmp)
+    tmp.replace(folder)
+
+
+def _builder_source(checkpoint: Path, cache: Path) -> Path:
+    """The folder to give the builder: `checkpoint` itself, or, when its config.json has no
+    `architectures` (the builder picks its model class from architectures[0] and fails with
+    "'NoneType' object is not subscriptable" without it; e.g. smollm2-135m, built from a GGUF
+    file), a folder in `cache` of links to its files with that field added from model_type."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    if config.get("architectures"):
+        return checkpoint
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UniAttnError(f"{checkpoint}/config.json names no architectures and no causal-LM model_type",
+                           "add \"architectures\": [\"<Model>ForCausalLM\"] to it")  # fmt: skip
+    config["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]
+    source = cache / "source"
+    source.mkdir(parents=True, exist_ok=True)
+    for item in Path(checkpoint).resolve().iterdir():
+        link = source / item.name
+        if item.name != "config.json" and not link.exists():
+            link.symlink_to(item)
+    (source / "config.json").write_text(json.dumps(config, indent=2))
+    return source
+
+
+# onnxruntime-genai's builder precision names for our dtypes.
+GENAI_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+GENAI_STAMP = "uniattn_bench_source.json"
+
+
+# Our benchmarked artifacts keep the last position's logits only (--logits last); the
+# builder's equivalent computes the LM head on the last token only during prefill.
+GENAI_EXTRA_OPTIONS = ("prune_lm_head=true",)
+
+
+def build_genai_model(checkpoint: Path, out: Path, dtype: str, device: str, log: Log) -> tuple[Path, dict]:
+    """onnxruntime-genai's own model builder over a transformers checkpoint folder:
+    `python -m onnxruntime_genai.models.builder -i CHECKPOINT -o OUT -p fp32|fp16|bf16 -e cpu|cuda
+    --extra_options prune_lm_head=true` (a subprocess: the builder imports its modules by bare
+    name). Reused when OUT was built from the same folder, precision, execution provider and
+    options (a stamp file says so)."""
+    import subprocess
+    import sys
+
+    precision, provider = GENAI_PRECISION[dtype], "cuda" if device == "cuda" else "cpu"
+    if provider == "cpu" and precision != "fp32":
+        # the builder's float combinations for the CPU: fp32 only (its model then fails to decode)
+        raise UniAttnError(f"onnxruntime-genai's builder makes {precision} models for CUDA only, not the CPU",
+                           "benchmark float32 artifacts on the CPU")  # fmt: skip
+    source = {"checkpoint": str(Path(checkpoint).resolve()), "precision": precision, "execution_provider": provider,
+              "extra_options": list(GENAI_EXTRA_OPTIONS)}  # fmt: skip
+    stamp = out / GENAI_STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()) == source and (out / "genai_config.json").is_file():
+        log(f"onnxruntime-genai: reusing {out}")
+        return out, {"path": str(out), "reused": True, **source}
+    cache = out.with_name(f".{out.name}.cache")
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(_builder_source(checkpoint, cache)),
+               "-o", str(out), "-p", precision, "-e", provider, "-c", str(cache), "--extra_options", *GENAI_EXTRA_OPTIONS]  # fmt: skip
+    log(f"onnxruntime-genai: {' '.join(command[1:])}")
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not (out / "genai_config.json").is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UniAttnError(f"onnxruntime-genai's model builder failed on {checkpoint} ({tail[0][:300]})",
+                           "run the builder command by hand to see its full output")  # fmt: skip
+    stamp.write_text(json.dumps(source))
+    return out, {"path": str(out), "reused": False, "build_seconds": round(time.perf_counter() - start, 1),
+                 "command": " ".join(command[1:]), **source}  # fmt: skip
+
+
+def static_capacity(needed: int, max_positions: int) -> int:
+    """A static artifact's capacity for `needed` tokens: rounded up to a multiple of 256 (so
+    the next run with a few more steps reuses it), never above the model's positions."""
+    if needed > max_positions:
+        raise UniAttnError(f"a cache of {needed} tokens exceeds the model's {max_positions} positions",
+                           "pass smaller --contexts or fewer --decode-steps")  # fmt: skip
+    return min(-(-needed // 256) * 256, max_positions)
+
+
+def preset_targets(preset: str, work_dir: Path, capacity_needed: int | None = None) -> tuple[Callable, dict[str, Target]]:
+    """The preset's dynamic-cache pair (uniattn/, base/) and, when capacity_needed is given,
+    its static-cache pair (uniattn_static/, base_static/) of at least that capacity."""
     if preset not in PRESETS:
         raise UniAttnError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     num_layers = PRESETS[preset]["num_hidden_layers"]
-    targets = {
-        "artifact": (work_dir / ARTIFACT_FOLDER, preset_layer_map(num_layers)),
-        "baseline": (work_dir / BASELINE_FOLDER, UniAttnConfig.none(num_layers)),
-    }
+    maps = {"artifact": (ARTIFACT_FOLDER, preset_layer_map(num_layers)), "baseline": (BASELINE_FOLDER, UniAttnConfig.none(num_layers))}
+    targets = {name: Target(work_dir / folder, uniattn) for name, (folder, uniattn) in maps.items()}
+    if capacity_needed is not None:
+        capacity = static_capacity(capacity_needed, preset_config(preset).max_position_embeddings)
+        for name, (folder, uniattn) in maps.items():
+            targets[f"{name}-static"] = Target(work_dir / f"{folder}_static", uniattn, "static", capacity)
     return (lambda: preset_config(preset)), targets
 
 
 def build_baseline_for(artifact: Artifact, out: Path, *, seed: int, log: Log) -> tuple[Artifact, dict]:
     """`--baseline build`: the artifact's architecture without SuperBlocks, random weights,
-    same dtype and logits mode."""
+    same dtype, logits mode, cache mode and capacity."""
     from transformers import AutoConfig
 
     def make_config():
         return AutoConfig.from_pretrained(artifact.path)
 
-    targets = {"baseline": (out, UniAttnConfig.none(artifact.uniattn.num_layers))}
+    targets = {"baseline": Target(out, UniAttnConfig.none(artifact.uniattn.num_layers), artifact.cache_mode, artifact.capacity)}
     artifacts, report = build_pair(make_config, targets, artifact.dtype, logits=artifact.manifest["logits"], seed=seed, log=log)
     return artifacts["baseline"], report

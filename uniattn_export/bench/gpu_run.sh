@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# The H100 benchmark (run by the lead on the GPU machine, from the repository root):
+# The H100 benchmark (run by the integrator on the GPU machine, from the repository root):
 #
-#   bash uniattn_export/bench/gpu_run.sh tiny   # ~2 min: tiny models, fp16 and bf16 (does bf16 run on ORT CUDA?)
-#   bash uniattn_export/bench/gpu_run.sh 1b     # ~9 min: Llama-3.2-1B shape, UniAttn vs base, full matrix
+#   bash uniattn_export/bench/gpu_run.sh 1b     # ~8 min: Llama-3.2-1B shape, fp16, every row, one run
+#   bash uniattn_export/bench/gpu_run.sh tiny   # ~2 min: tiny models, fp16, every row (a dry run of 1b)
 #
-# Needs onnxruntime-gpu in /root/site and the custom-op library: $UNIATTN_EXPORT_LIB_DIR, else
-# build/dev/lib when it holds libuniattn_ort.so (carry that folder), else the ORT-with-library
-# rows are recorded as skipped. Artifacts are built in .gpu/bench_work (git-ignored; reused when
-# the machine is still warm), results go to $OUT/bench/<run>/bench.{json,png}. The 1B budget
-# (BUDGET_1B seconds, default 480) includes the two exports; the run stops gracefully there.
+# Needs in /root/site (PYTHONPATH): onnxruntime-gpu 1.31.1 and onnxruntime-genai-cuda 0.18
+# (staged like onnxruntime-gpu: ../shared/gpu/stage-wheels.sh onnxruntime-genai-cuda==0.18.0),
+# and the custom-op library of op version 2: $UNIATTN_EXPORT_LIB_DIR, else build/dev/lib when it
+# holds libuniattn_ort.so (carry that folder), else the library rows are recorded as skipped.
+# The 1b run: decode cells 1x2048, 32x2048, 32x8192 and prefill cells 1x8192, 8x8192; rows
+# ort-static-graph (UniAttn and base, OrtSession(cuda_graph=True)), ort-static-library,
+# onnxruntime-genai (its builder's fp16 CUDA model of the same base weights, CUDA graph on),
+# ort-library (dynamic caches), transformers StaticCache + torch.compile (1x2048, 32x2048) and
+# DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 450) includes the
+# builds (4 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
+# there and bench.json says what was not run. Artifacts are built in .gpu/bench_work
+# (git-ignored; reused while the machine is warm). Everything is written under
+# $OUT/bench/<run>/: bench.json, bench.png, table.txt, log.txt.
 # BENCH_DEVICE=cpu is a dry run of this script on a machine without a GPU.
+# Exit status: the first non-zero exit of a bench run (1: a measurement failed, 2: bad input).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out}
 WORK=${BENCH_WORK:-.gpu/bench_work}
+DEVICE=${BENCH_DEVICE:-cuda}
 export PYTHONPATH=/root/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -z "${UNIATTN_EXPORT_LIB_DIR:-}" ] && [ -f build/dev/lib/libuniattn_ort.so ]; then
   export UNIATTN_EXPORT_LIB_DIR=$PWD/build/dev/lib
@@ -25,34 +35,44 @@ import onnxruntime as ort, torch, transformers
 from uniattn_export import native
 print(f"torch {torch.__version__} (cuda {torch.cuda.is_available()}), transformers {transformers.__version__}, "
       f"onnxruntime {ort.__version__} {ort.get_available_providers()}")
+try:
+    import onnxruntime_genai as og
+    print(f"onnxruntime-genai {og.__version__} (cuda {og.is_cuda_available()})")
+except ImportError as exc:
+    print(f"onnxruntime-genai missing ({exc}): its row will be skipped")
 library = native.ort_custom_op_library()
 cuda = native.kernels().ua_has_cuda() if native.kernels_library() else None
-print(f"custom-op library: {library} (CUDA kernels: {bool(cuda)})")
+print(f"custom-op library: {library} (CUDA kernels: {bool(cuda)}, kernel ABI {native.kernel_abi_version()})")
 EOF
 
+status=0
 bench() {
   local name=$1; shift
   local start=$(date +%s)
+  mkdir -p "$OUT/bench/$name"
   echo "=== $name: uniattn-export bench $*"
-  python3 -m uniattn_export bench "$@" --device "${BENCH_DEVICE:-cuda}" -o "$OUT/bench/$name"
-  echo "=== $name: exit $? after $(( $(date +%s) - start )) s"
+  python3 -m uniattn_export bench "$@" --device "$DEVICE" -o "$OUT/bench/$name" \
+    > "$OUT/bench/$name/table.txt" 2> >(tee "$OUT/bench/$name/log.txt" >&2)
+  local rc=$?
+  cat "$OUT/bench/$name/table.txt"
+  echo "=== $name: exit $rc after $(( $(date +%s) - start )) s"
+  if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 
+ROWS=ort-static-graph,ort-static-library,onnxruntime-genai,ort-library,transformers-static-compiled,transformers-dynamic
 case "${1:-}" in
   tiny)
-    # One compiled shape checks torch.compile on this torch before the 1B run relies on it.
-    bench tiny_fp16 --preset tiny --dtype float16 --work "$WORK/tiny_fp16" --decode-steps 10 \
-      --compile 1x512 --time-budget 100
-    bench tiny_bf16 --preset tiny --dtype bfloat16 --work "$WORK/tiny_bf16" --decode-steps 10 \
-      --backends ort-library,ort-bodies,transformers-dynamic --time-budget 60
+    bench tiny_fp16 --preset tiny --dtype float16 --work "$WORK/tiny_fp16" --backends "$ROWS,ort-static-bodies" \
+      --batches 1,4 --contexts 128,256 --compile 1x128 --decode-steps 10 --time-budget 150
     ;;
   1b)
-    bench llama_1b --preset llama-3.2-1b --dtype float16 --work "$WORK/llama_1b" \
-      --compile 1x2048,32x2048 --decode-steps 20 --prefill-repeats 2 --cell-seconds 8 \
-      --time-budget "${BUDGET_1B:-480}"
+    bench llama_1b --preset llama-3.2-1b --dtype float16 --work "$WORK/llama_1b" --backends "$ROWS" \
+      --batches 1,8,32 --contexts 2048,8192 --decode-cells 1x2048,32x2048,32x8192 --prefill-cells 1x8192,8x8192 \
+      --compile 1x2048,32x2048 --decode-steps 10 --warmup-steps 3 --prefill-repeats 2 --cell-seconds 6 \
+      --time-budget "${BUDGET_1B:-450}"
     ;;
   *)
-    echo "usage: $0 tiny|1b" >&2
+    echo "usage: $0 1b|tiny" >&2
     exit 2
     ;;
 esac
@@ -67,6 +87,17 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
     for runtime in doc["runtimes"]:
         print(f"    {runtime['id']}: {runtime['status']}")
     for ratio in doc["ratios"]:
-        if ratio["decode"] is not None and (ratio["batch"], ratio["context"]) in ((1, 2048), (32, 2048), (32, 8192)):
-            print(f"    {ratio['name']} B={ratio['batch']} S={ratio['context']}: decode {ratio['decode']:.3f}")
+        for phase in ("decode", "prefill"):
+            if ratio[phase] is not None:
+                print(f"    {ratio['name']} B={ratio['batch']} S={ratio['context']}: {phase} {ratio[phase]:.3f}")
+    for result in doc["results"]:
+        copies = result["decode"].get("cache_copies")
+        if copies and "memcpy_dtod_bytes" in copies:  # CUDA
+            print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
+                  f"DtoD {copies['memcpy_dtod_bytes']} B of a {copies['kv_cache_bytes']} B cache, "
+                  f"copy kernels {sum(k['count'] for k in copies['copy_kernels'].values())}")
+        elif copies:  # the CPU dry run
+            print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
+                  f"{copies['copy_bytes']} B of a {copies['kv_cache_bytes']} B cache")
 EOF
+exit $status

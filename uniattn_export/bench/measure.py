@@ -95,3 +95,47 @@ def release_device_memory(device: str) -> None:
 
 def gib(n: float | None) -> str:
     return "n/a" if n is None else f"{n / GIB:.2f} GiB"
+
+
+# Kernel names of device-side copies (CUDA's and ORT's: Memcpy nodes, Concat, Scatter*, Copy).
+_COPY_KERNEL_WORDS = ("copy", "concat", "scatter", "memcpy")
+
+
+def cuda_copy_profile(step: Callable[[], float]) -> dict:
+    """Run `step` once under torch.profiler with CUDA activities (CUPTI records every kernel
+    and memcpy of the process, ORT's included) and account its copies: memcpy bytes by kind
+    (from the trace's `bytes` field) and the copy-like kernels by name with their count and
+    time (a kernel's bytes are not in the trace; a full-cache copy shows as time)."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = f"{folder}/trace.json"
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f).get("traceEvents", [])
+    memcpy: dict[str, int] = {}
+    kernels: dict[str, dict] = {}
+    kernel_count = 0
+    for event in events:
+        category = event.get("cat", "")
+        if category == "gpu_memcpy":
+            name = event.get("name", "memcpy")
+            memcpy[name] = memcpy.get(name, 0) + int(event.get("args", {}).get("bytes", 0))
+        elif category == "kernel":
+            kernel_count += 1
+            name = event.get("name", "")
+            if any(word in name.lower() for word in _COPY_KERNEL_WORDS):
+                entry = kernels.setdefault(name[:160], {"count": 0, "us": 0.0})
+                entry["count"] += 1
+                entry["us"] += float(event.get("dur", 0))
+    device_to_device = sum(b for name, b in memcpy.items() if "DtoD" in name)
+    return {
+        "method": "torch.profiler, CUDA activities, one uncaptured decode step",
+        "kernels": kernel_count, "memcpy_bytes": memcpy, "memcpy_dtod_bytes": device_to_device,
+        "copy_kernels": kernels,
+    }  # fmt: skip

@@ -19,6 +19,17 @@ JSON_FILE, PLOT_FILE = "bench.json", "bench.png"
 
 # (name, numerator runtime, denominator runtime)
 RATIOS = (
+    ("uniattn / base, ort-static-graph", "artifact/ort-static-graph", "baseline/ort-static-graph"),
+    ("uniattn / base, ort-static-library", "artifact/ort-static-library", "baseline/ort-static-library"),
+    ("uniattn / base, ort-static-bodies", "artifact/ort-static-bodies", "baseline/ort-static-bodies"),
+    ("uniattn ort-static-graph / transformers static compiled", "artifact/ort-static-graph", "baseline/transformers-static-compiled"),
+    ("uniattn ort-static-library / transformers static compiled", "artifact/ort-static-library", "baseline/transformers-static-compiled"),
+    ("uniattn ort-static-graph / onnxruntime-genai", "artifact/ort-static-graph", "baseline/onnxruntime-genai"),
+    ("uniattn ort-static-library / onnxruntime-genai", "artifact/ort-static-library", "baseline/onnxruntime-genai"),
+    ("base ort-static-library / onnxruntime-genai", "baseline/ort-static-library", "baseline/onnxruntime-genai"),
+    ("library / function bodies, uniattn static", "artifact/ort-static-library", "artifact/ort-static-bodies"),
+    ("static / dynamic, uniattn ort-library", "artifact/ort-static-library", "artifact/ort-library"),
+    ("uniattn ort-static-library / transformers dynamic", "artifact/ort-static-library", "baseline/transformers-dynamic"),
     ("uniattn / base, ort-library", "artifact/ort-library", "baseline/ort-library"),
     ("uniattn / base, ort-bodies", "artifact/ort-bodies", "baseline/ort-bodies"),
     ("library / function bodies, uniattn", "artifact/ort-library", "artifact/ort-bodies"),
@@ -29,7 +40,8 @@ RATIOS = (
 PHASES = ("decode", "prefill")
 _SHORT_MODEL = {"artifact": "ua", "baseline": "base"}
 _SHORT_BACKEND = {
-    "ort-library": "lib", "ort-bodies": "bodies", "transformers-dynamic": "hf dyn",
+    "ort-library": "lib", "ort-bodies": "bodies", "ort-static-library": "st lib", "ort-static-bodies": "st bodies",
+    "ort-static-graph": "st graph", "onnxruntime-genai": "genai", "transformers-dynamic": "hf dyn",
     "transformers-static": "hf static", "transformers-static-compiled": "hf compiled",
 }  # fmt: skip
 
@@ -133,33 +145,73 @@ def plot(doc: dict, path: Path) -> Path:
     return path
 
 
+# The table's ratio columns: (column title, RATIOS name); a column shows when any cell has it.
+HEADLINE_RATIOS = (
+    ("ua/base st", "uniattn / base, ort-static-library"),
+    ("ua st/genai", "uniattn ort-static-library / onnxruntime-genai"),
+    ("ua graph/hf comp", "uniattn ort-static-graph / transformers static compiled"),
+    ("ua st lib/bodies", "library / function bodies, uniattn static"),
+    ("ua st/dyn", "static / dynamic, uniattn ort-library"),
+)
+
+
 def summary_table(doc: dict) -> Table:
-    """Decode medians (ms per step) per cell and runtime, then the two headline ratios."""
+    """Per cell and phase, the medians (ms) of every runtime that ran, then the headline ratios
+    of that phase."""
     runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
     table = Table(
-        title=f"decode ms/step, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
+        title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
         caption="ua = the UniAttn artifact, base = the base model; lib = ORT + custom-op library, bodies = ORT "
-        "function bodies, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + torch.compile). "
-        "Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
+        "function bodies, st = static caches through OrtSession (graph: + CUDA graphs), genai = onnxruntime-genai "
+        "on its own build of the base model, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + "
+        "torch.compile). Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
     )
-    table.add_column("B", justify="right")
-    table.add_column("S", justify="right")
+    for column in ("phase", "B", "S"):
+        table.add_column(column, justify="right")
     for runtime in runtimes:
         table.add_column(short_name(runtime), justify="right")
-    headline = RATIOS[0][0], RATIOS[3][0]
-    table.add_column("ua/base lib", justify="right")
-    table.add_column("ua lib/hf compiled", justify="right")
-    ratios = {(r["name"], r["batch"], r["context"]): r["decode"] for r in doc["ratios"]}
+    present = {r["name"] for r in doc["ratios"]}
+    headline = [(title, name) for title, name in HEADLINE_RATIOS if name in present]
+    for title, _ in headline:
+        table.add_column(title, justify="right")
+    ratios = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
     cells = {(r["runtime"], r["batch"], r["context"]): r for r in doc["results"]}
-    for batch in doc["settings"]["batches"]:
-        for context in doc["settings"]["contexts"]:
-            row = [str(batch), str(context)]
-            for runtime in runtimes:
-                result = cells.get((runtime, batch, context))
-                median = _median(result.get("decode")) if result else None
-                row.append(f"{median:.3f}" if median is not None else "-")
-            for name in headline:
-                ratio = ratios.get((name, batch, context))
+    shapes = sorted({(r["batch"], r["context"]) for r in doc["results"]})
+    for phase in PHASES:
+        for batch, context in shapes:
+            medians = [_median(cells.get((runtime, batch, context), {}).get(phase)) for runtime in runtimes]
+            if all(m is None for m in medians):
+                continue
+            row = [phase, str(batch), str(context), *(f"{m:.3f}" if m is not None else "-" for m in medians)]
+            for _, name in headline:
+                ratio = ratios.get((name, batch, context), {}).get(phase)
                 row.append(f"{ratio:.3f}" if ratio is not None else "-")
             table.add_row(*row)
+    return table
+
+
+def copies_table(doc: dict) -> Table | None:
+    """Bytes one profiled decode step copies, per ORT row and cell, beside the KV cache it
+    holds (CUDA: memcpy device to device + copy-like kernels; CPU: outputs of copying nodes);
+    None when no step was profiled."""
+    profiled = [r for r in doc["results"] if "cache_copies" in r.get("decode", {})]
+    if not profiled:
+        return None
+    cuda = "memcpy_dtod_bytes" in profiled[0]["decode"]["cache_copies"]
+    table = Table(title="bytes copied by one decode step (profiled after the timed ones)")
+    for column in ("runtime", "B", "S", "KV cache bytes", "DtoD memcpy bytes" if cuda else "copied bytes",
+                   "copy kernels" if cuda else "by op"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("runtime", "by op", "copy kernels") else "right")
+    for result in profiled:
+        copies = result["decode"]["cache_copies"]
+        if cuda:
+            copied = copies["memcpy_dtod_bytes"]
+            detail = ", ".join(f"{name[:40]} x{k['count']}" for name, k in copies["copy_kernels"].items()) or "none"
+        else:
+            copied = copies["copy_bytes"]
+            detail = ", ".join(f"{op} {size}" for op, size in copies["copy_bytes_by_op"].items()) or "none"
+            if not copies["caches_bound_in_place"]:
+                detail += f", uniattn outputs {sum(copies['uniattn_output_bytes'].values())}"
+        table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
+                      str(result["kv_cache_bytes"]), str(copied), detail)  # fmt: skip
     return table

@@ -9,6 +9,7 @@ budget still has the headline comparisons; each measures every cell, smallest fi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,20 +17,26 @@ from typing import Callable
 from ..errors import UniAttnError
 from ..export.artifact import Artifact, load_artifact, package_versions
 from ..output import check_file_destination
-from .build import build_baseline_for, build_pair, preset_targets, strip_weights
+from .build import (
+    BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
+)  # fmt: skip
 from .measure import (
-    Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory, summarize,
+    Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
+    summarize,
 )  # fmt: skip
 from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
-from .runtimes import OrtRuntime, Runtime, TransformersRuntime
-from .settings import ORT_BACKENDS, BenchSettings
+from .runtimes import GenaiRuntime, OrtRuntime, OrtStaticRuntime, Runtime, TransformersRuntime
+from .settings import GENAI_BACKEND, ORT_BACKENDS, STATIC_ORT_BACKENDS, BenchSettings, cache_mode_of
 
 Log = Callable[[str], None]
-# Most important first: the UniAttn vs base and library vs transformers comparisons.
+# Most important first: the UniAttn vs base comparisons on the fastest path, then the
+# baselines users would otherwise run (onnxruntime-genai, transformers), then the rest.
 RUNTIME_ORDER = (
+    ("artifact", "ort-static-graph"), ("baseline", "ort-static-graph"),
+    ("artifact", "ort-static-library"), ("baseline", "ort-static-library"), ("baseline", GENAI_BACKEND),
     ("artifact", "ort-library"), ("baseline", "ort-library"), ("baseline", "transformers-static-compiled"),
-    ("baseline", "transformers-dynamic"), ("artifact", "ort-bodies"), ("baseline", "ort-bodies"),
-    ("baseline", "transformers-static"),
+    ("baseline", "transformers-dynamic"), ("artifact", "ort-static-bodies"), ("baseline", "ort-static-bodies"),
+    ("artifact", "ort-bodies"), ("baseline", "ort-bodies"), ("baseline", "transformers-static"),
 )  # fmt: skip
 # Keep this much of the free device memory for what the prefill estimate does not count.
 _PREFILL_MEMORY_MARGIN = 0.9
@@ -45,6 +52,19 @@ METHOD = {
     "(consumer layers of a UniAttn artifact have no K) with a full attention mask; the cache grows by one "
     "token per step as in generation; logits stay on the device; ORT steps include binding inputs and "
     "outputs from Python, as uniattn_export's generation loop does every step",
+    "static": "ort-static-*: OrtSession over a static-cache artifact, the path users get: reset, load_caches "
+    "(random values in the first `context` slots, zeros after), then step_greedy at position context + i: "
+    "caches bound as past and present, the graph's argmax, B token ids to the host; ort-static-graph: the "
+    "same with OrtSession(cuda_graph=True)",
+    "onnxruntime-genai": "the base model built by onnxruntime-genai's model builder from the same config and "
+    "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator; decode = "
+    "generate_next_token (one model step + greedy pick) after an untimed prefill of `context` random tokens "
+    "(genai cannot load a cache)",
+    "cache_copies": "one more decode step of each ort-* row (not -graph) after the timed ones, under a profiler. "
+    "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too): memcpy bytes by kind and the "
+    "copy/concat/scatter kernels; CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
+    "swapped into the OrtSession for that step: output bytes of copying nodes (Concat, Scatter*, Expand, Where, "
+    "...), plus the uniattn nodes' outputs where the caches are not bound in place (dynamic)",
     "prefill": "one call over `context` new tokens per row from an empty cache (after one untimed call); "
     "skipped where the estimated footprint exceeds free device memory",
     "transformers": "the base architecture of the artifact's config with random weights, SDPA, "
@@ -61,7 +81,7 @@ def _quiet(_: str) -> None:
 def _device_info(device: str, backends: tuple[str, ...]) -> dict:
     from .. import native
 
-    info: dict = {"type": device, "name": "CPU"}
+    info: dict = {"type": device, "name": "CPU", "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg())}
     if device == "cuda":
         import torch
 
@@ -82,12 +102,29 @@ def _device_info(device: str, backends: tuple[str, ...]) -> dict:
     return info
 
 
-def _model_info(artifact: Artifact) -> dict:
+def _model_info(artifacts: dict[str, Artifact]) -> dict:
+    """One model (UniAttn or base) in its exports by cache mode: what they share, and where each is."""
+    first = next(iter(artifacts.values()))
     return {
-        "path": str(artifact.path), "dtype": artifact.dtype, "logits": artifact.manifest["logits"],
-        "layer_map": artifact.uniattn.describe(), "consumers": artifact.uniattn.consumers,
-        "kv_cache_bytes_per_token": artifact.manifest["kv_cache_bytes_per_token"],
+        "paths": {mode: str(a.path) for mode, a in artifacts.items()}, "dtype": first.dtype,
+        "logits": {mode: a.manifest["logits"] for mode, a in artifacts.items()},
+        "capacity": artifacts["static"].capacity if "static" in artifacts else None,
+        "layer_map": first.uniattn.describe(), "consumers": first.uniattn.consumers,
+        "kv_cache_bytes_per_token": first.manifest["kv_cache_bytes_per_token"],
     }  # fmt: skip
+
+
+def _by_cache_mode(artifacts, what: str) -> dict[str, Artifact]:
+    """Artifacts (or folders) keyed by cache mode; at most one per mode."""
+    items = artifacts if isinstance(artifacts, (list, tuple)) else [artifacts]
+    loaded: dict[str, Artifact] = {}
+    for item in items:
+        artifact = item if isinstance(item, Artifact) else load_artifact(item)
+        if artifact.cache_mode in loaded:
+            raise UniAttnError(f"two {artifact.cache_mode}-cache {what}s were given ({loaded[artifact.cache_mode].path}, "
+                               f"{artifact.path})", f"pass at most one {what} per cache mode")  # fmt: skip
+        loaded[artifact.cache_mode] = artifact
+    return loaded
 
 
 def _check_baseline(artifact: Artifact, baseline: Artifact) -> None:
@@ -100,6 +137,7 @@ def _check_baseline(artifact: Artifact, baseline: Artifact) -> None:
         ("geometry", artifact.manifest["geometry"], baseline.manifest["geometry"]),
         ("dtype", artifact.dtype, baseline.dtype),
         ("logits mode", artifact.manifest["logits"], baseline.manifest["logits"]),
+        ("cache capacity", artifact.capacity, baseline.capacity),
     ):
         if mine != theirs:
             raise UniAttnError(
@@ -108,14 +146,28 @@ def _check_baseline(artifact: Artifact, baseline: Artifact) -> None:
             )
 
 
-def _make_runtime(model: str, backend: str, models: dict[str, Artifact], settings: BenchSettings) -> Runtime:
+def _make_runtime(model: str, backend: str, models: dict, settings: BenchSettings) -> Runtime:
+    """models: {"artifact"|"baseline": {cache mode: Artifact}} and "genai": a genai model folder."""
+    mode = cache_mode_of(backend)
+    if backend in STATIC_ORT_BACKENDS:
+        return OrtStaticRuntime(models[model][mode], model, backend, settings.device, settings.seed)
     if backend in ORT_BACKENDS:
-        return OrtRuntime(models[model], model, backend, settings.device, settings.seed)
+        return OrtRuntime(models[model][mode], model, backend, settings.device, settings.seed)
+    if backend == GENAI_BACKEND:
+        return GenaiRuntime(models["genai"], model, settings.device, settings.seed, cuda_graph=settings.device == "cuda")
     from transformers import AutoConfig
 
-    artifact = models["artifact"]
+    artifact = next(iter(models["artifact"].values()))
     config = AutoConfig.from_pretrained(artifact.path)
     return TransformersRuntime(config, artifact.dtype, backend, settings.device, settings.seed, settings.compile_backend)
+
+
+def _available(model: str, backend: str, models: dict) -> bool:
+    """Whether the run has what this runtime needs (an export of the right cache mode, a genai model)."""
+    if backend == GENAI_BACKEND:
+        return models.get("genai") is not None
+    mode = cache_mode_of(backend)
+    return mode is None or mode in models.get(model, {})
 
 
 def _failed(exc: BaseException) -> dict:
@@ -126,8 +178,13 @@ def _failed(exc: BaseException) -> dict:
 def _prefill(runtime: Runtime, batch: int, context: int, settings: BenchSettings, cell_end: float, clock: Clock) -> dict:
     if not settings.prefill:
         return {"status": "skipped: --no-prefill"}
+    if not settings.runs("prefill", batch, context):
+        return {"status": "skipped: not a --prefill-cells shape"}
     if not runtime.measures_prefill:
         return {"status": "not measured: generate() prefills eagerly with every cache kind (see transformers-dynamic)"}
+    reason = runtime.unsupported("prefill", batch, context, 0)
+    if reason:
+        return {"status": f"skipped: {reason}"}
     need, free = runtime.prefill_bytes(batch, context), device_free_bytes(settings.device)
     if free is not None and need > _PREFILL_MEMORY_MARGIN * free:
         return {"status": f"skipped: needs ~{gib(need)} of device memory, {gib(free)} free", "estimated_bytes": need}
@@ -144,6 +201,11 @@ def _prefill(runtime: Runtime, batch: int, context: int, settings: BenchSettings
 
 
 def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings, cell_end: float, clock: Clock) -> dict:
+    if not settings.runs("decode", batch, context):
+        return {"status": "skipped: not a --decode-cells shape"}
+    reason = runtime.unsupported("decode", batch, context, settings.decode_length())
+    if reason:
+        return {"status": f"skipped: {reason}"}
     compiled = getattr(runtime, "compiled", False)
     if compiled and (batch, context) not in settings.compile_shapes:
         return {"status": f"skipped: torch.compile not requested for this shape (--compile {batch}x{context})"}
@@ -155,6 +217,7 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
         while not times or (len(times) < settings.decode_steps and clock() < cell_end):
             times.append(run.step())
         kv_cache_bytes = run.kv_cache_bytes
+        copies = runtime.copy_profile(run)  # one more step under a profiler (ORT rows)
         del run
     except Exception as exc:
         release_device_memory(settings.device)
@@ -170,6 +233,8 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
     }  # fmt: skip
     if compiled:
         result["compile_seconds"] = warmup[0]  # the first call compiles this shape
+    if copies is not None:
+        result["cache_copies"] = {**copies, "kv_cache_bytes": kv_cache_bytes}
     return result
 
 
@@ -213,11 +278,13 @@ def _skip_runtime(report: BenchReport, entry: dict, settings: BenchSettings, rea
 def _measure_all(
     models: dict[str, Artifact], settings: BenchSettings, report: BenchReport, deadline: Deadline, log: Log
 ) -> dict:
-    report.doc["models"] = {name: _model_info(artifact) for name, artifact in models.items()}
+    report.doc["models"] = {name: _model_info(models[name]) for name in ("artifact", "baseline") if models.get(name)}
+    if models.get("genai") is not None:
+        report.doc["models"]["baseline_genai"] = {"path": str(models["genai"])}
     report.doc["settings"] = settings.to_dict()
     report.doc["method"] = METHOD
     release_device_memory(settings.device)
-    plan = [(m, b) for m, b in RUNTIME_ORDER if b in settings.backends and (m in models or not b.startswith("ort"))]
+    plan = [(m, b) for m, b in RUNTIME_ORDER if b in settings.backends and _available(m, b, models)]
     budget_reason = f"skipped: time budget of {settings.time_budget:g} s spent"
     for model, backend in plan:
         entry = {"id": f"{model}/{backend}", "model": model, "backend": backend, "status": "loading"}
@@ -255,6 +322,7 @@ def _measure_all(
         report.doc["stopped"] = f"time budget of {settings.time_budget:g} s spent after {deadline.elapsed():.0f} s; {not_run} cells not run"
     report.doc["complete"] = True
     report.doc["total_seconds"] = round(deadline.elapsed(), 1)
+    report.doc["device"]["load_average_at_end"] = list(os.getloadavg())  # 1/5/15 min: a shared machine shows here
     report.write()
     plot(report.doc, report.plot_path)
     return report.doc
@@ -290,11 +358,12 @@ def _check_dtype(dtype: str, settings: BenchSettings) -> None:
 
 
 def run_bench(
-    artifact: str | Path | Artifact,
+    artifact: str | Path | Artifact | list,
     out_dir: str | Path,
     *,
-    baseline: str | Path | Artifact | None = None,
+    baseline: str | Path | Artifact | list | None = None,
     build_baseline: bool = False,
+    base_checkpoint: str | Path | None = None,
     settings: BenchSettings = BenchSettings(),
     clock: Clock = time.monotonic,
     log: Log = _quiet,
@@ -302,6 +371,10 @@ def run_bench(
     """Benchmark `artifact` (and its base model: `baseline`, or one exported here with random
     weights when `build_baseline`) across settings' matrix and backends.
 
+    artifact / baseline: one artifact or a list of at most one per cache mode (a dynamic and a
+    static export of the same model): dynamic ones run the ort-library/ort-bodies rows, static
+    ones the ort-static-* rows. base_checkpoint: the base model's transformers folder, which
+    onnxruntime-genai's builder turns into the onnxruntime-genai row's model (in OUT/genai).
     Writes OUT/bench.json (after every cell) and OUT/bench.png; returns the JSON document.
     Cells past settings.time_budget are recorded as skipped; `complete` is True once the run
     reached its end, `stopped` says why cells were not run, `failures` counts failed cells.
@@ -309,16 +382,39 @@ def run_bench(
     if baseline is not None and build_baseline:
         raise UniAttnError("both a baseline artifact and --baseline build were given", "pass one of them")
     deadline = Deadline(settings.time_budget, clock)
-    models = {"artifact": artifact if isinstance(artifact, Artifact) else load_artifact(artifact)}
-    _check_dtype(models["artifact"].dtype, settings)
+    models: dict = {"artifact": _by_cache_mode(artifact, "artifact"), "baseline": {}, "genai": None}
+    for one in models["artifact"].values():
+        _check_dtype(one.dtype, settings)
     if baseline is not None:
-        models["baseline"] = baseline if isinstance(baseline, Artifact) else load_artifact(baseline)
-        _check_baseline(models["artifact"], models["baseline"])
+        models["baseline"] = _by_cache_mode(baseline, "baseline")
+        for mode, base in models["baseline"].items():
+            if mode not in models["artifact"]:
+                raise UniAttnError(f"the baseline {base.path} has {mode} caches but no artifact does",
+                                   "pass the UniAttn artifact of the same cache mode too")  # fmt: skip
+            _check_baseline(models["artifact"][mode], base)
     report = _open_report(Path(out_dir), settings, "artifact")
     if build_baseline:
-        folder = report.out_dir / "baseline_artifact"
-        models["baseline"], report.doc["build"] = build_baseline_for(models["artifact"], folder, seed=settings.seed, log=log)
+        report.doc["build"] = {}
+        for mode, one in models["artifact"].items():
+            folder = report.out_dir / ("baseline_artifact" if mode == "dynamic" else f"baseline_artifact_{mode}")
+            models["baseline"][mode], report.doc["build"][mode] = build_baseline_for(one, folder, seed=settings.seed, log=log)
+    if base_checkpoint is not None and GENAI_BACKEND in settings.backends:
+        models["genai"] = _build_genai(Path(base_checkpoint), report.out_dir / "genai", next(iter(models["artifact"].values())).dtype,
+                                       settings, report, log)  # fmt: skip
     return _measure_all(models, settings, report, deadline, log)
+
+
+def _build_genai(checkpoint: Path, out: Path, dtype: str, settings: BenchSettings, report: BenchReport, log: Log) -> Path | None:
+    """The onnxruntime-genai row's model, built by its builder; a failure is recorded and that
+    row is skipped (the rest of the run does not depend on it)."""
+    try:
+        folder, info = build_genai_model(checkpoint, out, dtype, settings.device, log)
+    except UniAttnError as exc:
+        report.doc.setdefault("build", {})["genai"] = {"status": f"failed: {exc}"}
+        log(f"onnxruntime-genai: {exc}")
+        return None
+    report.doc.setdefault("build", {})["genai"] = {"status": "ok", **info}
+    return folder
 
 
 def run_preset(
@@ -332,22 +428,29 @@ def run_preset(
     log: Log = _quiet,
 ) -> dict:
     """Build a UniAttn artifact (SuperBlocks of 4 over the top half of the layers) and its
-    base model from a shape preset with random weights (or reuse them from `work_dir`), then
-    benchmark them like run_bench. The build counts against settings.time_budget; a failed
-    export is recorded in bench.json before the error is raised."""
+    base model from a shape preset with random weights (or reuse them from `work_dir`), each
+    with dynamic caches and, when a static backend runs, static caches of capacity >= the
+    largest context + warm-up + timed steps; the base weights also as a transformers folder
+    for onnxruntime-genai's builder when that row runs. Then benchmark them like run_bench.
+    The build counts against settings.time_budget; a failed export is recorded in bench.json
+    before the error is raised."""
     import torch
 
     deadline = Deadline(settings.time_budget, clock)
     _check_dtype(dtype, settings)
     report = _open_report(Path(out_dir), settings, f"preset {preset}")
     work_dir = Path(work_dir) if work_dir is not None else report.out_dir / "work"
-    make_config, targets = preset_targets(preset, work_dir)
+    static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
+    needed = max(settings.contexts) + settings.decode_length() if static else None
+    make_config, targets = preset_targets(preset, work_dir, capacity_needed=needed)
+    genai = GENAI_BACKEND in settings.backends
+    checkpoint = work_dir / BASE_CHECKPOINT_FOLDER if genai else None
     report.doc["build"] = {"status": "running", "preset": preset, "dtype": dtype, "torch": torch.__version__, "risk": EXPORT_RISK}
     report.write()
     log(f"torch {torch.__version__}: building the {preset} artifacts ({EXPORT_RISK})")
     start = time.perf_counter()
     try:
-        models, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log)
+        built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log, base_checkpoint=checkpoint)
     except UniAttnError:
         raise
     except Exception as exc:
@@ -355,13 +458,22 @@ def run_preset(
         report.write()
         raise UniAttnError(f"building the {preset} artifacts failed on torch {torch.__version__} ({first_line(exc)})", EXPORT_RISK) from exc
     report.doc["build"].update(status="ok", seconds=round(time.perf_counter() - start, 1), steps=steps)
+    models: dict = {"artifact": {}, "baseline": {}, "genai": None}
+    for name, artifact in built.items():
+        models[name.removesuffix("-static")][artifact.cache_mode] = artifact
+    if genai:
+        models["genai"] = _build_genai(checkpoint, work_dir / f"genai_{settings.device}_{dtype}", dtype, settings, report, log)
     return _measure_all(models, settings, report, deadline, log)
 
 
-def prepare_preset(preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, log: Log = _quiet) -> dict:
+def prepare_preset(
+    preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, capacity_needed: int | None = None,
+    log: Log = _quiet,
+) -> dict:  # fmt: skip
     """The preset's artifacts without their external weight files (small enough to carry to a
-    machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the weights there)."""
-    make_config, targets = preset_targets(preset, Path(out_dir))
+    machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the weights there):
+    the dynamic pair and, with capacity_needed, the static pair of at least that capacity."""
+    make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed)
     _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True)
-    sizes = {name: strip_weights(folder) for name, (folder, _) in targets.items()}
+    sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}

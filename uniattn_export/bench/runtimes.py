@@ -1,7 +1,10 @@
 """The runtimes a benchmark compares, behind one interface.
 
-  ort-library / ort-bodies        an artifact in onnxruntime (CUDA or CPU EP) with or without
-                                  the uniattn custom-op library, caches bound on the device
+  ort-library / ort-bodies        a dynamic-cache artifact in onnxruntime (CUDA or CPU EP) with
+                                  or without the uniattn custom-op library, caches on the device
+  ort-static-library / -bodies    a static-cache artifact through OrtSession (caches bound as past
+  / -graph                        and present, step_greedy); -graph: OrtSession(cuda_graph=True)
+  onnxruntime-genai               a genai model folder (its builder's output) in og.Generator
   transformers-dynamic / -static  the base architecture in transformers (SDPA attention),
   / -static-compiled              DynamicCache, StaticCache, StaticCache + torch.compile
 
@@ -17,9 +20,11 @@ fixed cost outside the model step).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,7 +33,8 @@ from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
 from ..native import ort_custom_op_library
-from .measure import device_used_bytes, release_device_memory, synchronize
+from .measure import cuda_copy_profile, device_used_bytes, release_device_memory, synchronize
+from .settings import GENAI_BACKEND
 
 # Live float32 (B, Hq, L, S) buffers in the function bodies' prefill (scores, masked scores,
 # exps, probabilities) when onnxruntime does not reuse them.
@@ -47,15 +53,16 @@ class ModelShape:
     itemsize: int
     logits_all_positions: bool
 
-    def prefill_bytes(self, batch: int, length: int, materializes_scores: bool) -> int:
+    def prefill_bytes(self, batch: int, length: int, materializes_scores: bool, key_length: int | None = None) -> int:
         """A generous estimate of one prefill's activations (the weights are already there):
         MLP and attention activations, the new caches, the logits and, for the function
-        bodies, their float32 score matrices."""
+        bodies, their float32 score matrices over `key_length` keys (default: length)."""
         tokens = batch * length
         activations = tokens * (3 * self.intermediate_size + 6 * self.hidden_size) * self.itemsize
         caches = 2 * tokens * self.kv_bytes_per_token
         logits = batch * (length if self.logits_all_positions else 1) * self.vocab_size * 4
-        scores = _BODY_SCORE_COPIES * 4 * batch * self.num_heads * length * length if materializes_scores else 0
+        keys = length if key_length is None else key_length
+        scores = _BODY_SCORE_COPIES * 4 * batch * self.num_heads * length * keys if materializes_scores else 0
         return activations + caches + logits + scores
 
 
@@ -114,6 +121,14 @@ class Runtime(ABC):
     def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
         """A cache of `context` random tokens, room for `steps` more."""
 
+    def unsupported(self, phase: str, batch: int, context: int, steps: int) -> str | None:
+        """Why `phase` cannot run on this cell (recorded as skipped), or None."""
+        return None
+
+    def copy_profile(self, run: DecodeRun) -> dict | None:
+        """What one more decode step of `run` copies, under a profiler; None where not profiled."""
+        return None
+
     def reset_peak_memory(self) -> None:
         """Start a cell's peak-memory window (where the backend can)."""
 
@@ -130,11 +145,7 @@ class Runtime(ABC):
 
 
 def artifact_weight_bytes(artifact: Artifact) -> int:
-    graph = onnx.load(artifact.onnx_path, load_external_data=False).graph
-    return sum(
-        int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        for t in graph.initializer
-    )
+    return _initializer_bytes(artifact.onnx_path)
 
 
 def artifact_shape(artifact: Artifact) -> ModelShape:
@@ -148,9 +159,23 @@ def artifact_shape(artifact: Artifact) -> ModelShape:
     )  # fmt: skip
 
 
-class OrtRuntime(Runtime):
-    """An artifact in onnxruntime; ort-library registers the custom-op library, ort-bodies
-    runs the model-local function bodies."""
+def random_caches(artifact: Artifact, batch: int, context: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random bits (B, Hkv, context, D) for every past_key_values.* input of `artifact`, in the
+    graph's order; layers of one geometry share one array (same values, less host memory).
+    Dynamic and static runs draw them identically, so one seed gives both the same cache."""
+    specs = {s["name"]: s["shape"] for s in artifact.input_specs}
+    by_shape: dict[tuple, np.ndarray] = {}
+    caches = {}
+    for past, _ in artifact.cache_names():
+        shape = (batch, specs[past][1], context, specs[past][3])
+        if shape not in by_shape:
+            by_shape[shape] = random_bits(shape, artifact.dtype, rng)
+        caches[past] = by_shape[shape]
+    return caches
+
+
+class _OrtRuntime(Runtime):
+    """What the onnxruntime runtimes share: weights, shapes, random inputs, device memory."""
 
     _CUDA_MEMORY_METHOD = (
         "device memory in use (cudaMemGetInfo, torch's pool excluded) above the level before the "
@@ -158,33 +183,114 @@ class OrtRuntime(Runtime):
     )
 
     def __init__(self, artifact: Artifact, model: str, backend: str, device: str, seed: int):
+        super().__init__(model, backend, device, seed)
+        self.artifact = artifact
+        self.memory_method = self._CUDA_MEMORY_METHOD if device == "cuda" else "n/a on the CPU"
+        self._used_before = device_used_bytes(device)
+        self.weight_bytes = artifact_weight_bytes(artifact)
+        self.shape = artifact_shape(artifact)
+        self._rng = np.random.default_rng(seed)
+
+    def random_ids(self, batch: int, length: int) -> np.ndarray:
+        return self._rng.integers(0, self.shape.vocab_size, (batch, length), dtype=np.int64)
+
+    def peak_memory(self) -> int | None:
+        used = device_used_bytes(self.device)
+        return None if used is None else used - self._used_before
+
+    @property
+    def generation_session(self):
+        """The OrtSession that runs this runtime's steps."""
+        raise NotImplementedError
+
+    def copy_profile(self, run: DecodeRun) -> dict | None:
+        """CUDA: torch.profiler around one uncaptured step; CPU: ONNX Runtime's profiler. Rows
+        with CUDA graphs replay a captured step: not profiled."""
+        if self.backend == "ort-static-graph":
+            return None
+        return cuda_copy_profile(run.step) if self.device == "cuda" else self.cpu_copy_profile(run)
+
+    def cpu_copy_profile(self, run: DecodeRun) -> dict:
+        """One more decode step of `run` with ONNX Runtime's CPU profiler on: a second
+        InferenceSession of the same file, options and kernels, with profiling, swapped into
+        the OrtSession for that step (the binding code is the one users run). Accounts the
+        output bytes of the nodes that copy tensors (Concat, Scatter*, Identity, Expand, ...):
+        the dynamic path's present = concat(past, new), the function bodies' scatter into a copy
+        of the cache. uniattn nodes' outputs are counted as copies for dynamic caches (v1
+        kernels write present = past + new into a new buffer) and not for static ones (past and
+        present are one bound buffer; the op-version-2 kernels write only the new rows)."""
+        import onnxruntime as ort
+
+        owner = self.generation_session
+        with tempfile.TemporaryDirectory() as folder:
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = f"{folder}/step"
+            options.log_severity_level = 3
+            if owner.custom_op_library:
+                options.register_custom_ops_library(owner.custom_op_library)
+            profiled = ort.InferenceSession(str(self.artifact.onnx_path), options, providers=["CPUExecutionProvider"])
+            timed, owner.session = owner.session, profiled
+            try:
+                run.step()
+            finally:
+                owner.session = timed
+            with open(profiled.end_profiling()) as f:
+                events = json.load(f)
+        copies: dict[str, int] = {}
+        uniattn: dict[str, int] = {}
+        for event in events:
+            args = event.get("args", {})
+            if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+                continue
+            op, size = args.get("op_name", ""), int(args.get("output_size", 0))
+            if op in _COPY_OPS:
+                copies[op] = copies.get(op, 0) + size
+            elif op.startswith("UniAttn"):
+                uniattn[op] = uniattn.get(op, 0) + size
+        in_place = self.artifact.cache_mode == "static"
+        return {
+            "method": "onnxruntime CPU profiler, one decode step: output bytes of copying nodes by op type, plus "
+            "the uniattn nodes' outputs unless the caches are bound in place",
+            "copy_bytes": sum(copies.values()) + (0 if in_place else sum(uniattn.values())),
+            "copy_bytes_by_op": copies, "uniattn_output_bytes": uniattn, "caches_bound_in_place": in_place,
+        }  # fmt: skip
+
+
+# Ops whose output is a copy of (part of) their inputs: a cache passing through one is copied.
+_COPY_OPS = ("Concat", "ScatterElements", "ScatterND", "TensorScatter", "Identity", "Expand", "Where",
+             "MemcpyFromHost", "MemcpyToHost", "Copy")  # fmt: skip
+
+
+class OrtRuntime(_OrtRuntime):
+    """A dynamic-cache artifact in onnxruntime; ort-library registers the custom-op library,
+    ort-bodies runs the model-local function bodies. Decode binds each step's present.*
+    OrtValues as the next step's past_key_values.* (the cache grows by one row per step)."""
+
+    def __init__(self, artifact: Artifact, model: str, backend: str, device: str, seed: int):
         import onnxruntime as ort
 
         from ..targets.ort import OrtSession
 
-        super().__init__(model, backend, device, seed)
-        if artifact.cache_mode != "dynamic":  # its decode runs build growing caches (below)
-            raise UniAttnError(
-                f"the benchmark measures dynamic-cache artifacts only; {artifact.path} has static caches",
-                "export the model to benchmark with --cache dynamic",
-            )
+        if artifact.cache_mode != "dynamic":
+            raise UniAttnError(f"{backend} runs dynamic-cache artifacts; {artifact.path} has static caches",
+                               "pass a --cache dynamic export too, or use the ort-static-* backends")  # fmt: skip
         library = backend == "ort-library"
         if library and ort_custom_op_library() is None:
             raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")
+        super().__init__(artifact, model, backend, device, seed)
         self._ort = ort
-        self.memory_method = self._CUDA_MEMORY_METHOD if device == "cuda" else "n/a on the CPU"
-        self._used_before = device_used_bytes(device)
         self.runner = OrtSession(artifact, device=device, custom_ops=library, io_binding=True)
-        self.artifact = artifact
         self.description = self.runner.description
-        self.weight_bytes = artifact_weight_bytes(artifact)
-        self.shape = artifact_shape(artifact)
         self._type = DTYPES[artifact.dtype].onnx
         self._outputs = [o.name for o in self.runner.session.get_outputs()]
         specs = {s["name"]: s["shape"] for s in artifact.input_specs}
         # past input -> (present output, kv heads, head dim), in graph order
         self._caches = {past: (present, specs[past][1], specs[past][3]) for past, present in artifact.cache_names()}
-        self._rng = np.random.default_rng(seed)
+
+    @property
+    def generation_session(self):
+        return self.runner
 
     def device_value(self, bits: np.ndarray):
         """An OrtValue on this runtime's device holding `bits` (the artifact's dtype)."""
@@ -206,9 +312,6 @@ class OrtRuntime(Runtime):
         binding.synchronize_outputs()
         return dict(zip(self._outputs, binding.get_outputs()))
 
-    def random_ids(self, batch: int, length: int) -> np.ndarray:
-        return self._rng.integers(0, self.shape.vocab_size, (batch, length), dtype=np.int64)
-
     def prefill_bytes(self, batch: int, length: int) -> int:
         return self.shape.prefill_bytes(batch, length, materializes_scores=self.backend == "ort-bodies")
 
@@ -226,10 +329,6 @@ class OrtRuntime(Runtime):
     def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
         return _OrtDecode(self, batch, context)
 
-    def peak_memory(self) -> int | None:
-        used = device_used_bytes(self.device)
-        return None if used is None else used - self._used_before
-
     def close(self) -> None:
         del self.runner
         super().close()
@@ -238,13 +337,8 @@ class OrtRuntime(Runtime):
 class _OrtDecode(DecodeRun):
     def __init__(self, runtime: OrtRuntime, batch: int, context: int):
         self.runtime, self.batch, self.length = runtime, batch, context
-        bits_by_shape: dict[tuple, np.ndarray] = {}  # layers of one geometry share their random values
-        self.pasts = {}
-        for past, (_, heads, dim) in runtime._caches.items():
-            shape = (batch, heads, context, dim)
-            if shape not in bits_by_shape:
-                bits_by_shape[shape] = random_bits(shape, runtime.artifact.dtype, runtime._rng)
-            self.pasts[past] = runtime.device_value(bits_by_shape[shape])
+        caches = random_caches(runtime.artifact, batch, context, runtime._rng)
+        self.pasts = {past: runtime.device_value(bits) for past, bits in caches.items()}
         self.kv_cache_bytes = sum(v.tensor_size_in_bytes() for v in self.pasts.values())
         self.outputs: dict = {}
 
@@ -260,6 +354,232 @@ class _OrtDecode(DecodeRun):
 
     def last_logits(self) -> np.ndarray:
         return self.outputs["logits"].numpy()
+
+
+class OrtStaticRuntime(_OrtRuntime):
+    """A static-cache artifact through OrtSession, the path users get: `reset` allocates the
+    caches once (capacity C, on the device), every step binds each as past and present, and a
+    greedy step brings only the B next-token ids to the host (`step_greedy`). Backends:
+    ort-static-library (custom-op library, op version 2), ort-static-bodies (function bodies:
+    not length-aware, every step attends over all C slots), ort-static-graph (the library with
+    ONNX Runtime CUDA graphs: OrtSession(cuda_graph=True); CUDA only)."""
+
+    def __init__(self, artifact: Artifact, model: str, backend: str, device: str, seed: int):
+        from ..targets.ort import OrtSession
+
+        if artifact.cache_mode != "static":
+            raise UniAttnError(f"{backend} runs static-cache artifacts; {artifact.path} has dynamic caches",
+                               "pass a --cache static export too, or use the ort-library/ort-bodies backends")  # fmt: skip
+        graph = backend == "ort-static-graph"
+        if graph and device != "cuda":
+            raise UniAttnError("ONNX Runtime CUDA graphs need the CUDA execution provider", "run with --device cuda")
+        library = backend != "ort-static-bodies"
+        if library and ort_custom_op_library() is None:
+            raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")
+        super().__init__(artifact, model, backend, device, seed)
+        # cuda_graph is OrtSession's keyword from the CUDA-graph change; only this row passes it.
+        graph_option = {"cuda_graph": True} if graph else {}
+        self.session = OrtSession(artifact, device=device, custom_ops=library, **graph_option)
+        self.description = self.session.description
+        self.capacity = artifact.capacity
+
+    @property
+    def generation_session(self):
+        return self.session
+
+    def unsupported(self, phase: str, batch: int, context: int, steps: int) -> str | None:
+        need = context + (steps if phase == "decode" else 0)
+        if need > self.capacity:
+            return f"needs a cache of {need} tokens, the artifact holds {self.capacity} (export with --max-length {need} or more)"
+        return None
+
+    def prefill_bytes(self, batch: int, length: int) -> int:
+        bodies = self.backend == "ort-static-bodies"  # their scores span every slot of the capacity
+        caches = batch * self.capacity * self.shape.kv_bytes_per_token
+        return caches + self.shape.prefill_bytes(batch, length, materializes_scores=bodies, key_length=self.capacity)
+
+    def prefill(self, batch: int, length: int) -> float:
+        self.session.reset(batch)  # allocates and zeroes the caches: not part of the prefill
+        ids = self.random_ids(batch, length)
+        mask = np.ones((batch, length), dtype=np.int64)
+        positions = np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy()
+        start = time.perf_counter()
+        self.session.step_greedy(ids, mask, positions)  # the B ids on the host: the step is done
+        return time.perf_counter() - start
+
+    def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
+        return OrtStaticDecode(self, batch, context)
+
+    def close(self) -> None:
+        del self.session
+        super().close()
+
+
+class OrtStaticDecode(DecodeRun):
+    """Decode over static caches loaded with `context` random tokens (slots beyond them are
+    zero and invisible: each step writes slot `position` and attends to slots <= it).
+    greedy=True times step_greedy (B ids to the host, as generation does); False times
+    `step` (the logits come to the host), for comparing logits with the dynamic path."""
+
+    def __init__(self, runtime: OrtStaticRuntime, batch: int, context: int, greedy: bool = True):
+        self.runtime, self.batch, self.length, self.greedy = runtime, batch, context, greedy
+        session = runtime.session
+        session.reset(batch)
+        padded: dict[int, np.ndarray] = {}  # one capacity-wide copy per shared random array
+        caches = {}
+        self.kv_cache_bytes = 0  # the context's tokens, as the dynamic rows count them
+        for past, bits in random_caches(runtime.artifact, batch, context, runtime._rng).items():
+            if id(bits) not in padded:
+                full = np.zeros((*bits.shape[:2], runtime.capacity, bits.shape[3]), bits.dtype)
+                full[:, :, :context] = bits
+                padded[id(bits)] = full
+            caches[past] = padded[id(bits)]
+            self.kv_cache_bytes += bits.nbytes
+        session.load_caches(caches)
+        self.outputs: np.ndarray | None = None
+
+    def step(self) -> float:
+        session = self.runtime.session
+        ids = self.runtime.random_ids(self.batch, 1)
+        mask = np.ones((self.batch, self.length + 1), dtype=np.int64)
+        positions = np.full((self.batch, 1), self.length, dtype=np.int64)
+        run = session.step_greedy if self.greedy else session.step
+        start = time.perf_counter()
+        self.outputs = run(ids, mask, positions)
+        elapsed = time.perf_counter() - start
+        self.length += 1
+        return elapsed
+
+    def last_logits(self) -> np.ndarray:
+        if self.greedy:
+            raise UniAttnError("a greedy static decode keeps its logits on the device", "start it with greedy=False")
+        return self.outputs
+
+    def last_tokens(self) -> np.ndarray:
+        """(B,) int64 next tokens of the last greedy step."""
+        return self.outputs
+
+
+# ---- onnxruntime-genai -----------------------------------------------------------------------
+
+
+class GenaiRuntime(Runtime):
+    """A model folder of onnxruntime-genai (genai_config.json + ONNX file: what its model
+    builder writes) run by onnxruntime-genai's Generator; any genai folder works.
+
+    Prefill: one `append_tokens` of B x L random ids on a fresh Generator (the Generator, and
+    with it the KV buffer of max_length, is created before the clock starts). Decode: genai
+    cannot load a cache, so each cell first prefills `context` random tokens (untimed); then
+    every `generate_next_token` runs one model step on the previous token and picks the next
+    one (greedy: argmax), the same work as our step_greedy (graph argmax + B ids). The first
+    generate_next_token after a prefill only picks from the prefill's logits: it is the first
+    warm-up step. cuda_graph: the CUDA EP's `enable_cuda_graph` provider option (genai captures
+    decode steps; prefill is not captured)."""
+
+    def __init__(self, folder: Path, model: str, device: str, seed: int, cuda_graph: bool = False):
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            raise UniAttnError(
+                "onnxruntime-genai is not installed",
+                "pip install onnxruntime-genai (CPU) or onnxruntime-genai-cuda (with onnxruntime-gpu)",
+            ) from None
+        super().__init__(model, GENAI_BACKEND, device, seed)
+        self._og = og
+        self.memory_method = "device memory in use above the level before the model was loaded" if device == "cuda" else "n/a on the CPU"
+        self._used_before = device_used_bytes(device)
+        config = og.Config(str(folder))
+        config.clear_providers()
+        if device == "cuda":
+            config.append_provider("cuda")
+            if cuda_graph:
+                config.set_provider_option("cuda", "enable_cuda_graph", "1")
+        self.network = og.Model(config)
+        genai_config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
+        decoder = genai_config["decoder"]
+        onnx_file = Path(folder) / decoder["filename"]
+        self.weight_bytes = _initializer_bytes(onnx_file)
+        itemsize = _cache_itemsize(onnx_file)
+        self.shape = ModelShape(
+            # genai_config has no MLP width; 4 x hidden only sizes the prefill memory estimate
+            hidden_size=decoder["hidden_size"], intermediate_size=4 * decoder["hidden_size"],
+            vocab_size=genai_config["vocab_size"], num_heads=decoder["num_attention_heads"],
+            kv_bytes_per_token=2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * itemsize,
+            itemsize=itemsize, logits_all_positions=False,
+        )  # fmt: skip
+        self.description = (
+            f"onnxruntime-genai {og.__version__} ({folder}), {'cuda' if device == 'cuda' else 'cpu'}"
+            f"{', CUDA graph' if cuda_graph else ''}"
+        )
+        self._rng = np.random.default_rng(seed)
+
+    def random_ids(self, batch: int, length: int) -> np.ndarray:
+        return self._rng.integers(0, self.shape.vocab_size, (batch, length), dtype=np.int32)
+
+    def generator(self, batch: int, max_length: int):
+        params = self._og.GeneratorParams(self.network)
+        params.set_search_options(max_length=max_length, batch_size=batch, do_sample=False)
+        return self._og.Generator(self.network, params)
+
+    def prefill_bytes(self, batch: int, length: int) -> int:
+        return self.shape.prefill_bytes(batch, length, materializes_scores=False)
+
+    def prefill(self, batch: int, length: int) -> float:
+        generator = self.generator(batch, length + 1)
+        ids = self.random_ids(batch, length)
+        synchronize(self.device)
+        start = time.perf_counter()
+        generator.append_tokens(ids)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
+        return _GenaiDecode(self, batch, context, steps)
+
+    def peak_memory(self) -> int | None:
+        used = device_used_bytes(self.device)
+        return None if used is None else used - self._used_before
+
+    def close(self) -> None:
+        del self.network
+        super().close()
+
+
+class _GenaiDecode(DecodeRun):
+    def __init__(self, runtime: GenaiRuntime, batch: int, context: int, steps: int):
+        self.runtime = runtime
+        # room for the prefill, the untimed first pick and every timed step
+        self.generator = runtime.generator(batch, context + steps + 2)
+        self.generator.append_tokens(runtime.random_ids(batch, context))
+        self.generator.generate_next_token()  # picks from the prefill's logits: no model step
+        self.kv_cache_bytes = batch * context * runtime.shape.kv_bytes_per_token
+
+    def step(self) -> float:
+        synchronize(self.runtime.device)
+        start = time.perf_counter()
+        self.generator.generate_next_token()
+        synchronize(self.runtime.device)
+        return time.perf_counter() - start
+
+    def last_logits(self) -> np.ndarray:
+        return np.asarray(self.generator.get_logits(), dtype=np.float32)
+
+
+def _initializer_bytes(onnx_file: Path) -> int:
+    graph = onnx.load(onnx_file, load_external_data=False).graph
+    return sum(
+        int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in graph.initializer
+    )
+
+
+def _cache_itemsize(onnx_file: Path) -> int:
+    """Bytes per element of the first past_key_values input of a genai decoder."""
+    graph = onnx.load(onnx_file, load_external_data=False).graph
+    for value in graph.input:
+        if value.name.startswith("past_key_values"):
+            return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+    raise UniAttnError(f"{onnx_file} has no past_key_values inputs", "pass a decoder built by onnxruntime-genai's model builder")
 
 
 # ---- transformers ----------------------------------------------------------------------------

@@ -8,12 +8,27 @@ from typing import Literal
 from ..errors import UniAttnError
 
 # A runtime is a model ("artifact": the UniAttn ARTIFACT, "baseline": the base model of the
-# same shape) run by a backend. transformers has no UniAttn model, so its backends always run
-# the base architecture.
-ORT_BACKENDS = ("ort-library", "ort-bodies")
+# same shape) run by a backend. transformers and onnxruntime-genai have no UniAttn model, so
+# their backends always run the base architecture.
+# onnxruntime over a dynamic-cache artifact (op contract v1), with the library or the bodies:
+DYNAMIC_ORT_BACKENDS = ("ort-library", "ort-bodies")
+# onnxruntime over a static-cache artifact (v2) through OrtSession; -graph: with CUDA graphs.
+STATIC_ORT_BACKENDS = ("ort-static-library", "ort-static-bodies", "ort-static-graph")
+ORT_BACKENDS = DYNAMIC_ORT_BACKENDS + STATIC_ORT_BACKENDS
+CUDA_ONLY_BACKENDS = ("ort-static-graph",)
+# The base model built by onnxruntime-genai's own model builder, run by onnxruntime-genai.
+GENAI_BACKEND = "onnxruntime-genai"
 TRANSFORMERS_BACKENDS = ("transformers-dynamic", "transformers-static", "transformers-static-compiled")
-BACKENDS = ORT_BACKENDS + TRANSFORMERS_BACKENDS
-DEFAULT_BACKENDS = ("ort-library", "ort-bodies", "transformers-dynamic", "transformers-static-compiled")
+BACKENDS = ORT_BACKENDS + (GENAI_BACKEND,) + TRANSFORMERS_BACKENDS
+DEFAULT_BACKENDS = (
+    "ort-static-library", "ort-static-bodies", "ort-static-graph", "ort-library", "ort-bodies", GENAI_BACKEND,
+    "transformers-dynamic", "transformers-static-compiled",
+)  # fmt: skip
+
+
+def cache_mode_of(backend: str) -> str | None:
+    """The artifact cache mode an ORT backend runs ("dynamic" | "static"); None for others."""
+    return "static" if backend in STATIC_ORT_BACKENDS else "dynamic" if backend in DYNAMIC_ORT_BACKENDS else None
 COMPILE_BACKENDS = ("inductor", "eager")
 
 Device = Literal["cuda", "cpu"]
@@ -42,7 +57,8 @@ class BenchSettings:
     decode the rest; at least one timed sample each); time_budget caps the whole run (build
     included in preset mode): cells after it are recorded as skipped. compile_shapes: the
     (batch, context) cells where transformers-static-compiled runs (torch.compile takes about
-    a minute per shape on a 1B model).
+    a minute per shape on a 1B model). decode_shapes / prefill_shapes: the cells where decode /
+    prefill run (empty: every cell); the matrix is then only the cells either names.
     """
 
     batches: tuple[int, ...] = (1, 8, 32)
@@ -57,6 +73,8 @@ class BenchSettings:
     time_budget: float = 420.0
     compile_shapes: frozenset[Shape] = field(default_factory=frozenset)
     compile_backend: str = "inductor"
+    decode_shapes: frozenset[Shape] = field(default_factory=frozenset)
+    prefill_shapes: frozenset[Shape] = field(default_factory=frozenset)
     seed: int = 0
 
     def __post_init__(self):
@@ -77,6 +95,14 @@ class BenchSettings:
         for name in ("cell_seconds", "time_budget"):
             if not getattr(self, name) > 0:
                 raise UniAttnError(f"{name} must be > 0, got {getattr(self, name)}", "pass a positive number of seconds")
+        matrix = {(b, c) for b in self.batches for c in self.contexts}
+        for name, flag in (("decode_shapes", "--decode-cells"), ("prefill_shapes", "--prefill-cells")):
+            outside = sorted(set(getattr(self, name)) - matrix)
+            if outside:
+                raise UniAttnError(
+                    f"{flag} shape {outside[0][0]}x{outside[0][1]} is not in the matrix",
+                    "pick shapes from --batches x --contexts",
+                )
         outside = sorted(set(self.compile_shapes) - set(self.cells()))
         if outside:
             raise UniAttnError(
@@ -88,8 +114,21 @@ class BenchSettings:
 
     def cells(self) -> list[Shape]:
         """Every (batch, context), smallest KV cache first: memory then grows monotonically,
-        so ONNX Runtime's arena (which never shrinks) reports each cell's own high-water mark."""
-        return sorted(((b, c) for b in self.batches for c in self.contexts), key=lambda s: (s[0] * s[1], s))
+        so ONNX Runtime's arena (which never shrinks) reports each cell's own high-water mark.
+        Only the cells of decode_shapes and prefill_shapes when either is given."""
+        chosen = self.decode_shapes | self.prefill_shapes
+        cells = [(b, c) for b in self.batches for c in self.contexts if not chosen or (b, c) in chosen]
+        return sorted(cells, key=lambda s: (s[0] * s[1], s))
+
+    def runs(self, phase: str, batch: int, context: int) -> bool:
+        """Whether `phase` ("decode" | "prefill") is measured on this cell."""
+        shapes = self.decode_shapes if phase == "decode" else self.prefill_shapes
+        return not shapes or (batch, context) in shapes
+
+    def decode_length(self) -> int:
+        """Tokens a decode cell's cache must hold beyond its context (warm-up + timed steps);
+        torch.compile's warm-up of 3 is transformers-only, it never touches an artifact."""
+        return self.warmup_steps + self.decode_steps
 
     def to_dict(self) -> dict:
         return {
@@ -97,5 +136,7 @@ class BenchSettings:
             "device": self.device, "decode_steps": self.decode_steps, "warmup_steps": self.warmup_steps,
             "prefill": self.prefill, "prefill_repeats": self.prefill_repeats, "cell_seconds": self.cell_seconds,
             "time_budget": self.time_budget, "compile_shapes": [f"{b}x{c}" for b, c in sorted(self.compile_shapes)],
-            "compile_backend": self.compile_backend, "seed": self.seed,
+            "compile_backend": self.compile_backend,
+            "decode_shapes": [f"{b}x{c}" for b, c in sorted(self.decode_shapes)],
+            "prefill_shapes": [f"{b}x{c}" for b, c in sorted(self.prefill_shapes)], "seed": self.seed,
         }  # fmt: skip

@@ -1,18 +1,25 @@
-"""`uniattn-export bench ARTIFACT [--baseline BASE|build]` or `bench --preset NAME`: time
-prefill and decode of an artifact against its base model and transformers, in one run.
+"""`uniattn-export bench ARTIFACT [ARTIFACT] [--baseline BASE|build]... [--base-checkpoint HF]`
+or `bench --preset NAME`: time prefill and decode of an artifact against its base model,
+onnxruntime-genai and transformers, in one run.
 
-For every batch x context cell and every runtime (ORT with the custom-op library, ORT with
-the ONNX function bodies, transformers with DynamicCache / StaticCache / StaticCache +
-torch.compile on the base architecture) it records prefill latency, decode latency per step
-(median and p90; the cache of the target length is built directly from random values),
-tokens/s, peak device memory and KV-cache bytes, and the time ratios between runtimes
-(UniAttn / base in the same runtime, ORT-with-library / transformers). Outputs:
+For every batch x context cell and every runtime (ORT over static-cache artifacts through
+OrtSession: custom-op library, function bodies, CUDA graphs; ORT over dynamic-cache artifacts:
+library, bodies; onnxruntime-genai on the base model its own builder makes; transformers with
+DynamicCache / StaticCache / StaticCache + torch.compile on the base architecture) it records
+prefill latency, decode latency per step (median and p90; the cache of the target length is
+built directly from random values), tokens/s, peak device memory, KV-cache bytes, on CUDA the
+copies of one profiled decode step, and the time ratios between runtimes. Outputs:
 OUT/bench.json (rewritten after every cell), OUT/bench.png, and a table on stdout.
 
+ARTIFACT: one export per cache mode (a dynamic and a static one of the same model run the
+ort-* and ort-static-* rows); --baseline likewise, repeated. --base-checkpoint: the base
+model's transformers folder, which onnxruntime-genai's builder turns into its row's model.
 --preset NAME builds a UniAttn artifact (SuperBlocks of 4 over the top half of the layers)
-and its base model from a shape preset with random weights first (in OUT/work, or --work
-DIR, reused when already there); --prepare DIR only exports those graphs without weights
-(to carry to a machine whose exporter fails).
+and its base model from a shape preset with random weights first, with dynamic and static
+caches, and the base checkpoint for onnxruntime-genai (in OUT/work, or --work DIR, reused
+when already there); --prepare DIR only exports the graphs without weights (to carry
+to a machine whose exporter fails; with static backends, the static pair too, of the capacity
+the given --contexts and steps need).
 Exit codes: 0 ran (skipped cells are listed in the JSON), 1 some measurement failed, 2 bad input.
 """
 
@@ -53,10 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("artifact", nargs="?", type=Path, help="artifact folder (omit with --preset)")
-    p.add_argument("--baseline", default=None,
-                   help="artifact of the base model, or 'build' to export the artifact's architecture "
-                        "without SuperBlocks (random weights) into OUT/baseline_artifact")  # fmt: skip
+    p.add_argument("artifact", nargs="*", type=Path, help="artifact folder(s), one per cache mode (omit with --preset)")
+    p.add_argument("--baseline", action="append", default=None,
+                   help="artifact of the base model (repeat: one per cache mode), or 'build' to export the "
+                        "artifacts' architecture without SuperBlocks (random weights) into OUT/baseline_artifact*")  # fmt: skip
+    p.add_argument("--base-checkpoint", type=Path, default=None,
+                   help="the base model's transformers folder: onnxruntime-genai's model builder makes the "
+                        "onnxruntime-genai row's model from it (into OUT/genai)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, help="folder for bench.json and bench.png")
     g = p.add_argument_group("preset mode")
     g.add_argument("--preset", default=None, help="build the artifacts from this shape preset (llama-3.2-1b, tiny)")
@@ -76,6 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default; torch.compile takes about a minute per shape on a 1B model)")  # fmt: skip
     m.add_argument("--compile-backend", choices=("inductor", "eager"), default=defaults.compile_backend,
                    help="inductor = mode reduce-overhead (CUDA graphs, what generate uses); eager = dynamo only")  # fmt: skip
+    m.add_argument("--decode-cells", default="",
+                   help="only these cells decode: BxS[,BxS...] (default every cell)")  # fmt: skip
+    m.add_argument("--prefill-cells", default="",
+                   help="only these cells prefill: BxS[,BxS...] (default every cell); with --decode-cells "
+                        "the matrix is the cells either names")  # fmt: skip
     m.add_argument("--decode-steps", type=int, default=defaults.decode_steps, help="timed decode steps per cell")
     m.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="untimed decode steps first")
     m.add_argument("--prefill-repeats", type=int, default=defaults.prefill_repeats, help="timed prefills per cell")
@@ -100,6 +115,7 @@ def _settings(args: argparse.Namespace):
         decode_steps=args.decode_steps, warmup_steps=args.warmup_steps, prefill=not args.no_prefill,
         prefill_repeats=args.prefill_repeats, cell_seconds=args.cell_seconds, time_budget=args.time_budget,
         compile_shapes=compile_shapes, compile_backend=args.compile_backend, seed=args.seed,
+        decode_shapes=parse_shapes(args.decode_cells), prefill_shapes=parse_shapes(args.prefill_cells),
     )  # fmt: skip
 
 
@@ -114,19 +130,25 @@ def run(args: argparse.Namespace) -> int:
         stderr.print(f"[dim]bench[/] {line}", highlight=False)
 
     if args.prepare is not None:
-        if args.preset is None or args.artifact is not None:
+        if args.preset is None or args.artifact:
             raise UniAttnError("--prepare exports a preset's graphs", "pass --preset NAME --prepare DIR (no ARTIFACT)")
         from ..bench import prepare_preset
 
-        info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed, log=log)
+        from ..bench.settings import STATIC_ORT_BACKENDS
+
+        settings = _settings(args)
+        static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
+        capacity = max(settings.contexts) + settings.decode_length() if static else None
+        info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed,
+                              capacity_needed=capacity, log=log)  # fmt: skip
         print(json.dumps(info, indent=2))
         return 0
-    if (args.artifact is None) == (args.preset is None):
+    if (not args.artifact) == (args.preset is None):
         raise UniAttnError("pass either an ARTIFACT folder or --preset NAME", "see `uniattn-export bench --help`")
     if args.output is None:
         raise UniAttnError("no output folder", "pass -o OUT (bench.json and bench.png are written there)")
-    if args.preset is not None and args.baseline is not None:
-        raise UniAttnError("--preset builds its own baseline", "drop --baseline")
+    if args.preset is not None and (args.baseline is not None or args.base_checkpoint is not None):
+        raise UniAttnError("--preset builds its own baseline", "drop --baseline and --base-checkpoint")
     if args.preset is None and (args.dtype is not None or args.work is not None):
         raise UniAttnError("--dtype and --work apply to --preset", "an artifact keeps the dtype it was exported in")
     settings = _settings(args)
@@ -137,16 +159,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..bench import run_bench
 
-        build = args.baseline == "build"
-        baseline = None if build or args.baseline is None else Path(args.baseline)
-        doc = run_bench(args.artifact, args.output, baseline=baseline, build_baseline=build, settings=settings, log=log)
+        build = args.baseline == ["build"]
+        if args.baseline and "build" in args.baseline and not build:
+            raise UniAttnError("--baseline build and a baseline artifact were both given", "pass one of them")
+        baseline = None if build or args.baseline is None else [Path(b) for b in args.baseline]
+        doc = run_bench(args.artifact, args.output, baseline=baseline, build_baseline=build,
+                        base_checkpoint=args.base_checkpoint, settings=settings, log=log)  # fmt: skip
 
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        from ..bench.report import summary_table
+        from ..bench.report import copies_table, summary_table
 
-        Console(width=200).print(summary_table(doc))
+        console = Console(width=200)
+        console.print(summary_table(doc))
+        copies = copies_table(doc)
+        if copies is not None:
+            console.print(copies)
         if doc["stopped"]:
             print(f"stopped early: {doc['stopped']}")
         print(f"wrote {args.output / 'bench.json'} and {args.output / 'bench.png'}")
