@@ -297,14 +297,17 @@ def static_capacity(needed: int, max_positions: int) -> int:
     return min(-(-needed // 256) * 256, max_positions)
 
 
-def preset_targets(preset: str, work_dir: Path, capacity_needed: int | None = None) -> tuple[Callable, dict[str, Target]]:
-    """The preset's dynamic-cache pair (uniattn/, base/) and, when capacity_needed is given,
-    its static-cache pair (uniattn_static/, base_static/) of at least that capacity."""
+def preset_targets(
+    preset: str, work_dir: Path, capacity_needed: int | None = None, dynamic: bool = True
+) -> tuple[Callable, dict[str, Target]]:
+    """The preset's dynamic-cache pair (uniattn/, base/; unless dynamic=False: no dynamic row
+    runs, and a 1B export costs a minute) and, when capacity_needed is given, its static-cache
+    pair (uniattn_static/, base_static/) of at least that capacity."""
     if preset not in PRESETS:
         raise UniAttnError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     num_layers = PRESETS[preset]["num_hidden_layers"]
     maps = {"artifact": (ARTIFACT_FOLDER, preset_layer_map(num_layers)), "baseline": (BASELINE_FOLDER, UniAttnConfig.none(num_layers))}
-    targets = {name: Target(work_dir / folder, uniattn) for name, (folder, uniattn) in maps.items()}
+    targets = {name: Target(work_dir / folder, uniattn) for name, (folder, uniattn) in maps.items()} if dynamic else {}
     if capacity_needed is not None:
         capacity = static_capacity(capacity_needed, preset_config(preset).max_position_embeddings)
         for name, (folder, uniattn) in maps.items():

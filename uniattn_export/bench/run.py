@@ -26,7 +26,7 @@ from .measure import (
 )  # fmt: skip
 from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
 from .runtimes import GenaiRuntime, OrtRuntime, OrtStaticRuntime, Runtime, TransformersRuntime
-from .settings import GENAI_BACKEND, ORT_BACKENDS, STATIC_ORT_BACKENDS, BenchSettings, cache_mode_of
+from .settings import DYNAMIC_ORT_BACKENDS, GENAI_BACKEND, ORT_BACKENDS, STATIC_ORT_BACKENDS, BenchSettings, cache_mode_of
 
 Log = Callable[[str], None]
 # Most important first: the UniAttn vs base comparisons on the fastest path, then the
@@ -442,7 +442,8 @@ def run_preset(
     work_dir = Path(work_dir) if work_dir is not None else report.out_dir / "work"
     static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
     needed = max(settings.contexts) + settings.decode_length() if static else None
-    make_config, targets = preset_targets(preset, work_dir, capacity_needed=needed)
+    dynamic = any(b in DYNAMIC_ORT_BACKENDS for b in settings.backends)
+    make_config, targets = preset_targets(preset, work_dir, capacity_needed=needed, dynamic=dynamic)
     genai = GENAI_BACKEND in settings.backends
     checkpoint = work_dir / BASE_CHECKPOINT_FOLDER if genai else None
     report.doc["build"] = {"status": "running", "preset": preset, "dtype": dtype, "torch": torch.__version__, "risk": EXPORT_RISK}

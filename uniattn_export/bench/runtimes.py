@@ -230,11 +230,8 @@ class _OrtRuntime(Runtime):
             if owner.custom_op_library:
                 options.register_custom_ops_library(owner.custom_op_library)
             profiled = ort.InferenceSession(str(self.artifact.onnx_path), options, providers=["CPUExecutionProvider"])
-            timed, owner.session = owner.session, profiled
-            try:
+            with owner.running_on(profiled):
                 run.step()
-            finally:
-                owner.session = timed
             with open(profiled.end_profiling()) as f:
                 events = json.load(f)
         copies: dict[str, int] = {}

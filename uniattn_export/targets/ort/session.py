@@ -429,6 +429,23 @@ class OrtSession(GenerationSession):
             with self._device_work():
                 self._cache[name].update_inplace(np.ascontiguousarray(value))
 
+    @contextlib.contextmanager
+    def running_on(self, session):
+        """Run this session's steps on another InferenceSession of the same file (e.g. one
+        with profiling on) over the same buffers: the persistent decode bindings belong to
+        the session that made them, so they are made anew for it and restored afterwards."""
+        own, saved = self.session, {batch: buffers.decode for batch, buffers in self._buffers.items()}
+        self.session = session
+        try:
+            for buffers in self._buffers.values():
+                tokens = (buffers.input_ids, buffers.attention_mask, buffers.position_ids)
+                buffers.decode = self._bind(buffers, dict(zip(io_names.TOKEN_INPUTS, tokens)))
+            yield
+        finally:
+            self.session = own
+            for batch, decode in saved.items():
+                self._buffers[batch].decode = decode
+
     def _bind(self, buffers: _BatchBuffers, tokens: dict) -> object:
         """An IOBinding of the token inputs (OrtValues on the device) with the batch's outputs
         and caches, each cache as its past input and its present output."""
