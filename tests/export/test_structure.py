@@ -169,3 +169,17 @@ def test_malformed_manifest(folder):
     del manifest["layers"]
     write_manifest(folder, manifest)
     _expect(folder, r"uniattn_manifest\.json: field layers is None, expected a list of layers")
+
+
+def test_static_artifact_without_next_tokens_is_refused(exported, tmp_path):
+    """Static artifacts of earlier releases lack next_tokens (greedy decoding reads it)."""
+    static = shutil.copytree(exported("llama", cache="static", max_length=64).path, tmp_path / "static")
+
+    def drop_next_tokens(model):
+        kept = [o for o in model.graph.output if o.name != "next_tokens"]
+        del model.graph.output[:]
+        model.graph.output.extend(kept)
+
+    _edit_graph(static, drop_next_tokens)
+    _expect(static, r"^this static-cache artifact has no next_tokens output \(an earlier uniattn-export wrote it\)\. "
+                    r"Re-export the model with `uniattn-export model`\.$")  # fmt: skip

@@ -79,6 +79,11 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
                                ("outputs", manifest["outputs"], [v.name for v in graph.output])):  # fmt: skip
         if [s["name"] for s in specs] != names:
             _fail(f"the graph's {kind} differ from the manifest's")
+    if manifest["cache"]["mode"] == "static" and io_names.NEXT_TOKENS not in outputs:
+        raise UniAttnError(
+            f"this static-cache artifact has no {io_names.NEXT_TOKENS} output (an earlier uniattn-export wrote it)",
+            "re-export the model with `uniattn-export model`",
+        )
 
     node_of_layer: dict[int, tuple[int, onnx.NodeProto]] = {}
     positions = set()  # what the static-cache nodes read as position_ids
