@@ -33,6 +33,7 @@ from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
 from ..native import ort_custom_op_library
+from ..targets.genai.runner import load_genai_model
 from .measure import cuda_copy_profile, device_used_bytes, release_device_memory, synchronize
 from .settings import GENAI_BACKEND
 
@@ -474,24 +475,10 @@ class GenaiRuntime(Runtime):
     decode steps; prefill is not captured)."""
 
     def __init__(self, folder: Path, model: str, device: str, seed: int, cuda_graph: bool = False):
-        try:
-            import onnxruntime_genai as og
-        except ImportError:
-            raise UniAttnError(
-                "onnxruntime-genai is not installed",
-                "pip install onnxruntime-genai (CPU) or onnxruntime-genai-cuda (with onnxruntime-gpu)",
-            ) from None
         super().__init__(model, GENAI_BACKEND, device, seed)
-        self._og = og
         self.memory_method = "device memory in use above the level before the model was loaded" if device == "cuda" else "n/a on the CPU"
         self._used_before = device_used_bytes(device)
-        config = og.Config(str(folder))
-        config.clear_providers()
-        if device == "cuda":
-            config.append_provider("cuda")
-            if cuda_graph:
-                config.set_provider_option("cuda", "enable_cuda_graph", "1")
-        self.network = og.Model(config)
+        self._og, self.network = load_genai_model(folder, device, cuda_graph)
         genai_config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
         decoder = genai_config["decoder"]
         onnx_file = Path(folder) / decoder["filename"]
@@ -505,7 +492,7 @@ class GenaiRuntime(Runtime):
             itemsize=itemsize, logits_all_positions=False,
         )  # fmt: skip
         self.description = (
-            f"onnxruntime-genai {og.__version__} ({folder}), {'cuda' if device == 'cuda' else 'cpu'}"
+            f"onnxruntime-genai {self._og.__version__} ({folder}), {'cuda' if device == 'cuda' else 'cpu'}"
             f"{', CUDA graph' if cuda_graph else ''}"
         )
         self._rng = np.random.default_rng(seed)
