@@ -84,7 +84,7 @@ def traced(checkpoint, tmp_path_factory):
             uniattn = model.uniattn_config
             has_key = [uniattn.has_key_cache(i) for i in range(uniattn.num_layers)]
             inputs, outputs = io_names.input_names(has_key), io_names.output_names(has_key)
-            graph = exporter._trace(model, "all", "dynamic", None, inputs, outputs).model
+            graph = exporter._trace(model, "all", "dynamic", None, inputs, outputs, "optimum").model
             exporter._finish_graph(graph, uniattn.num_layers, 1)
             folder = tmp_path_factory.mktemp(f"fuse_{family}_{dtype}_{base}")
             unfused = _save(graph, folder / "unfused.onnx")

@@ -468,10 +468,17 @@ inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_
 }
 
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-  if (kind != cudaMemcpyDeviceToDevice) return cudaErrorInvalidValue;  // the kernels copy device to device only
+  // The kernels copy device to device; ua_cuda_copy lets the runtime infer the direction. In
+  // the emulator host and device memory are one.
+  if (kind != cudaMemcpyDeviceToDevice && kind != cudaMemcpyDefault) return cudaErrorInvalidValue;
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
+
+// Kernels run to completion when launched here, so every synchronization is immediate.
+inline cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaSuccess ? "no error" : ua_emu::machine().last_message.c_str();
