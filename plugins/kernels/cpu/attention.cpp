@@ -40,36 +40,6 @@ constexpr int64_t kRowsPerBlock = 32;  // query rows per prefill item
 constexpr int64_t kTransposeRows = 8;  // from this many query rows on, scores use a transposed key tile
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
-// e^x, branch-free so that loops over it vectorize: range reduction to r in [-ln2/2, ln2/2]
-// (ln 2 in two parts), a degree-6 Taylor polynomial (relative error below 1e-7 there), and the
-// power of two put into the exponent bits. Exactly 0 below -87 (hidden keys, -inf scores).
-inline float exp_approx(float x) {
-  const float clamped = std::min(std::max(x, -87.f), 88.f);
-  const float n = std::floor(clamped * 1.44269504f + 0.5f);
-  const float r = clamped - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-  float p = 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const float power = float_from_bits(uint32_t(int32_t(n) + 127) << 23);
-  return x < -87.f ? 0.f : p * power;
-}
-
-// w[n] = e^(w[n] - shift) for n < count; returns their sum.
-UA_VECTOR_CLONES float exp_shifted(float* w, int64_t count, float shift) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t n = 0; n < count; ++n) {
-    const float e = exp_approx(w[n] - shift);
-    w[n] = e;
-    sum += e;
-  }
-  return sum;
-}
-
 // tile[m, n] = dot(q[m], keys[n]) for m < rows, n < count (row stride kTile).
 UA_VECTOR_CLONES void scores_by_dots(const float* q, int64_t rows, const float* keys, int64_t count, int64_t dim,
                                      float* tile) {
@@ -109,6 +79,97 @@ __attribute__((always_inline)) inline Vec16 load16(const float* p) {
 }
 
 __attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+typedef int32_t Int16x __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline Vec16 splat16(float x) { return Vec16{} + x; }
+
+__attribute__((always_inline)) inline float max_of(Vec16 v) {
+  float m = v[0];
+  for (int i = 1; i < 16; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+__attribute__((always_inline)) inline float sum_of(Vec16 v) {
+  float s = 0.f;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+
+// e^x for 16 lanes without branches: range reduction to r in [-ln2/2, ln2/2] (n = x log2(e)
+// rounded to nearest with the 1.5 * 2^23 trick, ln 2 in two parts), a degree-6 Taylor
+// polynomial (relative error below 1e-7 there), and 2^n built in the exponent bits. Exactly 0
+// below -87 (hidden keys: -inf scores); NaN stays NaN.
+__attribute__((always_inline)) inline Vec16 exp16(Vec16 x) {
+  const Vec16 low = splat16(-87.f), high = splat16(88.f), round = splat16(12582912.f);
+  Vec16 clamped = x < low ? low : x;
+  clamped = clamped > high ? high : clamped;
+  const Vec16 shifted = clamped * 1.44269504f + round;
+  const Vec16 n = shifted - round;
+  const Vec16 r = clamped - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  Vec16 p = splat16(1.f / 720);
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  // The low bits of `shifted` hold n + 2^22 (as an integer): rebias to the exponent field.
+  Int16x bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits - 0x4B400000 + 127) << 23;
+  Vec16 power;
+  std::memcpy(&power, &bits, sizeof(power));
+  return x < low ? splat16(0.f) : p * power;
+}
+
+// w[n] = e^(w[n] - shift) for n < count; returns their sum.
+UA_VECTOR_CLONES float exp_shifted(float* w, int64_t count, float shift) {
+  Vec16 sum{};
+  int64_t n = 0;
+  for (; n + 16 <= count; n += 16) {
+    const Vec16 e = exp16(load16(w + n) - shift);
+    store16(w + n, e);
+    sum += e;
+  }
+  if (n < count) {  // the rest through a padded vector: -inf lanes add 0
+    float rest[16];
+    std::fill(rest, rest + 16, -kInfinity);
+    std::copy(w + n, w + count, rest);
+    const Vec16 e = exp16(load16(rest) - shift);
+    store16(rest, e);
+    std::copy(rest, rest + (count - n), w + n);
+    sum += e;
+  }
+  return sum_of(sum);
+}
+
+// One tile row of scores (kTile entries) before the softmax: w[n] *= scale for n in [lo, hi),
+// -inf elsewhere (other keys of the row, and n >= count up to kTile). Returns the row's max.
+UA_VECTOR_CLONES float scale_visible(float* w, int64_t lo, int64_t hi, float scale) {
+  float row_max = -kInfinity;
+#pragma omp simd reduction(max : row_max)
+  for (int64_t n = 0; n < kTile; ++n) {
+    const float v = n >= lo && n < hi ? w[n] * scale : -kInfinity;
+    w[n] = v;
+    row_max = v > row_max ? v : row_max;
+  }
+  return row_max;
+}
+
+// Largest of a tile row's kTile entries.
+UA_VECTOR_CLONES float row_max(const float* w) {
+  float row_max = -kInfinity;
+#pragma omp simd reduction(max : row_max)
+  for (int64_t n = 0; n < kTile; ++n) row_max = w[n] > row_max ? w[n] : row_max;
+  return row_max;
+}
+
+// acc[i] *= factor for i < dim.
+UA_VECTOR_CLONES void scale_row(float* acc, int64_t dim, float factor) {
+#pragma omp simd
+  for (int64_t i = 0; i < dim; ++i) acc[i] *= factor;
+}
 
 // tile[m, :] = sum_i q[m, i] * keys_t[i, :] (kTile = 64 columns).
 UA_VECTOR_CLONES void scores_by_columns(const float* q, int64_t rows, const float* keys_t, int64_t dim,
@@ -389,19 +450,17 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
         for (int64_t n = 0; n < count; ++n) w[n] = n >= lo && n < hi ? to_float(p[n]) : 0.f;
         continue;
       }
-      std::fill(w, w + lo, -kInfinity);
-      for (int64_t n = lo; n < hi; ++n) w[n] *= d.scale;
-      std::fill(w + hi, w + count, -kInfinity);
-      if (row_keys.mask)
+      float tile_max = scale_visible(w, lo, hi, d.scale);
+      if (row_keys.mask) {
         for (int64_t n = lo; n < hi; ++n)
           if (row_keys.hidden(j0 + n)) w[n] = -kInfinity;
+        tile_max = row_max(w);
+      }
       if (job.weights == Weights::kRecompute) {  // exp(s - lse) is the producer's softmax
-        exp_shifted(w, count, job.lse_in[stat_row(m)]);
+        exp_shifted(w, kTile, job.lse_in[stat_row(m)]);
         continue;
       }
       if (keep_scores) std::memcpy(s.scores.data() + m * span + (j0 - first), w, size_t(count) * sizeof(float));
-      float tile_max = -kInfinity;
-      for (int64_t n = 0; n < count; ++n) tile_max = std::max(tile_max, w[n]);
       if (tile_max == -kInfinity) {  // nothing visible here: weights 0, statistics unchanged
         std::fill(w, w + count, 0.f);
         continue;
@@ -410,9 +469,9 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
       const float rescale = std::exp(s.max[m] - new_max);
       if (rescale != 1.f) {
         s.sum[m] *= rescale;
-        for (int64_t i = 0; i < dim; ++i) s.acc[m * dim + i] *= rescale;
+        scale_row(s.acc.data() + m * dim, dim, rescale);
       }
-      s.sum[m] += exp_shifted(w, count, new_max);
+      s.sum[m] += exp_shifted(w, kTile, new_max);
       s.max[m] = new_max;
     }
     accumulate(tile, m_rows, as_float(value_slice + j0 * dim, count * dim, s.values), count, dim, s.acc.data());
