@@ -40,20 +40,6 @@ constexpr int64_t kRowsPerBlock = 32;  // query rows per prefill item
 constexpr int64_t kTransposeRows = 8;  // from this many query rows on, scores use a transposed key tile
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
-// tile[m, n] = dot(q[m], keys[n]) for m < rows, n < count (row stride kTile).
-UA_VECTOR_CLONES void scores_by_dots(const float* q, int64_t rows, const float* keys, int64_t count, int64_t dim,
-                                     float* tile) {
-  for (int64_t m = 0; m < rows; ++m)
-    for (int64_t n = 0; n < count; ++n) {
-      const float* a = q + m * dim;
-      const float* b = keys + n * dim;
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < dim; ++i) sum += a[i] * b[i];
-      tile[m * kTile + n] = sum;
-    }
-}
-
 // keys_t[i, n] = keys[n, i], zero for n >= count: the layout scores_by_columns reads.
 void transpose_tile(const float* keys, int64_t count, int64_t dim, float* keys_t) {
   for (int64_t i = 0; i < dim; ++i) {
@@ -142,6 +128,51 @@ UA_VECTOR_CLONES float exp_shifted(float* w, int64_t count, float shift) {
     sum += e;
   }
   return sum_of(sum);
+}
+
+// The sums of 16 vectors as the 16 lanes of one, keys in order: each level adds the two halves
+// of every key's partial sums (16 -> 8 -> 4 -> 2 -> 1 lanes per key), packing two vectors into one.
+__attribute__((always_inline)) inline Vec16 lane_sums(const Vec16 (&v)[16]) {
+  const Int16x lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, hi8 = lo8 + 8;
+  const Int16x lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}, hi4 = lo4 + 4;
+  const Int16x lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}, hi2 = lo2 + 2;
+  const Int16x lo1 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, hi1 = lo1 + 1;
+  Vec16 eight[8], four[4], two[2];
+  for (int k = 0; k < 8; ++k)
+    eight[k] = __builtin_shuffle(v[2 * k], v[2 * k + 1], lo8) + __builtin_shuffle(v[2 * k], v[2 * k + 1], hi8);
+  for (int k = 0; k < 4; ++k)
+    four[k] = __builtin_shuffle(eight[2 * k], eight[2 * k + 1], lo4) +
+              __builtin_shuffle(eight[2 * k], eight[2 * k + 1], hi4);
+  for (int k = 0; k < 2; ++k)
+    two[k] = __builtin_shuffle(four[2 * k], four[2 * k + 1], lo2) + __builtin_shuffle(four[2 * k], four[2 * k + 1], hi2);
+  return __builtin_shuffle(two[0], two[1], lo1) + __builtin_shuffle(two[0], two[1], hi1);
+}
+
+// tile[m, n] = dot(q[m], keys[n]) for m < rows, n < count (row stride kTile): the path of
+// short queries (decode), which would not repay a transposed key tile. Keys in groups of 16
+// (partial sums over the dimension in 16 registers, then lane_sums), the rest one by one.
+UA_VECTOR_CLONES void scores_by_dots(const float* q, int64_t rows, const float* keys, int64_t count, int64_t dim,
+                                     float* tile) {
+  const int64_t grouped = dim % 16 == 0 ? count / 16 * 16 : 0;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* a = q + m * dim;
+    for (int64_t n = 0; n < grouped; n += 16) {
+      Vec16 partial[16] = {};
+      for (int64_t i = 0; i < dim; i += 16) {
+        const Vec16 x = load16(a + i);
+#pragma GCC unroll 16
+        for (int k = 0; k < 16; ++k) partial[k] += x * load16(keys + (n + k) * dim + i);
+      }
+      store16(tile + m * kTile + n, lane_sums(partial));
+    }
+    for (int64_t n = grouped; n < count; ++n) {
+      const float* b = keys + n * dim;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < dim; ++i) sum += a[i] * b[i];
+      tile[m * kTile + n] = sum;
+    }
+  }
 }
 
 // One tile row of scores (kTile entries) before the softmax: w[n] *= scale for n in [lo, hi),
