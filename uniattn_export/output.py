@@ -10,9 +10,9 @@ A command never deletes or overwrites what it did not itself create:
   files that kind writes. Anything else (another model, a folder with a notes.txt) is
   refused with one line that names the path and the fix.
 * `--force` (where a command offers it) lifts only that recognition: it replaces an existing
-  folder whatever it holds. Even with --force, the output is never a file, never one of the command's inputs, a
-  folder inside an input or one that holds an input, and never the current directory, the
-  home directory or a folder that holds either.
+  folder whatever it holds. Even with --force, the output is never a file, never one of the
+  command's inputs, a folder inside an input or one that holds an input, and never the current
+  directory, the home directory or a folder that holds either.
 * What an earlier output built for re-use (`carried`: the benchmark's exported models) moves
   into the new temporary folder at the start and back when the command fails, so re-using it
   never copies it, and a failed or interrupted run leaves the earlier output as it was.
