@@ -9,10 +9,13 @@ A command never deletes or overwrites what it did not itself create:
   same kind (its marker, e.g. the artifact manifest, is present) and holds nothing but
   files that kind writes. Anything else (another model, a folder with a notes.txt) is
   refused with one line that names the path and the fix.
-* `--force` lifts only that recognition: it replaces an existing folder whatever it holds.
-  Even with --force, the output is never a file, never one of the command's inputs, a
-  folder inside an input or one that holds an input, and never the current directory, the
-  home directory or a folder that holds either.
+* `--force` (where a command offers it) lifts only that recognition: it replaces an existing
+  folder whatever it holds. Even with --force, the output is never a file, never one of the
+  command's inputs, a folder inside an input or one that holds an input, and never the current
+  directory, the home directory or a folder that holds either.
+* What an earlier output built for re-use (`carried`: the benchmark's exported models) moves
+  into the new temporary folder at the start and back when the command fails, so re-using it
+  never copies it, and a failed or interrupted run leaves the earlier output as it was.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ SIDE_FILES = (
 )  # fmt: skip
 
 
-def _json_field(path: Path, key: str):
+def json_field(path: Path, key: str):
+    """`key` of the JSON object in `path`; None when the file is missing, not JSON or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -52,6 +56,7 @@ class OutputKind:
     what: str  # "an artifact folder"
     is_ours: Callable[[Path], bool]  # the marker check on an existing folder
     owned: tuple[str, ...]  # glob patterns of the relative paths (posix) this kind writes
+    forcible: bool = True  # the command offers --force (the fixes name it only then)
 
     def foreign_entries(self, folder: Path) -> list[str]:
         """Relative paths in `folder` that this kind never writes."""
@@ -66,7 +71,7 @@ class OutputKind:
 
 ARTIFACT = OutputKind(
     "an artifact folder",
-    lambda folder: _json_field(folder / "uniattn_manifest.json", "format") == "uniattn-export/artifact",
+    lambda folder: json_field(folder / "uniattn_manifest.json", "format") == "uniattn-export/artifact",
     (
         "model.onnx", "model.onnx_data", "config.json", "uniattn_layer_map.json",
         "uniattn_manifest.json", *SIDE_FILES, "genai_config.json", "libuniattn_ort.so",
@@ -75,7 +80,7 @@ ARTIFACT = OutputKind(
 )  # fmt: skip
 CHECKPOINT = OutputKind(
     "a UniAttn checkpoint folder",
-    lambda folder: _json_field(folder / "config.json", "uniattn") is not None
+    lambda folder: json_field(folder / "config.json", "uniattn") is not None
     and any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")),
     (
         "config.json", "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
@@ -84,7 +89,7 @@ CHECKPOINT = OutputKind(
 )  # fmt: skip
 GOLDEN = OutputKind(
     "a golden folder",
-    lambda folder: _json_field(folder / "golden.json", "format") == "uniattn-export/golden",
+    lambda folder: json_field(folder / "golden.json", "format") == "uniattn-export/golden",
     ("golden.json", "logits.npz"),
 )
 
@@ -108,29 +113,29 @@ def check_destination(
             relation = "is" if source == target else ("holds" if _holds(target, source) else "is inside")
             raise UniAttnError(
                 f"the output {out_dir} {relation} the input {given}; writing there would destroy the input",
-                "pass an output folder outside the input (even --force never replaces an input)",
+                "pass an output folder outside the input" + (" (even --force never replaces an input)" if kind.forcible else ""),
             )
     for protected, name in ((Path.cwd().resolve(), "the current directory"), (Path.home().resolve(), "the home directory")):
         if _holds(target, protected):
             raise UniAttnError(
                 f"the output {out_dir} is {name} or holds it; it is never replaced",
-                "pass a new folder name, e.g. -o out (even --force never replaces it)",
+                "pass a new folder name, e.g. -o out" + (" (even --force never replaces it)" if kind.forcible else ""),
             )
     if out_dir.exists() and not out_dir.is_dir():
         raise UniAttnError(f"the output {out_dir} is a file, not a folder", "pass a new folder name")
     _check_writable(out_dir)
     if force or not out_dir.is_dir() or not any(out_dir.iterdir()):
         return out_dir
+    or_force = ", or --force to replace it" if kind.forcible else ""
     if not kind.is_ours(out_dir):
-        raise UniAttnError(
-            f"{out_dir} exists and is not {kind.what}", "pass a new folder name, or --force to replace it"
-        )
+        raise UniAttnError(f"{out_dir} exists and is not {kind.what}", f"pass a new folder name{or_force}")
     foreign = kind.foreign_entries(out_dir)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise UniAttnError(
             f"{out_dir} is {kind.what} but also holds {foreign[0]}{more}, which replacing it would delete",
-            "move those files out, pass a new folder name, or --force to replace it",
+            "move those files out, pass a new folder name, or --force to replace it" if kind.forcible
+            else "move those files out, or pass a new folder name",
         )
     return out_dir
 
@@ -167,23 +172,31 @@ def check_file_destination(
 @contextmanager
 def atomic_folder(
     out_dir: str | os.PathLike, kind: OutputKind | None = None, *,
-    inputs: Iterable[str | os.PathLike | None] = (), force: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (), force: bool = False, carried: tuple[str, ...] = (),
 ) -> Iterator[Path]:  # fmt: skip
     """Yield a temporary sibling of `out_dir` to fill; it replaces `out_dir` only when the
     block succeeds (checked again then: the folder may have changed meanwhile).
 
-    kind: None only for folders no user names (caches), which are never checked."""
+    kind: None only for folders no user names (caches), which are never checked.
+    carried: glob patterns of top-level entries of an earlier output of `kind` in `out_dir`
+    that the new output re-uses: they start in the temporary folder, and go back when the block
+    fails (whatever the block added inside them stays: it is of the same kind)."""
     out_dir = Path(out_dir)
     inputs = tuple(inputs)
     if kind is not None:
         check_destination(out_dir, kind, inputs=inputs, force=force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
+    tmp, moved = None, []
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would otherwise become the folder's mode
+        if carried and kind is not None and out_dir.is_dir() and kind.is_ours(out_dir):
+            for entry in sorted(out_dir.iterdir()):
+                if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in carried):
+                    moved.append(entry.name)  # first: an interrupt between the two lines still moves it back
+                    os.replace(entry, tmp / entry.name)
         yield tmp
         if kind is not None:
             check_destination(out_dir, kind, inputs=inputs, force=force)
@@ -197,5 +210,8 @@ def atomic_folder(
             os.replace(tmp, out_dir)
     except BaseException:
         if tmp is not None:
+            for name in moved:
+                if (tmp / name).exists() and out_dir.is_dir() and not (out_dir / name).exists():
+                    os.replace(tmp / name, out_dir / name)
             shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -67,18 +67,3 @@ def test_bad_lists_are_usage_errors(tmp_path, capsys, flag):
         main(["bench", "--preset", "tiny", *flag, "-o", str(tmp_path)])
     assert exit_info.value.code == 2
     assert f"argument {flag[0]}" in capsys.readouterr().err
-
-
-def test_bench_replaces_only_its_own_outputs(artifacts, tmp_path, capsys):
-    argv = ["bench", str(artifacts[0].path), *SMALL, "--backends", "ort-bodies", "--no-prefill", "-o", str(tmp_path)]
-    for name, what in (("bench.json", "a bench.json of uniattn-export"), ("bench.png", "the plot of an earlier bench run")):
-        (tmp_path / name).write_text("my own numbers")
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err == (
-            f"uniattn-export bench: error: {tmp_path / name} exists and is not {what}. "
-            "Pass another -o folder, or move the file away."
-        )
-        assert (tmp_path / name).read_text() == "my own numbers"
-        (tmp_path / name).unlink()
-    assert main(argv) == 0 and main(argv) == 0  # an earlier run's outputs are replaced

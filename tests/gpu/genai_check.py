@@ -22,12 +22,12 @@ and matched. Not collected by pytest (no test_ prefix): it needs a GPU.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
-import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_loop  # noqa: E402  (tests/gpu/check_loop.py: the scripts' shared main loop)
 
 PROMPTS = [[5, 9, 14, 3, 77, 41, 8, 100, 12], [33, 7, 90], [61, 4, 18, 27, 52, 9, 11, 70, 3, 44, 6, 15, 99, 23], [88]]
 STEPS = 20
@@ -69,14 +69,30 @@ def _export(root: Path, checkpoint: Path, cache: str, library: bool, dtype: str,
     return out
 
 
-def check_tokens(root: Path) -> list[dict]:
-    from uniattn_export.model import load_model
-    from uniattn_export.model.synthetic import tiny_config
+def token_case(root: Path, checkpoint: Path, reference, dtype: str, cache: str, library: bool, cuda_graph: bool) -> dict:
     from uniattn_export.targets.genai.runner import genai_generate
     from uniattn_export.targets.ort import OrtSession
+
+    case = dict(model=checkpoint.name, dtype=dtype, cache=cache, library=library, cuda_graph=cuda_graph)
+    folder = _export(root, checkpoint, cache, library, dtype)
+    genai = genai_generate(folder, PROMPTS, STEPS, provider=DEVICE, cuda_graph=cuda_graph)
+    session = OrtSession(folder, device=DEVICE, custom_ops=library)
+    ours = session.generate(PROMPTS, STEPS, eos_token_id=EOS, pad_token_id=PAD).sequences(EOS)
+    case.update(genai=genai, ours=ours, runtime=session.description)
+    # float16: our runtime is the reference (same graph and kernels);
+    # near-ties against float32 PyTorch are not a failure of genai.
+    case["passed"] = genai == ours and (dtype == "float16" or ours == reference)
+    if dtype == "float32":
+        case["reference"] = reference
+    return case
+
+
+def token_cases(root: Path):
+    """(name, check) of every token case, for check_loop.run_cases."""
+    from uniattn_export.model import load_model
+    from uniattn_export.model.synthetic import tiny_config
     from uniattn_export.validate.reference import TorchSession
 
-    results = []
     for name, (layers, _) in MODELS.items():
         checkpoint = _checkpoint(root, name, tiny_config("llama", num_hidden_layers=layers, pad_token_id=PAD, eos_token_id=EOS))
         reference = TorchSession(load_model(checkpoint)).generate(PROMPTS, STEPS, eos_token_id=EOS, pad_token_id=PAD).sequences(EOS)
@@ -86,23 +102,8 @@ def check_tokens(root: Path) -> list[dict]:
                     if dtype == "float16" and (cache == "dynamic" or not library):
                         continue
                     for cuda_graph in ((True, False) if cache == "static" and DEVICE == "cuda" else (False,)):
-                        case = dict(model=name, dtype=dtype, cache=cache, library=library, cuda_graph=cuda_graph)
-                        try:
-                            folder = _export(root, checkpoint, cache, library, dtype)
-                            genai = genai_generate(folder, PROMPTS, STEPS, provider=DEVICE, cuda_graph=cuda_graph)
-                            session = OrtSession(folder, device=DEVICE, custom_ops=library)
-                            ours = session.generate(PROMPTS, STEPS, eos_token_id=EOS, pad_token_id=PAD).sequences(EOS)
-                            case.update(genai=genai, ours=ours, runtime=session.description)
-                            # float16: our runtime is the reference (same graph and kernels);
-                            # near-ties against float32 PyTorch are not a failure of genai.
-                            case["passed"] = genai == ours and (dtype == "float16" or ours == reference)
-                            if dtype == "float32":
-                                case["reference"] = reference
-                        except Exception as exc:  # one case's failure must not hide the others
-                            case.update(passed=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-                        print(("PASS" if case["passed"] else "FAIL"), {k: case[k] for k in ("model", "dtype", "cache", "library", "cuda_graph")}, flush=True)
-                        results.append(case)
-    return results
+                        label = f"{name} {dtype} {cache} {'library' if library else 'bodies'} cuda_graph={cuda_graph}"
+                        yield label, lambda args=(checkpoint, reference, dtype, cache, library, cuda_graph): token_case(root, *args)
 
 
 def time_decode(root: Path, preset: str | None) -> list[dict]:
@@ -133,6 +134,11 @@ def time_decode(root: Path, preset: str | None) -> list[dict]:
     return timings
 
 
+def _describe_tokens(case: dict) -> str:
+    same = f"genai == ours: {case['genai'] == case['ours']}"
+    return same + (f", ours == PyTorch reference: {case['ours'] == case['reference']}" if "reference" in case else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default=None, help="also time this shape preset (e.g. llama-3.2-1b)")
@@ -141,8 +147,6 @@ def main() -> int:
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
-    out = Path(os.environ.get("OUT", "."))
-    out.mkdir(parents=True, exist_ok=True)
     import onnxruntime
     import onnxruntime_genai as og
 
@@ -152,14 +156,12 @@ def main() -> int:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = args.work or Path(tmp)
-        report["cases"] = check_tokens(root)
+        report["cases"] = check_loop.run_cases(token_cases(root), _describe_tokens)
         report["timings"] = time_decode(root, args.preset)
-    failed = [c for c in report["cases"] if not c["passed"]] + [t for t in report["timings"] if "error" in t]
-    report["passed"] = bool(report["cases"]) and not failed
-    (out / "genai_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'PASSED' if report['passed'] else 'FAILED'}: {len(report['cases'])} token cases, "
-          f"{len(failed)} failures; {out / 'genai_check.json'}")  # fmt: skip
-    return 0 if report["passed"] else 1
+    timing_errors = [t for t in report["timings"] if "error" in t]
+    passed = bool(report["cases"]) and all(c["passed"] for c in report["cases"]) and not timing_errors
+    return check_loop.finish(report, check_loop.results_dir() / "genai_check.json",
+                             f"onnxruntime-genai tokens ({len(timing_errors)} timing errors)", passed)  # fmt: skip
 
 
 if __name__ == "__main__":

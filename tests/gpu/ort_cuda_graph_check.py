@@ -27,17 +27,17 @@ and exits 1 if any case failed or could not run.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check_loop  # noqa: E402  (tests/gpu/check_loop.py: the scripts' shared main loop)
 
 CAPACITY = 64
 STEPS = 32
@@ -186,13 +186,28 @@ def check_run(checkpoint: Path, artifact_dir: Path, custom_ops: bool) -> dict:
     return result
 
 
+def check_case(work: Path, name: str, dtype: str, blocks) -> dict:
+    """Export one case, then run it with the custom-op library and with the function bodies."""
+    checkpoint, artifact = export(work, name, dtype, blocks)
+    runs = [check_run(checkpoint, artifact, custom_ops) for custom_ops in (True, False)]  # True raises when the library is missing
+    return {"case": name, "dtype": dtype, "runs": runs, "passed": all(run["passed"] for run in runs)}
+
+
+def _describe_runs(case: dict) -> str:
+    lines = []
+    for run in case["runs"]:
+        failed = [check for check, ok in run["checks"].items() if not ok]
+        lines.append(f"{'library' if run['custom_ops'] else 'bodies'} {'ok' if run['passed'] else 'FAILED'}: "
+                     f"{run['runtime']}; decode ms/token {run['decode_ms_per_token']}"
+                     + (f"; FAILED: {failed}; placement {run['graph_placement'][:5]}" if failed else ""))  # fmt: skip
+    return " | ".join(lines)
+
+
 def main() -> int:
     import onnxruntime as ort
 
     from uniattn_export import native
 
-    out = Path(os.environ.get("OUT", "ort_cuda_graph_check_out"))
-    out.mkdir(parents=True, exist_ok=True)
     summary = {
         "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(),
@@ -200,42 +215,20 @@ def main() -> int:
         "kernel_abi": native.kernel_abi_version(),
         "capacity": CAPACITY,
         "steps": STEPS,
-        "cases": [],
     }
     started = time.perf_counter()
-    try:
-        summary["placement"] = check_placement()
-    except Exception as exc:
-        summary["placement"] = {"passed": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print(f"{'PASS' if summary['placement']['passed'] else 'FAIL'} placement check on hand-built graphs: "
-          f"{ {k: v for k, v in summary['placement'].items() if k != 'traceback'} }", flush=True)  # fmt: skip
+    summary["cases"] = check_loop.run_cases(
+        [("placement", lambda: {"case": "placement on hand-built graphs", **check_placement()})],
+        lambda placement: str({k: v for k, v in placement.items() if k != "traceback"}),
+    )
     with tempfile.TemporaryDirectory() as work:
-        for name, (dtype, blocks) in CASES.items():
-            case = {"case": name, "dtype": dtype, "runs": []}
-            try:
-                checkpoint, artifact = export(Path(work), name, dtype, blocks)
-                for custom_ops in (True, False):  # True raises when the library is missing
-                    case["runs"].append(check_run(checkpoint, artifact, custom_ops))
-                case["passed"] = len(case["runs"]) == 2 and all(run["passed"] for run in case["runs"])
-            except Exception as exc:  # keep going: one summary for all cases
-                case.update(passed=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            summary["cases"].append(case)
-            for run in case["runs"]:
-                failed = [check for check, ok in run["checks"].items() if not ok]
-                print(
-                    f"{'PASS' if run['passed'] else 'FAIL'} {name} {'library' if run['custom_ops'] else 'bodies'}: "
-                    f"{run['runtime']}; decode ms/token {run['decode_ms_per_token']}"
-                    + (f"; FAILED: {failed}; placement {run['graph_placement'][:5]}" if failed else ""),
-                    flush=True,
-                )
-            if "error" in case:
-                print(f"FAIL {name}: {case['error']}", flush=True)
+        summary["cases"] += check_loop.run_cases(
+            ((name, lambda name=name, spec=spec: check_case(Path(work), name, *spec)) for name, spec in CASES.items()),
+            _describe_runs,
+        )
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    passed = summary["placement"]["passed"] and len(summary["cases"]) == len(CASES) and all(case["passed"] for case in summary["cases"])
-    summary["passed"] = passed
-    (out / "ort_cuda_graph_check.json").write_text(json.dumps(summary, indent=2))
-    print(f"{'ALL PASSED' if passed else 'FAILURES'} in {summary['seconds']} s; details in {out / 'ort_cuda_graph_check.json'}")
-    return 0 if passed else 1
+    return check_loop.finish(summary, check_loop.results_dir("ort_cuda_graph_check_out") / "ort_cuda_graph_check.json",
+                             "OrtSession CUDA-graph decode")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -364,6 +364,23 @@ def test_static_layout_refusals(kernels):
     assert kernels.ua_last_error() == b"capacity=-1 must be >= 0"
 
 
+def test_static_position_outside_the_caches_is_refused_before_any_write(make_static_case):
+    """Row 0 at a valid position, row 1 at the capacity: the call fails and neither row's slot
+    is written into the in-place caches (docs/ops.md, version 2)."""
+    case = make_static_case(starts=(3, 5), query_len=1, capacity=8, num_heads=2, kv_num_heads=1, head_dim=8,
+                            dtype="float32")  # fmt: skip
+    key_cache, value_cache = case.past_key.clone(), case.past_value.clone()
+    with pytest.raises(native.KernelError) as error:
+        native.run_producer_static(case.query, case.key, case.value, key_cache, value_cache,
+                                   torch.tensor([[3], [8]]), **case.attributes, in_place=True)  # fmt: skip
+    assert str(error.value) == (
+        "ua_producer returned status 1: producer (static layout): position_ids[1, 0] = 8 is outside the cache "
+        "slots 0..7 (capacity 8): the sequence does not fit the caches"
+    )
+    assert torch.equal(key_cache.nan_to_num(), case.past_key.nan_to_num())
+    assert torch.equal(value_cache.nan_to_num(), case.past_value.nan_to_num())
+
+
 @st.composite
 def static_geometries(draw):
     batch, query_len = draw(st.integers(1, 3)), draw(st.integers(1, 40))

@@ -336,3 +336,23 @@ def error_of_v2(model: bytes, inputs: dict, library: str) -> str:
     with pytest.raises(Exception) as caught:
         run_session(model, inputs, library)
     return str(caught.value)
+
+
+@pytest.mark.parametrize(("positions", "token", "position"), [([[3, 4], [7, 8]], (1, 1), 8), ([[-2, -1], [0, 1]], (0, 0), -2)],
+                         ids=["beyond-capacity", "negative"])  # fmt: skip
+def test_v2_position_outside_the_caches_is_an_ort_error(make_static_case, ort_library, positions, token, position):
+    """The CPU kernels read positions on the host: one outside [0, C) is refused before any
+    write (docs/ops.md, version 2), by the producer and the consumer alike."""
+    case = make_static_case(starts=(0, 0), query_len=2, capacity=8, num_heads=2, kv_num_heads=1, head_dim=4,
+                            dtype="float32")  # fmt: skip
+    case.position_ids = torch.tensor(positions, dtype=torch.int64)
+    expected = (f"node 'attn': {{op}} (static layout): position_ids[{token[0]}, {token[1]}] = {position} is outside "
+                "the cache slots 0..7 (capacity 8): the sequence does not fit the caches")  # fmt: skip
+    message = error_of_v2(v2_producer_model(case), dict(zip(V2_PRODUCER_INPUTS, case.producer_args)), ort_library)
+    assert f"UniAttnProducer {expected.format(op='producer')}" in message
+    (batch, length), heads = case.position_ids.shape, case.num_heads
+    shared = torch.zeros(batch, heads, length, case.capacity, dtype=case.torch_dtype), torch.zeros(batch, heads, length)
+    inputs = dict(zip(V2_CONSUMER_INPUTS, (case.consumer_value, case.consumer_past_value, case.position_ids, *shared,
+                                           case.query, case.past_key)))  # fmt: skip
+    message = error_of_v2(v2_consumer_model(case, inputs), inputs, ort_library)
+    assert f"UniAttnConsumer {expected.format(op='consumer')}" in message

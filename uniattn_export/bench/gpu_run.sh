@@ -15,8 +15,11 @@
 # DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 450) includes the
 # builds (4 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
 # there and bench.json says what was not run. Artifacts are built in .gpu/bench_work
-# (git-ignored; reused while the machine is warm). Everything is written under
-# $OUT/bench/<run>/: bench.json, bench.png, table.txt, log.txt.
+# (git-ignored; reused while the machine is warm). Written under $OUT/bench/: <run>/ (the bench's
+# output folder: bench.json, bench.png), <run>.table.txt (its stdout) and <run>.log.txt (its
+# stderr, every cell's line: what is left when the run is killed from outside, since the bench
+# then removes its unfinished folder). Nothing there is overwritten: a run whose table or log
+# already exists is refused (exit 2); pass a fresh OUT.
 # BENCH_DEVICE=cpu is a dry run of this script on a machine without a GPU.
 # Exit status: the first non-zero exit of a bench run (1: a measurement failed, 2: bad input).
 set -uo pipefail
@@ -48,13 +51,20 @@ EOF
 status=0
 bench() {
   local name=$1; shift
-  local start=$(date +%s)
-  mkdir -p "$OUT/bench/$name"
+  local start=$(date +%s) table="$OUT/bench/$name.table.txt" log="$OUT/bench/$name.log.txt"
+  mkdir -p "$OUT/bench"
+  for file in "$table" "$log"; do
+    if [ -e "$file" ]; then
+      echo "gpu_run.sh: error: $file exists (an earlier run's or yours). Pass a fresh OUT." >&2
+      exit 2
+    fi
+  done
   echo "=== $name: uniattn-export bench $*"
+  # The bench itself refuses an $OUT/bench/$name that is not its own earlier output.
   python3 -m uniattn_export bench "$@" --device "$DEVICE" -o "$OUT/bench/$name" \
-    > "$OUT/bench/$name/table.txt" 2> >(tee "$OUT/bench/$name/log.txt" >&2)
+    > "$table" 2> >(tee "$log" >&2)
   local rc=$?
-  cat "$OUT/bench/$name/table.txt"
+  cat "$table"
   echo "=== $name: exit $rc after $(( $(date +%s) - start )) s"
   if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }

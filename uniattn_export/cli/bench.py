@@ -9,7 +9,11 @@ DynamicCache / StaticCache / StaticCache + torch.compile on the base architectur
 prefill latency, decode latency per step (median and p90; the cache of the target length is
 built directly from random values), tokens/s, peak device memory, KV-cache bytes, on CUDA the
 copies of one profiled decode step, and the time ratios between runtimes. Outputs:
-OUT/bench.json (rewritten after every cell), OUT/bench.png, and a table on stdout.
+OUT/bench.json, OUT/bench.png, and a table on stdout. The run writes a temporary .OUT.XXXXXXXX
+beside OUT (bench.json there is rewritten after every cell) that becomes OUT at the end; an
+existing OUT is replaced only when it is an earlier bench output holding nothing else, and
+the models an earlier run built there (OUT/work, OUT/genai, OUT/baseline_artifact*) are
+re-used. A failed or interrupted run leaves OUT as it was.
 
 ARTIFACT: one export per cache mode (a dynamic and a static one of the same model run the
 ort-* and ort-static-* rows); --baseline likewise, repeated. --base-checkpoint: the base
@@ -152,19 +156,24 @@ def run(args: argparse.Namespace) -> int:
     if args.preset is None and (args.dtype is not None or args.work is not None):
         raise UniAttnError("--dtype and --work apply to --preset", "an artifact keeps the dtype it was exported in")
     settings = _settings(args)
-    if args.preset is not None:
-        from ..bench import run_preset
+    build = args.baseline == ["build"]
+    if args.baseline and "build" in args.baseline and not build:
+        raise UniAttnError("--baseline build and a baseline artifact were both given", "pass one of them")
+    baseline = None if build or args.baseline is None else [Path(b) for b in args.baseline]
+    from ..bench.folder import bench_folder, relocate
 
-        doc = run_preset(args.preset, args.output, work_dir=args.work, dtype=args.dtype or "float16", settings=settings, log=log)
-    else:
-        from ..bench import run_bench
+    inputs = (*args.artifact, *(baseline or ()), args.base_checkpoint, args.work)
+    with bench_folder(args.output, inputs=inputs) as out:
+        if args.preset is not None:
+            from ..bench import run_preset
 
-        build = args.baseline == ["build"]
-        if args.baseline and "build" in args.baseline and not build:
-            raise UniAttnError("--baseline build and a baseline artifact were both given", "pass one of them")
-        baseline = None if build or args.baseline is None else [Path(b) for b in args.baseline]
-        doc = run_bench(args.artifact, args.output, baseline=baseline, build_baseline=build,
-                        base_checkpoint=args.base_checkpoint, settings=settings, log=log)  # fmt: skip
+            doc = run_preset(args.preset, out, work_dir=args.work, dtype=args.dtype or "float16", settings=settings, log=log)
+        else:
+            from ..bench import run_bench
+
+            doc = run_bench(args.artifact, out, baseline=baseline, build_baseline=build,
+                            base_checkpoint=args.base_checkpoint, settings=settings, log=log)  # fmt: skip
+        doc = relocate(doc, out, args.output)
 
     if args.json:
         print(json.dumps(doc, indent=2))

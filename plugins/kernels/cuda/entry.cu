@@ -142,7 +142,7 @@ size_t ua_consumer_cuda_workspace_size(const ua_attention_desc* desc, int has_pr
 }
 
 ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* io, void* workspace, void* stream_ptr) {
-  if (ua_status s = check_producer(desc, io, kMaxHeadDim); s != UA_OK) return s;
+  if (ua_status s = check_producer(desc, io, kMaxHeadDim, PositionMemory::device); s != UA_OK) return s;
   const ua_attention_desc& d = *desc;
   if (d.batch == 0) return ok();
   const Named tensors[] = {{"query", io->query},         {"key", io->key},
@@ -209,7 +209,7 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
 }
 
 ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* io, void* workspace, void* stream_ptr) {
-  if (ua_status s = check_consumer(desc, io, kMaxHeadDim); s != UA_OK) return s;
+  if (ua_status s = check_consumer(desc, io, kMaxHeadDim, PositionMemory::device); s != UA_OK) return s;
   const ua_attention_desc& d = *desc;
   if (d.batch == 0) return ok();
   const Named tensors[] = {{"value", io->value},

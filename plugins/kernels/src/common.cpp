@@ -31,6 +31,18 @@ ua_status check_geometry(const ua_attention_desc* d, int64_t max_head_dim) {
                 (long long)d->capacity);
   return UA_OK;
 }
+
+// Static layout, positions in host memory: every token's slot inside the caches.
+ua_status check_positions(const ua_attention_desc* d, const int64_t* position_ids, const char* op) {
+  for (int64_t t = 0; t < d->batch * d->query_len; ++t)
+    if (position_ids[t] < 0 || position_ids[t] >= d->capacity)
+      return fail(UA_INVALID_ARGUMENT,
+                  "%s (static layout): position_ids[%lld, %lld] = %lld is outside the cache slots 0..%lld "
+                  "(capacity %lld): the sequence does not fit the caches",
+                  op, (long long)(t / d->query_len), (long long)(t % d->query_len), (long long)position_ids[t],
+                  (long long)(d->capacity - 1), (long long)d->capacity);
+  return UA_OK;
+}
 }  // namespace
 
 ua_status fail(ua_status status, const char* format, ...) {
@@ -48,7 +60,8 @@ ua_status ok() {
   return UA_OK;
 }
 
-ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, int64_t max_head_dim) {
+ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, int64_t max_head_dim,
+                         PositionMemory positions) {
   if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
   if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "producer io is NULL");
   if (in_place(*d, io->past_key, io->present_key) != in_place(*d, io->past_value, io->present_value))
@@ -61,7 +74,7 @@ ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, i
     if (d->query_len == 0) return UA_OK;
     if (!io->query || !io->key || !io->value || !io->position_ids || !io->output)
       return fail(UA_INVALID_ARGUMENT, "producer (static layout): a required tensor pointer is NULL");
-    return UA_OK;
+    return positions == PositionMemory::host ? check_positions(d, io->position_ids, "producer") : UA_OK;
   }
   if (d->batch == 0 || d->query_len == 0) return UA_OK;  // empty call: nothing is read
   if (!io->query || !io->key || !io->value || !io->attention_mask || !io->output ||
@@ -73,7 +86,8 @@ ua_status check_producer(const ua_attention_desc* d, const ua_producer_io* io, i
   return UA_OK;
 }
 
-ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, int64_t max_head_dim) {
+ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, int64_t max_head_dim,
+                         PositionMemory positions) {
   if (ua_status s = check_geometry(d, max_head_dim); s != UA_OK) return s;
   if (io == nullptr) return fail(UA_INVALID_ARGUMENT, "consumer io is NULL");
   if (d->capacity > 0) {
@@ -83,6 +97,8 @@ ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, i
     if (d->query_len == 0) return UA_OK;
     if (!io->value || !io->position_ids || !io->output)
       return fail(UA_INVALID_ARGUMENT, "consumer (static layout): a required tensor pointer is NULL");
+    if (positions == PositionMemory::host)
+      if (ua_status s = check_positions(d, io->position_ids, "consumer"); s != UA_OK) return s;
   } else {
     if (d->batch == 0 || d->query_len == 0) return UA_OK;
     if (!io->value || !io->attention_mask || !io->output || !io->present_value)

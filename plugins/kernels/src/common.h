@@ -16,9 +16,17 @@ ua_status fail(ua_status status, const char* format, ...)
 // Clears the last error and returns UA_OK.
 ua_status ok();
 
+// Where a call's position_ids live (static layout). Host memory (the CPU kernels): the checks
+// below read them and refuse a position outside [0, capacity) with an error. Device memory (the
+// CUDA kernels): the host must not read them (no synchronization, CUDA-graph capture), so the
+// kernels themselves skip the write of such a token and clamp what its row reads to the cache.
+enum class PositionMemory { host, device };
+
 // Validates a descriptor and the pointers of a call; `max_head_dim` <= 0 means any.
-ua_status check_producer(const ua_attention_desc* desc, const ua_producer_io* io, int64_t max_head_dim);
-ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io, int64_t max_head_dim);
+ua_status check_producer(const ua_attention_desc* desc, const ua_producer_io* io, int64_t max_head_dim,
+                         PositionMemory positions = PositionMemory::host);
+ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io, int64_t max_head_dim,
+                         PositionMemory positions = PositionMemory::host);
 
 // Dynamic layout (capacity == 0): keys of the call, S = P + L.
 inline int64_t key_len(const ua_attention_desc& d) { return d.past_len + d.query_len; }

@@ -202,3 +202,27 @@ def test_cli_genai_target_refuses_dynamic_caches_with_last_logits(checkpoints, t
         "(onnxruntime-genai picks each right-padded row's last real token itself). Drop --logits last, or pass --cache static."
     ]
     assert not out.exists()
+
+
+def test_the_shipped_library_follows_the_ort_session_rule(monkeypatch, tmp_path):
+    """genai_library_for and OrtSession take the custom-op library by one rule
+    (targets/ort/session.py custom_op_library_for): same choice, same errors."""
+    from uniattn_export.targets.ort import session as session_module
+
+    library = str(tmp_path / ORT_LIBRARY)
+    monkeypatch.setattr(session_module, "ort_custom_op_library", lambda: library)
+    monkeypatch.setattr(session_module, "kernel_abi_version", lambda: 1)  # op version 1 only
+    assert genai_library_for("dynamic", None) == tmp_path / ORT_LIBRARY
+    assert genai_library_for("static", None) is None and genai_library_for("dynamic", False) is None
+    with pytest.raises(UniAttnError) as error:
+        genai_library_for("static", True)
+    assert str(error.value) == (
+        f"the custom-op library {library} implements op version 1 only (kernel ABI 1), but this static-cache "
+        "artifact needs op version 2. Rebuild the native libraries from this checkout, or run with --custom-ops off."
+    )
+    monkeypatch.setattr(session_module, "kernel_abi_version", lambda: 2)
+    assert genai_library_for("static", True) == tmp_path / ORT_LIBRARY
+    monkeypatch.setattr(session_module, "ort_custom_op_library", lambda: None)
+    assert genai_library_for("static", None) is None
+    with pytest.raises(UniAttnError, match=r"^the custom-op library \(libuniattn_ort.so\) is not built"):
+        genai_library_for("dynamic", True)

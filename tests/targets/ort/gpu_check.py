@@ -20,14 +20,14 @@ skips only the device-memory check). Not collected by pytest (no test_ prefix): 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gpu"))
+import check_loop  # noqa: E402  (tests/gpu/check_loop.py: the scripts' shared main loop)
 
 CASES = {
     # name: (family, dtype, config overrides, SuperBlocks (G, begin, end) or None for base)
@@ -126,11 +126,19 @@ def check_case(name: str, folder: Path, device: str) -> dict:
     return result
 
 
+def _describe_runs(case: dict) -> str:
+    return "; ".join(
+        f"{r['runtime'].split(', ')[2][:40]}: err {r['logits_max_abs']:.2e} <= {r['tolerance']:.2e} "
+        f"agree {r['token_agreement']:.2f} device-cache {r['cache_on_device']} decode {r['decode_ms_per_token']}"
+        for r in case["runs"]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prepare", type=Path, help="only write checkpoints + artifacts into this folder")
     parser.add_argument("--artifacts", type=Path, help="use folders written by --prepare")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
+    parser.add_argument("--out", type=Path, default=check_loop.results_dir("gpu_check_out"))
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: a dry run of this script on a machine without a GPU")  # fmt: skip
     args = parser.parse_args()
@@ -150,28 +158,11 @@ def main() -> int:
         "providers": ort.get_available_providers(),
         "custom_op_library": native.ort_custom_op_library(),
         "device": args.device,
-        "cases": [],
     }
-    for name in CASES:
-        try:
-            case = check_case(name, root / name, args.device)
-        except Exception as exc:  # keep going: one summary for all cases
-            case = {"case": name, "passed": False, "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()}  # fmt: skip
-        summary["cases"].append(case)
-        runs = "; ".join(
-            f"{r['runtime'].split(', ')[2][:40]}: err {r['logits_max_abs']:.2e} <= {r['tolerance']:.2e} "
-            f"agree {r['token_agreement']:.2f} device-cache {r['cache_on_device']} "
-            f"decode {r['decode_ms_per_token']}"
-            for r in case.get("runs", [])
-        )
-        print(f"{'PASS' if case['passed'] else 'FAIL'} {name}: {runs or case.get('error')}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
-    passed = len(summary["cases"]) == len(CASES) and all(c["passed"] for c in summary["cases"])
-    print(f"{'ALL PASSED' if passed else 'FAILURES'}; details in {args.out / 'gpu_check.json'}")
-    return 0 if passed else 1
-
+    summary["cases"] = check_loop.run_cases(
+        ((name, lambda name=name: check_case(name, root / name, args.device)) for name in CASES), _describe_runs
+    )
+    return check_loop.finish(summary, args.out / "gpu_check.json", "whole models on onnxruntime")
 
 if __name__ == "__main__":
     sys.exit(main())

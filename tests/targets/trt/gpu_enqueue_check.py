@@ -17,18 +17,17 @@ kernel library built with its CUDA kernels; no TensorRT, onnx or onnxruntime.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
-import traceback
 import zlib
 from pathlib import Path
 
 import torch
 
-from uniattn_export import native
 from uniattn_export.model import attention as reference
 from uniattn_export.targets.trt.plugins import CONSUMER_OP, PRODUCER_OP, AttentionFields, launch, workspace_bound
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gpu"))
+import check_loop  # noqa: E402  (tests/gpu/check_loop.py: the scripts' shared main loop)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOLERANCE = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}  # relative to max(1, |expected|)
@@ -126,38 +125,17 @@ def run_case(name, batch, query_len, past_len, heads, kv_heads, head_dim, dtype,
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
+    header = check_loop.cuda_header()
+    if header is None:
         print("no CUDA device", file=sys.stderr)
         return 2
-    kernels = native.kernels()
-    header = {
-        "device": torch.cuda.get_device_name(0),
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "kernels": native.kernels_library(),
-        "has_cuda": bool(kernels.ua_has_cuda()),
-        "torch": torch.__version__,
-    }
     print(json.dumps(header))
-    reports = []
-    for case in CASES:
-        started = time.perf_counter()
-        try:
-            report = run_case(*case)
-        except Exception as exc:  # one failing case must not hide the others
-            report = {"case": case[0], "passed": False, "exception": f"{type(exc).__name__}: {exc}",
-                      "traceback": traceback.format_exc(limit=4)}
-        report["seconds"] = round(time.perf_counter() - started, 3)
-        reports.append(report)
-        status = "ok  " if report["passed"] else "FAIL"
-        detail = report.get("exception") or ", ".join(f"{k}={v:.2e}" if v is not None else f"{k}=OFF"
-                                                      for k, v in report["errors"].items())
-        print(f"{status} {case[0]:<22} {detail}")
-    passed = sum(r["passed"] for r in reports)
-    out = Path(os.environ.get("OUT", "."))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trt_enqueue_check.json").write_text(json.dumps({"header": header, "cases": reports}, indent=2))
-    print(f"SUMMARY trt plugin enqueue on {header['device']}: {passed}/{len(reports)} cases passed")
-    return 0 if passed == len(reports) else 1
+    reports = check_loop.run_cases(
+        ((case[0], lambda case=case: run_case(*case)) for case in CASES),
+        lambda report: ", ".join(f"{k}={v:.2e}" if v is not None else f"{k}=OFF" for k, v in report["errors"].items()),
+    )
+    return check_loop.finish({"header": header, "cases": reports}, check_loop.results_dir() / "trt_enqueue_check.json",
+                             f"trt plugin enqueue on {header['device']}")  # fmt: skip
 
 
 if __name__ == "__main__":

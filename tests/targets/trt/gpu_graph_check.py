@@ -29,10 +29,8 @@ passed. Needs torch with CUDA and the kernel library built with its CUDA kernels
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-import traceback
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniattn_export import native
 from uniattn_export.export.schema import CONSUMER_OP, PRODUCER_OP
 from uniattn_export.model import attention as reference
 from uniattn_export.targets.trt.graphs import DecodeGraphs, StaticBatch
 from uniattn_export.targets.trt.plugins import AttentionFields, launch, workspace_bound
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gpu"))
+import check_loop  # noqa: E402  (tests/gpu/check_loop.py: the scripts' shared main loop)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOLERANCE = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}  # relative to max(1, |expected|)
@@ -264,46 +264,25 @@ def time_replay(batch=8, capacity=4096, heads=32, kv_heads=8, head_dim=64, dtype
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
+    header = check_loop.cuda_header()
+    if header is None:
         print("no CUDA device", file=sys.stderr)
         return 2
-    kernels = native.kernels()
-    header = {
-        "device": torch.cuda.get_device_name(0),
-        "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-        "kernels": native.kernels_library(),
-        "has_cuda": bool(kernels.ua_has_cuda()),
-        "torch": torch.__version__,
-    }
     print(json.dumps(header))
-    reports = []
-    for case in CASES:
-        started = time.perf_counter()
-        try:
-            report = run_case(case)
-        except Exception as exc:  # one failing case must not hide the others
-            report = {"case": case.name, "passed": False, "exception": f"{type(exc).__name__}: {exc}",
-                      "traceback": traceback.format_exc(limit=6)}  # fmt: skip
-        report["seconds"] = round(time.perf_counter() - started, 3)
-        reports.append(report)
-        status = "ok  " if report["passed"] else "FAIL"
-        detail = report.get("exception") or (
-            f"captures={report['captures']} replays={report['replays']} failed={report['failed'][:4]}")
-        print(f"{status} {case.name:<22} {detail}")
+    reports = check_loop.run_cases(
+        ((case.name, lambda case=case: run_case(case)) for case in CASES),
+        lambda report: f"captures={report['captures']} replays={report['replays']} failed={report['failed'][:4]}",
+    )
     timing = None
     try:
         timing = time_replay()
         print(f"timing: {json.dumps(timing)}")
     except Exception as exc:  # timing is reported, not asserted
         timing = {"exception": f"{type(exc).__name__}: {exc}"}
-    passed = sum(r["passed"] for r in reports)
-    out = Path(os.environ.get("OUT", "."))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trt_graph_check.json").write_text(
-        json.dumps({"header": header, "cases": reports, "timing": timing}, indent=2))
-    print(f"SUMMARY static decode in CUDA graphs (TensorRT session logic, plugins' launch path) on "
-          f"{header['device']}: {passed}/{len(reports)} cases passed")
-    return 0 if passed == len(reports) else 1
+    return check_loop.finish(
+        {"header": header, "cases": reports, "timing": timing}, check_loop.results_dir() / "trt_graph_check.json",
+        f"static decode in CUDA graphs (TensorRT session logic, plugins' launch path) on {header['device']}",
+    )
 
 
 if __name__ == "__main__":

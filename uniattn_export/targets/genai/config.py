@@ -25,8 +25,7 @@ from pathlib import Path
 
 from ...errors import UniAttnError
 from ...export import io_names
-from ...native import kernel_abi_version, ort_custom_op_library
-from ..ort.session import STATIC_CACHE_ABI
+from ..ort.session import custom_op_library_for
 
 GENAI_CONFIG_FILE = "genai_config.json"
 # transformers model types onnxruntime-genai runs with its decoder-only model class.
@@ -34,27 +33,11 @@ GENAI_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def genai_library_for(cache: str, custom_ops: bool | None) -> Path | None:
-    """The custom-op library to ship in a genai folder: None (auto) takes the built library
-    when it serves the artifact's op version (version 2, static caches: kernel ABI >= 2);
-    True requires that; False ships none (onnxruntime then runs the function bodies)."""
-    if custom_ops is False:
-        return None
-    library = ort_custom_op_library()
-    if library is None:
-        if custom_ops:
-            raise UniAttnError(
-                "--custom-ops on but the custom-op library (libuniattn_ort.so) is not built",
-                "build the package with its native libraries, or pass --custom-ops auto",
-            )
-        return None
-    if cache == "static" and (kernel_abi_version() or 0) < STATIC_CACHE_ABI:
-        if custom_ops:
-            raise UniAttnError(
-                f"the custom-op library {library} implements op version 1 only, but static caches need op version 2",
-                "rebuild the native libraries from this checkout, or pass --custom-ops off",
-            )
-        return None
-    return Path(library)
+    """The custom-op library to ship in a genai folder, by OrtSession's rule
+    (custom_op_library_for): None (auto) takes the built library when it serves the artifact's
+    op version; True requires that; False ships none (onnxruntime then runs the function bodies)."""
+    library, _ = custom_op_library_for(cache == "static", custom_ops)
+    return Path(library) if library is not None else None
 
 
 def check_genai_model(model, cache: str) -> None:

@@ -172,6 +172,31 @@ class _BatchBuffers:
             self.run_options.add_run_config_entry(GRAPH_ID, str(batch))  # ids >= 1; 0 is onnxruntime's default
 
 
+def custom_op_library_for(static: bool, custom_ops: bool | None) -> tuple[str | None, str]:
+    """The custom-op library an artifact runs with (OrtSession) or ships (genai folders), and
+    why the function bodies run instead when it is None ("" when not asked for).
+
+    custom_ops: None takes the built library when it serves the artifact's op version (static
+    caches: op version 2, kernel ABI >= STATIC_CACHE_ABI); True requires that (one-line
+    UniAttnError otherwise); False never takes it."""
+    library = ort_custom_op_library() if custom_ops is not False else None
+    if custom_ops and library is None:
+        raise UniAttnError(
+            "the custom-op library (libuniattn_ort.so) is not built",
+            "build the package with its native libraries, or run without --custom-ops",
+        )
+    abi = kernel_abi_version() if library is not None and static else None
+    if library is not None and static and (abi or 0) < STATIC_CACHE_ABI:
+        if custom_ops:
+            raise UniAttnError(
+                f"the custom-op library {library} implements op version 1 only (kernel ABI "
+                f"{abi}), but this static-cache artifact needs op version 2",
+                "rebuild the native libraries from this checkout, or run with --custom-ops off",
+            )
+        return None, " (the installed custom-op library implements op version 1 only; this artifact needs 2)"
+    return library, ""
+
+
 class OrtSession(GenerationSession):
     """An onnxruntime InferenceSession over an artifact, with the KV cache kept inside.
 
@@ -210,23 +235,7 @@ class OrtSession(GenerationSession):
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
-        library = ort_custom_op_library() if custom_ops is not False else None
-        if custom_ops and library is None:
-            raise UniAttnError(
-                "the custom-op library (libuniattn_ort.so) is not built",
-                "build the package with its native libraries, or run without --custom-ops",
-            )
-        bodies_reason = ""
-        abi = kernel_abi_version() if library is not None and self.static else None
-        if library is not None and self.static and (abi or 0) < STATIC_CACHE_ABI:
-            if custom_ops:
-                raise UniAttnError(
-                    f"the custom-op library {library} implements op version 1 only (kernel ABI "
-                    f"{abi}), but this static-cache artifact needs op version 2",
-                    "rebuild the native libraries from this checkout, or run with --custom-ops off",
-                )
-            library = None
-            bodies_reason = " (the installed custom-op library implements op version 1 only; this artifact needs 2)"
+        library, bodies_reason = custom_op_library_for(self.static, custom_ops)
         if library is not None:
             try:
                 options.register_custom_ops_library(library)

@@ -68,9 +68,11 @@ typedef struct ua_attention_desc {
  * Static layout, shared_probs is (B, Hq, L, capacity): entries of visible slots hold p, entries
  * of hidden slots up to the row's last position hold 0, and entries beyond a row's last
  * position (position_ids[b, L-1]) are not written and must not be read. position_ids must
- * satisfy 0 <= position_ids[b, i] < capacity and position_ids[b, i] = position_ids[b, 0] + i;
- * kernels never access memory outside the buffers when they do not (the results are then
- * unspecified). */
+ * satisfy 0 <= position_ids[b, i] < capacity and position_ids[b, i] = position_ids[b, 0] + i.
+ * A position outside [0, capacity): the CPU kernels (host memory) return UA_INVALID_ARGUMENT
+ * before writing anything; the CUDA kernels (device memory, never read on the host) skip that
+ * token's cache write and clamp what its row reads to the cache. Positions that are not
+ * contiguous: unspecified results. In every case no kernel accesses memory outside the buffers. */
 typedef struct ua_producer_io {
   const void* query;             /* (B, L, Hq*D) post-RoPE */
   const void* key;               /* (B, L, Hkv*D) post-RoPE */
