@@ -273,6 +273,14 @@ STATIC_CASES = {
     "sliding window prefill": dict(starts=(3,), query_len=50, capacity=64, num_heads=2, kv_num_heads=1,
                                    head_dim=24, sliding_window=7, probs_max_query_len=64),
     "full capacity": dict(starts=(31,), query_len=1, capacity=32, num_heads=2, kv_num_heads=1, head_dim=5),
+    # Short queries over long caches: the CPU kernels split the keys into parts and merge them
+    # (parts that see no key of a row included).
+    "decode over split keys": dict(starts=(600, 5, 290), query_len=1, capacity=640, num_heads=6, kv_num_heads=2,
+                                   head_dim=64),
+    "sliding window decode over split keys": dict(starts=(700,), query_len=1, capacity=720, num_heads=4,
+                                                  kv_num_heads=1, head_dim=32, sliding_window=300),
+    "few-token decode over split keys": dict(starts=(500, 20), query_len=5, capacity=520, num_heads=4,
+                                             kv_num_heads=2, head_dim=16),
 }
 
 

@@ -365,28 +365,40 @@ struct RowKeys {
 
 struct Item {
   int64_t batch, kv_head, head_begin, head_end, row_begin, row_end;
+  int64_t part, key_begin, key_end;  // the share of the keys this item walks (split keys)
 };
 
-// Items of (batch, KV head, row block): each serves all g query heads of its KV head, so that
-// the item reads its keys and values once (decode is bound by those reads: one item per
-// query head measured 1.1-1.5x slower on 2 threads, from L2 re-reads). Prefill: blocks of
-// kRowsPerBlock query rows.
+// Items of (batch, KV head, row block, key part): each serves all g query heads of its KV
+// head, so that the item reads its keys and values once (decode is bound by those reads: one
+// item per query head measured 1.1-1.5x slower on 2 threads, from L2 re-reads). Prefill:
+// blocks of kRowsPerBlock query rows. Short queries with few (batch, KV head) slices split
+// their keys into parts of kKeysPerPart, merged afterwards (merge_parts), so that a decode
+// step of one sequence still has work for every thread. The partition depends on the shapes
+// and the positions only, never on the thread count.
 struct Plan {
-  int64_t blocks, rows_per_block;
+  static constexpr int64_t kKeysPerPart = 256, kMaxParts = 32, kEnoughSlices = 16;
+  int64_t blocks, rows_per_block, parts, keys_per_part;
 
-  explicit Plan(const ua_attention_desc& d) {
+  Plan(const ua_attention_desc& d, int64_t key_extent) {
     rows_per_block = std::max<int64_t>(1, std::min(d.query_len, kRowsPerBlock));
     blocks = (d.query_len + rows_per_block - 1) / rows_per_block;
+    const bool split = blocks == 1 && d.batch * d.kv_num_heads < kEnoughSlices;
+    parts = split ? std::clamp<int64_t>((key_extent + kKeysPerPart - 1) / kKeysPerPart, 1, kMaxParts) : 1;
+    const int64_t share = (key_extent + parts - 1) / parts;
+    keys_per_part = (share + kTile - 1) / kTile * kTile;  // whole tiles
   }
 
-  int64_t items(const ua_attention_desc& d) const { return d.batch * d.kv_num_heads * blocks; }
+  int64_t slices(const ua_attention_desc& d) const { return d.batch * d.kv_num_heads; }
+  int64_t items(const ua_attention_desc& d) const { return slices(d) * blocks * parts; }
 
   Item item(const ua_attention_desc& d, int64_t index) const {
-    const int64_t block = index % blocks, slice = index / blocks;
+    const int64_t part = index % parts, block = index / parts % blocks, slice = index / (parts * blocks);
     const int64_t kv_head = slice % d.kv_num_heads, group = d.num_heads / d.kv_num_heads;
     const int64_t begin = block * rows_per_block;
+    const int64_t key_begin = part * keys_per_part;
+    const int64_t key_end = parts == 1 ? std::numeric_limits<int64_t>::max() : key_begin + keys_per_part;
     return {slice / d.kv_num_heads, kv_head, kv_head * group, (kv_head + 1) * group,
-            begin, std::min(d.query_len, begin + rows_per_block)};
+            begin, std::min(d.query_len, begin + rows_per_block), part, key_begin, key_end};
   }
 };
 
@@ -413,43 +425,109 @@ struct Job {
   float* lse_out;            // kSoftmax: shared_lse or NULL
 };
 
-template <typename T>
-void attention_item(const Job& job, const Item& item, Scratch& s) {
-  const ua_attention_desc& d = job.d;
-  const int64_t dim = d.head_dim, rows = cache_len(d), heads = item.head_end - item.head_begin;
-  const int64_t count_rows = item.row_end - item.row_begin, m_rows = heads * count_rows;
-  const RowKeys row_keys(d, job.mask, job.positions, item.batch);
-  const bool reuse = job.weights == Weights::kReuse;
-  // Dynamic reuse applies P over every key (docs/ops.md); otherwise each row its visible keys.
-  s.ranges.resize(size_t(count_rows));
-  int64_t first = rows, last = 0;
-  for (int64_t r = 0; r < count_rows; ++r) {
-    const SlotRange range = reuse && !static_layout(d) ? SlotRange{0, rows} : row_keys.range(item.row_begin + r);
-    s.ranges[r] = range;
-    if (range.begin < range.end) first = std::min(first, range.begin), last = std::max(last, range.end);
+// The softmax state of split items (Plan::parts > 1), per (slice, part, row): running max, sum
+// and the unnormalized output; and each row's scaled scores over all its keys (from key 0),
+// which the producer's shared_probs are made of once the parts are merged.
+struct Partials {
+  int64_t kv_heads, parts, m_rows, key_extent;
+  std::vector<float> max, sum, acc, scores;
+
+  int64_t slice(const Item& item) const { return item.batch * kv_heads + item.kv_head; }
+  // Index of row m of `item`'s part `part` in max / sum (times D in acc).
+  int64_t state(const Item& item, int64_t part, int64_t m) const {
+    return (slice(item) * parts + part) * m_rows + m;
   }
-  if (first >= last) first = last = 0;
-  // Row m of the item is query row item.row_begin + m / heads, head item.head_begin + m % heads.
-  auto packed_row = [&](int64_t m) {  // (b, i, h) of the packed tensors
+  // Row m's scores (key_extent of them, from key 0).
+  float* row_scores(const Item& item, int64_t m) { return scores.data() + (slice(item) * m_rows + m) * key_extent; }
+};
+
+// The rows of an item: row m is query row row_begin + m / heads of head head_begin + m % heads;
+// ranges[r] the keys query row r may see, [first, last) their union.
+struct ItemRows {
+  const ua_attention_desc& d;
+  const Item& item;
+  RowKeys keys;
+  int64_t heads, count_rows, m_rows, first, last;
+  const std::vector<SlotRange>& ranges;
+
+  ItemRows(const Job& job, const Item& it, std::vector<SlotRange>& range_buffer)
+      : d(job.d), item(it), keys(job.d, job.mask, job.positions, it.batch), heads(it.head_end - it.head_begin),
+        count_rows(it.row_end - it.row_begin), m_rows(heads * count_rows), first(cache_len(job.d)), last(0),
+        ranges(range_buffer) {
+    // Dynamic reuse applies P over every key (docs/ops.md); otherwise each row its visible keys.
+    const bool all_keys = job.weights == Weights::kReuse && !static_layout(d);
+    range_buffer.resize(size_t(count_rows));
+    for (int64_t r = 0; r < count_rows; ++r) {
+      const SlotRange range = all_keys ? SlotRange{0, cache_len(d)} : keys.range(item.row_begin + r);
+      range_buffer[r] = range;
+      if (range.begin < range.end) first = std::min(first, range.begin), last = std::max(last, range.end);
+    }
+    if (first >= last) first = last = 0;
+  }
+
+  int64_t packed_row(int64_t m) const {  // (b, i, h) of the packed tensors
     return (item.batch * d.query_len + item.row_begin + m / heads) * d.num_heads + item.head_begin + m % heads;
-  };
-  auto stat_row = [&](int64_t m) {  // (b, h, i) of probs / lse
+  }
+  int64_t stat_row(int64_t m) const {  // (b, h, i) of probs / lse
     return (item.batch * d.num_heads + item.head_begin + m % heads) * d.query_len + item.row_begin + m / heads;
-  };
+  }
+};
+
+// Row m's outputs from its final softmax state (max, sum, unnormalized acc; the consumer's
+// acc is its output): the producer's lse, and its shared_probs from `scores`, the row's scaled
+// scores of keys scores_from.. (exponentiated in place).
+template <typename T>
+void finish_row(const Job& job, const ItemRows& r, int64_t m, float max, float sum, float* acc, float* scores,
+                int64_t scores_from) {
+  const ua_attention_desc& d = job.d;
+  if (job.weights == Weights::kSoftmax) {
+    // A row that sees no key: p = 0, output 0, lse = +inf (docs/ops.md).
+    const bool seen = sum > 0.f;
+    scale_row(acc, d.head_dim, seen ? 1.f / sum : 0.f);
+    const float lse = seen ? max + std::log(sum) : kInfinity;
+    if (job.lse_out) job.lse_out[r.stat_row(m)] = lse;
+    if (job.probs_out) {
+      const SlotRange range = r.ranges[m / r.heads];
+      T* probs = static_cast<T*>(job.probs_out) + r.stat_row(m) * cache_len(d);
+      exp_shifted(scores + (range.begin - scores_from), range.end - range.begin, lse);
+      const int64_t end = r.keys.probs_end();
+      for (int64_t j = 0; j < end; ++j)
+        probs[j] = from_float<T>(j >= range.begin && j < range.end ? scores[j - scores_from] : 0.f);
+    }
+  }
+  from_float_row(acc, static_cast<T*>(job.output) + r.packed_row(m) * d.head_dim, d.head_dim);
+}
+
+// One item: its rows over the keys [first, last) of its part. Unsplit, it finishes its rows;
+// split, it leaves its state in `partials` for merge_parts.
+template <typename T>
+void attention_item(const Job& job, const Item& item, Scratch& s, Partials* partials) {
+  const ua_attention_desc& d = job.d;
+  const ItemRows r(job, item, s.ranges);
+  const int64_t dim = d.head_dim, rows = cache_len(d), m_rows = r.m_rows, heads = r.heads;
+  const int64_t first = std::max(r.first, item.key_begin), last = std::min(r.last, item.key_end);
 
   const bool uses_keys = job.weights != Weights::kReuse;
   const bool keep_scores = job.weights == Weights::kSoftmax && job.probs_out != nullptr;
-  const int64_t span = last - first;
+  // Scores for shared_probs: this item's own (from key r.first), or the split row's (from 0).
+  const int64_t span = partials ? partials->key_extent : r.last - r.first;
+  const int64_t scores_from = partials ? 0 : r.first;
+  float* scores = nullptr;
+  if (keep_scores && partials) {
+    scores = partials->row_scores(item, 0);
+  } else if (keep_scores) {
+    s.scores.resize(size_t(m_rows * span));
+    scores = s.scores.data();
+  }
   if (uses_keys) {
     s.query.resize(size_t(m_rows * dim));
     for (int64_t m = 0; m < m_rows; ++m)
-      to_float_row(static_cast<const T*>(job.query) + packed_row(m) * dim, s.query.data() + m * dim, dim);
+      to_float_row(static_cast<const T*>(job.query) + r.packed_row(m) * dim, s.query.data() + m * dim, dim);
   }
   s.acc.assign(size_t(m_rows * dim), 0.f);
   s.max.assign(size_t(m_rows), -kInfinity);
   s.sum.assign(size_t(m_rows), 0.f);
   s.tile.resize(size_t(m_rows * kTile));
-  if (keep_scores) s.scores.resize(size_t(m_rows * span));
   const bool transposed = m_rows >= kTransposeRows;
   if (uses_keys && transposed) s.keys_t.resize(size_t(dim * kTile));
 
@@ -470,26 +548,26 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
       }
     }
     for (int64_t m = 0; m < m_rows; ++m) {
-      const SlotRange range = s.ranges[m / heads];
+      const SlotRange range = r.ranges[m / heads];
       float* w = tile + m * kTile;
       const int64_t lo = std::clamp(range.begin - j0, int64_t(0), count);
       const int64_t hi = std::clamp(range.end - j0, lo, count);
       if (job.weights == Weights::kReuse) {
-        const T* p = static_cast<const T*>(job.probs_in) + stat_row(m) * rows + j0;
+        const T* p = static_cast<const T*>(job.probs_in) + r.stat_row(m) * rows + j0;
         for (int64_t n = 0; n < count; ++n) w[n] = n >= lo && n < hi ? to_float(p[n]) : 0.f;
         continue;
       }
       float tile_max = scale_visible(w, lo, hi, d.scale);
-      if (row_keys.mask) {
+      if (r.keys.mask) {
         for (int64_t n = lo; n < hi; ++n)
-          if (row_keys.hidden(j0 + n)) w[n] = -kInfinity;
+          if (r.keys.hidden(j0 + n)) w[n] = -kInfinity;
         tile_max = row_max(w);
       }
       if (job.weights == Weights::kRecompute) {  // exp(s - lse) is the producer's softmax
-        exp_shifted(w, kTile, job.lse_in[stat_row(m)]);
+        exp_shifted(w, kTile, job.lse_in[r.stat_row(m)]);
         continue;
       }
-      if (keep_scores) std::memcpy(s.scores.data() + m * span + (j0 - first), w, size_t(count) * sizeof(float));
+      if (keep_scores) std::memcpy(scores + m * span + (j0 - scores_from), w, size_t(count) * sizeof(float));
       if (tile_max == -kInfinity) {  // nothing visible here: weights 0, statistics unchanged
         std::fill(w, w + count, 0.f);
         continue;
@@ -506,27 +584,40 @@ void attention_item(const Job& job, const Item& item, Scratch& s) {
     accumulate(tile, m_rows, as_float(value_slice + j0 * dim, count * dim, s.values), count, dim, s.acc.data());
   }
 
-  T* output = static_cast<T*>(job.output);
-  for (int64_t m = 0; m < m_rows; ++m) {
-    float* acc = s.acc.data() + m * dim;
-    if (job.weights == Weights::kSoftmax) {
-      // A row that sees no key: p = 0, output 0, lse = +inf (docs/ops.md).
-      const bool seen = s.sum[m] > 0.f;
-      const float inverse = seen ? 1.f / s.sum[m] : 0.f;
-      for (int64_t i = 0; i < dim; ++i) acc[i] *= inverse;
-      const float lse = seen ? s.max[m] + std::log(s.sum[m]) : kInfinity;
-      if (job.lse_out) job.lse_out[stat_row(m)] = lse;
-      if (keep_scores) {
-        const SlotRange range = s.ranges[m / heads];
-        T* probs = static_cast<T*>(job.probs_out) + stat_row(m) * rows;
-        float* scores = s.scores.data() + m * span;
-        exp_shifted(scores + (range.begin - first), range.end - range.begin, lse);
-        const int64_t end = row_keys.probs_end();
-        for (int64_t j = 0; j < end; ++j)
-          probs[j] = from_float<T>(j >= range.begin && j < range.end ? scores[j - first] : 0.f);
-      }
+  if (partials) {
+    const int64_t at = partials->state(item, item.part, 0);
+    std::copy(s.max.begin(), s.max.end(), partials->max.begin() + at);
+    std::copy(s.sum.begin(), s.sum.end(), partials->sum.begin() + at);
+    std::copy(s.acc.begin(), s.acc.end(), partials->acc.begin() + at * dim);
+    return;
+  }
+  for (int64_t m = 0; m < m_rows; ++m)
+    finish_row<T>(job, r, m, s.max[m], s.sum[m], s.acc.data() + m * dim, scores + m * span, scores_from);
+}
+
+// The rows of a split slice (item of part 0) from its parts' states: the softmax states are
+// combined at the largest max (a part that saw no key has max -inf and adds nothing); the
+// consumer's weights are final already, so its parts' outputs add up.
+template <typename T>
+void merge_parts(const Job& job, const Item& item, Scratch& s, Partials& partials) {
+  const ItemRows r(job, item, s.ranges);
+  const int64_t dim = job.d.head_dim;
+  const bool softmax = job.weights == Weights::kSoftmax;
+  s.acc.resize(size_t(dim));
+  for (int64_t m = 0; m < r.m_rows; ++m) {
+    float max = -kInfinity, sum = 0.f;
+    for (int64_t p = 0; p < partials.parts; ++p) max = std::max(max, partials.max[partials.state(item, p, m)]);
+    std::fill(s.acc.begin(), s.acc.end(), 0.f);
+    for (int64_t p = 0; p < partials.parts; ++p) {
+      const int64_t at = partials.state(item, p, m);
+      if (softmax && partials.max[at] == -kInfinity) continue;
+      const float factor = softmax ? std::exp(partials.max[at] - max) : 1.f;
+      sum += partials.sum[at] * factor;
+      const float* acc = partials.acc.data() + at * dim;
+      for (int64_t i = 0; i < dim; ++i) s.acc[i] += acc[i] * factor;
     }
-    from_float_row(acc, output + packed_row(m) * dim, dim);
+    float* scores = job.probs_out && softmax ? partials.row_scores(item, m) : nullptr;
+    finish_row<T>(job, r, m, max, sum, s.acc.data(), scores, 0);
   }
 }
 
@@ -550,6 +641,15 @@ void for_each(const ua_cpu_threads* threads, int64_t count, Fn& fn) {
       threads->pool, size_t(count), [](void* task, size_t i) { (*static_cast<Fn*>(task))(int64_t(i)); }, &fn);
 }
 
+// How many keys (from slot 0) a row of the call may see: the static layout's last position + 1
+// (positions were checked against the capacity), the dynamic layout's S.
+int64_t key_extent(const ua_attention_desc& d, const int64_t* positions) {
+  if (!static_layout(d)) return key_len(d);
+  int64_t last = -1;
+  for (int64_t i = 0; i < d.batch * d.query_len; ++i) last = std::max(last, positions[i]);
+  return std::min(last + 1, d.capacity);
+}
+
 // Phase 1 then phase 2. `caches` names up to two (past, present, fresh) triples. Errors
 // (out of memory for the float buffers) cannot cross the pool's threads as exceptions: the
 // failing task records them.
@@ -570,16 +670,39 @@ ua_status run(const char* op, const Job& job, const void* const (&past)[2], void
   }
   if (d.query_len == 0) return ok();
 
-  const Plan plan(d);
+  const int64_t extent = key_extent(d, job.positions);
+  const Plan plan(d, extent);
+  Partials partials{d.kv_num_heads, plan.parts, d.query_len * (d.num_heads / d.kv_num_heads), extent, {}, {}, {}, {}};
+  try {
+    if (plan.parts > 1) {
+      const size_t states = size_t(plan.slices(d) * plan.parts * partials.m_rows);
+      partials.max.resize(states);
+      partials.sum.resize(states);
+      partials.acc.resize(states * size_t(d.head_dim));
+      if (job.weights == Weights::kSoftmax && job.probs_out)
+        partials.scores.resize(size_t(plan.slices(d) * partials.m_rows * partials.key_extent));
+    }
+  } catch (const std::bad_alloc&) {
+    out_of_memory.store(true);
+  }
   auto attend = [&](int64_t index) {
     thread_local Scratch scratch;
     try {
-      attention_item<T>(job, plan.item(d, index), scratch);
+      attention_item<T>(job, plan.item(d, index), scratch, plan.parts > 1 ? &partials : nullptr);
     } catch (const std::bad_alloc&) {
       out_of_memory.store(true);
     }
   };
-  for_each(threads, plan.items(d), attend);
+  if (!out_of_memory.load()) for_each(threads, plan.items(d), attend);
+  auto merge = [&](int64_t slice) {
+    thread_local Scratch scratch;
+    try {
+      merge_parts<T>(job, plan.item(d, slice * plan.parts), scratch, partials);
+    } catch (const std::bad_alloc&) {
+      out_of_memory.store(true);
+    }
+  };
+  if (plan.parts > 1 && !out_of_memory.load()) for_each(threads, plan.slices(d), merge);
   if (out_of_memory.load())
     return fail(UA_DEVICE_ERROR, "%s (CPU): out of host memory for the float32 tile buffers (rows=%lld, D=%lld)", op,
                 (long long)cache_len(d), (long long)d.head_dim);
