@@ -465,7 +465,7 @@ def _build_genai(checkpoint: Path, out: Path, dtype: str, settings: BenchSetting
         folder, info = build_genai_model(checkpoint, out, dtype, settings.device, log)
     except UniAttnError as exc:
         report.doc.setdefault("build", {})["genai"] = {"status": f"failed: {exc}"}
-        models["unbuilt"][f"baseline/{GENAI_BACKEND}"] = f"onnxruntime-genai's model builder: {exc}"
+        models["unbuilt"][f"baseline/{GENAI_BACKEND}"] = f"building its model: {exc}"
         log(f"onnxruntime-genai: {exc}")
         return
     report.doc.setdefault("build", {})["genai"] = {"status": "ok", **info}
@@ -528,7 +528,8 @@ def run_preset(
             done = "reused from" if steps[name].get("reused") else "exported to"
             models["origins"][model][kind] = f"preset build: {done} {targets[name].folder} (build.steps.{name})"
         else:  # a genai folder whose export failed
-            models["unbuilt"][f"{model}/{GENAI_ARTIFACT_BACKEND}"] = f"exporting {targets[name].folder}: {steps[name]['status']}"
+            error = steps[name]["status"].removeprefix("failed: ")
+            models["unbuilt"][f"{model}/{GENAI_ARTIFACT_BACKEND}"] = f"exporting {targets[name].folder}: {error}"
     if genai:
         _build_genai(checkpoint, work_dir / f"genai_{settings.device}_{dtype}", dtype, settings, report, models, log)
     return _measure_all(models, settings, report, deadline, log)
