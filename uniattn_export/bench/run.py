@@ -129,7 +129,7 @@ def _model_info(artifacts: dict[str, Artifact]) -> dict:
     }  # fmt: skip
 
 
-def export_kind(artifact: Artifact) -> str:
+def _export_kind(artifact: Artifact) -> str:
     """EXPORT_KINDS: "genai" for a `--target genai` export (static caches only: the
     genai-artifact rows), else the cache mode."""
     if artifact.cache_layout != "genai":
@@ -146,7 +146,7 @@ def _by_export_kind(artifacts, what: str) -> dict[str, Artifact]:
     loaded: dict[str, Artifact] = {}
     for item in items:
         artifact = item if isinstance(item, Artifact) else load_artifact(item)
-        kind = export_kind(artifact)
+        kind = _export_kind(artifact)
         if kind in loaded:
             named = "--target genai" if kind == "genai" else f"{kind}-cache"
             raise UniAttnError(f"two {named} {what}s were given ({loaded[kind].path}, {artifact.path})",

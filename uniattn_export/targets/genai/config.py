@@ -14,7 +14,8 @@ onnxruntime-genai (0.18) loads a folder holding the ONNX graph and genai_config.
                               resolved path outside those folders is refused, so the library
                               is copied into the folder
   decoder.session_options.intra_op_num_threads  absent, genai sets max(1, min(16, logical
-                              CPUs / 2)) (one thread on a 2-core machine without SMT); a value
+                              CPUs / 2)) (its source at 0.16-dev; 0.18 measured the same: one
+                              thread on a 2-core machine without SMT); a value
                               is passed to ONNX Runtime's SetIntraOpNumThreads, where 0 means
                               ONNX Runtime's own default (one per physical core), which our
                               sessions use: the folder says 0
