@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from uniattn_export.bench import BenchSettings, run_bench, run_preset
-from uniattn_export.bench.build import Target, build_pair, preset_targets, reuse_artifact
+from uniattn_export.bench.build import (
+    Target, build_pair, export_random_model, preset_targets, random_base_weights, reuse_artifact,
+)  # fmt: skip
 from uniattn_export.bench.report import summary_table
 from uniattn_export.bench.runtimes import GenaiRuntime
 from uniattn_export.errors import UniAttnError
@@ -155,6 +157,18 @@ def test_two_genai_exports_and_a_genai_baseline_without_artifact_are_refused(gen
         run_bench([work / "uniattn_genai", work / "base_genai"], tmp_path / "out")
     with pytest.raises(UniAttnError, match=r"the baseline .*base_genai is a --target genai export but no artifact is"):
         run_bench([work / "uniattn_static"], tmp_path / "out", baseline=[work / "base_genai"])
+
+
+def test_a_dynamic_cache_genai_export_is_refused(tmp_path):
+    """The genai-artifact rows run static caches (CUDA graphs need them)."""
+    config = preset_config("tiny")
+    weights = random_base_weights(config, "float32", seed=0)
+    folder = export_random_model(lambda: preset_config("tiny"), UniAttnConfig.none(LAYERS), weights, tmp_path / "dyn",
+                                 logits="all", seed=0, layout="genai")  # fmt: skip
+    assert (folder / "genai_config.json").is_file()
+    with pytest.raises(UniAttnError, match=r"dyn is a --target genai export with dynamic caches; the genai-artifact rows "
+                                           r"run static ones \(CUDA graphs need them\). Export it with --target genai --cache static"):  # fmt: skip
+        run_bench([folder], tmp_path / "out")
 
 
 def test_a_missing_genai_package_is_the_rows_status(genai_run, tmp_path, monkeypatch):
