@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ from ..export.artifact import Artifact, load_artifact
 from ..model.checkpoint import model_from_state, to_model_keys
 from ..model.config import UniAttnConfig
 from ..model.synthetic import PRESETS, preset_config
+from .measure import first_line
 from .runtimes import random_bits
 
 PRESET_SUPERBLOCK_SIZE = 4
@@ -61,21 +62,27 @@ def random_base_weights(config, dtype: str, seed: int) -> dict[str, torch.Tensor
 
 @dataclass(frozen=True)
 class Target:
-    """One artifact to build: its folder, layer map and cache mode (capacity for static)."""
+    """One artifact to build: its folder, layer map and cache mode (capacity for static);
+    layout "genai": a `--target genai` folder (onnxruntime-genai's cache layout, its
+    genai_config.json and the custom-op library when built for the op version)."""
 
     folder: Path
     uniattn: UniAttnConfig
     cache: str = "dynamic"
     capacity: int | None = None
+    layout: str = "optimum"
 
 
 def export_random_model(
     make_config: Callable, uniattn: UniAttnConfig, weights: dict[str, torch.Tensor], out: Path,
     *, logits: str, seed: int, external_data: bool | None = None, cache: str = "dynamic", max_length: int | None = None,
+    layout: str = "optimum",
 ) -> Path:  # fmt: skip
-    """Export `weights` (+ random Wc for the consumers of `uniattn`) as an artifact.
+    """Export `weights` (+ random Wc for the consumers of `uniattn`) as an artifact; layout
+    "genai" writes what `uniattn-export model --target genai` writes.
     make_config returns a fresh config (a model must not reuse another model's config)."""
     from ..export import export_model
+    from ..targets.genai import genai_export_options, genai_library_for
 
     config = make_config()
     state = dict(weights)
@@ -85,7 +92,12 @@ def export_random_model(
         wc = torch.randn(config.hidden_size, config.hidden_size, generator=generator) * COMPENSATION_SCALE
         state[f"model.layers.{layer}.compensation.weight"] = wc.to(dtype)
     model = model_from_state(config, uniattn, to_model_keys(state, uniattn, config))
-    return export_model(model, out, logits=logits, external_data=external_data, cache=cache, max_length=max_length)
+    target_options = {}
+    if layout == "genai":
+        library = genai_library_for(cache, None)  # --custom-ops auto
+        target_options = genai_export_options(model, cache=cache, capacity=max_length, library=library)
+    return export_model(model, out, logits=logits, external_data=external_data, cache=cache, max_length=max_length,
+                        **target_options)  # fmt: skip
 
 
 def fill_random_weights(folder: Path, seed: int = 0) -> None:
@@ -123,10 +135,25 @@ def strip_weights(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+def genai_library_is_current(folder: Path, cache: str) -> bool:
+    """Whether a genai folder ships the custom-op library an export would ship now (the same
+    bytes), or none when none would be shipped."""
+    from ..targets.genai import genai_library_for
+    from ..targets.genai.runner import genai_config
+
+    expected = genai_library_for(cache, None)
+    shipped = genai_config(folder)["model"]["decoder"]["session_options"].get("custom_ops_library")
+    if expected is None or shipped is None:
+        return expected is None and shipped is None
+    copy = folder / shipped
+    return shipped == expected.name and copy.is_file() and artifact_files.sha256_of(copy) == artifact_files.sha256_of(expected)
+
+
 def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> Artifact | None:
     """The artifact in `folder` when it is one of `dtype` with the target's layer map, cache
-    mode and capacity (a larger one serves too) and this geometry (refilling the weights of a
-    prepared one); None when it must be (re)built."""
+    mode, capacity (a larger one serves too) and cache layout (genai: shipping the library an
+    export would ship now) and this geometry (refilling the weights of a prepared one); None
+    when it must be (re)built."""
     manifest_file = folder / artifact_files.MANIFEST_FILE
     if not manifest_file.is_file():
         return None
@@ -138,8 +165,9 @@ def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> 
         and all(manifest["geometry"].get(k) == v for k, v in geometry.items())
         and cache["mode"] == target.cache
         and (target.capacity is None or cache["capacity"] >= target.capacity)
+        and cache.get("layout", "optimum") == target.layout
     )
-    if not matches:
+    if not matches or (target.layout == "genai" and not genai_library_is_current(folder, target.cache)):
         return None
     if artifact_files.EXTERNAL_DATA_FILE in manifest["files"] and not (folder / artifact_files.EXTERNAL_DATA_FILE).is_file():
         fill_random_weights(folder)
@@ -156,11 +184,13 @@ def _geometry(config) -> dict:
 def build_pair(
     make_config: Callable, targets: dict[str, Target], dtype: str, *,
     logits: str, seed: int, log: Log, external_data: bool | None = None, base_checkpoint: Path | None = None,
+    may_fail: Collection[str] = (),
 ) -> tuple[dict[str, Artifact], dict]:  # fmt: skip
     """Export (or reuse) one artifact per target from one set of random base weights, and
     save those weights as a transformers checkpoint in `base_checkpoint` when given (the
     source onnxruntime-genai's builder reads). Returns the artifacts by target name, and
-    what was done with timings."""
+    what was done with timings. A failed export of a target named in `may_fail` is recorded
+    (its report entry's status "failed: ...") and that target left out; others raise."""
     config = make_config()
     report: dict = {}
     artifacts: dict[str, Artifact] = {}
@@ -185,9 +215,18 @@ def build_pair(
             continue
         state = base_weights()
         start = time.perf_counter()
-        log(f"{name}: exporting {target.uniattn.describe()}, {target.cache} caches, with torch {torch.__version__} -> {target.folder}")
-        export_random_model(make_config, target.uniattn, state, target.folder, logits=logits, seed=seed,
-                            external_data=external_data, cache=target.cache, max_length=target.capacity)  # fmt: skip
+        log(f"{name}: exporting {target.uniattn.describe()}, {target.cache} caches, {target.layout} layout, "
+            f"with torch {torch.__version__} -> {target.folder}")
+        try:
+            export_random_model(make_config, target.uniattn, state, target.folder, logits=logits, seed=seed,
+                                external_data=external_data, cache=target.cache, max_length=target.capacity,
+                                layout=target.layout)  # fmt: skip
+        except Exception as exc:
+            if name not in may_fail:
+                raise
+            report[name] = {"path": str(target.folder), "status": f"failed: {first_line(exc)}"}
+            log(f"{name}: export failed ({first_line(exc)})")
+            continue
         seconds = round(time.perf_counter() - start, 2)
         report[name] = {"path": str(target.folder), "reused": False, "export_seconds": seconds}
         log(f"{name}: exported in {seconds:.1f} s")
@@ -298,11 +337,14 @@ def static_capacity(needed: int, max_positions: int) -> int:
 
 
 def preset_targets(
-    preset: str, work_dir: Path, capacity_needed: int | None = None, dynamic: bool = True
-) -> tuple[Callable, dict[str, Target]]:
+    preset: str, work_dir: Path, capacity_needed: int | None = None, dynamic: bool = True, static: bool = True,
+    genai: bool = False,
+) -> tuple[Callable, dict[str, Target]]:  # fmt: skip
     """The preset's dynamic-cache pair (uniattn/, base/; unless dynamic=False: no dynamic row
     runs, and a 1B export costs a minute) and, when capacity_needed is given, its static-cache
-    pair (uniattn_static/, base_static/) of at least that capacity."""
+    pair (uniattn_static/, base_static/; unless static=False) and with genai=True its
+    `--target genai` pair (uniattn_genai/, base_genai/; static caches), of at least that
+    capacity. Target names: artifact, baseline, then with -static / -genai."""
     if preset not in PRESETS:
         raise UniAttnError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     num_layers = PRESETS[preset]["num_hidden_layers"]
@@ -310,19 +352,24 @@ def preset_targets(
     targets = {name: Target(work_dir / folder, uniattn) for name, (folder, uniattn) in maps.items()} if dynamic else {}
     if capacity_needed is not None:
         capacity = static_capacity(capacity_needed, preset_config(preset).max_position_embeddings)
-        for name, (folder, uniattn) in maps.items():
-            targets[f"{name}-static"] = Target(work_dir / f"{folder}_static", uniattn, "static", capacity)
+        for kind, wanted in (("static", static), ("genai", genai)):
+            for name, (folder, uniattn) in maps.items():
+                if wanted:
+                    layout = "genai" if kind == "genai" else "optimum"
+                    targets[f"{name}-{kind}"] = Target(work_dir / f"{folder}_{kind}", uniattn, "static", capacity, layout)
     return (lambda: preset_config(preset)), targets
 
 
 def build_baseline_for(artifact: Artifact, out: Path, *, seed: int, log: Log) -> tuple[Artifact, dict]:
     """`--baseline build`: the artifact's architecture without SuperBlocks, random weights,
-    same dtype, logits mode, cache mode and capacity."""
+    same dtype, logits mode, cache mode, capacity and cache layout (genai: a `--target genai`
+    folder)."""
     from transformers import AutoConfig
 
     def make_config():
         return AutoConfig.from_pretrained(artifact.path)
 
-    targets = {"baseline": Target(out, UniAttnConfig.none(artifact.uniattn.num_layers), artifact.cache_mode, artifact.capacity)}
+    base = UniAttnConfig.none(artifact.uniattn.num_layers)
+    targets = {"baseline": Target(out, base, artifact.cache_mode, artifact.capacity, artifact.cache_layout)}
     artifacts, report = build_pair(make_config, targets, artifact.dtype, logits=artifact.manifest["logits"], seed=seed, log=log)
     return artifacts["baseline"], report

@@ -11,22 +11,27 @@
 # The 1b run: decode cells 1x2048, 32x2048, 32x8192 and prefill cells 1x8192, 8x8192; rows
 # ort-static-graph (UniAttn and base, OrtSession(cuda_graph=True)), ort-static-library,
 # onnxruntime-genai (its builder's fp16 CUDA model of the same base weights, CUDA graph on),
-# ort-library (dynamic caches), transformers StaticCache + torch.compile (1x2048, 32x2048) and
-# DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 450) includes the
-# builds (4 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
+# genai-artifact (our --target genai exports, UniAttn and base, in onnxruntime-genai, CUDA graph
+# on), ort-library (dynamic caches), transformers StaticCache + torch.compile (1x2048, 32x2048)
+# and DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 500) includes the
+# builds (6 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
 # there and bench.json says what was not run. Artifacts are built in .gpu/bench_work
 # (git-ignored; reused while the machine is warm). Written under $OUT/bench/: <run>/ (the bench's
 # output folder: bench.json, bench.png), <run>.table.txt (its stdout) and <run>.log.txt (its
 # stderr, every cell's line: what is left when the run is killed from outside, since the bench
 # then removes its unfinished folder). Nothing there is overwritten: a run whose table or log
 # already exists is refused (exit 2); pass a fresh OUT.
-# BENCH_DEVICE=cpu is a dry run of this script on a machine without a GPU.
+# BENCH_DEVICE=cpu is a dry run of this script on a machine without a GPU, in float32
+# (onnxruntime-genai's builder makes fp32 models only for the CPU): `BENCH_DEVICE=cpu bash
+# uniattn_export/bench/gpu_run.sh tiny` runs every row that can run on the CPU.
 # Exit status: the first non-zero exit of a bench run (1: a measurement failed, 2: bad input).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out}
 WORK=${BENCH_WORK:-.gpu/bench_work}
 DEVICE=${BENCH_DEVICE:-cuda}
+DTYPE=float16
+if [ "$DEVICE" = cpu ]; then DTYPE=float32; fi
 export PYTHONPATH=/root/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -z "${UNIATTN_EXPORT_LIB_DIR:-}" ] && [ -f build/dev/lib/libuniattn_ort.so ]; then
   export UNIATTN_EXPORT_LIB_DIR=$PWD/build/dev/lib
@@ -69,17 +74,17 @@ bench() {
   if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 
-ROWS=ort-static-graph,ort-static-library,onnxruntime-genai,ort-library,transformers-static-compiled,transformers-dynamic
+ROWS=ort-static-graph,ort-static-library,onnxruntime-genai,genai-artifact,ort-library,transformers-static-compiled,transformers-dynamic
 case "${1:-}" in
   tiny)
-    bench tiny_fp16 --preset tiny --dtype float16 --work "$WORK/tiny_fp16" --backends "$ROWS,ort-static-bodies" \
+    bench "tiny_$DTYPE" --preset tiny --dtype "$DTYPE" --work "$WORK/tiny_$DTYPE" --backends "$ROWS,ort-static-bodies" \
       --batches 1,4 --contexts 128,256 --compile 1x128 --decode-steps 10 --time-budget 150
     ;;
   1b)
-    bench llama_1b --preset llama-3.2-1b --dtype float16 --work "$WORK/llama_1b" --backends "$ROWS" \
+    bench llama_1b --preset llama-3.2-1b --dtype "$DTYPE" --work "$WORK/llama_1b" --backends "$ROWS" \
       --batches 1,8,32 --contexts 2048,8192 --decode-cells 1x2048,32x2048,32x8192 --prefill-cells 1x8192,8x8192 \
       --compile 1x2048,32x2048 --decode-steps 10 --warmup-steps 3 --prefill-repeats 2 --cell-seconds 6 \
-      --time-budget "${BUDGET_1B:-450}"
+      --time-budget "${BUDGET_1B:-500}"
     ;;
   *)
     echo "usage: $0 1b|tiny" >&2
@@ -95,7 +100,7 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
     doc = json.loads(path.read_text())
     print(f"--- {path.parent.name}: complete={doc['complete']} failures={doc['failures']} stopped={doc['stopped']}")
     for runtime in doc["runtimes"]:
-        print(f"    {runtime['id']}: {runtime['status']}")
+        print(f"    {runtime['id']}: {runtime['status']} {runtime.get('folder_origin', '')}")
     for ratio in doc["ratios"]:
         for phase in ("decode", "prefill"):
             if ratio[phase] is not None:

@@ -27,6 +27,13 @@ RATIOS = (
     ("uniattn ort-static-graph / onnxruntime-genai", "artifact/ort-static-graph", "baseline/onnxruntime-genai"),
     ("uniattn ort-static-library / onnxruntime-genai", "artifact/ort-static-library", "baseline/onnxruntime-genai"),
     ("base ort-static-library / onnxruntime-genai", "baseline/ort-static-library", "baseline/onnxruntime-genai"),
+    # our --target genai folders in onnxruntime-genai: against its builder's model, UniAttn
+    # against base, and against the same model through our OrtSession (genai's own overhead)
+    ("uniattn genai-artifact / onnxruntime-genai", "artifact/genai-artifact", "baseline/onnxruntime-genai"),
+    ("base genai-artifact / onnxruntime-genai", "baseline/genai-artifact", "baseline/onnxruntime-genai"),
+    ("uniattn / base, genai-artifact", "artifact/genai-artifact", "baseline/genai-artifact"),
+    ("genai-artifact / ort-static-graph, uniattn", "artifact/genai-artifact", "artifact/ort-static-graph"),
+    ("genai-artifact / ort-static-library, uniattn", "artifact/genai-artifact", "artifact/ort-static-library"),
     ("library / function bodies, uniattn static", "artifact/ort-static-library", "artifact/ort-static-bodies"),
     ("static / dynamic, uniattn ort-library", "artifact/ort-static-library", "artifact/ort-library"),
     ("uniattn ort-static-library / transformers dynamic", "artifact/ort-static-library", "baseline/transformers-dynamic"),
@@ -41,7 +48,7 @@ PHASES = ("decode", "prefill")
 _SHORT_MODEL = {"artifact": "ua", "baseline": "base"}
 _SHORT_BACKEND = {
     "ort-library": "lib", "ort-bodies": "bodies", "ort-static-library": "st lib", "ort-static-bodies": "st bodies",
-    "ort-static-graph": "st graph", "onnxruntime-genai": "genai", "transformers-dynamic": "hf dyn",
+    "ort-static-graph": "st graph", "onnxruntime-genai": "genai", "genai-artifact": "genai ours", "transformers-dynamic": "hf dyn",
     "transformers-static": "hf static", "transformers-static-compiled": "hf compiled",
 }  # fmt: skip
 
@@ -149,6 +156,7 @@ def plot(doc: dict, path: Path) -> Path:
 HEADLINE_RATIOS = (
     ("ua/base st", "uniattn / base, ort-static-library"),
     ("ua st/genai", "uniattn ort-static-library / onnxruntime-genai"),
+    ("ua genai ours/genai", "uniattn genai-artifact / onnxruntime-genai"),
     ("ua graph/hf comp", "uniattn ort-static-graph / transformers static compiled"),
     ("ua st lib/bodies", "library / function bodies, uniattn static"),
     ("ua st/dyn", "static / dynamic, uniattn ort-library"),
@@ -163,8 +171,9 @@ def summary_table(doc: dict) -> Table:
         title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
         caption="ua = the UniAttn artifact, base = the base model; lib = ORT + custom-op library, bodies = ORT "
         "function bodies, st = static caches through OrtSession (graph: + CUDA graphs), genai = onnxruntime-genai "
-        "on its own build of the base model, hf = transformers (dyn: DynamicCache, static: StaticCache, compiled: + "
-        "torch.compile). Ratios: time ratios in the same run (< 1: faster). All ratios in bench.json.",
+        "on its own build of the base model, genai ours = onnxruntime-genai on our --target genai export, hf = "
+        "transformers (dyn: DynamicCache, static: StaticCache, compiled: + torch.compile). Ratios: time ratios in the "
+        "same run (< 1: faster). All ratios in bench.json.",
     )
     for column in ("phase", "B", "S"):
         table.add_column(column, justify="right")

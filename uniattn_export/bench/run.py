@@ -26,15 +26,20 @@ from .measure import (
 )  # fmt: skip
 from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
 from .runtimes import GenaiRuntime, OrtRuntime, OrtStaticRuntime, Runtime, TransformersRuntime
-from .settings import DYNAMIC_ORT_BACKENDS, GENAI_BACKEND, ORT_BACKENDS, STATIC_ORT_BACKENDS, BenchSettings, cache_mode_of
+from .settings import (
+    ARTIFACT_BACKENDS, DYNAMIC_ORT_BACKENDS, GENAI_ARTIFACT_BACKEND, GENAI_BACKEND, ORT_BACKENDS, STATIC_ORT_BACKENDS,
+    BenchSettings, export_kind_of, needs_capacity,
+)  # fmt: skip
 
 Log = Callable[[str], None]
 # Most important first: the UniAttn vs base comparisons on the fastest path, then the
-# baselines users would otherwise run (onnxruntime-genai, transformers: compiled decode, SDPA
-# prefill), then today's dynamic path and the function bodies.
+# baselines users would otherwise run (onnxruntime-genai on its builder's model, and on our
+# --target genai exports; transformers: compiled decode, SDPA prefill), then today's dynamic
+# path and the function bodies.
 RUNTIME_ORDER = (
     ("artifact", "ort-static-graph"), ("baseline", "ort-static-graph"),
     ("artifact", "ort-static-library"), ("baseline", "ort-static-library"), ("baseline", GENAI_BACKEND),
+    ("artifact", GENAI_ARTIFACT_BACKEND), ("baseline", GENAI_ARTIFACT_BACKEND),
     ("baseline", "transformers-static-compiled"), ("baseline", "transformers-dynamic"),
     ("artifact", "ort-library"), ("baseline", "ort-library"), ("artifact", "ort-static-bodies"),
     ("baseline", "ort-static-bodies"), ("artifact", "ort-bodies"), ("baseline", "ort-bodies"),
@@ -62,6 +67,12 @@ METHOD = {
     "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator; decode = "
     "generate_next_token (one model step + greedy pick) after an untimed prefill of `context` random tokens "
     "(genai cannot load a cache)",
+    "genai-artifact": "our `--target genai` exports (static caches, onnxruntime-genai's cache layout, genai_config.json, "
+    "the custom-op library copied in when built for op version 2) of the UniAttn and base models, run exactly as the "
+    "onnxruntime-genai row (same Generator calls, CUDA graph on CUDA, ONNX Runtime's default intra-op threads); genai "
+    "sizes their caches to the export's capacity",
+    "folders": "runtimes[].folder is the model folder a row ran and folder_origin where it came from (given on the command "
+    "line, exported or reused by this run's build: see build)",
     "cache_copies": "one more decode step of each ort-* row (not -graph) after the timed ones, under a profiler. "
     "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too): memcpy bytes by kind and the "
     "copy/concat/scatter kernels; CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
@@ -91,7 +102,7 @@ def _device_info(device: str, backends: tuple[str, ...]) -> dict:
             raise UniAttnError("no CUDA device is visible to torch", "run on a GPU machine or pass --device cpu")
         props = torch.cuda.get_device_properties(0)
         info.update(name=props.name, total_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}")
-    if any(b in ORT_BACKENDS for b in backends):
+    if any(b in ARTIFACT_BACKENDS for b in backends):
         import onnxruntime as ort
 
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -105,27 +116,42 @@ def _device_info(device: str, backends: tuple[str, ...]) -> dict:
 
 
 def _model_info(artifacts: dict[str, Artifact]) -> dict:
-    """One model (UniAttn or base) in its exports by cache mode: what they share, and where each is."""
+    """One model (UniAttn or base) in its exports by kind (EXPORT_KINDS): what they share,
+    and where each is."""
     first = next(iter(artifacts.values()))
+    static = [a for a in artifacts.values() if a.cache_mode == "static"]
     return {
-        "paths": {mode: str(a.path) for mode, a in artifacts.items()}, "dtype": first.dtype,
-        "logits": {mode: a.manifest["logits"] for mode, a in artifacts.items()},
-        "capacity": artifacts["static"].capacity if "static" in artifacts else None,
+        "paths": {kind: str(a.path) for kind, a in artifacts.items()}, "dtype": first.dtype,
+        "logits": {kind: a.manifest["logits"] for kind, a in artifacts.items()},
+        "capacity": static[0].capacity if static else None,
         "layer_map": first.uniattn.describe(), "consumers": first.uniattn.consumers,
         "kv_cache_bytes_per_token": first.manifest["kv_cache_bytes_per_token"],
     }  # fmt: skip
 
 
-def _by_cache_mode(artifacts, what: str) -> dict[str, Artifact]:
-    """Artifacts (or folders) keyed by cache mode; at most one per mode."""
+def _export_kind(artifact: Artifact) -> str:
+    """EXPORT_KINDS: "genai" for a `--target genai` export (static caches only: the
+    genai-artifact rows), else the cache mode."""
+    if artifact.cache_layout != "genai":
+        return artifact.cache_mode
+    if artifact.cache_mode != "static":
+        raise UniAttnError(f"{artifact.path} is a --target genai export with dynamic caches; the genai-artifact rows "
+                           "run static ones (CUDA graphs need them)", "export it with --target genai --cache static")  # fmt: skip
+    return "genai"
+
+
+def _by_export_kind(artifacts, what: str) -> dict[str, Artifact]:
+    """Artifacts (or folders) keyed by export kind; at most one per kind."""
     items = artifacts if isinstance(artifacts, (list, tuple)) else [artifacts]
     loaded: dict[str, Artifact] = {}
     for item in items:
         artifact = item if isinstance(item, Artifact) else load_artifact(item)
-        if artifact.cache_mode in loaded:
-            raise UniAttnError(f"two {artifact.cache_mode}-cache {what}s were given ({loaded[artifact.cache_mode].path}, "
-                               f"{artifact.path})", f"pass at most one {what} per cache mode")  # fmt: skip
-        loaded[artifact.cache_mode] = artifact
+        kind = _export_kind(artifact)
+        if kind in loaded:
+            named = "--target genai" if kind == "genai" else f"{kind}-cache"
+            raise UniAttnError(f"two {named} {what}s were given ({loaded[kind].path}, {artifact.path})",
+                               f"pass at most one {what} per cache mode (and one --target genai export)")  # fmt: skip
+        loaded[kind] = artifact
     return loaded
 
 
@@ -149,14 +175,15 @@ def _check_baseline(artifact: Artifact, baseline: Artifact) -> None:
 
 
 def _make_runtime(model: str, backend: str, models: dict, settings: BenchSettings) -> Runtime:
-    """models: {"artifact"|"baseline": {cache mode: Artifact}} and "genai": a genai model folder."""
-    mode = cache_mode_of(backend)
+    """models: {"artifact"|"baseline": {export kind: Artifact}} and "genai": a genai model folder."""
+    kind = export_kind_of(backend)
     if backend in STATIC_ORT_BACKENDS:
-        return OrtStaticRuntime(models[model][mode], model, backend, settings.device, settings.seed)
+        return OrtStaticRuntime(models[model][kind], model, backend, settings.device, settings.seed)
     if backend in ORT_BACKENDS:
-        return OrtRuntime(models[model][mode], model, backend, settings.device, settings.seed)
-    if backend == GENAI_BACKEND:
-        return GenaiRuntime(models["genai"], model, settings.device, settings.seed, cuda_graph=settings.device == "cuda")
+        return OrtRuntime(models[model][kind], model, backend, settings.device, settings.seed)
+    if backend in (GENAI_BACKEND, GENAI_ARTIFACT_BACKEND):
+        source = models["genai"] if backend == GENAI_BACKEND else models[model][kind]
+        return GenaiRuntime(source, model, settings.device, settings.seed, cuda_graph=settings.device == "cuda")
     from transformers import AutoConfig
 
     artifact = next(iter(models["artifact"].values()))
@@ -165,11 +192,22 @@ def _make_runtime(model: str, backend: str, models: dict, settings: BenchSetting
 
 
 def _available(model: str, backend: str, models: dict) -> bool:
-    """Whether the run has what this runtime needs (an export of the right cache mode, a genai model)."""
+    """Whether the run has what this runtime needs (an export of the right kind, a genai model)."""
     if backend == GENAI_BACKEND:
         return models.get("genai") is not None
-    mode = cache_mode_of(backend)
-    return mode is None or mode in models.get(model, {})
+    kind = export_kind_of(backend)
+    return kind is None or kind in models.get(model, {})
+
+
+def _row_folder(model: str, backend: str, models: dict) -> dict:
+    """The model folder a row runs and where it came from (bench.json runtimes[]); nothing
+    for transformers (built in memory)."""
+    if backend == GENAI_BACKEND:
+        return {"folder": str(models["genai"]), "folder_origin": "built by onnxruntime-genai's model builder (build.genai)"}
+    kind = export_kind_of(backend)
+    if kind is None:
+        return {}
+    return {"folder": str(models[model][kind].path), "folder_origin": models["origins"][model][kind]}
 
 
 def _failed(exc: BaseException) -> dict:
@@ -286,11 +324,18 @@ def _measure_all(
     report.doc["settings"] = settings.to_dict()
     report.doc["method"] = METHOD
     release_device_memory(settings.device)
-    plan = [(m, b) for m, b in RUNTIME_ORDER if b in settings.backends and _available(m, b, models)]
+    unbuilt = models.get("unbuilt", {})  # runtime id -> why its model could not be built
+    chosen = [(m, b) for m, b in RUNTIME_ORDER if b in settings.backends]
+    plan = [(m, b) for m, b in chosen if _available(m, b, models) or f"{m}/{b}" in unbuilt]
     budget_reason = f"skipped: time budget of {settings.time_budget:g} s spent"
     for model, backend in plan:
         entry = {"id": f"{model}/{backend}", "model": model, "backend": backend, "status": "loading"}
         report.doc["runtimes"].append(entry)
+        if entry["id"] in unbuilt:
+            _skip_runtime(report, entry, settings, f"failed: {unbuilt[entry['id']]}")
+            log(f"{entry['id']}: {entry['status']}")
+            continue
+        entry.update(_row_folder(model, backend, models))
         if deadline.expired():
             _skip_runtime(report, entry, settings, budget_reason)
             continue
@@ -352,7 +397,7 @@ def _open_report(out_dir: Path, settings: BenchSettings, mode: str) -> BenchRepo
 
 
 def _check_dtype(dtype: str, settings: BenchSettings) -> None:
-    if dtype == "bfloat16" and settings.device == "cpu" and any(b in ORT_BACKENDS for b in settings.backends):
+    if dtype == "bfloat16" and settings.device == "cpu" and any(b in ARTIFACT_BACKENDS for b in settings.backends):
         raise UniAttnError(
             "onnxruntime's CPU execution provider has no bfloat16 kernels",
             "benchmark bfloat16 artifacts with --device cuda, or export float16/float32 for the CPU",
@@ -373,9 +418,10 @@ def run_bench(
     """Benchmark `artifact` (and its base model: `baseline`, or one exported here with random
     weights when `build_baseline`) across settings' matrix and backends.
 
-    artifact / baseline: one artifact or a list of at most one per cache mode (a dynamic and a
-    static export of the same model): dynamic ones run the ort-library/ort-bodies rows, static
-    ones the ort-static-* rows. base_checkpoint: the base model's transformers folder, which
+    artifact / baseline: one artifact or a list of at most one per export kind (a dynamic, a
+    static and a `--target genai` export of the same model): dynamic ones run the
+    ort-library/ort-bodies rows, static ones the ort-static-* rows, genai ones the
+    genai-artifact rows. base_checkpoint: the base model's transformers folder, which
     onnxruntime-genai's builder turns into the onnxruntime-genai row's model (in OUT/genai).
     Writes OUT/bench.json (after every cell) and OUT/bench.png; returns the JSON document.
     Cells past settings.time_budget are recorded as skipped; `complete` is True once the run
@@ -384,39 +430,46 @@ def run_bench(
     if baseline is not None and build_baseline:
         raise UniAttnError("both a baseline artifact and --baseline build were given", "pass one of them")
     deadline = Deadline(settings.time_budget, clock)
-    models: dict = {"artifact": _by_cache_mode(artifact, "artifact"), "baseline": {}, "genai": None}
+    models: dict = {"artifact": _by_export_kind(artifact, "artifact"), "baseline": {}, "genai": None, "unbuilt": {}}
+    models["origins"] = {"artifact": dict.fromkeys(models["artifact"], "given (ARTIFACT)"), "baseline": {}}
     for one in models["artifact"].values():
         _check_dtype(one.dtype, settings)
     if baseline is not None:
-        models["baseline"] = _by_cache_mode(baseline, "baseline")
-        for mode, base in models["baseline"].items():
-            if mode not in models["artifact"]:
-                raise UniAttnError(f"the baseline {base.path} has {mode} caches but no artifact does",
-                                   "pass the UniAttn artifact of the same cache mode too")  # fmt: skip
-            _check_baseline(models["artifact"][mode], base)
+        models["baseline"] = _by_export_kind(baseline, "baseline")
+        for kind, base in models["baseline"].items():
+            if kind not in models["artifact"]:
+                what = "is a --target genai export" if kind == "genai" else f"has {kind} caches"
+                raise UniAttnError(f"the baseline {base.path} {what} but no artifact is",
+                                   "pass the UniAttn artifact of the same kind too")  # fmt: skip
+            _check_baseline(models["artifact"][kind], base)
+            models["origins"]["baseline"][kind] = "given (--baseline)"
     report = _open_report(Path(out_dir), settings, "artifact")
     if build_baseline:
         report.doc["build"] = {}
-        for mode, one in models["artifact"].items():
-            folder = report.out_dir / ("baseline_artifact" if mode == "dynamic" else f"baseline_artifact_{mode}")
-            models["baseline"][mode], report.doc["build"][mode] = build_baseline_for(one, folder, seed=settings.seed, log=log)
+        for kind, one in models["artifact"].items():
+            folder = report.out_dir / ("baseline_artifact" if kind == "dynamic" else f"baseline_artifact_{kind}")
+            models["baseline"][kind], report.doc["build"][kind] = build_baseline_for(one, folder, seed=settings.seed, log=log)
+            done = "reused" if report.doc["build"][kind]["baseline"]["reused"] else "exported"
+            models["origins"]["baseline"][kind] = f"--baseline build: {done}, random weights (build.{kind})"
     if base_checkpoint is not None and GENAI_BACKEND in settings.backends:
-        models["genai"] = _build_genai(Path(base_checkpoint), report.out_dir / "genai", next(iter(models["artifact"].values())).dtype,
-                                       settings, report, log)  # fmt: skip
+        dtype = next(iter(models["artifact"].values())).dtype
+        _build_genai(Path(base_checkpoint), report.out_dir / "genai", dtype, settings, report, models, log)
     return _measure_all(models, settings, report, deadline, log)
 
 
-def _build_genai(checkpoint: Path, out: Path, dtype: str, settings: BenchSettings, report: BenchReport, log: Log) -> Path | None:
-    """The onnxruntime-genai row's model, built by its builder; a failure is recorded and that
-    row is skipped (the rest of the run does not depend on it)."""
+def _build_genai(checkpoint: Path, out: Path, dtype: str, settings: BenchSettings, report: BenchReport, models: dict,
+                 log: Log) -> None:  # fmt: skip
+    """The onnxruntime-genai row's model, built by its builder into models["genai"]; a failure
+    is recorded (build.genai) as that row's failure, and the rest of the run goes on."""
     try:
         folder, info = build_genai_model(checkpoint, out, dtype, settings.device, log)
     except UniAttnError as exc:
         report.doc.setdefault("build", {})["genai"] = {"status": f"failed: {exc}"}
+        models["unbuilt"][f"baseline/{GENAI_BACKEND}"] = f"building its model: {exc}"
         log(f"onnxruntime-genai: {exc}")
-        return None
+        return
     report.doc.setdefault("build", {})["genai"] = {"status": "ok", **info}
-    return folder
+    models["genai"] = folder
 
 
 def run_preset(
@@ -431,21 +484,25 @@ def run_preset(
 ) -> dict:
     """Build a UniAttn artifact (SuperBlocks of 4 over the top half of the layers) and its
     base model from a shape preset with random weights (or reuse them from `work_dir`), each
-    with dynamic caches and, when a static backend runs, static caches of capacity >= the
-    largest context + warm-up + timed steps; the base weights also as a transformers folder
-    for onnxruntime-genai's builder when that row runs. Then benchmark them like run_bench.
+    with dynamic caches, with static caches of capacity >= the largest context + warm-up +
+    timed steps when a static ORT row runs, and as `--target genai` folders of that capacity
+    when the genai-artifact row runs; the base weights also as a transformers folder for
+    onnxruntime-genai's builder when that row runs. Then benchmark them like run_bench.
     The build counts against settings.time_budget; a failed export is recorded in bench.json
-    before the error is raised."""
+    before the error is raised, except for the genai folders and genai's builder: those
+    failures are their rows' (the other rows do not depend on them)."""
     import torch
 
     deadline = Deadline(settings.time_budget, clock)
     _check_dtype(dtype, settings)
     report = _open_report(Path(out_dir), settings, f"preset {preset}")
     work_dir = Path(work_dir) if work_dir is not None else report.out_dir / "work"
-    static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
-    needed = max(settings.contexts) + settings.decode_length() if static else None
-    dynamic = any(b in DYNAMIC_ORT_BACKENDS for b in settings.backends)
-    make_config, targets = preset_targets(preset, work_dir, capacity_needed=needed, dynamic=dynamic)
+    needed = max(settings.contexts) + settings.decode_length() if needs_capacity(settings.backends) else None
+    make_config, targets = preset_targets(
+        preset, work_dir, capacity_needed=needed, dynamic=any(b in DYNAMIC_ORT_BACKENDS for b in settings.backends),
+        static=any(b in STATIC_ORT_BACKENDS for b in settings.backends), genai=GENAI_ARTIFACT_BACKEND in settings.backends,
+    )  # fmt: skip
+    genai_folders = [name for name, target in targets.items() if target.layout == "genai"]
     genai = GENAI_BACKEND in settings.backends
     checkpoint = work_dir / BASE_CHECKPOINT_FOLDER if genai else None
     report.doc["build"] = {"status": "running", "preset": preset, "dtype": dtype, "torch": torch.__version__, "risk": EXPORT_RISK}
@@ -453,7 +510,8 @@ def run_preset(
     log(f"torch {torch.__version__}: building the {preset} artifacts ({EXPORT_RISK})")
     start = time.perf_counter()
     try:
-        built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log, base_checkpoint=checkpoint)
+        built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log,
+                                  base_checkpoint=checkpoint, may_fail=genai_folders)  # fmt: skip
     except UniAttnError:
         raise
     except Exception as exc:
@@ -461,22 +519,32 @@ def run_preset(
         report.write()
         raise UniAttnError(f"building the {preset} artifacts failed on torch {torch.__version__} ({first_line(exc)})", EXPORT_RISK) from exc
     report.doc["build"].update(status="ok", seconds=round(time.perf_counter() - start, 1), steps=steps)
-    models: dict = {"artifact": {}, "baseline": {}, "genai": None}
-    for name, artifact in built.items():
-        models[name.removesuffix("-static")][artifact.cache_mode] = artifact
+    models: dict = {"artifact": {}, "baseline": {}, "genai": None, "unbuilt": {}, "origins": {"artifact": {}, "baseline": {}}}
+    for name in targets:
+        model, _, kind = name.partition("-")
+        kind = kind or "dynamic"
+        if name in built:
+            models[model][kind] = built[name]
+            done = "reused from" if steps[name].get("reused") else "exported to"
+            models["origins"][model][kind] = f"preset build: {done} {targets[name].folder} (build.steps.{name})"
+        else:  # a genai folder whose export failed
+            error = steps[name]["status"].removeprefix("failed: ")
+            models["unbuilt"][f"{model}/{GENAI_ARTIFACT_BACKEND}"] = f"exporting {targets[name].folder}: {error}"
     if genai:
-        models["genai"] = _build_genai(checkpoint, work_dir / f"genai_{settings.device}_{dtype}", dtype, settings, report, log)
+        _build_genai(checkpoint, work_dir / f"genai_{settings.device}_{dtype}", dtype, settings, report, models, log)
     return _measure_all(models, settings, report, deadline, log)
 
 
 def prepare_preset(
     preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, capacity_needed: int | None = None,
-    log: Log = _quiet,
+    genai: bool = False, log: Log = _quiet,
 ) -> dict:  # fmt: skip
     """The preset's artifacts without their external weight files (small enough to carry to a
     machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the weights there):
-    the dynamic pair and, with capacity_needed, the static pair of at least that capacity."""
-    make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed)
+    the dynamic pair and, with capacity_needed, the static pair of at least that capacity, and
+    with genai=True too the `--target genai` pair (re-exported where the bench runs if the
+    custom-op library it would ship there differs)."""
+    make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed, genai=genai)
     _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True)
     sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}

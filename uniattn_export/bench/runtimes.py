@@ -5,6 +5,7 @@
   ort-static-library / -bodies    a static-cache artifact through OrtSession (caches bound as past
   / -graph                        and present, step_greedy); -graph: OrtSession(cuda_graph=True)
   onnxruntime-genai               a genai model folder (its builder's output) in og.Generator
+  genai-artifact                  our `--target genai` export (static caches) in og.Generator
   transformers-dynamic / -static  the base architecture in transformers (SDPA attention),
   / -static-compiled              DynamicCache, StaticCache, StaticCache + torch.compile
 
@@ -33,9 +34,9 @@ from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
 from ..native import ort_custom_op_library
-from ..targets.genai.runner import load_genai_model
+from ..targets.genai.runner import genai_config, load_genai_model, random_prompt_ids
 from .measure import cuda_copy_profile, device_used_bytes, release_device_memory, synchronize
-from .settings import GENAI_BACKEND
+from .settings import GENAI_ARTIFACT_BACKEND, GENAI_BACKEND
 
 # Live float32 (B, Hq, L, S) buffers in the function bodies' prefill (scores, masked scores,
 # exps, probabilities) when onnxruntime does not reuse them.
@@ -386,10 +387,7 @@ class OrtStaticRuntime(_OrtRuntime):
         return self.session
 
     def unsupported(self, phase: str, batch: int, context: int, steps: int) -> str | None:
-        need = context + (steps if phase == "decode" else 0)
-        if need > self.capacity:
-            return f"needs a cache of {need} tokens, the artifact holds {self.capacity} (export with --max-length {need} or more)"
-        return None
+        return capacity_shortfall(self.capacity, phase, context, steps)
 
     def prefill_bytes(self, batch: int, length: int) -> int:
         bodies = self.backend == "ort-static-bodies"  # their scores span every slot of the capacity
@@ -411,6 +409,14 @@ class OrtStaticRuntime(_OrtRuntime):
     def close(self) -> None:
         del self.session
         super().close()
+
+
+def capacity_shortfall(capacity: int, phase: str, context: int, steps: int) -> str | None:
+    """Why a static-cache artifact of `capacity` tokens cannot run `phase` on a cell, or None."""
+    need = context + (steps if phase == "decode" else 0)
+    if need > capacity:
+        return f"needs a cache of {need} tokens, the artifact holds {capacity} (export with --max-length {need} or more)"
+    return None
 
 
 class OrtStaticDecode(DecodeRun):
@@ -462,48 +468,65 @@ class OrtStaticDecode(DecodeRun):
 
 
 class GenaiRuntime(Runtime):
-    """A model folder of onnxruntime-genai (genai_config.json + ONNX file: what its model
-    builder writes) run by onnxruntime-genai's Generator; any genai folder works.
+    """A model folder of onnxruntime-genai (genai_config.json + ONNX file) run by
+    onnxruntime-genai's Generator. `source`: a folder (backend onnxruntime-genai: what its model
+    builder writes; any genai folder works), or one of our `--target genai` Artifacts (backend
+    genai-artifact: static caches, whose manifest gives the exact shapes and the capacity).
 
     Prefill: one `append_tokens` of B x L random ids on a fresh Generator (the Generator, and
-    with it the KV buffer of max_length, is created before the clock starts). Decode: genai
-    cannot load a cache, so each cell first prefills `context` random tokens (untimed); then
-    every `generate_next_token` runs one model step on the previous token and picks the next
-    one (greedy: argmax), the same work as our step_greedy (graph argmax + B ids). The first
-    generate_next_token after a prefill only picks from the prefill's logits: it is the first
-    warm-up step. cuda_graph: the CUDA EP's `enable_cuda_graph` provider option (genai captures
-    decode steps; prefill is not captured)."""
+    with it the KV buffer of max_length, or of the capacity for our static folders, is created
+    before the clock starts). Decode: genai cannot load a cache, so each cell first prefills
+    `context` random tokens (untimed); then every `generate_next_token` runs one model step on
+    the previous token and picks the next one (greedy: argmax), the same work as our
+    step_greedy (graph argmax + B ids). The first generate_next_token after a prefill only
+    picks from the prefill's logits: it is the first warm-up step. Random ids never hold the
+    pad token (genai would take a trailing one as padding) and min_length = max_length keeps
+    eos from ending a row. cuda_graph: the CUDA EP's `enable_cuda_graph` provider option
+    (genai captures decode steps; prefill is not captured)."""
 
-    def __init__(self, folder: Path, model: str, device: str, seed: int, cuda_graph: bool = False):
-        super().__init__(model, GENAI_BACKEND, device, seed)
+    def __init__(self, source: str | Path | Artifact, model: str, device: str, seed: int, cuda_graph: bool = False):
+        artifact = source if isinstance(source, Artifact) else None
+        self.folder = artifact.path if artifact is not None else Path(source)
+        super().__init__(model, GENAI_BACKEND if artifact is None else GENAI_ARTIFACT_BACKEND, device, seed)
         self.memory_method = "device memory in use above the level before the model was loaded" if device == "cuda" else "n/a on the CPU"
         self._used_before = device_used_bytes(device)
-        self._og, self.network = load_genai_model(folder, device, cuda_graph)
-        genai_config = json.loads((Path(folder) / "genai_config.json").read_text())["model"]
-        decoder = genai_config["decoder"]
-        onnx_file = Path(folder) / decoder["filename"]
+        self._og, self.network = load_genai_model(self.folder, device, cuda_graph)
+        self.genai_config = genai_config(self.folder)["model"]
+        decoder = self.genai_config["decoder"]
+        onnx_file = self.folder / decoder["filename"]
         self.weight_bytes = _initializer_bytes(onnx_file)
-        itemsize = _cache_itemsize(onnx_file)
-        self.shape = ModelShape(
-            # genai_config has no MLP width; 4 x hidden only sizes the prefill memory estimate
-            hidden_size=decoder["hidden_size"], intermediate_size=4 * decoder["hidden_size"],
-            vocab_size=genai_config["vocab_size"], num_heads=decoder["num_attention_heads"],
-            kv_bytes_per_token=2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * itemsize,
-            itemsize=itemsize, logits_all_positions=False,
-        )  # fmt: skip
+        self.capacity = None
+        if artifact is not None:
+            self.shape, self.capacity = artifact_shape(artifact), artifact.capacity
+            library = decoder["session_options"].get("custom_ops_library")
+            kernels = f"custom-op library {library} in the folder" if library else "function bodies"
+            made = f"our --target genai export, {kernels}"
+        else:
+            itemsize = _cache_itemsize(onnx_file)
+            self.shape = ModelShape(
+                # genai_config has no MLP width; 4 x hidden only sizes the prefill memory estimate
+                hidden_size=decoder["hidden_size"], intermediate_size=4 * decoder["hidden_size"],
+                vocab_size=self.genai_config["vocab_size"], num_heads=decoder["num_attention_heads"],
+                kv_bytes_per_token=2 * decoder["num_hidden_layers"] * decoder["num_key_value_heads"] * decoder["head_size"] * itemsize,
+                itemsize=itemsize, logits_all_positions=False,
+            )  # fmt: skip
+            made = "its builder's model"
         self.description = (
-            f"onnxruntime-genai {self._og.__version__} ({folder}), {'cuda' if device == 'cuda' else 'cpu'}"
+            f"onnxruntime-genai {self._og.__version__} on {made} ({self.folder}), {'cuda' if device == 'cuda' else 'cpu'}"
             f"{', CUDA graph' if cuda_graph else ''}"
         )
         self._rng = np.random.default_rng(seed)
 
     def random_ids(self, batch: int, length: int) -> np.ndarray:
-        return self._rng.integers(0, self.shape.vocab_size, (batch, length), dtype=np.int32)
+        return random_prompt_ids(self._rng, self.genai_config, batch, length)
 
     def generator(self, batch: int, max_length: int):
         params = self._og.GeneratorParams(self.network)
-        params.set_search_options(max_length=max_length, batch_size=batch, do_sample=False)
+        params.set_search_options(max_length=max_length, min_length=max_length, batch_size=batch, do_sample=False)
         return self._og.Generator(self.network, params)
+
+    def unsupported(self, phase: str, batch: int, context: int, steps: int) -> str | None:
+        return None if self.capacity is None else capacity_shortfall(self.capacity, phase, context, steps)
 
     def prefill_bytes(self, batch: int, length: int) -> int:
         return self.shape.prefill_bytes(batch, length, materializes_scores=False)

@@ -18,17 +18,32 @@ ORT_BACKENDS = DYNAMIC_ORT_BACKENDS + STATIC_ORT_BACKENDS
 CUDA_ONLY_BACKENDS = ("ort-static-graph",)
 # The base model built by onnxruntime-genai's own model builder, run by onnxruntime-genai.
 GENAI_BACKEND = "onnxruntime-genai"
+# Our `--target genai` exports (static caches, onnxruntime-genai's cache layout and
+# genai_config.json), UniAttn and base, run by onnxruntime-genai as GENAI_BACKEND runs its own.
+GENAI_ARTIFACT_BACKEND = "genai-artifact"
+# The backends that run our artifacts in ONNX Runtime (directly or inside onnxruntime-genai).
+ARTIFACT_BACKENDS = ORT_BACKENDS + (GENAI_ARTIFACT_BACKEND,)
 TRANSFORMERS_BACKENDS = ("transformers-dynamic", "transformers-static", "transformers-static-compiled")
-BACKENDS = ORT_BACKENDS + (GENAI_BACKEND,) + TRANSFORMERS_BACKENDS
+BACKENDS = ORT_BACKENDS + (GENAI_BACKEND, GENAI_ARTIFACT_BACKEND) + TRANSFORMERS_BACKENDS
 DEFAULT_BACKENDS = (
     "ort-static-library", "ort-static-bodies", "ort-static-graph", "ort-library", "ort-bodies", GENAI_BACKEND,
-    "transformers-dynamic", "transformers-static-compiled",
+    GENAI_ARTIFACT_BACKEND, "transformers-dynamic", "transformers-static-compiled",
 )  # fmt: skip
+# The exports an artifact backend runs: "dynamic" and "static" (caches with optimum's names),
+# "genai" (static caches in onnxruntime-genai's layout, with genai_config.json).
+EXPORT_KINDS = ("dynamic", "static", "genai")
 
 
-def cache_mode_of(backend: str) -> str | None:
-    """The artifact cache mode an ORT backend runs ("dynamic" | "static"); None for others."""
+def export_kind_of(backend: str) -> str | None:
+    """The export (EXPORT_KINDS) an artifact backend runs; None for the others."""
+    if backend == GENAI_ARTIFACT_BACKEND:
+        return "genai"
     return "static" if backend in STATIC_ORT_BACKENDS else "dynamic" if backend in DYNAMIC_ORT_BACKENDS else None
+
+
+def needs_capacity(backends) -> bool:
+    """Whether these backends run static-cache exports (whose capacity the matrix decides)."""
+    return any(export_kind_of(b) in ("static", "genai") for b in backends)
 COMPILE_BACKENDS = ("inductor", "eager")
 
 Device = Literal["cuda", "cpu"]

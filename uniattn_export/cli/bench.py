@@ -4,8 +4,9 @@ onnxruntime-genai and transformers, in one run.
 
 For every batch x context cell and every runtime (ORT over static-cache artifacts through
 OrtSession: custom-op library, function bodies, CUDA graphs; ORT over dynamic-cache artifacts:
-library, bodies; onnxruntime-genai on the base model its own builder makes; transformers with
-DynamicCache / StaticCache / StaticCache + torch.compile on the base architecture) it records
+library, bodies; onnxruntime-genai on the base model its own builder makes, and on our
+`--target genai` exports; transformers with DynamicCache / StaticCache / StaticCache +
+torch.compile on the base architecture) it records
 prefill latency, decode latency per step (median and p90; the cache of the target length is
 built directly from random values), tokens/s, peak device memory, KV-cache bytes, on CUDA the
 copies of one profiled decode step, and the time ratios between runtimes. Outputs:
@@ -15,15 +16,16 @@ existing OUT is replaced only when it is an earlier bench output holding nothing
 the models an earlier run built there (OUT/work, OUT/genai, OUT/baseline_artifact*) are
 re-used. A failed or interrupted run leaves OUT as it was.
 
-ARTIFACT: one export per cache mode (a dynamic and a static one of the same model run the
-ort-* and ort-static-* rows); --baseline likewise, repeated. --base-checkpoint: the base
-model's transformers folder, which onnxruntime-genai's builder turns into its row's model.
+ARTIFACT: one export per cache mode, plus one --target genai export, of the same model (a
+dynamic, a static and a genai one run the ort-*, ort-static-* and genai-artifact rows);
+--baseline likewise, repeated. --base-checkpoint: the base model's transformers folder, which
+onnxruntime-genai's builder turns into its row's model.
 --preset NAME builds a UniAttn artifact (SuperBlocks of 4 over the top half of the layers)
 and its base model from a shape preset with random weights first, with dynamic and static
-caches, and the base checkpoint for onnxruntime-genai (in OUT/work, or --work DIR, reused
-when already there); --prepare DIR only exports the graphs without weights (to carry
-to a machine whose exporter fails; with static backends, the static pair too, of the capacity
-the given --contexts and steps need).
+caches and as --target genai folders, and the base checkpoint for onnxruntime-genai (in
+OUT/work, or --work DIR, reused when already there); --prepare DIR only exports the graphs
+without weights (to carry to a machine whose exporter fails; with static or genai-artifact
+backends, those pairs too, of the capacity the given --contexts and steps need).
 Exit codes: 0 ran (skipped cells are listed in the JSON), 1 some measurement failed, 2 bad input.
 """
 
@@ -64,9 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("artifact", nargs="*", type=Path, help="artifact folder(s), one per cache mode (omit with --preset)")
+    p.add_argument("artifact", nargs="*", type=Path,
+                   help="artifact folder(s), one per cache mode and one --target genai export (omit with --preset)")
     p.add_argument("--baseline", action="append", default=None,
-                   help="artifact of the base model (repeat: one per cache mode), or 'build' to export the "
+                   help="artifact of the base model (repeat: one per ARTIFACT kind), or 'build' to export the "
                         "artifacts' architecture without SuperBlocks (random weights) into OUT/baseline_artifact*")  # fmt: skip
     p.add_argument("--base-checkpoint", type=Path, default=None,
                    help="the base model's transformers folder: onnxruntime-genai's model builder makes the "
@@ -138,13 +141,12 @@ def run(args: argparse.Namespace) -> int:
             raise UniAttnError("--prepare exports a preset's graphs", "pass --preset NAME --prepare DIR (no ARTIFACT)")
         from ..bench import prepare_preset
 
-        from ..bench.settings import STATIC_ORT_BACKENDS
+        from ..bench.settings import GENAI_ARTIFACT_BACKEND, needs_capacity
 
         settings = _settings(args)
-        static = any(b in STATIC_ORT_BACKENDS for b in settings.backends)
-        capacity = max(settings.contexts) + settings.decode_length() if static else None
+        capacity = max(settings.contexts) + settings.decode_length() if needs_capacity(settings.backends) else None
         info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed,
-                              capacity_needed=capacity, log=log)  # fmt: skip
+                              capacity_needed=capacity, genai=GENAI_ARTIFACT_BACKEND in settings.backends, log=log)  # fmt: skip
         print(json.dumps(info, indent=2))
         return 0
     if (not args.artifact) == (args.preset is None):

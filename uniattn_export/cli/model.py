@@ -138,11 +138,9 @@ def run(args: argparse.Namespace) -> int:
         max_length = min(model.config.max_position_embeddings, MAX_DEFAULT_CAPACITY)
     genai_export = {}
     if args.target == "genai":
-        from ..targets.genai import check_genai_model, write_genai_config
+        from ..targets.genai import genai_export_options
 
-        check_genai_model(model, cache)
-        genai_export = dict(layout="genai", extra_files=lambda folder: write_genai_config(
-            folder, model, cache=cache, capacity=max_length, library=genai_library))  # fmt: skip
+        genai_export = genai_export_options(model, cache=cache, capacity=max_length, library=genai_library)
     export_model(
         model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
         cache=cache, max_length=max_length, force=args.force, **genai_export,

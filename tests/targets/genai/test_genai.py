@@ -6,6 +6,7 @@ lengths (onnxruntime-genai pads them on the right)."""
 from __future__ import annotations
 
 import json
+import os
 
 import onnx
 import pytest
@@ -140,6 +141,62 @@ def test_even_consumer_count_needs_no_cache_beyond_the_models(genai_artifact, ch
     }
     optimum = export_model(load_model(checkpoints["uniattn_even"]), tmp_path / "optimum")
     assert len(caches) == len(load_artifact(optimum).cache_names())
+
+
+def _threads_started(make, alive: list) -> int:
+    """Threads this process gains by `make()` (an ONNX Runtime session's intra-op pool starts
+    with the session: one thread fewer than its size). What it made is kept in `alive`: no
+    thread of an earlier object may exit during a later count."""
+    before = len(os.listdir("/proc/self/task"))
+    alive.append(make())
+    return len(os.listdir("/proc/self/task")) - before
+
+
+def _genai_model(folder, overlay: dict | None = None):
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    if overlay is not None:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": overlay}}}))
+    return og.Model(config)
+
+
+def _ort_session(onnx_file, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+def test_genai_folders_run_onnx_runtimes_default_intra_op_threads(genai_artifact):
+    """onnxruntime-genai's own default without intra_op_num_threads is half the logical CPUs
+    (one thread on a 2-core machine); our folders say 0, ONNX Runtime's default, and genai
+    then starts as many intra-op threads as a default InferenceSession of the same graph
+    (measured against one thread of each). load_genai_model sets the same for other folders."""
+    folder = genai_artifact("uniattn_odd", "static", False)
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 0
+    alive: list = []
+    _threads_started(lambda: _genai_model(folder), alive)  # genai's once-per-process threads start here
+    one_genai = _threads_started(lambda: _genai_model(folder, {"intra_op_num_threads": 1}), alive)
+    ours = _threads_started(lambda: _genai_model(folder), alive)
+    through_loader = _threads_started(lambda: load_genai_model(folder), alive)
+    _threads_started(lambda: _ort_session(folder / "model.onnx", 1), alive)  # the Python module's own ORT: the same
+    one_ort = _threads_started(lambda: _ort_session(folder / "model.onnx", 1), alive)
+    default_ort = _threads_started(lambda: _ort_session(folder / "model.onnx", None), alive)
+    assert ours - one_genai == through_loader - one_genai == default_ort - one_ort == _physical_cores() - 1
+
+
+def _physical_cores() -> int:
+    """Distinct (package, core) pairs of the CPUs this process may run on (ONNX Runtime's default)."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+            cores.add((package.read().strip(), core.read().strip()))
+    return len(cores)
 
 
 def test_decode_timing_returns_numbers(genai_artifact):

@@ -13,6 +13,12 @@ onnxruntime-genai (0.18) loads a folder holding the ONNX graph and genai_config.
                               resolved in the model folder (or the working directory), and a
                               resolved path outside those folders is refused, so the library
                               is copied into the folder
+  decoder.session_options.intra_op_num_threads  absent, genai sets max(1, min(16, logical
+                              CPUs / 2)) (its source at 0.16-dev; 0.18 measured the same: one
+                              thread on a 2-core machine without SMT); a value
+                              is passed to ONNX Runtime's SetIntraOpNumThreads, where 0 means
+                              ONNX Runtime's own default (one per physical core), which our
+                              sessions use: the folder says 0
 onnxruntime-genai pads batched prompts on the right with pad_token_id and takes a row's
 trailing pad_token_id tokens as its padding (attention_mask 0).
 """
@@ -28,6 +34,9 @@ from ...export import io_names
 from ..ort.session import custom_op_library_for
 
 GENAI_CONFIG_FILE = "genai_config.json"
+# ONNX Runtime's own intra-op thread count (0: one thread per physical core), the default of
+# our sessions; onnxruntime-genai's default without the key is half the logical CPUs.
+ORT_DEFAULT_THREADS = {"intra_op_num_threads": 0}
 # transformers model types onnxruntime-genai runs with its decoder-only model class.
 GENAI_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -59,6 +68,16 @@ def check_genai_model(model, cache: str) -> None:
         )
 
 
+def genai_export_options(model, *, cache: str, capacity: int | None, library: Path | None) -> dict:
+    """export_model's keywords for a `--target genai` folder of `model`: onnxruntime-genai's
+    cache layout, and genai_config.json (+ `library`) written into the folder."""
+    check_genai_model(model, cache)
+    return {
+        "layout": "genai",
+        "extra_files": lambda folder: write_genai_config(folder, model, cache=cache, capacity=capacity, library=library),
+    }
+
+
 def _token_id(config, generation_config: dict, key: str):
     value = generation_config.get(key, getattr(config, key, None))
     return value[0] if isinstance(value, list) and value else value
@@ -78,7 +97,7 @@ def write_genai_config(folder: Path, model, *, cache: str, capacity: int | None,
         generation_config = json.loads((folder / "generation_config.json").read_text())
     eos = _token_id(config, generation_config, "eos_token_id")
     pad = _token_id(config, generation_config, "pad_token_id")
-    session_options = {"log_id": "onnxruntime-genai", "provider_options": []}
+    session_options = {"log_id": "onnxruntime-genai", **ORT_DEFAULT_THREADS, "provider_options": []}
     written = [GENAI_CONFIG_FILE]
     if library is not None:
         shutil.copy2(library, folder / library.name)

@@ -8,7 +8,6 @@ that token would lose it: `genai_generate` refuses such prompts.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import UniAttnError
-from .config import GENAI_CONFIG_FILE
+from .config import GENAI_CONFIG_FILE, ORT_DEFAULT_THREADS
 
 PROVIDERS = ("cpu", "cuda")
 
@@ -49,11 +48,10 @@ def load_genai_model(folder: str | Path, provider: str = "cpu", cuda_graph: bool
     if cuda_graph and provider != "cuda":
         raise UniAttnError("CUDA graphs need the cuda provider", "pass provider='cuda'")
     config = og.Config(str(folder))
-    # onnxruntime-genai runs the decoder on one intra-op thread unless its config says more
-    # (measured: SmolLM2-135M decode 38 ms on 1 thread, 22 ms on 2); our sessions use ONNX
-    # Runtime's default, one per core. Same threads for both.
-    threads = len(os.sched_getaffinity(0))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    # Without intra_op_num_threads onnxruntime-genai runs the decoder on half the logical CPUs
+    # (one on a 2-core machine: SmolLM2-135M decode 38 ms, 22 ms on 2 threads); our folders
+    # say 0 (ONNX Runtime's default, as our sessions), other folders (its builder's) get it here.
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": ORT_DEFAULT_THREADS}}}))
     config.clear_providers()
     if provider == "cuda":
         config.append_provider("cuda")
@@ -91,6 +89,15 @@ def pad_right(prompts: Sequence[Sequence[int]], pad_token_id: int) -> np.ndarray
     ids = np.full((len(prompts), max(map(len, prompts))), pad_token_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         ids[row, : len(prompt)] = prompt
+    return ids
+
+
+def random_prompt_ids(rng: np.random.Generator, model_config: dict, batch: int, length: int) -> np.ndarray:
+    """(batch, length) int32 random ids without the pad token (genai_config.json's "model"
+    section), so no row reads as padded and every row runs all `length` tokens."""
+    pad, vocab = model_config["pad_token_id"], model_config["vocab_size"]
+    ids = rng.integers(0, vocab, (batch, length), dtype=np.int32)
+    ids[ids == pad] = (pad + 1) % vocab
     return ids
 
 
@@ -132,10 +139,7 @@ def time_genai_decode(folder: str | Path, *, batch: int, prompt_length: int, new
     config = full_config["model"]
     check_length(full_config, prompt_length + new_tokens)
     og, model = load_genai_model(folder, provider, cuda_graph)
-    rng = np.random.default_rng(seed)
-    pad = config["pad_token_id"]
-    ids = rng.integers(0, config["vocab_size"], (batch, prompt_length), dtype=np.int32)
-    ids[ids == pad] = (pad + 1) % config["vocab_size"]  # no row may read as padded
+    ids = random_prompt_ids(np.random.default_rng(seed), config, batch, prompt_length)
     total = prompt_length + new_tokens
     prefill, decode = [], []
     for repeat in range(repeats + 1):
