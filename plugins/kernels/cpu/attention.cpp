@@ -392,7 +392,10 @@ struct Plan {
   int64_t items(const ua_attention_desc& d) const { return slices(d) * blocks * parts; }
 
   Item item(const ua_attention_desc& d, int64_t index) const {
-    const int64_t part = index % parts, block = index / parts % blocks, slice = index / (parts * blocks);
+    const int64_t part = index % parts, turn = index / parts % blocks, slice = index / (parts * blocks);
+    // Causal row blocks cost more the later they are: taken in pairs from both ends (0, n-1,
+    // 1, n-2, ...), any contiguous run of items costs about the same, however the pool cuts.
+    const int64_t block = turn % 2 == 0 ? turn / 2 : blocks - 1 - turn / 2;
     const int64_t kv_head = slice % d.kv_num_heads, group = d.num_heads / d.kv_num_heads;
     const int64_t begin = block * rows_per_block;
     const int64_t key_begin = part * keys_per_part;
