@@ -100,7 +100,7 @@ __attribute__((always_inline)) inline Vec16 exp16(Vec16 x) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
-  // The low bits of `shifted` hold n + 2^22 (as an integer): rebias to the exponent field.
+  // `shifted` is 1.5 * 2^23 + n exactly, so its bits are 0x4B400000 + n: rebias to the exponent.
   Int16x bits;
   std::memcpy(&bits, &shifted, sizeof(bits));
   bits = (bits - 0x4B400000 + 127) << 23;
