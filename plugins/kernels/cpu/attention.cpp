@@ -364,7 +364,7 @@ struct RowKeys {
 };
 
 struct Item {
-  int64_t batch, kv_head, head_begin, head_end, row_begin, row_end;
+  int64_t batch, kv_head, row_begin, row_end;  // query heads: all of kv_head's group
   int64_t part, key_begin, key_end;  // the share of the keys this item walks (split keys)
 };
 
@@ -396,12 +396,11 @@ struct Plan {
     // Causal row blocks cost more the later they are: taken in pairs from both ends (0, n-1,
     // 1, n-2, ...), any contiguous run of items costs about the same, however the pool cuts.
     const int64_t block = turn % 2 == 0 ? turn / 2 : blocks - 1 - turn / 2;
-    const int64_t kv_head = slice % d.kv_num_heads, group = d.num_heads / d.kv_num_heads;
     const int64_t begin = block * rows_per_block;
     const int64_t key_begin = part * keys_per_part;
     const int64_t key_end = parts == 1 ? std::numeric_limits<int64_t>::max() : key_begin + keys_per_part;
-    return {slice / d.kv_num_heads, kv_head, kv_head * group, (kv_head + 1) * group,
-            begin, std::min(d.query_len, begin + rows_per_block), part, key_begin, key_end};
+    return {slice / d.kv_num_heads, slice % d.kv_num_heads, begin, std::min(d.query_len, begin + rows_per_block),
+            part, key_begin, key_end};
   }
 };
 
@@ -450,12 +449,12 @@ struct ItemRows {
   const ua_attention_desc& d;
   const Item& item;
   RowKeys keys;
-  int64_t heads, count_rows, m_rows, first, last;
+  int64_t heads, head_begin, count_rows, m_rows, first, last;
   const std::vector<SlotRange>& ranges;
 
   ItemRows(const Job& job, const Item& it, std::vector<SlotRange>& range_buffer)
-      : d(job.d), item(it), keys(job.d, job.mask, job.positions, it.batch), heads(it.head_end - it.head_begin),
-        count_rows(it.row_end - it.row_begin), m_rows(heads * count_rows), first(cache_len(job.d)), last(0),
+      : d(job.d), item(it), keys(job.d, job.mask, job.positions, it.batch), heads(job.d.num_heads / job.d.kv_num_heads),
+        head_begin(it.kv_head * heads), count_rows(it.row_end - it.row_begin), m_rows(heads * count_rows), first(cache_len(job.d)), last(0),
         ranges(range_buffer) {
     // Dynamic reuse applies P over every key (docs/ops.md); otherwise each row its visible keys.
     const bool all_keys = job.weights == Weights::kReuse && !static_layout(d);
@@ -469,10 +468,10 @@ struct ItemRows {
   }
 
   int64_t packed_row(int64_t m) const {  // (b, i, h) of the packed tensors
-    return (item.batch * d.query_len + item.row_begin + m / heads) * d.num_heads + item.head_begin + m % heads;
+    return (item.batch * d.query_len + item.row_begin + m / heads) * d.num_heads + head_begin + m % heads;
   }
   int64_t stat_row(int64_t m) const {  // (b, h, i) of probs / lse
-    return (item.batch * d.num_heads + item.head_begin + m % heads) * d.query_len + item.row_begin + m / heads;
+    return (item.batch * d.num_heads + head_begin + m % heads) * d.query_len + item.row_begin + m / heads;
   }
 };
 
