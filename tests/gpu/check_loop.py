@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -22,22 +23,38 @@ def results_dir(default: str = ".") -> Path:
     return Path(os.environ.get("OUT", default))
 
 
-def cuda_header() -> dict | None:
-    """What a torch-driven kernel check runs on (printed and kept in its JSON): the GPU and the
-    kernel library; None without a CUDA device."""
+def announce_cuda_device() -> dict | None:
+    """What a torch-driven kernel check runs on (printed as JSON and kept in its results): the
+    GPU and the kernel library; None, after saying so on stderr, without a CUDA device."""
     import torch
 
     from uniattn_export import native
 
     if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
         return None
-    return {
+    header = {
         "device": torch.cuda.get_device_name(0),
         "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
         "kernels": native.kernels_library(),
         "has_cuda": bool(native.kernels().ua_has_cuda()),
         "torch": torch.__version__,
     }
+    print(json.dumps(header))
+    return header
+
+
+def relative_error_within(actual, expected, tol: float) -> float | None:
+    """Worst |actual - expected| / max(|expected|, 1) of two tensors, or None when it exceeds
+    `tol` or some element is NaN; infinities of the same sign count as equal (e.g. the lse of
+    a row that sees no key)."""
+    import torch
+
+    a, e = actual.float(), expected.float()
+    same_inf = a.isinf() & e.isinf() & (a.sign() == e.sign())
+    error = torch.where(same_inf, torch.zeros_like(a), (a - e).abs() / e.abs().clamp(min=1.0))
+    worst = float(error.nan_to_num(nan=float("inf")).max()) if error.numel() else 0.0
+    return worst if worst <= tol else None
 
 
 def run_cases(cases: Iterable[tuple[str, Callable[[], dict]]], describe: Callable[[dict], str]) -> list[dict]:

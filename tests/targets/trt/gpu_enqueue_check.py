@@ -16,7 +16,6 @@ kernel library built with its CUDA kernels; no TensorRT, onnx or onnxruntime.
 
 from __future__ import annotations
 
-import json
 import sys
 import zlib
 from pathlib import Path
@@ -46,15 +45,6 @@ CASES = [
     ("ordinary-3-outputs", 3, 1, 700, 8, 2, 64, "float16", 3, 0),
     ("first-token", 2, 1, 0, 8, 2, 80, "float16", 5, 0),
 ]
-
-
-def _close(actual, expected, tol) -> float | None:
-    """Worst relative error, or None when some element is off (NaN included)."""
-    a, e = actual.float(), expected.float()
-    same_inf = a.isinf() & e.isinf() & (a.sign() == e.sign())
-    error = torch.where(same_inf, torch.zeros_like(a), (a - e).abs() / e.abs().clamp(min=1.0))
-    worst = float(error.nan_to_num(nan=float("inf")).max()) if error.numel() else 0.0
-    return worst if worst <= tol else None
 
 
 def _workspace(op_type, fields, dtype, batch, query_len, past_len, head_dim):
@@ -98,7 +88,7 @@ def run_case(name, batch, query_len, past_len, heads, kv_heads, head_dim, dtype,
     names = ("output", "present_key", "present_value", "shared_probs", "shared_lse")
     failed = []
     for label, actual, wanted in zip(names, results, expected):
-        worst = _close(actual, wanted, TOLERANCE[dtype] if label != "shared_lse" else 2e-5)
+        worst = check_loop.relative_error_within(actual, wanted, TOLERANCE[dtype] if label != "shared_lse" else 2e-5)
         report["errors"][f"producer.{label}"] = worst
         failed += [f"producer.{label}"] if worst is None else []
     if outputs == 5:
@@ -116,7 +106,7 @@ def run_case(name, batch, query_len, past_len, heads, kv_heads, head_dim, dtype,
         report["consumer_workspace"] = consumer_bytes
         report["consumer_path"] = "reuse P" if query_len <= PROBS_MAX else "recompute from lse"
         for label, actual, want in zip(("output", "present_value"), c_results, wanted):
-            worst = _close(actual, want, TOLERANCE[dtype])
+            worst = check_loop.relative_error_within(actual, want, TOLERANCE[dtype])
             report["errors"][f"consumer.{label}"] = worst
             failed += [f"consumer.{label}"] if worst is None else []
     report["passed"] = not failed
@@ -125,11 +115,9 @@ def run_case(name, batch, query_len, past_len, heads, kv_heads, head_dim, dtype,
 
 
 def main() -> int:
-    header = check_loop.cuda_header()
+    header = check_loop.announce_cuda_device()
     if header is None:
-        print("no CUDA device", file=sys.stderr)
         return 2
-    print(json.dumps(header))
     reports = check_loop.run_cases(
         ((case[0], lambda case=case: run_case(*case)) for case in CASES),
         lambda report: ", ".join(f"{k}={v:.2e}" if v is not None else f"{k}=OFF" for k, v in report["errors"].items()),

@@ -76,14 +76,6 @@ CASES = [
 ]
 
 
-def _close(actual, expected, tol) -> float | None:
-    """Worst relative error, or None when some element is off (NaN included)."""
-    a, e = actual.float(), expected.float()
-    error = (a - e).abs() / e.abs().clamp(min=1.0)
-    worst = float(error.nan_to_num(nan=float("inf")).max()) if error.numel() else 0.0
-    return worst if worst <= tol else None
-
-
 class Stepper:
     """One batch size of one case: the StaticBatch, the per-step inputs bound once (the new
     q/k/v of both layers), the outputs bound once, the workspaces, and the reference state."""
@@ -178,13 +170,13 @@ class Stepper:
         written = torch.arange(self.case.capacity, device="cuda") <= position_ids[:, None, :, None]
         probs = torch.where(written, self.probs.float(), 0.0)
         checks = {
-            "producer.output": _close(self.output, want[0], tol),
-            "producer.shared_probs": _close(probs, want[3], tol),
-            "producer.shared_lse": _close(self.lse, want[4], 2e-5),
-            "consumer.output": _close(self.consumer_output, want_consumer[0], tol),
-            "present_key": _close(s.present[PAST_KEY], want[1], 0.0),
-            "present_value": _close(s.present[PAST_VALUE], want[2], 0.0),
-            "consumer.present_value": _close(s.present[CONSUMER_PAST_VALUE], want_consumer[1], 0.0),
+            "producer.output": check_loop.relative_error_within(self.output, want[0], tol),
+            "producer.shared_probs": check_loop.relative_error_within(probs, want[3], tol),
+            "producer.shared_lse": check_loop.relative_error_within(self.lse, want[4], 2e-5),
+            "consumer.output": check_loop.relative_error_within(self.consumer_output, want_consumer[0], tol),
+            "present_key": check_loop.relative_error_within(s.present[PAST_KEY], want[1], 0.0),
+            "present_value": check_loop.relative_error_within(s.present[PAST_VALUE], want[2], 0.0),
+            "consumer.present_value": check_loop.relative_error_within(s.present[CONSUMER_PAST_VALUE], want_consumer[1], 0.0),
             "mask_on_device": 0.0 if np.array_equal(s.attention_mask[:, : mask.shape[1]].cpu().numpy(), mask)
             and not s.attention_mask[:, mask.shape[1] :].any() else None,
         }  # fmt: skip
@@ -264,11 +256,9 @@ def time_replay(batch=8, capacity=4096, heads=32, kv_heads=8, head_dim=64, dtype
 
 
 def main() -> int:
-    header = check_loop.cuda_header()
+    header = check_loop.announce_cuda_device()
     if header is None:
-        print("no CUDA device", file=sys.stderr)
         return 2
-    print(json.dumps(header))
     reports = check_loop.run_cases(
         ((case.name, lambda case=case: run_case(case)) for case in CASES),
         lambda report: f"captures={report['captures']} replays={report['replays']} failed={report['failed'][:4]}",
