@@ -4,6 +4,8 @@ files, then `run_preset` over that folder refills the weights (and runs a first 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from uniattn_export.bench import BenchSettings, prepare_preset, run_preset
@@ -52,3 +54,13 @@ def settings():
     """settings(**overrides) -> BenchSettings of a small CPU matrix."""
     return small_settings
 
+
+def assert_ratios_divide_medians(doc: dict, ratios: tuple, phases: tuple, batches=(1, 2), contexts=(8, 24)) -> None:
+    """Each (name, numerator runtime, denominator runtime) ratio of bench.json equals the quotient
+    of the two runtimes' medians in every cell and phase."""
+    medians = {(r["runtime"], r["batch"], r["context"], phase): r[phase]["median_ms"]
+               for r in doc["results"] for phase in phases if r[phase]["status"] == "ok"}  # fmt: skip
+    entries = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
+    for (name, top, bottom), batch, context, phase in itertools.product(ratios, batches, contexts, phases):
+        expected = medians[(top, batch, context, phase)] / medians[(bottom, batch, context, phase)]
+        assert entries[(name, batch, context)][phase] == pytest.approx(expected), (name, batch, context, phase)

@@ -26,6 +26,8 @@ from uniattn_export.native import ORT_LIBRARY
 from uniattn_export.targets.genai.runner import genai_config
 from uniattn_export.targets.ort import OrtSession
 
+from .conftest import assert_ratios_divide_medians
+
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # The tiny preset: 6 layers, 2 KV heads of 16, layers 4-5 consume layer 3 (no K), float32.
@@ -83,20 +85,12 @@ def test_genai_artifact_rows_run_our_genai_exports(genai_run):
 
 def test_ratios_and_table_of_the_genai_artifact_rows(genai_run):
     doc, _ = genai_run
-    medians = {(r["runtime"], r["batch"], r["context"], phase): r[phase]["median_ms"]
-               for r in doc["results"] for phase in ("decode", "prefill")}  # fmt: skip
-    ratios = {(r["name"], r["batch"], r["context"]): r for r in doc["ratios"]}
-    for name, top, bottom in (
+    assert_ratios_divide_medians(doc, (
         ("uniattn genai-artifact / onnxruntime-genai", "artifact/genai-artifact", "baseline/onnxruntime-genai"),
         ("base genai-artifact / onnxruntime-genai", "baseline/genai-artifact", "baseline/onnxruntime-genai"),
         ("uniattn / base, genai-artifact", "artifact/genai-artifact", "baseline/genai-artifact"),
         ("genai-artifact / ort-static-library, uniattn", "artifact/genai-artifact", "artifact/ort-static-library"),
-    ):
-        for batch in (1, 2):
-            for context in (8, 24):
-                for phase in ("decode", "prefill"):
-                    expected = medians[(top, batch, context, phase)] / medians[(bottom, batch, context, phase)]
-                    assert ratios[(name, batch, context)][phase] == pytest.approx(expected)
+    ), phases=("decode", "prefill"))  # fmt: skip
     table = summary_table(doc)
     headers = [column.header for column in table.columns]
     assert "ua genai ours" in headers and "base genai ours" in headers and "ua genai ours/genai" in headers

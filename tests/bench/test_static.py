@@ -17,6 +17,8 @@ from uniattn_export.bench.runtimes import GenaiRuntime, OrtRuntime, OrtStaticDec
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export import load_artifact
 
+from .conftest import assert_ratios_divide_medians
+
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # The tiny preset: 6 layers, 2 KV heads of 16, layers 4-5 consume layer 3 (no K), float32.
@@ -72,19 +74,12 @@ def test_static_rows_hold_the_layer_maps_cache(static_run):
 
 def test_ratios_against_genai_and_between_cache_modes(static_run):
     doc, _ = static_run
-    medians = {(r["runtime"], r["batch"], r["context"]): r["decode"]["median_ms"] for r in doc["results"]
-               if r["decode"]["status"] == "ok"}  # fmt: skip
-    ratios = {(r["name"], r["batch"], r["context"]): r["decode"] for r in doc["ratios"]}
-    for name, top, bottom in (
+    assert_ratios_divide_medians(doc, (
         ("uniattn ort-static-library / onnxruntime-genai", "artifact/ort-static-library", "baseline/onnxruntime-genai"),
         ("static / dynamic, uniattn ort-library", "artifact/ort-static-library", "artifact/ort-library"),
         ("library / function bodies, uniattn static", "artifact/ort-static-library", "artifact/ort-static-bodies"),
         ("uniattn / base, ort-static-library", "artifact/ort-static-library", "baseline/ort-static-library"),
-    ):
-        for batch in (1, 2):
-            for context in (8, 24):
-                cell = (batch, context)
-                assert ratios[(name, *cell)] == pytest.approx(medians[(top, *cell)] / medians[(bottom, *cell)])
+    ), phases=("decode",))  # fmt: skip
 
 
 @pytest.fixture(scope="session")
