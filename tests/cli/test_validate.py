@@ -63,12 +63,13 @@ def test_a_wrong_reference_exits_1_and_says_why(artifact, tmp_path, capsys):
     "argv,message",
     [
         (["{missing}"], "artifact folder {missing} does not exist"),
+        (["{artifact}/model.onnx"], "{artifact}/model.onnx is a file, not an artifact folder"),
         (["{artifact}", "--update-golden"], "--update-golden needs --golden DIR"),
         (["{artifact}", "--perplexity-text", "{missing}"], "cannot read {missing}"),
         (["{artifact}", "--prompt", "hello"], "text prompts need a tokenizer but {artifact} has none"),
         (["{artifact}", "--checkpoint", "{missing}"], "no PyTorch reference for {artifact}"),
     ],
-    ids=["no_artifact", "update_without_golden", "no_text", "no_tokenizer", "no_reference"],
+    ids=["no_artifact", "a_file_of_it", "update_without_golden", "no_text", "no_tokenizer", "no_reference"],
 )
 def test_bad_input_exits_2_with_one_line(artifact, tmp_path, capsys, argv, message):
     names = {"missing": tmp_path / "missing", "artifact": artifact}

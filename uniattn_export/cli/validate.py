@@ -177,10 +177,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..export.artifact import require_artifact_folder
     from ..model.real import resolve_checkpoint
-
     from ..targets.trt.manifest import MANIFEST_NAME as ENGINE_MANIFEST
 
+    require_artifact_folder(args.artifact)  # before any path below it is derived or checked
     checkpoint = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     if (args.artifact / ENGINE_MANIFEST).is_file():  # an engine folder: its artifact is the parent
         args.report = args.report or args.artifact / "reports" / REPORT_NAME

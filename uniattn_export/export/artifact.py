@@ -315,12 +315,23 @@ def _check_folder(path: Path, manifest: dict, verify_hashes: bool) -> tuple[UniA
     return uniattn, config
 
 
+def require_artifact_folder(path: str | Path) -> Path:
+    """The path as a folder that exists, else the one-line error (a file inside an artifact is
+    the usual slip: its folder is meant)."""
+    path = Path(path)
+    if path.is_file():
+        raise UniAttnError(
+            f"{path} is a file, not an artifact folder", "pass the folder itself (the -o folder of `uniattn-export model`)"
+        )
+    if not path.is_dir():
+        raise UniAttnError(f"artifact folder {path} does not exist", "pass the -o folder of `uniattn-export model`")
+    return path
+
+
 def load_artifact(path: str | Path, *, verify_hashes: bool = True) -> Artifact:
     """Open an artifact folder: manifest, hashes, layer map copies, cross-checks of the facts
     stated twice (manifest, config.json, graph) and graph structure."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UniAttnError(f"artifact folder {path} does not exist", "pass the -o folder of `uniattn-export model`")
+    path = require_artifact_folder(path)
     manifest = _read_json(path / MANIFEST_FILE, "the export manifest")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise UniAttnError(f"{path / MANIFEST_FILE} is not a uniattn-export manifest", "re-export the model")
