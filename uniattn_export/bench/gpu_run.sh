@@ -74,7 +74,9 @@ bench() {
   if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 
-ROWS=ort-static-graph,ort-static-library,onnxruntime-genai,genai-artifact,ort-library,transformers-static-compiled,transformers-dynamic
+# BENCH_ROWS: fewer rows when device time is short (each row family's artifacts cost a 1B export
+# of about a minute: ort-library two, genai-artifact two, the static rows two).
+ROWS=${BENCH_ROWS:-ort-static-graph,ort-static-library,onnxruntime-genai,genai-artifact,ort-library,transformers-static-compiled,transformers-dynamic}
 case "${1:-}" in
   tiny)
     bench "tiny_$DTYPE" --preset tiny --dtype "$DTYPE" --work "$WORK/tiny_$DTYPE" --backends "$ROWS,ort-static-bodies" \
