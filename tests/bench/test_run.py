@@ -4,6 +4,8 @@ budget, skips and failures, and the errors for bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 
@@ -280,6 +282,11 @@ def test_baseline_can_be_built_from_the_artifact(artifacts, settings, tmp_path):
          "both a baseline artifact and --baseline build were given"),
         (lambda a, b, out, s: run_preset("tiny", out, dtype="bfloat16", settings=s),
          "onnxruntime's CPU execution provider has no bfloat16 kernels"),
+        (lambda a, b, out, s: run_bench(a, out, settings=dataclasses.replace(s, contexts=(100_000,))),
+         r"the largest cell needs 100\d\d\d positions \(context \+ \d+ warm-up and timed decode steps\) "
+         r"but the model of .* has \d+\. Pass smaller --contexts or fewer --decode-steps"),
+        (lambda a, b, out, s: run_preset("tiny", out, settings=dataclasses.replace(s, contexts=(510,))),
+         r"the largest cell needs 5\d\d positions .* but the tiny preset has 512\."),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_clear_error_and_writes_nothing(artifacts, settings, tmp_path, call, message):

@@ -23,6 +23,14 @@ def test_cells_cover_the_matrix_smallest_cache_first():
     assert cells[0] == (1, 512) and cells[-1] == (32, 8192)
 
 
+def test_positions_needed_count_decode_steps_only_where_a_cell_decodes():
+    both = BenchSettings(batches=(1,), contexts=(64, 512), decode_steps=5, warmup_steps=2)
+    assert both.positions_needed() == 512 + 7
+    prefill_only_at_512 = BenchSettings(batches=(1,), contexts=(64, 512), decode_steps=5, warmup_steps=2,
+                                        decode_shapes=frozenset({(1, 64)}), prefill_shapes=frozenset({(1, 512)}))  # fmt: skip
+    assert prefill_only_at_512.positions_needed() == 512
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

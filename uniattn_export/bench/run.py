@@ -16,6 +16,7 @@ from typing import Callable
 
 from ..errors import UniAttnError
 from ..export.artifact import Artifact, load_artifact, package_versions
+from ..model.synthetic import PRESETS, preset_config
 from ..output import check_file_destination
 from .build import (
     BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
@@ -404,6 +405,17 @@ def _check_dtype(dtype: str, settings: BenchSettings) -> None:
         )
 
 
+def _check_positions(settings: BenchSettings, max_positions: int, model: str) -> None:
+    """Refuse, before any work, cells longer than the model's positions (every row would fail them)."""
+    need = settings.positions_needed()
+    if need > max_positions:
+        raise UniAttnError(
+            f"the largest cell needs {need} positions (context + {settings.decode_length()} warm-up and timed "
+            f"decode steps) but {model} has {max_positions}",
+            "pass smaller --contexts or fewer --decode-steps",
+        )
+
+
 def run_bench(
     artifact: str | Path | Artifact | list,
     out_dir: str | Path,
@@ -434,6 +446,7 @@ def run_bench(
     models["origins"] = {"artifact": dict.fromkeys(models["artifact"], "given (ARTIFACT)"), "baseline": {}}
     for one in models["artifact"].values():
         _check_dtype(one.dtype, settings)
+        _check_positions(settings, one.max_positions, f"the model of {one.path}")
     if baseline is not None:
         models["baseline"] = _by_export_kind(baseline, "baseline")
         for kind, base in models["baseline"].items():
@@ -495,6 +508,8 @@ def run_preset(
 
     deadline = Deadline(settings.time_budget, clock)
     _check_dtype(dtype, settings)
+    if preset in PRESETS:  # an unknown one gets its own message from preset_targets
+        _check_positions(settings, preset_config(preset).max_position_embeddings, f"the {preset} preset")
     report = _open_report(Path(out_dir), settings, f"preset {preset}")
     work_dir = Path(work_dir) if work_dir is not None else report.out_dir / "work"
     needed = max(settings.contexts) + settings.decode_length() if needs_capacity(settings.backends) else None

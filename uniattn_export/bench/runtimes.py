@@ -674,7 +674,10 @@ class _TorchDecode(DecodeRun):
     def __init__(self, runtime: TransformersRuntime, batch: int, context: int, steps: int):
         from transformers import DynamicCache, StaticCache
 
+        from ..model.modeling import CACHE_KEYWORD
+
         torch, config = runtime._torch, runtime.config
+        self.cache_keyword = CACHE_KEYWORD  # transformers 5.24 renamed forward's past_key_values
         self.runtime, self.batch, self.length = runtime, batch, context
         if runtime.static:
             self.cache = StaticCache(config=config, max_cache_len=context + steps)
@@ -699,7 +702,8 @@ class _TorchDecode(DecodeRun):
         with torch.no_grad():
             synchronize(self.runtime.device)
             start = time.perf_counter()
-            out = self.runtime.forward(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True)
+            out = self.runtime.forward(input_ids=ids, position_ids=positions, use_cache=True,
+                                       **{self.cache_keyword: self.cache})  # fmt: skip
             synchronize(self.runtime.device)
             elapsed = time.perf_counter() - start
         self.logits = out.logits

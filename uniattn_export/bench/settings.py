@@ -145,6 +145,10 @@ class BenchSettings:
         torch.compile's warm-up of 3 is transformers-only, it never touches an artifact."""
         return self.warmup_steps + self.decode_steps
 
+    def positions_needed(self) -> int:
+        """The most positions one cell uses: its context, plus decode_length where it decodes."""
+        return max(c + (self.decode_length() if self.runs("decode", b, c) else 0) for b, c in self.cells())
+
     def to_dict(self) -> dict:
         return {
             "batches": list(self.batches), "contexts": list(self.contexts), "backends": list(self.backends),
