@@ -66,3 +66,11 @@ def test_engine_folder_runs_with_tensorrt_or_says_what_is_missing(artifact_with_
     # The same engine folder's artifact still runs with onnxruntime.
     assert main(["generate", str(engine), "--runtime", "ort", "--prompt", "x", "--max-new-tokens", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["tokens"]) == 2
+
+
+def test_a_generation_beyond_a_static_artifacts_capacity_is_only_its_error_line(checkpoint, tmp_path, capsys):
+    static = export_model(load_model(checkpoint), tmp_path / "static", source_dir=checkpoint, cache="static",
+                          max_length=16)  # fmt: skip
+    err = _error_line(capsys, str(static), "--prompt", PROMPTS[0], "--max-new-tokens", "16")
+    assert "exceeds the artifact's cache capacity (16)" in err  # and no progress output before it
+    assert capsys.readouterr().out == ""

@@ -157,7 +157,7 @@ def _counting_steps(session, advance):
 def run(args: argparse.Namespace) -> int:
     from ..model.tokenizer import load_tokenizer
     from ..progress import progress_bar
-    from ..targets.session import check_prompts
+    from ..targets.session import check_capacity, check_prompts
 
     sampling = _check_arguments(args)
     target = _target(args.model, args.runtime)
@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = [tokenizer(text)["input_ids"] for text in args.prompt for _ in range(args.num_return_sequences)]
     check_prompts(prompts, args.max_new_tokens, max_positions=_max_positions(target))
     session = _session(target, args)
+    # Before the progress bar: a refused run prints only its error line.
+    check_capacity(max(map(len, prompts)), args.max_new_tokens, session.capacity)
     with progress_bar() as progress:
         task = progress.add_task(f"generating ({target.runtime})", total=args.max_new_tokens)
         run = _counting_steps(session, lambda: progress.advance(task)).generate(

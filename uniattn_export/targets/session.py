@@ -57,6 +57,17 @@ def _is_number(value) -> bool:
     return (_is_int(value) or isinstance(value, (float, np.floating))) and not math.isnan(value)
 
 
+def check_capacity(longest_prompt: int, max_new_tokens: int, capacity: int | None) -> None:
+    """A static artifact's caches hold `capacity` tokens (None: they grow): refuse a generation
+    that would outgrow them before anything runs."""
+    if capacity is not None and longest_prompt + max_new_tokens > capacity:
+        raise UniAttnError(
+            f"the longest prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{longest_prompt + max_new_tokens} tokens exceeds the artifact's cache capacity ({capacity})",
+            "shorten the prompt or generate fewer tokens, or re-export with a larger --max-length",
+        )
+
+
 def check_prompts(
     prompts, max_new_tokens, *, vocab_size: int | None = None, max_positions: int | None = None
 ) -> list[list[int]]:
@@ -236,12 +247,7 @@ class GenerationSession(ABC):
             raise UniAttnError(f"sampling must be a Sampling or None, got {type(sampling).__name__}", "pass Sampling(...)")
         ids, mask = pad_prompts(prompts, pad_token_id, self.padding)
         batch = len(ids)
-        if self.capacity is not None and ids.shape[1] + max_new_tokens > self.capacity:
-            raise UniAttnError(
-                f"the longest prompt ({ids.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) = "
-                f"{ids.shape[1] + max_new_tokens} tokens exceeds the artifact's cache capacity ({self.capacity})",
-                "shorten the prompt or generate fewer tokens, or re-export with a larger --max-length",
-            )
+        check_capacity(ids.shape[1], max_new_tokens, self.capacity)
         if forced_tokens is not None and (
             forced_tokens.shape[0] != batch or forced_tokens.shape[1] < max_new_tokens
         ):
