@@ -446,7 +446,6 @@ def run_bench(
     models["origins"] = {"artifact": dict.fromkeys(models["artifact"], "given (ARTIFACT)"), "baseline": {}}
     for one in models["artifact"].values():
         _check_dtype(one.dtype, settings)
-        _check_positions(settings, one.max_positions, f"the model of {one.path}")
     if baseline is not None:
         models["baseline"] = _by_export_kind(baseline, "baseline")
         for kind, base in models["baseline"].items():
@@ -456,6 +455,8 @@ def run_bench(
                                    "pass the UniAttn artifact of the same kind too")  # fmt: skip
             _check_baseline(models["artifact"][kind], base)
             models["origins"]["baseline"][kind] = "given (--baseline)"
+    for one in models["artifact"].values():  # after the checks of what was given
+        _check_positions(settings, one.max_positions, f"the model of {one.path}")
     report = _open_report(Path(out_dir), settings, "artifact")
     if build_baseline:
         report.doc["build"] = {}
