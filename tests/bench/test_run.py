@@ -5,7 +5,6 @@ budget, skips and failures, and the errors for bad input."""
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import json
 

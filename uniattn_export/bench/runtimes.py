@@ -33,6 +33,7 @@ import onnx
 from ..dtypes import DTYPES
 from ..errors import UniAttnError
 from ..export.artifact import Artifact
+from ..model.modeling import CACHE_KEYWORD
 from ..native import ort_custom_op_library
 from ..targets.genai.runner import genai_config, load_genai_model, random_prompt_ids
 from .measure import cuda_copy_profile, device_used_bytes, release_device_memory, synchronize
@@ -674,10 +675,7 @@ class _TorchDecode(DecodeRun):
     def __init__(self, runtime: TransformersRuntime, batch: int, context: int, steps: int):
         from transformers import DynamicCache, StaticCache
 
-        from ..model.modeling import CACHE_KEYWORD
-
         torch, config = runtime._torch, runtime.config
-        self.cache_keyword = CACHE_KEYWORD  # transformers 5.24 renamed forward's past_key_values
         self.runtime, self.batch, self.length = runtime, batch, context
         if runtime.static:
             self.cache = StaticCache(config=config, max_cache_len=context + steps)
@@ -703,7 +701,7 @@ class _TorchDecode(DecodeRun):
             synchronize(self.runtime.device)
             start = time.perf_counter()
             out = self.runtime.forward(input_ids=ids, position_ids=positions, use_cache=True,
-                                       **{self.cache_keyword: self.cache})  # fmt: skip
+                                       **{CACHE_KEYWORD: self.cache})  # transformers 5.24 renamed past_key_values
             synchronize(self.runtime.device)
             elapsed = time.perf_counter() - start
         self.logits = out.logits
