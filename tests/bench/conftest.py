@@ -5,6 +5,7 @@ files, then `run_preset` over that folder refills the weights (and runs a first 
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
 
@@ -34,9 +35,17 @@ def prepared(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def preset_run(prepared, tmp_path_factory):
-    """(bench document, output folder, work folder) of run_preset over the prepared folder."""
-    _, work = prepared
+def work(prepared, tmp_path_factory):
+    """The work folder the runs share (each reuses what an earlier one built): a copy of the
+    prepared folder, so that `prepared` stays weight-less whichever test runs first."""
+    folder = tmp_path_factory.mktemp("work") / "prepared"
+    shutil.copytree(prepared[1], folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def preset_run(work, tmp_path_factory):
+    """(bench document, output folder, work folder) of run_preset over the work folder."""
     out = tmp_path_factory.mktemp("preset_run")
     doc = run_preset("tiny", out, work_dir=work, dtype=DTYPE, settings=small_settings())
     return doc, out, work

@@ -46,10 +46,9 @@ def _settings(**overrides) -> BenchSettings:
 
 
 @pytest.fixture(scope="session")
-def genai_run(prepared, tmp_path_factory):
+def genai_run(work, tmp_path_factory):
     """(document, work folder) of a preset run with our genai folders, genai's own build and
     the static library rows (the same capacity as test_static's run: its static pair is reused)."""
-    _, work = prepared
     out = tmp_path_factory.mktemp("genai_run")
     return run_preset("tiny", out, work_dir=work, dtype="float32", settings=_settings()), work
 

@@ -28,9 +28,8 @@ STATIC_ROWS = ["artifact/ort-static-library", "baseline/ort-static-library", "ar
 
 
 @pytest.fixture(scope="session")
-def static_run(prepared, tmp_path_factory):
+def static_run(work, tmp_path_factory):
     """(document, work folder) of a preset run with the static rows, genai and the dynamic library."""
-    _, work = prepared
     out = tmp_path_factory.mktemp("static_run")
     settings = BenchSettings(
         batches=(1, 2), contexts=(8, 24), device="cpu", decode_steps=3, warmup_steps=1, prefill_repeats=2,
@@ -152,6 +151,25 @@ def test_genai_greedy_tokens_equal_our_static_base_artifact(static_run):
     assert ours.tokens[0].tolist() == theirs
     assert len(set(theirs)) > 1  # not a degenerate constant sequence
     assert (work / BASE_CHECKPOINT_FOLDER / "tokenizer.json").is_file()  # the builder's placeholder tokenizer
+
+
+def test_genai_decode_cells_fill_the_cache_by_decoding_where_a_batched_prompt_is_refused(static_run):
+    """The onnxruntime-genai row under CUDA graphs at batch > 1 fills its cache by decoding (see
+    GenaiRuntime): the CPU takes the same path when forced to, and each row then holds
+    `context` tokens of cache before the timed steps, as after a prefill."""
+    doc, _ = static_run
+    genai = GenaiRuntime(doc["build"]["genai"]["path"], "baseline", "cpu", seed=0)
+    assert genai.prompt_batch_limited is False  # CPU, no CUDA graph: the batched prompt path
+    lengths = {}
+    for limited in (False, True):
+        genai.prompt_batch_limited = limited
+        run = genai.start_decode(batch=2, context=9, steps=3)
+        # tokens so far = the cache after the first timed step's input: context + 1 per row
+        lengths[limited] = [len(run.generator.get_sequence(row)) for row in range(2)]
+        assert np.isfinite(run.step())
+        del run
+    genai.close()
+    assert lengths == {False: [10, 10], True: [10, 10]}
 
 
 def test_copies_per_decode_step_from_the_cpu_profiler(static_run):

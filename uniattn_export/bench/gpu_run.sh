@@ -109,10 +109,16 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
                 print(f"    {ratio['name']} B={ratio['batch']} S={ratio['context']}: {phase} {ratio[phase]:.3f}")
     for result in doc["results"]:
         copies = result["decode"].get("cache_copies")
-        if copies and "memcpy_dtod_bytes" in copies:  # CUDA
+        if copies and "error" in copies:
+            print(f"    profile {result['runtime']} B={result['batch']} S={result['context']}: {copies['error']}")
+        elif copies and "memcpy_dtod_bytes" in copies:  # CUDA
             print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
                   f"DtoD {copies['memcpy_dtod_bytes']} B of a {copies['kv_cache_bytes']} B cache, "
-                  f"copy kernels {sum(k['count'] for k in copies['copy_kernels'].values())}")
+                  f"copy kernels {sum(k['count'] for k in copies['copy_kernels'].values())}; "
+                  f"{copies['kernels']} kernels, {copies['kernel_us'] / 1000:.3f} ms of kernels vs "
+                  f"{result['decode']['median_ms']:.3f} ms median step")
+            for kernel in copies["top_kernels"][:6]:
+                print(f"        {100 * kernel['share']:4.1f}% {kernel['us'] / 1000:.3f} ms x{kernel['count']} {kernel['name'][:110]}")
         elif copies:  # the CPU dry run
             print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
                   f"{copies['copy_bytes']} B of a {copies['kv_cache_bytes']} B cache")

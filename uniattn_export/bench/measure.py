@@ -99,13 +99,14 @@ def gib(n: float | None) -> str:
 
 # Kernel names of device-side copies (CUDA's and ORT's: Memcpy nodes, Concat, Scatter*, Copy).
 _COPY_KERNEL_WORDS = ("copy", "concat", "scatter", "memcpy")
+# How many kernels (by total time) the step's breakdown keeps; the rest is summed as "other".
+TOP_KERNELS = 12
 
 
 def cuda_copy_profile(step: Callable[[], float]) -> dict:
     """Run `step` once under torch.profiler with CUDA activities (CUPTI records every kernel
-    and memcpy of the process, ORT's included) and account its copies: memcpy bytes by kind
-    (from the trace's `bytes` field) and the copy-like kernels by name with their count and
-    time (a kernel's bytes are not in the trace; a full-cache copy shows as time)."""
+    and memcpy of the process, ORT's included, and the kernels a CUDA-graph replay launches)
+    and account the trace (see account_cuda_trace)."""
     import json
     import tempfile
 
@@ -118,24 +119,33 @@ def cuda_copy_profile(step: Callable[[], float]) -> dict:
         prof.export_chrome_trace(trace)
         with open(trace) as f:
             events = json.load(f).get("traceEvents", [])
+    return account_cuda_trace(events)
+
+
+def account_cuda_trace(events: list[dict]) -> dict:
+    """One decode step's Chrome-trace events (torch.profiler's export) accounted: memcpy bytes
+    by kind (from the trace's `bytes` field), the copy-like kernels by name with their count
+    and time (a kernel's bytes are not in the trace; a full-cache copy shows as time), and where
+    the step's GPU time goes: the kernels' summed duration, and the TOP_KERNELS names by total
+    time with their count, microseconds and share."""
     memcpy: dict[str, int] = {}
-    kernels: dict[str, dict] = {}
-    kernel_count = 0
+    by_name: dict[str, dict] = {}
     for event in events:
         category = event.get("cat", "")
         if category == "gpu_memcpy":
             name = event.get("name", "memcpy")
             memcpy[name] = memcpy.get(name, 0) + int(event.get("args", {}).get("bytes", 0))
         elif category == "kernel":
-            kernel_count += 1
-            name = event.get("name", "")
-            if any(word in name.lower() for word in _COPY_KERNEL_WORDS):
-                entry = kernels.setdefault(name[:160], {"count": 0, "us": 0.0})
-                entry["count"] += 1
-                entry["us"] += float(event.get("dur", 0))
-    device_to_device = sum(b for name, b in memcpy.items() if "DtoD" in name)
+            entry = by_name.setdefault(event.get("name", "")[:160], {"count": 0, "us": 0.0})
+            entry["count"] += 1
+            entry["us"] += float(event.get("dur", 0))
+    kernel_us = sum(k["us"] for k in by_name.values())
+    ranked = sorted(by_name.items(), key=lambda item: item[1]["us"], reverse=True)
+    top = [{"name": name, **k, "share": k["us"] / kernel_us if kernel_us else 0.0} for name, k in ranked[:TOP_KERNELS]]
+    copy_kernels = {name: k for name, k in by_name.items() if any(w in name.lower() for w in _COPY_KERNEL_WORDS)}
     return {
-        "method": "torch.profiler, CUDA activities, one uncaptured decode step",
-        "kernels": kernel_count, "memcpy_bytes": memcpy, "memcpy_dtod_bytes": device_to_device,
-        "copy_kernels": kernels,
+        "method": "torch.profiler, CUDA activities, one decode step after the timed ones",
+        "kernels": sum(k["count"] for k in by_name.values()), "kernel_us": kernel_us, "top_kernels": top,
+        "memcpy_bytes": memcpy, "memcpy_dtod_bytes": sum(b for name, b in memcpy.items() if "DtoD" in name),
+        "copy_kernels": copy_kernels,
     }  # fmt: skip

@@ -203,16 +203,20 @@ def copies_table(doc: dict) -> Table | None:
     """Bytes one profiled decode step copies, per ORT row and cell, beside the KV cache it
     holds (CUDA: memcpy device to device + copy-like kernels; CPU: outputs of copying nodes);
     None when no step was profiled."""
-    profiled = [r for r in doc["results"] if "cache_copies" in r.get("decode", {})]
+    profiled = _profiled(doc)
     if not profiled:
         return None
-    cuda = "memcpy_dtod_bytes" in profiled[0]["decode"]["cache_copies"]
+    cuda = any("memcpy_dtod_bytes" in r["decode"]["cache_copies"] for r in profiled)
     table = Table(title="bytes copied by one decode step (profiled after the timed ones)")
     for column in ("runtime", "B", "S", "KV cache bytes", "DtoD memcpy bytes" if cuda else "copied bytes",
                    "copy kernels" if cuda else "by op"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("runtime", "by op", "copy kernels") else "right")
     for result in profiled:
         copies = result["decode"]["cache_copies"]
+        if "error" in copies:
+            table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
+                          str(copies["kv_cache_bytes"]), "-", f"profiler failed: {copies['error']}")  # fmt: skip
+            continue
         if cuda:
             copied = copies["memcpy_dtod_bytes"]
             detail = ", ".join(f"{name[:40]} x{k['count']}" for name, k in copies["copy_kernels"].items()) or "none"
@@ -224,3 +228,26 @@ def copies_table(doc: dict) -> Table | None:
         table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
                       str(result["kv_cache_bytes"]), str(copied), detail)  # fmt: skip
     return table
+
+
+def kernels_table(doc: dict) -> Table | None:
+    """Where one profiled CUDA decode step's GPU time goes, per ORT row and cell: the timed
+    median beside the kernels' summed time (the difference is launch and host time a CUDA graph
+    removes) and the kernels that take most of it; None without CUDA profiles."""
+    profiled = [r for r in _profiled(doc) if "top_kernels" in r["decode"]["cache_copies"]]
+    if not profiled:
+        return None
+    table = Table(title="kernels of one profiled decode step (CUDA)")
+    for column in ("runtime", "B", "S", "step ms (median)", "kernels", "kernel ms", "largest kernels (share of kernel ms)"):
+        table.add_column(column, justify="left" if column in ("runtime", "largest kernels (share of kernel ms)") else "right")
+    for result in profiled:
+        profile = result["decode"]["cache_copies"]
+        largest = ", ".join(f"{k['name'][:48]} x{k['count']} {100 * k['share']:.0f}%" for k in profile["top_kernels"][:3])
+        table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
+                      f"{result['decode']['median_ms']:.3f}", str(profile["kernels"]),
+                      f"{profile['kernel_us'] / 1000:.3f}", largest)  # fmt: skip
+    return table
+
+
+def _profiled(doc: dict) -> list[dict]:
+    return [r for r in doc["results"] if "cache_copies" in r.get("decode", {})]

@@ -65,18 +65,22 @@ METHOD = {
     "caches bound as past and present, the graph's argmax, B token ids to the host; ort-static-graph: the "
     "same with OrtSession(cuda_graph=True)",
     "onnxruntime-genai": "the base model built by onnxruntime-genai's model builder from the same config and "
-    "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator; decode = "
-    "generate_next_token (one model step + greedy pick) after an untimed prefill of `context` random tokens "
-    "(genai cannot load a cache)",
+    "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator of max_length "
+    "context; decode = generate_next_token (one model step + greedy pick) after an untimed prefill of `context` "
+    "random tokens (genai cannot load a cache); with CUDA graphs at batch > 1 the cache is filled instead by one "
+    "prompt token and context - 1 untimed decode steps (onnxruntime-genai 0.18 masks every run max_length wide under "
+    "CUDA graphs, and its GroupQueryAttention takes a batch > 1 prompt shorter than that mask for a second chunk, "
+    "which it refuses)",
     "genai-artifact": "our `--target genai` exports (static caches, onnxruntime-genai's cache layout, genai_config.json, "
     "the custom-op library copied in when built for op version 2) of the UniAttn and base models, run exactly as the "
     "onnxruntime-genai row (same Generator calls, CUDA graph on CUDA, ONNX Runtime's default intra-op threads); genai "
     "sizes their caches to the export's capacity",
     "folders": "runtimes[].folder is the model folder a row ran and folder_origin where it came from (given on the command "
     "line, exported or reused by this run's build: see build)",
-    "cache_copies": "one more decode step of each ort-* row (not -graph) after the timed ones, under a profiler. "
-    "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too): memcpy bytes by kind and the "
-    "copy/concat/scatter kernels; CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
+    "cache_copies": "one more decode step of each ort-* row after the timed ones, under a profiler. "
+    "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too, and those a CUDA-graph replay "
+    "launches): memcpy bytes by kind, the copy/concat/scatter kernels, the kernels' summed time (kernel_us) and the "
+    "top kernels by time (top_kernels: count, us, share); CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
     "swapped into the OrtSession for that step: output bytes of copying nodes (Concat, Scatter*, Expand, Where, "
     "...), plus the uniattn nodes' outputs where the caches are not bound in place (dynamic)",
     "prefill": "one call over `context` new tokens per row from an empty cache (after one untimed call); "
@@ -258,7 +262,7 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
         while not times or (len(times) < settings.decode_steps and clock() < cell_end):
             times.append(run.step())
         kv_cache_bytes = run.kv_cache_bytes
-        copies = runtime.copy_profile(run)  # one more step under a profiler (ORT rows)
+        copies = _profile(runtime, run)
         del run
     except Exception as exc:
         release_device_memory(settings.device)
@@ -277,6 +281,15 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
     if copies is not None:
         result["cache_copies"] = {**copies, "kv_cache_bytes": kv_cache_bytes}
     return result
+
+
+def _profile(runtime: Runtime, run) -> dict | None:
+    """One more decode step under a profiler (ORT rows); a profiler failure is recorded beside
+    the cell's timings, which stand."""
+    try:
+        return runtime.copy_profile(run)
+    except Exception as exc:
+        return {"error": first_line(exc)}
 
 
 def _measure_cell(runtime: Runtime, batch: int, context: int, settings: BenchSettings, clock: Clock) -> dict:

@@ -207,10 +207,8 @@ class _OrtRuntime(Runtime):
         raise NotImplementedError
 
     def copy_profile(self, run: DecodeRun) -> dict | None:
-        """CUDA: torch.profiler around one uncaptured step; CPU: ONNX Runtime's profiler. Rows
-        with CUDA graphs replay a captured step: not profiled."""
-        if self.backend == "ort-static-graph":
-            return None
+        """CUDA: torch.profiler around one step (for ort-static-graph a replay of the captured
+        graph: CUPTI records the kernels it launches); CPU: ONNX Runtime's profiler."""
         return cuda_copy_profile(run.step) if self.device == "cuda" else self.cpu_copy_profile(run)
 
     def cpu_copy_profile(self, run: DecodeRun) -> dict:
@@ -483,7 +481,16 @@ class GenaiRuntime(Runtime):
     picks from the prefill's logits: it is the first warm-up step. Random ids never hold the
     pad token (genai would take a trailing one as padding) and min_length = max_length keeps
     eos from ending a row. cuda_graph: the CUDA EP's `enable_cuda_graph` provider option
-    (genai captures decode steps; prefill is not captured)."""
+    (genai captures decode steps; prefill is not captured).
+
+    With CUDA graphs, onnxruntime-genai (0.18) gives every run, the prompt's included, an
+    attention mask max_length wide, and a GroupQueryAttention graph (its builder's) takes the
+    total length from that width: a prompt shorter than max_length then counts as a second
+    chunk after a cache, which GroupQueryAttention accepts only at batch 1. So prefill runs on a
+    Generator whose max_length is the prompt's length (the first-prompt path at every batch),
+    and a batch > 1 decode cell of such a model fills its cache by decoding: one prompt token,
+    then context - 1 untimed generate_next_token steps (the same cache length as a prefill; the
+    timed steps are the same work)."""
 
     def __init__(self, source: str | Path | Artifact, model: str, device: str, seed: int, cuda_graph: bool = False):
         artifact = source if isinstance(source, Artifact) else None
@@ -496,6 +503,7 @@ class GenaiRuntime(Runtime):
         decoder = self.genai_config["decoder"]
         onnx_file = self.folder / decoder["filename"]
         self.weight_bytes = _initializer_bytes(onnx_file)
+        self.prompt_batch_limited = cuda_graph and _has_op(onnx_file, "GroupQueryAttention")
         self.capacity = None
         if artifact is not None:
             self.shape, self.capacity = artifact_shape(artifact), artifact.capacity
@@ -533,7 +541,7 @@ class GenaiRuntime(Runtime):
         return self.shape.prefill_bytes(batch, length, materializes_scores=False)
 
     def prefill(self, batch: int, length: int) -> float:
-        generator = self.generator(batch, length + 1)
+        generator = self.generator(batch, length)
         ids = self.random_ids(batch, length)
         synchronize(self.device)
         start = time.perf_counter()
@@ -558,8 +566,13 @@ class _GenaiDecode(DecodeRun):
         self.runtime = runtime
         # room for the prefill, the untimed first pick and every timed step
         self.generator = runtime.generator(batch, context + steps + 2)
-        self.generator.append_tokens(runtime.random_ids(batch, context))
-        self.generator.generate_next_token()  # picks from the prefill's logits: no model step
+        if runtime.prompt_batch_limited and batch > 1:  # see GenaiRuntime: the cache is filled by decoding
+            self.generator.append_tokens(runtime.random_ids(batch, 1))
+            for _ in range(context):  # the first only picks from the prompt's logits
+                self.generator.generate_next_token()
+        else:
+            self.generator.append_tokens(runtime.random_ids(batch, context))
+            self.generator.generate_next_token()  # picks from the prefill's logits: no model step
         self.kv_cache_bytes = batch * context * runtime.shape.kv_bytes_per_token
 
     def step(self) -> float:
@@ -579,6 +592,11 @@ def _initializer_bytes(onnx_file: Path) -> int:
         int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in graph.initializer
     )
+
+
+def _has_op(onnx_file: Path, op_type: str) -> bool:
+    graph = onnx.load(onnx_file, load_external_data=False).graph
+    return any(node.op_type == op_type for node in graph.node)
 
 
 def _cache_itemsize(onnx_file: Path) -> int:

@@ -180,13 +180,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        from ..bench.report import copies_table, summary_table
+        from ..bench.report import copies_table, kernels_table, summary_table
 
         console = Console(width=200)
         console.print(summary_table(doc))
-        copies = copies_table(doc)
-        if copies is not None:
-            console.print(copies)
+        for table in (copies_table(doc), kernels_table(doc)):
+            if table is not None:
+                console.print(table)
         if doc["stopped"]:
             print(f"stopped early: {doc['stopped']}")
         print(f"wrote {args.output / 'bench.json'} and {args.output / 'bench.png'}")
