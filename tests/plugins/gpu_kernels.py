@@ -95,7 +95,9 @@ class Kernels:
 
     def workspace(self, op: str, desc: Desc, flag: bool) -> torch.Tensor | None:
         size = getattr(self.lib, f"ua_{op}_cuda_workspace_size")(ctypes.byref(desc), int(flag))
-        return torch.empty(size, dtype=torch.uint8, device=self.device) if size else None
+        # Workspace contents are unspecified (kernels.h): a pattern, not the zeros a fresh
+        # allocation often holds, so a kernel that forgets to clear what it counts on fails.
+        return torch.full((size,), 0xA5, dtype=torch.uint8, device=self.device) if size else None
 
     def status(self, op: str, desc: Desc, io, workspace: torch.Tensor | None) -> tuple[int, str]:
         stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else None

@@ -12,8 +12,9 @@
 // buffer and only the new rows are written.
 //
 // Static layout (capacity > 0, kernels.h): the new rows go to their slots first
-// (launch_static_append: a device copy of past when present does not alias it, then a scatter
-// by position_ids), then the same attention kernels read the present caches alone, each row
+// (launch_static_append: a device copy of past when present does not alias it, then one
+// scatter kernel by position_ids for all of the op's caches, which also zeroes the split-KV
+// kernel's arrival counters), then the same attention kernels read the present caches alone, each row
 // only the slots its position lets it see. Positions stay on the device and the launch
 // geometry and workspace depend on the desc alone: nothing here synchronizes, allocates or
 // reads device memory, so a decode step can be captured in a CUDA graph and replayed with new
@@ -92,6 +93,12 @@ RowSource layer_rows(const ua_attention_desc& d, const void* past, const void* p
   return RowSource{in_place ? present : past, in_place ? d.past_len + d.query_len : d.past_len, fresh, d.past_len};
 }
 
+// The split-KV kernel's arrival counters in the workspace (none when the plan has one split).
+int* arrivals(const SplitKvPlan& plan, void* workspace) {
+  if (plan.arrival_counters == 0) return nullptr;
+  return reinterpret_cast<int*>(static_cast<unsigned char*>(workspace) + plan.arrivals_offset);
+}
+
 }  // namespace
 
 ua_status launch_status(const char* kernel) {
@@ -155,12 +162,16 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
   const RowSource keys = layer_rows(d, io->past_key, io->present_key, io->key, in_place);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
+  const bool emit_probs = io->shared_probs != nullptr;
+  const bool split_kv = d.query_len > 0 && use_split_kv(d, emit_probs);
+  const SplitKvPlan plan = split_kv ? plan_split_kv(d, Weights::kSoftmax, emit_probs) : SplitKvPlan{};
+  if (split_kv)
+    if (ua_status s = need_workspace("ua_producer", plan, workspace); s != UA_OK) return s;
   if (d.capacity > 0) {
-    if (ua_status s = launch_static_append(d, io->past_key, io->key, io->present_key, io->position_ids, stream);
-        s != UA_OK)
-      return s;
-    if (ua_status s =
-            launch_static_append(d, io->past_value, io->value, io->present_value, io->position_ids, stream);
+    const StaticWrite writes[] = {{io->past_key, io->key, io->present_key},
+                                  {io->past_value, io->value, io->present_value}};
+    if (ua_status s = launch_static_append(d, writes, 2, io->position_ids, arrivals(plan, workspace),
+                                           plan.arrival_counters, stream);
         s != UA_OK)
       return s;
     if (d.query_len == 0) return ok();
@@ -171,10 +182,7 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
     return finish(launch_append(d, values, io->present_value, true, stream));
   }
 
-  const bool emit_probs = io->shared_probs != nullptr;
-  if (use_split_kv(d, emit_probs)) {
-    const SplitKvPlan plan = plan_split_kv(d, Weights::kSoftmax, emit_probs);
-    if (ua_status s = need_workspace("ua_producer", plan, workspace); s != UA_OK) return s;
+  if (split_kv) {
     SplitKvArgs args{};
     args.weights = Weights::kSoftmax;
     args.query = io->query;
@@ -187,6 +195,7 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
     }
     args.copy_past = !in_place;
     args.positions = io->position_ids;
+    args.counters_zeroed = d.capacity > 0;
     args.probs_out = io->shared_probs;
     args.lse_out = io->shared_lse;
     args.output = io->output;
@@ -222,9 +231,16 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
   const bool in_place = uniattn::in_place(d, io->past_value, io->present_value);
   const RowSource values = layer_rows(d, io->past_value, io->present_value, io->value, in_place);
 
+  const bool has_probs = io->shared_probs != nullptr;
+  const Weights weights = has_probs ? Weights::kGivenProbs : Weights::kFromLse;
+  const bool split_kv = d.query_len > 0 && use_split_kv(d, has_probs);
+  const SplitKvPlan plan = split_kv ? plan_split_kv(d, weights, false) : SplitKvPlan{};
+  if (split_kv)
+    if (ua_status s = need_workspace("ua_consumer", plan, workspace); s != UA_OK) return s;
   if (d.capacity > 0) {
-    if (ua_status s =
-            launch_static_append(d, io->past_value, io->value, io->present_value, io->position_ids, stream);
+    const StaticWrite writes[] = {{io->past_value, io->value, io->present_value}};
+    if (ua_status s = launch_static_append(d, writes, 1, io->position_ids, arrivals(plan, workspace),
+                                           plan.arrival_counters, stream);
         s != UA_OK)
       return s;
     if (d.query_len == 0) return ok();
@@ -233,11 +249,7 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
     return finish(launch_append(d, values, io->present_value, true, stream));
   }
 
-  const bool has_probs = io->shared_probs != nullptr;
-  if (use_split_kv(d, has_probs)) {
-    const Weights weights = has_probs ? Weights::kGivenProbs : Weights::kFromLse;
-    const SplitKvPlan plan = plan_split_kv(d, weights, false);
-    if (ua_status s = need_workspace("ua_consumer", plan, workspace); s != UA_OK) return s;
+  if (split_kv) {
     const int64_t key_len = geometry_of(d, nullptr).key_len;
     SplitKvArgs args{};
     args.weights = weights;
@@ -250,6 +262,7 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
     }
     args.copy_past = !in_place;
     args.positions = io->position_ids;
+    args.counters_zeroed = d.capacity > 0;
     args.probs_in = io->shared_probs;
     args.lse_in = io->shared_lse;
     args.output = io->output;

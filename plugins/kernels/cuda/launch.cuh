@@ -42,6 +42,7 @@ struct SplitKvArgs {
   bool copy_past;         // false: rows j < P already sit in present (in-place append)
   const int64_t* mask;    // (B, S); NULL in the static layout
   const int64_t* positions;  // static layout: position_ids (B, L); NULL otherwise
+  bool counters_zeroed;   // the static append already zeroed the plan's arrival counters
   const void* probs_in;   // kGivenProbs: (B, Hq, L, S)
   const float* lse_in;    // kFromLse: (B, Hq, L)
   void* probs_out;        // kSoftmax: shared_probs to emit, or NULL
@@ -62,6 +63,7 @@ struct SplitKvPlan {
   int min_splits;         // more when P is emitted: a block keeps its split's scores in shared memory
   int max_splits;
   size_t partial_out_offset, partial_stats_offset, arrivals_offset;
+  int64_t arrival_counters;  // ints at arrivals_offset (0 when max_splits == 1)
   size_t workspace_bytes;
 };
 
@@ -92,10 +94,19 @@ ua_status launch_flash(const ua_attention_desc& desc, const FlashArgs& args, cud
 ua_status launch_append(const ua_attention_desc& desc, const RowSource& source, void* present, bool copy_past,
                         cudaStream_t stream);
 
-// Static layout (capacity > 0): present = past (a device copy, skipped when they alias), then
-// new token i of row b (packed (B, L, Hkv*D) `fresh`) into slot position_ids[b, i] of present.
-ua_status launch_static_append(const ua_attention_desc& desc, const void* past, const void* fresh, void* present,
-                               const int64_t* positions, cudaStream_t stream);
+// One cache of the static layout (capacity > 0): its past and present (B, Hkv, C, D) and the
+// layer's new rows, packed (B, L, Hkv*D).
+struct StaticWrite {
+  const void* past;
+  const void* fresh;
+  void* present;
+};
+
+// For each of `count` (1 or 2) caches: present = past (a device copy, skipped when they alias),
+// then new token i of row b into slot position_ids[b, i] of present; the same kernel zeroes
+// `counter_count` ints at `counters` (the split-KV arrival counters that follow, or none).
+ua_status launch_static_append(const ua_attention_desc& desc, const StaticWrite* writes, int count,
+                               const int64_t* positions, int* counters, int64_t counter_count, cudaStream_t stream);
 
 // Reports a failed launch (or an earlier asynchronous error) for ua_last_error().
 ua_status launch_status(const char* kernel);

@@ -787,7 +787,7 @@ ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, c
   a.partial_out = reinterpret_cast<float*>(workspace + plan.partial_out_offset);
   a.partial_stats = reinterpret_cast<float*>(workspace + plan.partial_stats_offset);
   a.arrivals = reinterpret_cast<int*>(workspace + plan.arrivals_offset);
-  if (a.splits > 1) {
+  if (a.splits > 1 && !args.counters_zeroed) {
     if (cudaError_t e = cudaMemsetAsync(a.arrivals, 0, size_t(groups) * sizeof(int), stream); e != cudaSuccess)
       return fail(UA_DEVICE_ERROR, "split_kv: cannot clear the workspace counters: %s", cudaGetErrorString(e));
   }
@@ -846,6 +846,7 @@ SplitKvPlan plan_split_kv(const ua_attention_desc& d, Weights weights, bool emit
     p.partial_out_offset = reserve(offset, rows * size_t(d.head_dim) * sizeof(float));
     if (weights == Weights::kSoftmax) p.partial_stats_offset = reserve(offset, rows * 2 * sizeof(float));
     p.arrivals_offset = reserve(offset, size_t(groups) * sizeof(int));
+    p.arrival_counters = groups;
   }
   p.workspace_bytes = offset;
   return p;
