@@ -1,7 +1,7 @@
 """The CUDA trace accounting of a profiled decode step (bench/measure.py): a trace of known
 kernels and copies in torch.profiler's Chrome-trace shape, accounted by hand."""
 
-from uniattn_export.bench.measure import TOP_KERNELS, account_cuda_trace
+from uniattn_export.bench.measure import TOP_KERNELS, account_cuda_trace, kernel_label
 
 
 def _kernel(name: str, us: float) -> dict:
@@ -40,3 +40,12 @@ def test_only_the_largest_kernels_are_listed():
 def test_a_step_without_kernels_has_no_shares():
     profile = account_cuda_trace([])
     assert (profile["kernels"], profile["kernel_us"], profile["top_kernels"], profile["memcpy_dtod_bytes"]) == (0, 0, [], 0)
+
+
+def test_kernel_labels_drop_return_type_namespaces_and_arguments():
+    full = ("void uniattn::cuda::(anonymous namespace)::split_kv_kernel<__half, (uniattn::cuda::Weights)0, false, 8>"
+            "(uniattn::cuda::(anonymous namespace)::SplitKvKernelArgs<__half>)")  # fmt: skip
+    assert kernel_label(full) == "uniattn::cuda::split_kv_kernel"
+    assert kernel_label("nvjet_sm90_hsh_128x8_64x12_2x1_v_bz_NNT") == "nvjet_sm90_hsh_128x8_64x12_2x1_v_bz_NNT"
+    assert kernel_label("void onnxruntime::cuda::cuApplyLayerNorm<__half, float, __half, true>(__half*, float*)") == (
+        "onnxruntime::cuda::cuApplyLayerNorm")

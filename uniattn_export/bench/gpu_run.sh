@@ -98,6 +98,7 @@ esac
 python3 - "$OUT/bench" <<'EOF'
 import json, sys
 from pathlib import Path
+from uniattn_export.bench.measure import kernel_label
 for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
     doc = json.loads(path.read_text())
     print(f"--- {path.parent.name}: complete={doc['complete']} failures={doc['failures']} stopped={doc['stopped']}")
@@ -118,7 +119,7 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
                   f"{copies['kernels']} kernels, {copies['kernel_us'] / 1000:.3f} ms of kernels vs "
                   f"{result['decode']['median_ms']:.3f} ms median step")
             for kernel in copies["top_kernels"][:6]:
-                print(f"        {100 * kernel['share']:4.1f}% {kernel['us'] / 1000:.3f} ms x{kernel['count']} {kernel['name'][:110]}")
+                print(f"        {100 * kernel['share']:4.1f}% {kernel['us'] / 1000:.3f} ms x{kernel['count']} {kernel_label(kernel['name'])}")
         elif copies:  # the CPU dry run
             print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "
                   f"{copies['copy_bytes']} B of a {copies['kv_cache_bytes']} B cache")

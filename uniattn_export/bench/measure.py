@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -101,6 +102,14 @@ def gib(n: float | None) -> str:
 _COPY_KERNEL_WORDS = ("copy", "concat", "scatter", "memcpy")
 # How many kernels (by total time) the step's breakdown keeps; the rest is summed as "other".
 TOP_KERNELS = 12
+
+
+def kernel_label(name: str) -> str:
+    """A kernel's name as tables show it: without the return type, anonymous namespaces, template
+    arguments and parameters (`void uniattn::cuda::(anonymous namespace)::split_kv_kernel<...>(...)`
+    -> `uniattn::cuda::split_kv_kernel`); bench.json keeps the full name."""
+    name = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+    return re.split(r"[<(]", name, maxsplit=1)[0] or name
 
 
 def cuda_copy_profile(step: Callable[[], float]) -> dict:

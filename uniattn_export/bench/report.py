@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.table import Table
 
 from ..validate.report import write_report
+from .measure import kernel_label
 
 REPORT_FORMAT = "uniattn-export/bench"
 REPORT_VERSION = 1
@@ -219,7 +220,7 @@ def copies_table(doc: dict) -> Table | None:
             continue
         if cuda:
             copied = copies["memcpy_dtod_bytes"]
-            detail = ", ".join(f"{name[:40]} x{k['count']}" for name, k in copies["copy_kernels"].items()) or "none"
+            detail = ", ".join(f"{kernel_label(name)} x{k['count']}" for name, k in copies["copy_kernels"].items()) or "none"
         else:
             copied = copies["copy_bytes"]
             detail = ", ".join(f"{op} {size}" for op, size in copies["copy_bytes_by_op"].items()) or "none"
@@ -242,7 +243,7 @@ def kernels_table(doc: dict) -> Table | None:
         table.add_column(column, justify="left" if column in ("runtime", "largest kernels (share of kernel ms)") else "right")
     for result in profiled:
         profile = result["decode"]["cache_copies"]
-        largest = ", ".join(f"{k['name'][:48]} x{k['count']} {100 * k['share']:.0f}%" for k in profile["top_kernels"][:3])
+        largest = ", ".join(f"{kernel_label(k['name'])} x{k['count']} {100 * k['share']:.0f}%" for k in profile["top_kernels"][:3])
         table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
                       f"{result['decode']['median_ms']:.3f}", str(profile["kernels"]),
                       f"{profile['kernel_us'] / 1000:.3f}", largest)  # fmt: skip
