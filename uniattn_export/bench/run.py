@@ -77,7 +77,8 @@ METHOD = {
     "sizes their caches to the export's capacity",
     "folders": "runtimes[].folder is the model folder a row ran and folder_origin where it came from (given on the command "
     "line, exported or reused by this run's build: see build)",
-    "cache_copies": "one more decode step of each ort-* row after the timed ones, under a profiler. "
+    "cache_copies": "one more decode step of each ort-* row (and, on CUDA, of the onnxruntime-genai rows) after the "
+    "timed ones, under a profiler. "
     "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too, and those a CUDA-graph replay "
     "launches): memcpy bytes by kind, the copy/concat/scatter kernels, the kernels' summed time (kernel_us) and the "
     "top kernels by time (top_kernels: count, us, share); CPU: ONNX Runtime's profiler in a second session of the same file and kernels "

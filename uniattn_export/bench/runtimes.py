@@ -552,6 +552,12 @@ class GenaiRuntime(Runtime):
     def start_decode(self, batch: int, context: int, steps: int) -> DecodeRun:
         return _GenaiDecode(self, batch, context, steps)
 
+    def copy_profile(self, run: DecodeRun) -> dict | None:
+        """CUDA: the kernels of one more generate_next_token (onnxruntime-genai's own model step
+        and greedy pick, a graph replay with its CUDA graph on), as for the ORT rows; the CPU
+        has no profile here (ONNX Runtime's profiler is not reachable through genai's API)."""
+        return cuda_copy_profile(run.step) if self.device == "cuda" else None
+
     def peak_memory(self) -> int | None:
         used = device_used_bytes(self.device)
         return None if used is None else used - self._used_before
