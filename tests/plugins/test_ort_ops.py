@@ -307,8 +307,8 @@ def test_results_do_not_depend_on_ort_threads(name, make_static_case, ort_librar
     case = make_static_case(**V2_CASES[name], dtype="float32")
     model, inputs = v2_producer_model(case), dict(zip(V2_PRODUCER_INPUTS, case.producer_args))
     single, pooled = (run_session(model, inputs, ort_library, threads) for threads in (1, 2))
-    for name, a, b in zip(PRODUCER_OUTPUTS, single, pooled, strict=True):
-        if name == "shared_probs":  # written up to each batch row's last position (kernels.h), the rest is the buffer's
+    for output, a, b in zip(PRODUCER_OUTPUTS, single, pooled, strict=True):
+        if output == "shared_probs":  # written up to each batch row's last position (kernels.h), the rest is the buffer's
             for row, last in enumerate(case.last_positions()):
                 assert torch.equal(a[row, ..., : last + 1], b[row, ..., : last + 1])
         else:

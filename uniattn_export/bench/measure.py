@@ -100,7 +100,7 @@ def gib(n: float | None) -> str:
 
 # Kernel names of device-side copies (CUDA's and ORT's: Memcpy nodes, Concat, Scatter*, Copy).
 _COPY_KERNEL_WORDS = ("copy", "concat", "scatter", "memcpy")
-# How many kernels (by total time) the step's breakdown keeps; the rest is summed as "other".
+# How many kernels (by total time) the step's breakdown lists; all of them count in kernel_us.
 TOP_KERNELS = 12
 
 

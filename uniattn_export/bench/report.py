@@ -201,7 +201,7 @@ def summary_table(doc: dict) -> Table:
 
 
 def copies_table(doc: dict) -> Table | None:
-    """Bytes one profiled decode step copies, per ORT row and cell, beside the KV cache it
+    """Bytes one profiled decode step copies, per profiled row and cell, beside the KV cache it
     holds (CUDA: memcpy device to device + copy-like kernels; CPU: outputs of copying nodes);
     None when no step was profiled."""
     profiled = _profiled(doc)
@@ -232,9 +232,10 @@ def copies_table(doc: dict) -> Table | None:
 
 
 def kernels_table(doc: dict) -> Table | None:
-    """Where one profiled CUDA decode step's GPU time goes, per ORT row and cell: the timed
-    median beside the kernels' summed time (the difference is launch and host time a CUDA graph
-    removes) and the kernels that take most of it; None without CUDA profiles."""
+    """Where one profiled CUDA decode step's GPU time goes, per profiled row and cell: the timed
+    median beside the kernels' summed time (the difference is time outside kernels: launches,
+    gaps between kernels, host work) and the kernels that take most of it; None without CUDA
+    profiles."""
     profiled = [r for r in _profiled(doc) if "top_kernels" in r["decode"]["cache_copies"]]
     if not profiled:
         return None

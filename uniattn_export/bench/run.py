@@ -285,8 +285,8 @@ def _decode(runtime: Runtime, batch: int, context: int, settings: BenchSettings,
 
 
 def _profile(runtime: Runtime, run) -> dict | None:
-    """One more decode step under a profiler (ORT rows); a profiler failure is recorded beside
-    the cell's timings, which stand."""
+    """One more decode step under a profiler (the rows whose runtime has one); a profiler
+    failure is recorded beside the cell's timings, which stand."""
     try:
         return runtime.copy_profile(run)
     except Exception as exc:

@@ -148,7 +148,7 @@ class Runtime(ABC):
 
 
 def artifact_weight_bytes(artifact: Artifact) -> int:
-    return _initializer_bytes(artifact.onnx_path)
+    return _initializer_bytes(_graph(artifact.onnx_path))
 
 
 def artifact_shape(artifact: Artifact) -> ModelShape:
@@ -502,8 +502,9 @@ class GenaiRuntime(Runtime):
         self.genai_config = genai_config(self.folder)["model"]
         decoder = self.genai_config["decoder"]
         onnx_file = self.folder / decoder["filename"]
-        self.weight_bytes = _initializer_bytes(onnx_file)
-        self.prompt_batch_limited = cuda_graph and _has_op(onnx_file, "GroupQueryAttention")
+        graph = _graph(onnx_file)
+        self.weight_bytes = _initializer_bytes(graph)
+        self.prompt_batch_limited = cuda_graph and any(node.op_type == "GroupQueryAttention" for node in graph.node)
         self.capacity = None
         if artifact is not None:
             self.shape, self.capacity = artifact_shape(artifact), artifact.capacity
@@ -511,7 +512,7 @@ class GenaiRuntime(Runtime):
             kernels = f"custom-op library {library} in the folder" if library else "function bodies"
             made = f"our --target genai export, {kernels}"
         else:
-            itemsize = _cache_itemsize(onnx_file)
+            itemsize = _cache_itemsize(graph, onnx_file)
             self.shape = ModelShape(
                 # genai_config has no MLP width; 4 x hidden only sizes the prefill memory estimate
                 hidden_size=decoder["hidden_size"], intermediate_size=4 * decoder["hidden_size"],
@@ -592,22 +593,20 @@ class _GenaiDecode(DecodeRun):
         return np.asarray(self.generator.get_logits(), dtype=np.float32)
 
 
-def _initializer_bytes(onnx_file: Path) -> int:
-    graph = onnx.load(onnx_file, load_external_data=False).graph
+def _graph(onnx_file: Path) -> onnx.GraphProto:
+    """The graph of an ONNX file without its external weights (read once per model)."""
+    return onnx.load(onnx_file, load_external_data=False).graph
+
+
+def _initializer_bytes(graph: onnx.GraphProto) -> int:
     return sum(
         int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in graph.initializer
     )
 
 
-def _has_op(onnx_file: Path, op_type: str) -> bool:
-    graph = onnx.load(onnx_file, load_external_data=False).graph
-    return any(node.op_type == op_type for node in graph.node)
-
-
-def _cache_itemsize(onnx_file: Path) -> int:
+def _cache_itemsize(graph: onnx.GraphProto, onnx_file: Path) -> int:
     """Bytes per element of the first past_key_values input of a genai decoder."""
-    graph = onnx.load(onnx_file, load_external_data=False).graph
     for value in graph.input:
         if value.name.startswith("past_key_values"):
             return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize

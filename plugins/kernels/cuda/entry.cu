@@ -14,8 +14,8 @@
 // Static layout (capacity > 0, kernels.h): the new rows go to their slots first
 // (launch_static_append: a device copy of past when present does not alias it, then one
 // scatter kernel by position_ids for all of the op's caches, which also zeroes the split-KV
-// kernel's arrival counters), then the same attention kernels read the present caches alone, each row
-// only the slots its position lets it see. Positions stay on the device and the launch
+// kernel's arrival counters), then the same attention kernels read the present caches alone,
+// each row only the slots its position lets it see. Positions stay on the device and the launch
 // geometry and workspace depend on the desc alone: nothing here synchronizes, allocates or
 // reads device memory, so a decode step can be captured in a CUDA graph and replayed with new
 // position_ids.
