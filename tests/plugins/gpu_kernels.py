@@ -1148,6 +1148,8 @@ def _fmt(x, spec=".3f"):
 
 
 VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
+VARIANT_STATIC_SHAPES = ((1, 2048), (1, 8192), (32, 8192))  # (batch, slots read) of STATIC_CAPACITY
+STATIC_BENCHES = ("ours_producer", "ours_base", "ours_consumer", "ours_consumer_recompute")
 VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn", "ours_consumer_recompute_attn")
 
 
@@ -1186,6 +1188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--random", type=int, default=150, help="randomized correctness cases")
     ap.add_argument("--no-variants", action="store_true", help="skip the tuning variants")
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated tuning variants to build and time (default all: {','.join(VARIANTS)})")
     ap.add_argument("--sanitize", action="store_true",
                     help="last, run the small cases under compute-sanitizer memcheck and racecheck")
     ap.add_argument("--budget-s", type=float, default=330,
@@ -1195,6 +1199,9 @@ def main(argv=None) -> int:
                     help="only build the full kernel library (CPU + CUDA, CMake) into DIR/lib; no GPU needed")
     ap.add_argument("--arch", default="90", help="with --build-only: CUDA architectures, e.g. 90 or '80-real;90'")
     args = ap.parse_args(argv)
+    unknown = sorted(set(filter(None, args.variants.split(","))) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.build_only:
         print(build_full_library(Path(args.build_only), args.arch))
         return 0
@@ -1232,8 +1239,9 @@ def main(argv=None) -> int:
         print("FATAL:", report["fatal"])
         return 1
     builds = None
-    if not args.no_variants and not args.skip_bench and shutil.which("nvcc"):
-        builds = ThreadPoolExecutor(1).submit(build_libraries, scratch / "variants", VARIANTS)
+    chosen = {name: VARIANTS[name] for name in args.variants.split(",") if name}
+    if not args.no_variants and not args.skip_bench and chosen and shutil.which("nvcc"):
+        builds = ThreadPoolExecutor(1).submit(build_libraries, scratch / "variants", chosen)
 
     cases = edge_cases(large=args.cases == "all") + random_cases(
         args.random, seed=7, max_batch=6, max_query=300, max_past=3000,
@@ -1289,6 +1297,7 @@ def main(argv=None) -> int:
                              "checks": len(checks), "failed": [c["case"] for c in checks if not c["ok"]][:10]}
                     if entry["checks_passed"] == entry["checks"] and kind == "decode" and "copy_TBps" in report:
                         entry["decode"] = [bench_decode(variant, b, s, bw, VARIANT_BENCHES) for b, s in VARIANT_SHAPES]
+                        entry["static_decode"] = [bench_static_decode(variant, b, n) for b, n in VARIANT_STATIC_SHAPES]
                     elif entry["checks_passed"] == entry["checks"] and kind == "prefill":
                         entry["prefill"] = [bench_prefill(variant, s) for s in (2048, 8192)]
                     report["variants"][name] = entry
@@ -1395,8 +1404,7 @@ def print_summary(report: dict, out_dir: Path) -> None:
             m = d["ms"]
             ratio = lambda a, b: _fmt(m[a] / m[b] if m.get(a) and m.get(b) else None, ".2f")  # noqa: E731, B023
             print(f"{d['batch']:>4} {d['length']:>5} | " + " ".join(_fmt(m.get(k)) for k in (
-                "sdpa", "sdpa_capacity_masked", "torch_PV")) + " | " + " ".join(_fmt(m.get(k)) for k in (
-                "ours_producer", "ours_base", "ours_consumer", "ours_consumer_recompute")) +
+                "sdpa", "sdpa_capacity_masked", "torch_PV")) + " | " + " ".join(_fmt(m.get(k)) for k in STATIC_BENCHES) +
                 f" | {ratio('ours_producer', 'sdpa')} {ratio('ours_consumer', 'torch_PV')}")
     for p in report.get("prefill", []):
         if "error" in p:
@@ -1415,6 +1423,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     for name, v in report.get("variants", {}).items():
         cells = [f"B{d['batch']} S{d['seq']}: " + " ".join(_fmt(d["ms"].get(k)) for k in VARIANT_BENCHES)
                  for d in v.get("decode", [])]
+        cells += [f"static B{d['batch']} n{d['length']}: " + " ".join(_fmt(d["ms"].get(k)) for k in STATIC_BENCHES)
+                  for d in v.get("static_decode", [])]
         cells += [f"prefill {p['seq']}: " + " ".join(_fmt(p["ms"].get(k)) for k in ("ours_producer", "ours_consumer"))
                   for p in v.get("prefill", [])]
         passed = f"{v['checks_passed']}/{v['checks']} checks" if "checks" in v else v.get("skipped", "")

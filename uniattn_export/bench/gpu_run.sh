@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H100 benchmark (run by the integrator on the GPU machine, from the repository root):
 #
-#   bash uniattn_export/bench/gpu_run.sh 1b     # ~8 min: Llama-3.2-1B shape, fp16, every row, one run
+#   bash uniattn_export/bench/gpu_run.sh 1b     # Llama-3.2-1B shape, fp16, every row, one run (see BUDGET_1B)
 #   bash uniattn_export/bench/gpu_run.sh tiny   # ~2 min: tiny models, fp16, every row (a dry run of 1b)
 #
 # Needs in /root/site (PYTHONPATH): onnxruntime-gpu 1.31.1 and onnxruntime-genai-cuda 0.18
@@ -15,7 +15,9 @@
 # on), ort-library (dynamic caches), transformers StaticCache + torch.compile (1x2048, 32x2048)
 # and DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 500) includes the
 # builds (6 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
-# there and bench.json says what was not run. Artifacts are built in .gpu/bench_work
+# there and bench.json says what was not run. On the lent H100 (2026-12-06) every row needs
+# more than a 600 s command: 560 s covered ort-static-graph, ort-static-library and
+# onnxruntime-genai; split the rows over two calls with BENCH_ROWS. Artifacts are built in .gpu/bench_work
 # (git-ignored; reused while the machine is warm). Written under $OUT/bench/: <run>/ (the bench's
 # output folder: bench.json, bench.png), <run>.table.txt (its stdout) and <run>.log.txt (its
 # stderr, every cell's line: what is left when the run is killed from outside, since the bench
