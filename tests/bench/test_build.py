@@ -3,7 +3,9 @@ refill of their weights on the machine that runs them."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 
 import numpy as np
 import onnx
@@ -11,10 +13,12 @@ import pytest
 from onnx import numpy_helper
 
 from uniattn_export.bench.build import (
-    ARTIFACT_FOLDER, BASELINE_FOLDER, Target, build_genai_model, preset_layer_map, preset_targets, reuse_artifact,
-    static_capacity,
+    ARTIFACT_FOLDER, BASELINE_FOLDER, Target, build_genai_model, build_pair, export_workers, preset_layer_map,
+    preset_targets, reuse_artifact, static_capacity,
 )  # fmt: skip
 from uniattn_export.errors import UniAttnError
+from uniattn_export.model.config import UniAttnConfig
+from uniattn_export.model.synthetic import preset_config
 from uniattn_export.export.artifact import EXTERNAL_DATA_FILE, MANIFEST_FILE, MODEL_FILE, sha256_of
 
 
@@ -110,3 +114,57 @@ def test_a_checkpoint_without_architectures_gets_a_linked_copy_for_the_genai_bui
     assert json.loads((checkpoint / "config.json").read_text()) == {"model_type": "llama", "hidden_size": 64}  # untouched
     (checkpoint / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     assert _builder_source(checkpoint, tmp_path / "cache2") == checkpoint  # nothing to add: the folder itself
+
+
+def _files(folder):
+    return json.loads((folder / MANIFEST_FILE).read_text())["files"]
+
+
+def test_exports_in_two_processes_write_what_one_process_writes(tmp_path):
+    """build_pair with workers=2: each process makes the random weights again from the seed,
+    so the artifacts are those of the sequential build, file for file (the manifest's hashes),
+    and each is loaded from its folder."""
+    make_config, one = preset_targets("tiny", tmp_path / "one")
+    _, two = preset_targets("tiny", tmp_path / "two")
+    build_pair(make_config, one, "float32", logits="last", seed=3, log=lambda _: None)
+    lines: list[str] = []
+    built, steps = build_pair(make_config, two, "float32", logits="last", seed=3, log=lines.append, workers=2)
+    assert set(built) == set(two) == {"artifact", "baseline"}
+    for name in two:
+        assert _files(two[name].folder) == _files(one[name].folder)
+        assert built[name].path == two[name].folder
+        assert steps[name]["reused"] is False and steps[name]["export_seconds"] > 0
+    assert sum("(one of 2 export processes)" in line for line in lines) == 2
+
+
+def test_a_failed_export_in_a_worker_process_is_recorded_or_raised(tmp_path):
+    """The error of an export in another process comes back as the same UniAttnError: recorded
+    for a target in may_fail (the other target still built), raised otherwise."""
+    make_config = functools.partial(preset_config, "tiny")
+    targets = {
+        "artifact": Target(tmp_path / "a", preset_layer_map(6)),
+        "artifact-genai": Target(tmp_path / "g", UniAttnConfig.none(6), "static", 4, "genai"),
+    }
+    built, steps = build_pair(make_config, targets, "float32", logits="last", seed=0, log=lambda _: None,
+                              may_fail=["artifact-genai"], workers=2)  # fmt: skip
+    assert set(built) == {"artifact"}
+    assert steps["artifact-genai"]["status"] == (
+        "failed: UniAttnError: a static-cache export needs a capacity (max_length) of at least 8, got 4. "
+        "Pass --max-length 8 or more"
+    ) or steps["artifact-genai"]["status"].startswith(
+        "failed: UniAttnError: a static-cache export needs a capacity (max_length) of at least 8, got 4"
+    )
+    with pytest.raises(UniAttnError, match="needs a capacity"):
+        build_pair(make_config, {"artifact-genai": targets["artifact-genai"], "baseline": Target(tmp_path / "b", UniAttnConfig.none(6))},
+                   "float32", logits="last", seed=0, log=lambda _: None, workers=2)
+
+
+def test_export_workers_follow_cores_and_memory(monkeypatch):
+    config = preset_config("tiny")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert export_workers(config, "float32", 6) == 1  # the 2-core CI machine exports one at a time
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert export_workers(config, "float32", 6) == 6  # the GPU machine: all six at once (tiny weights)
+    assert export_workers(config, "float32", 3) == 3
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}[name])
+    assert export_workers(config, "float32", 6) == 1  # memory for fewer than one export: still one

@@ -6,13 +6,19 @@ the GPU when there is one: 24 s for 1.2B parameters on 2 CPU cores) and Wc is ra
 A prepared artifact is one whose external weight file was removed to make it small enough to
 carry (the 1B graph is 1 MB, its weights 2.5 GB); `reuse_artifact` refills that file with
 random values of each tensor's type and records the new hash in the manifest.
+Exports are Python-bound traces (one core, ~70 s for the 1B preset): `export_workers` runs as
+many at once in processes as cores and memory allow, each making the same weights from the seed.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection
@@ -184,13 +190,15 @@ def _geometry(config) -> dict:
 def build_pair(
     make_config: Callable, targets: dict[str, Target], dtype: str, *,
     logits: str, seed: int, log: Log, external_data: bool | None = None, base_checkpoint: Path | None = None,
-    may_fail: Collection[str] = (),
+    may_fail: Collection[str] = (), workers: int = 1,
 ) -> tuple[dict[str, Artifact], dict]:  # fmt: skip
     """Export (or reuse) one artifact per target from one set of random base weights, and
     save those weights as a transformers checkpoint in `base_checkpoint` when given (the
     source onnxruntime-genai's builder reads). Returns the artifacts by target name, and
     what was done with timings. A failed export of a target named in `may_fail` is recorded
-    (its report entry's status "failed: ...") and that target left out; others raise."""
+    (its report entry's status "failed: ...") and that target left out; others raise.
+    With workers > 1 the exports run in that many processes at once (`export_workers`); each
+    makes the same random weights from `seed`, so make_config must be picklable there."""
     config = make_config()
     report: dict = {}
     artifacts: dict[str, Artifact] = {}
@@ -205,38 +213,99 @@ def build_pair(
             report["weights_init_seconds"] = round(time.perf_counter() - start, 2)
         return weights
 
+    pending: dict[str, Target] = {}
     for name, target in targets.items():
         start = time.perf_counter()
         reused = reuse_artifact(target.folder, dtype, target, _geometry(config))
-        if reused is not None:
-            artifacts[name] = reused
-            report[name] = {"path": str(target.folder), "reused": True, "seconds": round(time.perf_counter() - start, 2)}
-            log(f"{name}: reusing {target.folder} ({target.uniattn.describe()}, {target.cache} caches)")
+        if reused is None:
+            pending[name] = target
             continue
-        state = base_weights()
-        start = time.perf_counter()
-        log(f"{name}: exporting {target.uniattn.describe()}, {target.cache} caches, {target.layout} layout, "
-            f"with torch {torch.__version__} -> {target.folder}")
-        try:
-            export_random_model(make_config, target.uniattn, state, target.folder, logits=logits, seed=seed,
-                                external_data=external_data, cache=target.cache, max_length=target.capacity,
-                                layout=target.layout)  # fmt: skip
-        except Exception as exc:
+        artifacts[name] = reused
+        report[name] = {"path": str(target.folder), "reused": True, "seconds": round(time.perf_counter() - start, 2)}
+        log(f"{name}: reusing {target.folder} ({target.uniattn.describe()}, {target.cache} caches)")
+
+    def exported(name: str, outcome: float | Exception) -> None:
+        target = targets[name]
+        if isinstance(outcome, Exception):
             if name not in may_fail:
-                raise
-            report[name] = {"path": str(target.folder), "status": f"failed: {first_line(exc)}"}
-            log(f"{name}: export failed ({first_line(exc)})")
-            continue
-        seconds = round(time.perf_counter() - start, 2)
-        report[name] = {"path": str(target.folder), "reused": False, "export_seconds": seconds}
-        log(f"{name}: exported in {seconds:.1f} s")
+                raise outcome
+            report[name] = {"path": str(target.folder), "status": f"failed: {first_line(outcome)}"}
+            log(f"{name}: export failed ({first_line(outcome)})")
+            return
+        report[name] = {"path": str(target.folder), "reused": False, "export_seconds": round(outcome, 2)}
+        log(f"{name}: exported in {outcome:.1f} s")
         artifacts[name] = load_artifact(target.folder, verify_hashes=False)  # export_model just checked them
+
+    def announce(name: str, target: Target, where: str = "") -> None:
+        log(f"{name}: exporting {target.uniattn.describe()}, {target.cache} caches, {target.layout} layout, "
+            f"with torch {torch.__version__}{where} -> {target.folder}")
+
+    options = {"logits": logits, "seed": seed, "external_data": external_data}
+    workers = min(workers, len(pending))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+            futures = {}
+            for name, target in pending.items():
+                announce(name, target, f" (one of {workers} export processes)")
+                futures[name] = pool.submit(_export_in_process, make_config, target, dtype, threads, options)
+            try:
+                for name, future in futures.items():
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:
+                        outcome = exc
+                    exported(name, outcome)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    else:
+        for name, target in pending.items():
+            state = base_weights()
+            announce(name, target)
+            start = time.perf_counter()
+            try:
+                _export_target(make_config, target, state, **options)
+                outcome = time.perf_counter() - start
+            except Exception as exc:
+                outcome = exc
+            exported(name, outcome)
     if base_checkpoint is not None and not (base_checkpoint / "config.json").is_file():
         start = time.perf_counter()
         save_base_checkpoint(make_config(), base_weights(), base_checkpoint)
         report["base_checkpoint"] = {"path": str(base_checkpoint), "seconds": round(time.perf_counter() - start, 2)}
         log(f"base checkpoint (for onnxruntime-genai's builder) saved in {base_checkpoint}")
     return artifacts, report
+
+
+def _export_target(make_config: Callable, target: Target, weights: dict[str, torch.Tensor], *, logits: str,
+                   seed: int, external_data: bool | None) -> None:
+    export_random_model(make_config, target.uniattn, weights, target.folder, logits=logits, seed=seed,
+                        external_data=external_data, cache=target.cache, max_length=target.capacity,
+                        layout=target.layout)  # fmt: skip
+
+
+def _export_in_process(make_config: Callable, target: Target, dtype: str, threads: int, options: dict) -> float:
+    """One export in a worker process (build_pair with workers > 1): the random weights made
+    again from the seed, the export timed without them."""
+    torch.set_num_threads(threads)
+    weights = random_base_weights(make_config(), dtype, options["seed"])
+    start = time.perf_counter()
+    _export_target(make_config, target, weights, **options)
+    return time.perf_counter() - start
+
+
+def export_workers(config, dtype: str, pending: int) -> int:
+    """Exports to run at once on this machine: an export is a Python-bound trace (one core
+    busy) that holds about three copies of the weights (the random state, the model, what is
+    written), so one per two cores and per four weight sizes of memory, at most `pending`."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=getattr(torch, dtype))
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(max(1, min(pending, (os.cpu_count() or 1) // 2, memory // max(1, 4 * weight_bytes))))
 
 
 def save_base_checkpoint(config, weights: dict[str, torch.Tensor], folder: Path) -> None:
@@ -357,7 +426,7 @@ def preset_targets(
                 if wanted:
                     layout = "genai" if kind == "genai" else "optimum"
                     targets[f"{name}-{kind}"] = Target(work_dir / f"{folder}_{kind}", uniattn, "static", capacity, layout)
-    return (lambda: preset_config(preset)), targets
+    return functools.partial(preset_config, preset), targets
 
 
 def build_baseline_for(artifact: Artifact, out: Path, *, seed: int, log: Log) -> tuple[Artifact, dict]:

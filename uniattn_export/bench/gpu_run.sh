@@ -15,9 +15,10 @@
 # on), ort-library (dynamic caches), transformers StaticCache + torch.compile (1x2048, 32x2048)
 # and DynamicCache (the SDPA prefill). Its budget (BUDGET_1B seconds, default 500) includes the
 # builds (6 exports, the base checkpoint, onnxruntime-genai's builder); the run stops gracefully
-# there and bench.json says what was not run. On the lent H100 (2026-12-06) every row needs
-# more than a 600 s command: 560 s covered ort-static-graph, ort-static-library and
-# onnxruntime-genai; split the rows over two calls with BENCH_ROWS. Artifacts are built in .gpu/bench_work
+# there and bench.json says what was not run. The exports run in parallel processes where cores
+# and memory allow (`export_workers`: all six at once on 16 cores and 128 GB); before that, on
+# the lent H100 (2026-12-06), the six took 440 s one after another and every row did not fit a
+# 600 s command (560 s covered ort-static-graph, ort-static-library and onnxruntime-genai). Artifacts are built in .gpu/bench_work
 # (git-ignored; reused while the machine is warm). Written under $OUT/bench/: <run>/ (the bench's
 # output folder: bench.json, bench.png), <run>.table.txt (its stdout) and <run>.log.txt (its
 # stderr, every cell's line: what is left when the run is killed from outside, since the bench
@@ -76,8 +77,8 @@ bench() {
   if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then status=$rc; fi
 }
 
-# BENCH_ROWS: fewer rows when device time is short (each row family's artifacts cost a 1B export
-# of about a minute: ort-library two, genai-artifact two, the static rows two).
+# BENCH_ROWS: fewer rows when device time is short (each row family's artifacts cost two 1B
+# exports of 70 s each, run in parallel: ort-library, genai-artifact, the static rows).
 ROWS=${BENCH_ROWS:-ort-static-graph,ort-static-library,onnxruntime-genai,genai-artifact,ort-library,transformers-static-compiled,transformers-dynamic}
 case "${1:-}" in
   tiny)

@@ -19,7 +19,8 @@ from ..export.artifact import Artifact, load_artifact, package_versions
 from ..model.synthetic import PRESETS, preset_config
 from ..output import check_file_destination
 from .build import (
-    BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
+    BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, export_workers, preset_targets,
+    strip_weights,
 )  # fmt: skip
 from .measure import (
     Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
@@ -541,7 +542,8 @@ def run_preset(
     start = time.perf_counter()
     try:
         built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log,
-                                  base_checkpoint=checkpoint, may_fail=genai_folders)  # fmt: skip
+                                  base_checkpoint=checkpoint, may_fail=genai_folders,
+                                  workers=export_workers(make_config(), dtype, len(targets)))  # fmt: skip
     except UniAttnError:
         raise
     except Exception as exc:
@@ -575,6 +577,7 @@ def prepare_preset(
     with genai=True too the `--target genai` pair (re-exported where the bench runs if the
     custom-op library it would ship there differs)."""
     make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed, genai=genai)
-    _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True)
+    _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True,
+                          workers=export_workers(make_config(), dtype, len(targets)))
     sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}
