@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -168,3 +169,20 @@ def test_export_workers_follow_cores_and_memory(monkeypatch):
     assert export_workers(config, "float32", 3) == 3
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}[name])
     assert export_workers(config, "float32", 6) == 1  # memory for fewer than one export: still one
+
+
+class _ConfigThatDiesInWorkers:
+    """The tiny preset's config in this process; a worker process that asks for it ends at once
+    (what the out-of-memory killer does to an export)."""
+
+    def __call__(self):
+        if multiprocessing.parent_process() is not None:
+            os._exit(1)
+        return preset_config("tiny")
+
+
+def test_an_export_process_that_dies_is_one_clear_error(tmp_path):
+    make_config, targets = preset_targets("tiny", tmp_path)
+    with pytest.raises(UniAttnError, match=r"an export process of artifact ended abruptly \(out of memory\?\)\. "
+                                           r"Pass --export-processes 1 to export one artifact at a time"):
+        build_pair(_ConfigThatDiesInWorkers(), targets, "float32", logits="last", seed=0, log=lambda _: None, workers=2)

@@ -48,6 +48,10 @@ def test_json_output(artifacts, tmp_path, capsys):
         (["{artifact}", "--time-budget", "0"], "time_budget must be > 0, got 0.0."),
         (["/nonexistent/artifact"], "artifact folder /nonexistent/artifact does not exist."),
         (["{artifact}", "--prepare", "somewhere"], "--prepare exports a preset's graphs."),
+        (["--preset", "tiny", "--export-processes", "0"],
+         "--export-processes 0 is not a number of processes for a preset's exports. Pass --preset NAME with "
+         "--export-processes 1 or more."),
+        (["{artifact}", "--export-processes", "2"], "--export-processes 2 is not a number of processes for a preset's"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(artifacts, tmp_path, capsys, argv, message):

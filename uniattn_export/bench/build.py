@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection
@@ -253,6 +254,9 @@ def build_pair(
                 for name, future in futures.items():
                     try:
                         outcome = future.result()
+                    except BrokenProcessPool:  # a worker was killed: the out-of-memory killer, most likely
+                        outcome = UniAttnError(f"an export process of {name} ended abruptly (out of memory?)",
+                                               "pass --export-processes 1 to export one artifact at a time")
                     except Exception as exc:
                         outcome = exc
                     exported(name, outcome)

@@ -510,6 +510,7 @@ def run_preset(
     settings: BenchSettings = BenchSettings(),
     clock: Clock = time.monotonic,
     log: Log = _quiet,
+    export_processes: int | None = None,
 ) -> dict:
     """Build a UniAttn artifact (SuperBlocks of 4 over the top half of the layers) and its
     base model from a shape preset with random weights (or reuse them from `work_dir`), each
@@ -519,7 +520,8 @@ def run_preset(
     onnxruntime-genai's builder when that row runs. Then benchmark them like run_bench.
     The build counts against settings.time_budget; a failed export is recorded in bench.json
     before the error is raised, except for the genai folders and genai's builder: those
-    failures are their rows' (the other rows do not depend on them)."""
+    failures are their rows' (the other rows do not depend on them). export_processes: the
+    exports run at once (None: `export_workers`)."""
     import torch
 
     deadline = Deadline(settings.time_budget, clock)
@@ -543,7 +545,7 @@ def run_preset(
     try:
         built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log,
                                   base_checkpoint=checkpoint, may_fail=genai_folders,
-                                  workers=export_workers(make_config(), dtype, len(targets)))  # fmt: skip
+                                  workers=export_processes or export_workers(make_config(), dtype, len(targets)))  # fmt: skip
     except UniAttnError:
         raise
     except Exception as exc:
@@ -569,7 +571,7 @@ def run_preset(
 
 def prepare_preset(
     preset: str, out_dir: str | Path, *, dtype: str = "float16", seed: int = 0, capacity_needed: int | None = None,
-    genai: bool = False, log: Log = _quiet,
+    genai: bool = False, log: Log = _quiet, export_processes: int | None = None,
 ) -> dict:  # fmt: skip
     """The preset's artifacts without their external weight files (small enough to carry to a
     machine whose exporter fails; `run_preset(work_dir=out_dir)` refills the weights there):
@@ -578,6 +580,6 @@ def prepare_preset(
     custom-op library it would ship there differs)."""
     make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed, genai=genai)
     _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True,
-                          workers=export_workers(make_config(), dtype, len(targets)))
+                          workers=export_processes or export_workers(make_config(), dtype, len(targets)))
     sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}

@@ -82,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--work", type=Path, default=None, help="where the preset's artifacts are built or reused (default OUT/work)")
     g.add_argument("--prepare", type=Path, default=None,
                    help="only export the preset's graphs into this folder, without weight files, and stop")  # fmt: skip
+    g.add_argument("--export-processes", type=int, default=None,
+                   help="exports run at once (default: one per 2 cores and per 4x the weights' bytes of memory)")  # fmt: skip
     m = p.add_argument_group("matrix and limits")
     m.add_argument("--device", choices=("cuda", "cpu"), default=defaults.device)
     m.add_argument("--batches", type=_ints, default=defaults.batches, help="default 1,8,32")
@@ -136,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         stderr.print(f"[dim]bench[/] {line}", highlight=False)
 
+    if args.export_processes is not None and (args.preset is None or args.export_processes < 1):
+        raise UniAttnError(f"--export-processes {args.export_processes} is not a number of processes for a preset's exports",
+                           "pass --preset NAME with --export-processes 1 or more")  # fmt: skip
     if args.prepare is not None:
         if args.preset is None or args.artifact:
             raise UniAttnError("--prepare exports a preset's graphs", "pass --preset NAME --prepare DIR (no ARTIFACT)")
@@ -146,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         settings = _settings(args)
         capacity = max(settings.contexts) + settings.decode_length() if needs_capacity(settings.backends) else None
         info = prepare_preset(args.preset, args.prepare, dtype=args.dtype or "float16", seed=args.seed,
-                              capacity_needed=capacity, genai=GENAI_ARTIFACT_BACKEND in settings.backends, log=log)  # fmt: skip
+                              capacity_needed=capacity, genai=GENAI_ARTIFACT_BACKEND in settings.backends, log=log,
+                              export_processes=args.export_processes)  # fmt: skip
         print(json.dumps(info, indent=2))
         return 0
     if (not args.artifact) == (args.preset is None):
@@ -169,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         if args.preset is not None:
             from ..bench import run_preset
 
-            doc = run_preset(args.preset, out, work_dir=args.work, dtype=args.dtype or "float16", settings=settings, log=log)
+            doc = run_preset(args.preset, out, work_dir=args.work, dtype=args.dtype or "float16", settings=settings, log=log,
+                             export_processes=args.export_processes)  # fmt: skip
         else:
             from ..bench import run_bench
 
