@@ -191,15 +191,16 @@ def _geometry(config) -> dict:
 def build_pair(
     make_config: Callable, targets: dict[str, Target], dtype: str, *,
     logits: str, seed: int, log: Log, external_data: bool | None = None, base_checkpoint: Path | None = None,
-    may_fail: Collection[str] = (), workers: int = 1,
+    may_fail: Collection[str] = (), workers: int | None = 1,
 ) -> tuple[dict[str, Artifact], dict]:  # fmt: skip
     """Export (or reuse) one artifact per target from one set of random base weights, and
     save those weights as a transformers checkpoint in `base_checkpoint` when given (the
     source onnxruntime-genai's builder reads). Returns the artifacts by target name, and
     what was done with timings. A failed export of a target named in `may_fail` is recorded
     (its report entry's status "failed: ...") and that target left out; others raise.
-    With workers > 1 the exports run in that many processes at once (`export_workers`); each
-    makes the same random weights from `seed`, so make_config must be picklable there."""
+    With workers > 1 the exports run in that many processes at once (None: as many as
+    `export_workers` allows for the exports pending); each makes the same random weights from
+    `seed`, so make_config must be picklable there."""
     config = make_config()
     report: dict = {}
     artifacts: dict[str, Artifact] = {}
@@ -242,7 +243,9 @@ def build_pair(
             f"with torch {torch.__version__}{where} -> {target.folder}")
 
     options = {"logits": logits, "seed": seed, "external_data": external_data}
-    workers = min(workers, len(pending))
+    if workers is None and pending:
+        workers = export_workers(config, dtype, len(pending))
+    workers = min(workers or 1, len(pending))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:

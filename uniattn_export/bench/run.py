@@ -19,8 +19,7 @@ from ..export.artifact import Artifact, load_artifact, package_versions
 from ..model.synthetic import PRESETS, preset_config
 from ..output import check_file_destination
 from .build import (
-    BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, export_workers, preset_targets,
-    strip_weights,
+    BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
 )  # fmt: skip
 from .measure import (
     Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
@@ -521,7 +520,7 @@ def run_preset(
     The build counts against settings.time_budget; a failed export is recorded in bench.json
     before the error is raised, except for the genai folders and genai's builder: those
     failures are their rows' (the other rows do not depend on them). export_processes: the
-    exports run at once (None: `export_workers`)."""
+    exports run at once (None: as many as cores and memory allow, `export_workers`)."""
     import torch
 
     deadline = Deadline(settings.time_budget, clock)
@@ -545,7 +544,7 @@ def run_preset(
     try:
         built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log,
                                   base_checkpoint=checkpoint, may_fail=genai_folders,
-                                  workers=export_processes or export_workers(make_config(), dtype, len(targets)))  # fmt: skip
+                                  workers=export_processes)  # fmt: skip
     except UniAttnError:
         raise
     except Exception as exc:
@@ -580,6 +579,6 @@ def prepare_preset(
     custom-op library it would ship there differs)."""
     make_config, targets = preset_targets(preset, Path(out_dir), capacity_needed=capacity_needed, genai=genai)
     _, steps = build_pair(make_config, targets, dtype, logits="last", seed=seed, log=log, external_data=True,
-                          workers=export_processes or export_workers(make_config(), dtype, len(targets)))
+                          workers=export_processes)
     sizes = {name: strip_weights(target.folder) for name, target in targets.items()}
     return {"preset": preset, "dtype": dtype, "steps": steps, "bytes_left": sizes}
