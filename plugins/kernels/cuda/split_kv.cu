@@ -91,10 +91,11 @@ __host__ __device__ constexpr int step_keys(size_t element_size, Weights w, int 
 __host__ __device__ constexpr int64_t split_align(size_t element_size, Weights w, int lanes) {
   return imax(8, step_keys(element_size, w, lanes));  // P is written in chunks of 8 keys
 }
-// Floats of shared memory besides the scores: per-warp outputs and statistics, per-row
-// statistics, per-split combine factors, the last-block flag.
+// Floats of shared memory besides the scores: each row's shared_probs/lse and output offsets
+// (2 x R int64), per-warp outputs and statistics, per-row statistics, per-split combine
+// factors, the last-block flag.
 __host__ __device__ constexpr size_t fixed_floats(int lanes) {
-  return size_t(kWarps) * R * lanes * 8 + 2 * kWarps * R + 2 * R + R * kMaxSplits + 1;
+  return 4 * R + size_t(kWarps) * R * lanes * 8 + 2 * kWarps * R + 2 * R + R * kMaxSplits + 1;
 }
 // Keys per split whose scores fit next to the rest (P emission only).
 __host__ __device__ constexpr int64_t score_keys(bool emit, size_t element_size, Weights w, int lanes) {
@@ -170,11 +171,11 @@ template <typename T>
 __device__ __forceinline__ QueryRow query_row(const SplitKvKernelArgs<T>& a, int64_t b, int64_t hk, int row_tile,
                                               int r) {
   QueryRow q;
-  const int64_t gr = int64_t(row_tile) * R + r;
+  const int gr = row_tile * R + r;  // g * L query rows per KV head: far below 2^31 (32-bit division)
   q.valid = gr < a.group * a.query_len;
-  const int64_t idx = q.valid ? gr : 0;
-  q.h = hk * a.group + idx / a.query_len;
-  q.i = idx % a.query_len;
+  const int idx = q.valid ? gr : 0, len = int(a.query_len);
+  q.h = hk * a.group + idx / len;
+  q.i = idx % len;
   q.global = (b * a.num_heads + q.h) * a.query_len + q.i;
   const int64_t position = query_position(a, b, q.i);
   q.hi = q.valid ? int(a.is_causal ? imin(a.key_len - 1, position) : a.key_len - 1) : -1;
@@ -258,7 +259,12 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   constexpr int kKeys = K::kKeys, kDots = K::kDots, kDim = K::kDim;
   constexpr bool kSoftmax = W == Weights::kSoftmax;
   UA_DYNAMIC_SMEM(smem);
-  float* s_scores = reinterpret_cast<float*>(smem);    // R x kScoreKeys: the split's scores (log2)
+  // Each row's index among the B*Hq*L rows (-1: no row) and its output offset, computed once:
+  // the divisions behind them would otherwise be inlined into every loop that needs a row,
+  // and the code the last block runs alone must stay small (it is fetched cold).
+  int64_t* s_row_global = reinterpret_cast<int64_t*>(smem);  // R
+  int64_t* s_row_out = s_row_global + R;                      // R
+  float* s_scores = reinterpret_cast<float*>(s_row_out + R);  // R x kScoreKeys: the split's scores (log2)
   float* s_acc = s_scores + R * K::kScoreKeys;          // kWarps x R x kDim: each warp's output
   float* s_warp_max = s_acc + kWarps * R * kDim;       // kWarps x R
   float* s_warp_sum = s_warp_max + kWarps * R;         // kWarps x R
@@ -276,13 +282,15 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   const int k0 = int(split * a.split_len), k1 = int(imin(S, k0 + a.split_len));
   const int rows_here = int(imin(R, a.group * a.query_len - int64_t(row_tile) * R));
 
-  // The rows: queries (this lane's slice, pre-scaled into the log2 domain), P rows, and the
-  // keys the causal and sliding-window conditions leave each (the mask is checked per key):
-  // any row may see keys in [attend_lo, attend_hi], every row sees [common_lo, common_hi].
-  float q[R][8];
-  int64_t probs_row[R];
+  // The rows first: their indices, positions and the keys the causal and sliding-window
+  // conditions leave each (the mask is checked per key): any row may see keys in
+  // [attend_lo, attend_hi], every row sees [common_lo, common_hi]. The static layout's idle
+  // splits exit on these alone; the others then load every query slice at once (one round
+  // trip to memory, not one per row: loads inside per-row branches are not batched).
+  int64_t row_global[R];  // -1: no row
+  int64_t probs_row[R];   // row_global * S, -1: no row
+  int64_t query_offset[R];
   int lo[R], hi[R];
-  float lse[R];  // kFromLse, log2 domain
   int attend_lo = INT_MAX, attend_hi = -1, common_lo = 0, common_hi = INT_MAX;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -295,15 +303,12 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       common_lo = int(imax(common_lo, row.lo));
       common_hi = int(imin(common_hi, row.hi));
     }
+    row_global[r] = row.valid ? row.global : -1;
     probs_row[r] = row.valid ? row.global * S : -1;
-    lse[r] = (W == Weights::kFromLse && row.valid) ? a.lse_in[row.global] * kLog2e : kInf;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) q[r][e] = 0.f;
-    if (W != Weights::kGivenProbs && row.valid && slice_active) {
-      const T* src = a.query + ((b * a.query_len + row.i) * a.num_heads + row.h) * D + slice * 8;
-      slice_to_floats(load_slice(src), q[r]);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) q[r][e] *= a.scale_log2;
+    query_offset[r] = ((b * a.query_len + row.i) * a.num_heads + row.h) * D;
+    if (tid == r) {
+      s_row_global[r] = row_global[r];
+      s_row_out[r] = query_offset[r];
     }
   }
   const bool fixed = a.positions != nullptr;  // static layout
@@ -312,10 +317,9 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     attend_hi = common_hi = S - 1;
   }
 
-  // shared_probs of row r, keys j .. j+7 below `end`: one 16-byte store where the row allows.
-  // (Rows by query_row, not probs_row[r]: a runtime index would put that array in local memory.)
-  const auto store_probs = [&](int r, int64_t j, const float (&f)[8], int64_t end) {
-    T* dst = a.probs_out + query_row(a, b, hk, row_tile, r).global * S + j;
+  // shared_probs of row `global`, keys j .. j+7 below `end`: one 16-byte store where the row allows.
+  const auto store_probs = [&](int64_t global, int64_t j, const float (&f)[8], int64_t end) {
+    T* dst = a.probs_out + global * S + j;
     if (a.vector_probs && j + 8 <= end) {
       store_slice(dst, floats_to_slice<T>(f));
     } else {
@@ -336,15 +340,37 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     if (attend_lo > attend_hi || k0 > attend_hi || k1 <= attend_lo) {
       if (kEmit) {
         const int end = int(imin(k1, emit_end));
-        const int64_t chunks = ceil_div(imax(0, end - k0), 8);
+        const int chunks = int(ceil_div(imax(0, end - k0), 8));
         const float zeros[8] = {};
-        for (int64_t x = tid; x < rows_here * chunks; x += kThreads)
-          store_probs(int(x / chunks), k0 + (x % chunks) * 8, zeros, end);
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (r < rows_here)
+            for (int c = tid; c < chunks; c += kThreads) store_probs(row_global[r], k0 + int64_t(c) * 8, zeros, end);
       }
       return;
     }
     first_split = int(attend_lo / a.split_len);
     end_split = int(attend_hi / a.split_len) + 1;
+  }
+
+  // The queries (this lane's slice, pre-scaled into the log2 domain) and lse (kFromLse, log2).
+  float q[R][8];
+  float lse[R];
+  {
+    Slice8<T> raw[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      raw[r] = Slice8<T>{};
+      if (W != Weights::kGivenProbs && row_global[r] >= 0 && slice_active)
+        raw[r] = load_slice(a.query + query_offset[r] + slice * 8);
+      lse[r] = (W == Weights::kFromLse && row_global[r] >= 0) ? a.lse_in[row_global[r]] * kLog2e : kInf;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      slice_to_floats(raw[r], q[r]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[r][e] *= a.scale_log2;
+    }
   }
   const int active_splits = end_split - first_split;
   // Keys this block loads: its split (dynamic layout: it also copies them to present), or the
@@ -558,16 +584,15 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       v += s_acc[(w * R + r) * kDim + d] * f;
       if (kSoftmax) l += s_warp_sum[w * R + r] * f;
     }
-    const QueryRow row = query_row(a, b, hk, row_tile, r);
+    const int64_t global = s_row_global[r];
     if (active_splits == 1) {
-      a.output[((b * a.query_len + row.i) * a.num_heads + row.h) * D + d] =
-          from_float<T>(!kSoftmax ? v : l > 0.f ? v / l : 0.f);
-      if (kSoftmax && d == 0 && a.lse_out != nullptr) a.lse_out[row.global] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
+      a.output[s_row_out[r] + d] = from_float<T>(!kSoftmax ? v : l > 0.f ? v / l : 0.f);
+      if (kSoftmax && d == 0 && a.lse_out != nullptr) a.lse_out[global] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
     } else {
-      a.partial_out[(row.global * a.max_splits + split) * D + d] = v;
+      a.partial_out[(global * a.max_splits + split) * D + d] = v;
       if (kSoftmax && d == 0) {
-        a.partial_stats[(row.global * a.max_splits + split) * 2] = m;
-        a.partial_stats[(row.global * a.max_splits + split) * 2 + 1] = l;
+        a.partial_stats[(global * a.max_splits + split) * 2] = m;
+        a.partial_stats[(global * a.max_splits + split) * 2 + 1] = l;
       }
     }
     if (d == 0) {
@@ -580,10 +605,10 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   if (kEmit) {
     __syncthreads();
     const int end = int(imin(k1, emit_end));
-    const int64_t chunks = ceil_div(imax(0, end - k0), 8);
-    for (int64_t x = tid; x < rows_here * chunks; x += kThreads) {
-      const int r = int(x / chunks);
-      const int64_t j = k0 + (x % chunks) * 8;
+    const int chunks = int(ceil_div(imax(0, end - k0), 8));
+    for (int x = tid; x < rows_here * chunks; x += kThreads) {
+      const int r = x / chunks;
+      const int64_t j = k0 + int64_t(x % chunks) * 8;
       const float m = s_row[2 * r], l = s_row[2 * r + 1];
       const float reference = active_splits > 1 ? m : m + log2f(l);  // rows without a visible key: all -inf
       float f[8];
@@ -592,7 +617,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
         const float s = j + e < k1 ? s_scores[r * K::kScoreKeys + (j + e - k0)] : -kInf;
         f[e] = s == -kInf ? 0.f : exp2f(s - reference);
       }
-      store_probs(r, j, f, end);
+      store_probs(s_row_global[r], j, f, end);
     }
   }
   if (active_splits == 1) return;
@@ -607,7 +632,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
 
   // Each row's max and sum over all splits (a warp per row, lanes over the splits).
   for (int r = warp; r < rows_here; r += kWarps) {
-    const int64_t row = query_row(a, b, hk, row_tile, r).global;
+    const int64_t row = s_row_global[r];
     const float* stats = a.partial_stats + row * a.max_splits * 2;
     float m = -kInf, l = 0.f;
     if (kSoftmax) {
@@ -636,7 +661,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     const int chunk_end = int(imin(end_split, chunk + kMaxSplits));
     __syncthreads();
     for (int r = warp; r < rows_here; r += kWarps) {
-      const float* stats = a.partial_stats + query_row(a, b, hk, row_tile, r).global * a.max_splits * 2;
+      const float* stats = a.partial_stats + s_row_global[r] * a.max_splits * 2;
       const float m = s_row[2 * r], l = s_row[2 * r + 1];
       for (int s = chunk + lane; s < chunk_end; s += 32)
         s_factor[r * kMaxSplits + s - chunk] = !kSoftmax ? 1.f : l > 0.f ? exp2f(__ldcg(stats + 2 * s) - m) / l : 0.f;
@@ -645,7 +670,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
 
     for (int x = tid; x < parts * pairs; x += kThreads) {
       const int pair = x % pairs, part = x / pairs, r = pair / quads;
-      const int64_t row = query_row(a, b, hk, row_tile, r).global;
+      const int64_t row = s_row_global[r];
       const float4* partial = reinterpret_cast<const float4*>(a.partial_out + row * a.max_splits * D) + pair % quads;
       float4 sum = s_part[x];
 #pragma unroll 8
@@ -657,41 +682,44 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       s_part[x] = sum;
     }
 
-    // The chunk's P, from exp(s - m_split) to exp(s - lse): batches of loads before their
-    // stores (a store may alias the next load as far as the compiler knows).
+    // The chunk's P, from exp(s - m_split) to exp(s - lse): batches of 16-byte loads before
+    // their stores (a store may alias the next load as far as the compiler knows); the few
+    // chunks that cannot be vectors (a row's ragged end, unaligned rows) element by element in
+    // a rolled loop. Code here runs once, on one block, fetched cold: kept small.
     if (kEmit) {
       constexpr int kBatch = 16 / int(sizeof(T));
-      const int64_t first_key = chunk * int64_t(a.split_len);
-      const int64_t keys = imax(0, imin(emit_end, chunk_end * a.split_len) - first_key);
-      const int64_t chunks = ceil_div(keys, 8), total = rows_here * chunks;
-      for (int64_t first = tid; first < total; first += int64_t(kThreads) * kBatch) {
+      const int split_len = int(a.split_len);  // <= S < 2^31: 32-bit index arithmetic below
+      const int first_key = chunk * split_len;
+      const int keys = int(imax(0, imin(emit_end, int64_t(chunk_end) * split_len) - first_key));
+      const int chunks = (keys + 7) / 8, total = rows_here * chunks;
+      for (int first = tid; first < total; first += kThreads * kBatch) {
         Slice8<T> values[kBatch];
+        T* where[kBatch];
+        int key[kBatch];
+        float factor[kBatch];
+        bool vector[kBatch];
 #pragma unroll
         for (int n = 0; n < kBatch; ++n) {
-          const int64_t x = first + int64_t(n) * kThreads;
-          if (x >= total) continue;
-          const int64_t j = first_key + (x % chunks) * 8;
-          const T* p = a.probs_out + query_row(a, b, hk, row_tile, int(x / chunks)).global * S + j;
-          if (a.vector_probs && j + 8 <= emit_end) {
-            values[n] = load_slice<T, Load::kL2>(p);
-          } else {
-            T* e = reinterpret_cast<T*>(values[n].raw);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) e[k] = j + k < emit_end ? __ldcg(p + k) : from_float<T>(0.f);
-          }
+          const int x = first + n * kThreads, r = x / chunks, j = first_key + (x % chunks) * 8;
+          where[n] = x < total ? a.probs_out + s_row_global[r] * S + j : nullptr;
+          key[n] = j;
+          factor[n] = x < total ? s_factor[r * kMaxSplits + j / split_len - chunk] : 0.f;
+          vector[n] = x < total && a.vector_probs && j + 8 <= emit_end;
+          values[n] = vector[n] ? load_slice<T, Load::kL2>(where[n]) : Slice8<T>{};
         }
 #pragma unroll
         for (int n = 0; n < kBatch; ++n) {
-          const int64_t x = first + int64_t(n) * kThreads;
-          if (x >= total) continue;
-          const int r = int(x / chunks);
-          const int64_t j = first_key + (x % chunks) * 8;
-          const float f = s_factor[r * kMaxSplits + int(j / a.split_len) - chunk];
-          float scaled[8];
-          slice_to_floats(values[n], scaled);
+          if (vector[n]) {
+            float scaled[8];
+            slice_to_floats(values[n], scaled);
 #pragma unroll
-          for (int k = 0; k < 8; ++k) scaled[k] *= f;
-          store_probs(r, j, scaled, emit_end);
+            for (int k = 0; k < 8; ++k) scaled[k] *= factor[n];
+            store_slice(where[n], floats_to_slice<T>(scaled));
+          } else if (where[n] != nullptr) {
+#pragma unroll 1
+            for (int k = 0; k < 8 && key[n] + k < emit_end; ++k)
+              where[n][k] = from_float<T>(to_float(__ldcg(where[n] + k)) * factor[n]);
+          }
         }
       }
     }
@@ -699,13 +727,13 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   __syncthreads();
 
   for (int pair = tid; pair < pairs; pair += kThreads) {
-    const QueryRow row = query_row(a, b, hk, row_tile, pair / quads);
+    const int64_t out_offset = s_row_out[pair / quads];
     float4 sum = s_part[pair];
     for (int part = 1; part < parts; ++part) {
       const float4 v = s_part[part * pairs + pair];
       sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
     }
-    T* out = a.output + ((b * a.query_len + row.i) * a.num_heads + row.h) * D + (pair % quads) * 4;
+    T* out = a.output + out_offset + (pair % quads) * 4;
     out[0] = from_float<T>(sum.x);
     out[1] = from_float<T>(sum.y);
     out[2] = from_float<T>(sum.z);
