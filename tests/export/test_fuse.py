@@ -42,6 +42,10 @@ CONSUMER_LAYER = {
 # Qwen2: the q/k/v biases become one Add on the fused projection; a consumer's v bias
 # stays an Add of its own (Wc has no bias, so the group's biases are not fused).
 QWEN2_EXTRA_ADD = 1
+# With skip norms (the ort and genai targets): both residual Adds of a layer go into the norms
+# reading them (the MLP's into the next layer's input norm, the last one's into the final
+# norm); layer 0's input norm reads the embedding and stays an RMSNormalization.
+SKIP_NORM = "SkipSimplifiedLayerNormalization"
 
 
 class _RawOrtSession(GenerationSession):
@@ -96,11 +100,32 @@ def traced(checkpoint, tmp_path_factory):
     return make
 
 
-def _expected_layer(role: str, family: str) -> dict[str, int]:
+@pytest.fixture(scope="module")
+def skip_fused(traced):
+    """skip_fused(family, dtype, base) -> (.onnx fused with skip_norms=True, FusionReport)."""
+    made = {}
+
+    def make(family: str, dtype: str, base: bool = False):
+        key = (family, dtype, base)
+        if key not in made:
+            unfused, *_ = traced(family, dtype, base)
+            graph = ir.load(unfused)
+            report = fuse_graph(graph, skip_norms=True)
+            made[key] = (_save(graph, unfused.with_name("fused_skip_norms.onnx")), report)
+        return made[key]
+
+    return make
+
+
+def _expected_layer(role: str, family: str, skip_norms: bool = False, layer: int = 1) -> dict[str, int]:
     expected = dict(CONSUMER_LAYER if role == "consumer" else PRODUCER_LAYER)
     if family == "qwen2":
         expected["Add"] += QWEN2_EXTRA_ADD
-    return expected
+    if skip_norms:
+        expected["Add"] -= 2
+        expected[SKIP_NORM] = 2 if layer else 1
+        expected["RMSNormalization"] = 0 if layer else 1
+    return {kind: count for kind, count in expected.items() if count}
 
 
 CASES = [
@@ -181,6 +206,121 @@ def test_fused_graph_matches_unfused_graph_in_float16(traced, family, single_tor
         rows = want.prompt_mask.astype(bool) if step == 0 else np.ones((len(PROMPTS), 1), bool)
         noise = np.abs(reference.step_logits[step] - precise.step_logits[step])[rows].max()
         assert np.abs(got.step_logits[step] - want.step_logits[step])[rows].max() <= SAFETY_FACTOR * noise, step
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("family,base", CASES, ids=[f"{f}{'_base' if b else ''}" for f, b in CASES])
+def test_skip_norms_take_every_residual_add(traced, skip_fused, family, base, dtype):
+    _, fused, report, model, _ = traced(family, dtype, base)
+    skip_path, skip_report = skip_fused(family, dtype, base)
+    onnx.checker.check_model(str(skip_path), full_check=True)
+    uniattn = model.uniattn_config
+    by_layer = nodes_by_layer(ir.load(skip_path).graph)
+    for layer in range(uniattn.num_layers):
+        assert dict(by_layer[layer]) == _expected_layer(uniattn.role(layer), family, True, layer), layer
+    assert by_layer[None][SKIP_NORM] == 1 and "RMSNormalization" not in by_layer[None]  # the final norm
+    assert skip_report.matched["skip_norms"] == 2 * uniattn.num_layers
+    assert skip_report.nodes_after == report.nodes_after - 2 * uniattn.num_layers  # the residual Adds
+    proto = onnx.load(str(skip_path))
+    assert {(i.domain, i.version) for i in proto.opset_import} >= {("com.microsoft", 1)}
+    assert [f.name for f in proto.functions if f.domain == "com.microsoft"] == [SKIP_NORM]
+    for node in (n for n in proto.graph.node if n.op_type == SKIP_NORM):
+        # outputs 1 and 2 absent (TensorRT's importer of the op accepts no others)
+        assert len(node.output) == 4 and node.output[1] == node.output[2] == "" and node.output[3]
+
+
+@pytest.mark.parametrize("family,base", [("llama", False), ("qwen2", False)], ids=["llama", "qwen2"])
+def test_skip_norms_match_the_unfused_graph_and_pytorch_in_float32(traced, skip_fused, family, base,
+                                                                  single_torch_thread):
+    unfused, _, _, model, _ = traced(family, "float32", base)
+    skip_path, _ = skip_fused(family, "float32", base)
+    got = _RawOrtSession(skip_path, "float32").generate(PROMPTS, STEPS, return_logits=True)
+    for want in (_RawOrtSession(unfused, "float32").generate(PROMPTS, STEPS, return_logits=True),
+                 TorchSession(model).generate(PROMPTS, STEPS, return_logits=True)):  # fmt: skip
+        np.testing.assert_array_equal(got.tokens, want.tokens)
+        for step in range(STEPS):
+            rows = got.prompt_mask.astype(bool) if step == 0 else np.ones((len(PROMPTS), 1), bool)
+            assert np.abs(got.step_logits[step] - want.step_logits[step])[rows].max() <= FP32_TOLERANCE, step
+
+
+def test_skip_norms_in_float16_stay_inside_the_validation_tolerance(traced, skip_fused, single_torch_thread):
+    """onnxruntime's float16 SkipSimplifiedLayerNormalization rounds once (sum and normalized
+    x gamma in float32), the unfused graph per op: the difference must stay inside what
+    validation allows a float16 artifact, tokens equal."""
+    unfused, _, _, _, source = traced("llama", "float16")
+    skip_path, _ = skip_fused("llama", "float16")
+    got = _RawOrtSession(skip_path, "float16").generate(PROMPTS, STEPS, return_logits=True)
+    want = _RawOrtSession(unfused, "float16").generate(PROMPTS, STEPS, return_logits=True)
+    precise = TorchSession(load_model(source, dtype="float32")).generate(
+        PROMPTS, STEPS, return_logits=True, forced_tokens=want.tokens
+    )
+    reference = TorchSession(load_model(source, dtype="float16")).generate(
+        PROMPTS, STEPS, return_logits=True, forced_tokens=want.tokens
+    )
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    for step in range(STEPS):
+        rows = want.prompt_mask.astype(bool) if step == 0 else np.ones((len(PROMPTS), 1), bool)
+        noise = np.abs(reference.step_logits[step] - precise.step_logits[step])[rows].max()
+        assert np.abs(got.step_logits[step] - want.step_logits[step])[rows].max() <= SAFETY_FACTOR * noise, step
+
+
+def _skip_norm_graph(shapes: tuple[list, list], dtype: int, constant_skip: bool = False) -> onnx.ModelProto:
+    """norm = RMSNormalization(x + r) * gamma, sum also an output of its own (a residual's next
+    reader); optionally r a constant."""
+    hidden = 8
+    gamma = numpy_helper.from_array(np.linspace(0.5, 1.5, hidden).astype(helper.tensor_dtype_to_np_dtype(dtype)), "gamma")
+    inits = [gamma]
+    inputs = [helper.make_tensor_value_info("x", dtype, shapes[0])]
+    if constant_skip:
+        inits.append(numpy_helper.from_array(np.ones(shapes[1], helper.tensor_dtype_to_np_dtype(dtype)), "r"))
+    else:
+        inputs.append(helper.make_tensor_value_info("r", dtype, shapes[1]))
+    nodes = [
+        helper.make_node("Add", ["x", "r"], ["sum"]),
+        helper.make_node("RMSNormalization", ["sum", "gamma"], ["norm"], axis=-1, epsilon=1e-5, stash_type=1),
+        helper.make_node("Mul", ["norm", "norm"], ["out"]),
+        helper.make_node("Add", ["sum", "out"], ["next"]),
+    ]
+    outputs = [helper.make_tensor_value_info(n, dtype, None) for n in ("out", "next")]
+    graph = helper.make_graph(nodes, "skip", inputs, outputs, inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_skip_norm_runs_as_onnxruntime_kernel_and_as_its_function_body(dtype):
+    """onnxruntime runs its contrib kernel; onnx.reference (which knows no com.microsoft op)
+    runs the model-local body; both against the unfused graph (float16: one rounding apart)."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = _skip_norm_graph((["B", "L", 8], ["B", "L", 8]), dtype)
+    model = ir.serde.deserialize_model(proto)
+    assert fuse_graph(model, skip_norms=True).matched["skip_norms"] == 1
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert [n.op_type for n in fused.graph.node] == [SKIP_NORM, "Mul", "Add"]
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(3)
+    feeds = {name: rng.standard_normal((2, 3, 8)).astype(np_dtype) for name in ("x", "r")}
+    want = [o.astype(np.float64) for o in ReferenceEvaluator(proto).run(None, feeds)]
+    tolerance = 1e-6 if dtype == TensorProto.FLOAT else 4e-3  # float16: ~1 ulp of values near 1-4
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (session.run(None, feeds), ReferenceEvaluator(fused).run(None, feeds)):
+        for g, w in zip(got, want):
+            assert np.abs(g.astype(np.float64) - w).max() <= tolerance * max(1.0, np.abs(w).max())
+
+
+@pytest.mark.parametrize(
+    "shapes,constant_skip",
+    [((["B", "L", 8], ["L", 8]), False), (([2, 3, 8], [2, 3, 8]), True), ((["N", 8], ["N", 8]), False)],
+    ids=["broadcast", "constant", "rank2"],
+)
+def test_skip_norms_leave_adds_they_cannot_take(shapes, constant_skip):
+    model = ir.serde.deserialize_model(_skip_norm_graph(shapes, TensorProto.FLOAT, constant_skip))
+    assert fuse_graph(model, skip_norms=True).matched["skip_norms"] == 0
+    kinds = [n.op_type for n in ir.serde.serialize_model(model).graph.node]
+    assert kinds == ["Add", "RMSNormalization", "Mul", "Add"]
+    assert "com.microsoft" not in model.opset_imports and not model.functions
 
 
 def test_exported_artifact_records_the_fused_graph_and_validates(exported, single_torch_thread):

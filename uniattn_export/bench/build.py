@@ -104,7 +104,7 @@ def export_random_model(
         library = genai_library_for(cache, None)  # --custom-ops auto
         target_options = genai_export_options(model, cache=cache, capacity=max_length, library=library)
     return export_model(model, out, logits=logits, external_data=external_data, cache=cache, max_length=max_length,
-                        **target_options)  # fmt: skip
+                        skip_norms=True, **target_options)  # fmt: skip (every bench row runs onnxruntime)
 
 
 def fill_random_weights(folder: Path, seed: int = 0) -> None:
@@ -158,8 +158,8 @@ def genai_library_is_current(folder: Path, cache: str) -> bool:
 
 def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> Artifact | None:
     """The artifact in `folder` when it is one of `dtype` with the target's layer map, cache
-    mode, capacity (a larger one serves too) and cache layout (genai: shipping the library an
-    export would ship now) and this geometry (refilling the weights of a prepared one); None
+    mode, capacity (a larger one serves too), cache layout (genai: shipping the library an
+    export would ship now) and fused norms, and this geometry (refilling the weights of a prepared one); None
     when it must be (re)built."""
     manifest_file = folder / artifact_files.MANIFEST_FILE
     if not manifest_file.is_file():
@@ -173,6 +173,7 @@ def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> 
         and cache["mode"] == target.cache
         and (target.capacity is None or cache["capacity"] >= target.capacity)
         and cache.get("layout", "optimum") == target.layout
+        and manifest.get("graph", {}).get("fused", {}).get("skip_norms", 0) > 0  # folders from before that fusion
     )
     if not matches or (target.layout == "genai" and not genai_library_is_current(folder, target.cache)):
         return None

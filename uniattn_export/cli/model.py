@@ -9,12 +9,14 @@ Targets:
   onnx  the portable file; validated with plain onnxruntime running the function bodies
   ort   the file for onnxruntime, validated with the runtime users get: onnxruntime with the
         uniattn custom-op library when it is built and serves the artifact's op version
-        (fused kernels), on --device. onnxruntime's own graph rewrites depend on the
-        execution provider and run when a session starts
+        (fused kernels), on --device. Each residual Add is fused into the norm reading it
+        (onnxruntime's SkipSimplifiedLayerNormalization, with a standard-op body for other
+        runtimes). onnxruntime's own graph rewrites depend on the execution provider and
+        run when a session starts
   genai the file for onnxruntime-genai (0.18): the graph with onnxruntime-genai's cache
         names (docs/export.md, "onnxruntime-genai"), genai_config.json and, unless
         --custom-ops off, the custom-op library copied into OUT; loads with og.Model(OUT).
-        onnxruntime-genai pads batched prompts on the right; validated like ort
+        onnxruntime-genai pads batched prompts on the right; fused and validated like ort
   trt   additionally builds a TensorRT engine (targets/trt/cli.py, flags shown with
         `uniattn-export model --target trt --help`); validation runs the ONNX file with
         onnxruntime, the engine's own checks are in the build report
@@ -43,6 +45,9 @@ from .validate import add_validation_arguments, check_validation_arguments, run_
 TARGETS = ("onnx", "ort", "genai", "trt")
 EXPORT_REPORT_NAME = "export.json"
 DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "genai": "static", "trt": "static"}
+# Targets whose runtime is onnxruntime: their graphs use its SkipSimplifiedLayerNormalization
+# (export/fuse.py); the portable file and TensorRT's input keep the standard ops.
+SKIP_NORM_TARGETS = ("ort", "genai")
 # Default static capacity: the model's context, but at most this many tokens (the caches are
 # allocated whole: B x layers x C x KV width).
 MAX_DEFAULT_CAPACITY = 4096
@@ -143,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         genai_export = genai_export_options(model, cache=cache, capacity=max_length, library=genai_library)
     export_model(
         model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
-        cache=cache, max_length=max_length, force=args.force, **genai_export,
+        cache=cache, max_length=max_length, skip_norms=args.target in SKIP_NORM_TARGETS, force=args.force,
+        **genai_export,
     )  # fmt: skip
     del model
     artifact = load_artifact(args.output)

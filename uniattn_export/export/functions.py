@@ -11,6 +11,13 @@ and write the new rows at slot = position with ScatterElements (TensorScatter-24
 in place but needs default opset 24, and the schema pins the graph at 23), then attend over
 the full capacity with the slots a query cannot see masked out. That is correct on any
 runtime; it is not length-aware (the kernels are).
+
+One op that is not ours gets a body too: ONNX Runtime's com.microsoft
+SkipSimplifiedLayerNormalization, which export/fuse.py puts in place of a residual Add and the
+RMSNormalization reading it (ONNX Runtime and onnxruntime-genai artifacts). ONNX Runtime runs
+its own kernel (a registered schema wins over a model-local function there, CPU and CUDA,
+float32/float16/bfloat16); TensorRT's parser imports the op itself; a runtime that knows neither
+(onnx.reference, onnx.inliner) uses the body: Add + RMSNormalization.
 """
 
 from __future__ import annotations
@@ -226,6 +233,32 @@ def UniAttnConsumerV2(
     probs = op.Exp(masked - op.Reshape(shared_lse, lse_shape))  # hidden slots: exp(-inf) = 0
     output = _apply_probs(probs, present_value, value)
     return output, present_value
+
+
+SKIP_NORM_DOMAIN, SKIP_NORM_OP = "com.microsoft", "SkipSimplifiedLayerNormalization"
+_ort_contrib = onnxscript.values.Opset(SKIP_NORM_DOMAIN, 1)
+
+
+@onnxscript.script(opset=_ort_contrib, default_opset=op)
+def SkipSimplifiedLayerNormalization(input, skip, gamma, epsilon: float = 1e-5):
+    """sum = input + skip, output = RMSNormalization(sum) * gamma (the statistics in float32),
+    as ONNX Runtime defines it without the optional bias. The contrib op's outputs 1 and 2 (mean
+    and 1/rms, float32, trailing axis 1) are produced because a function must define every
+    output it declares; callers leave them unnamed and runtimes that inline drop them."""
+    input_skip_bias_sum = op.Add(input, skip)
+    output = op.RMSNormalization(input_skip_bias_sum, gamma, axis=-1, epsilon=epsilon, stash_type=1)
+    wide = op.Cast(input_skip_bias_sum, to=1)
+    mean_square = op.ReduceMean(wide * wide, op.Constant(value_ints=[-1]), keepdims=1)
+    inv_std_var = op.Reciprocal(op.Sqrt(mean_square + op.Constant(value_float=epsilon)))
+    mean = mean_square - mean_square
+    return output, mean, inv_std_var, input_skip_bias_sum
+
+
+def skip_norm_function() -> onnx.FunctionProto:
+    """The model-local body of ONNX Runtime's SkipSimplifiedLayerNormalization (module doc)."""
+    proto = SkipSimplifiedLayerNormalization.to_function_proto()
+    assert (proto.domain, proto.name) == (SKIP_NORM_DOMAIN, SKIP_NORM_OP)  # noqa: S101
+    return proto
 
 
 # contract version -> (producer, consumer) bodies; the V2 names are onnxscript's, the protos

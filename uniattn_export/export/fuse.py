@@ -14,6 +14,11 @@ pattern matches exactly (anything else is left as it is and not counted):
   ordinary or producer layer; v_proj and the compensation Wc of a consumer; gate/up of the
   MLP) become one MatMul over the concatenated weights + one Split; bias Adds (Qwen2's q/k/v)
   are concatenated as well when every member has one.
+* Skip norms (only with `skip_norms=True`: the ort and genai targets): RMSNormalization(Add(a, b))
+  over the last axis of same-shape (B, L, hidden) activations becomes ONNX Runtime's
+  com.microsoft SkipSimplifiedLayerNormalization(a, b, scale), whose output 3 (the sum) serves
+  the Add's other readers (the next residual): both residual Adds of every layer disappear.
+  The model carries a model-local body of that op (functions.py) for runtimes without it.
 * What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
 The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
 
@@ -36,7 +41,11 @@ RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
   fused graph without plugins into ROTARY_EMBEDDING layers); it has no importer for
   com.microsoft ops.
 * onnx.checker full_check rejects SimplifiedLayerNormalization (ORT registers it in the
-  default domain, which onnx does not know), and a skip-norm would only save the residual Add.
+  default domain, which onnx does not know). The one exception is the skip norm above, for
+  files ONNX Runtime runs: it removes a kernel per residual (33 norms + 32 Adds -> 1 + 32
+  nodes in Llama-3.2-1B), its com.microsoft domain passes the checker, and the model-local
+  body keeps the file runnable elsewhere (ONNX Runtime and TensorRT-RTX use their own
+  implementations, never the body: tests/export/test_fuse.py runs both ways).
 * Rounding: the ONNX definitions are HF's (RMSNormalization: variance in float32, normalized
   cast to the activation dtype, then times the weight). onnxruntime's CPU kernels round once
   instead (normalized x weight, resp. the rotation, in float32, one cast): identical in
@@ -53,6 +62,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from .functions import SKIP_NORM_DOMAIN, SKIP_NORM_OP, skip_norm_function
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
@@ -93,8 +104,10 @@ class FusionReport:
         }
 
 
-def fuse_graph(model: ir.Model) -> FusionReport:
-    """Fuse rotary and shared-input projections of `model` in place (see the module doc)."""
+def fuse_graph(model: ir.Model, *, skip_norms: bool = False) -> FusionReport:
+    """Fuse rotary and shared-input projections of `model` in place (see the module doc);
+    with `skip_norms`, also each residual Add into the RMSNormalization reading it (ONNX
+    Runtime's SkipSimplifiedLayerNormalization, carried with a model-local body)."""
     opset = model.opset_imports.get("", 0)
     if opset < ROTARY_MIN_OPSET:
         raise ValueError(f"fuse_graph needs default-domain opset >= {ROTARY_MIN_OPSET}, the graph has {opset}")
@@ -104,6 +117,12 @@ def fuse_graph(model: ir.Model) -> FusionReport:
         "rotary": _fuse_rotary(graph),
         **_fuse_projections(graph),
     }
+    if skip_norms:
+        matched["skip_norms"] = _fuse_skip_norms(graph)
+        if matched["skip_norms"]:
+            function = ir.serde.deserialize_function(skip_norm_function())
+            model.functions[function.identifier()] = function
+            model.opset_imports[SKIP_NORM_DOMAIN] = 1
     RemoveUnusedNodesPass()(model)
     kinds_after, per_layer_after, _ = _census(graph)
     return FusionReport(layers, kinds_before, kinds_after, per_layer_before, per_layer_after, matched)
@@ -400,3 +419,56 @@ def _fuse_group(graph: ir.Graph, members: list[ir.Node], biases: list | None) ->
     for old, new in zip(replaced, split.outputs):
         new.shape, new.type = old.shape, old.type
         ir.convenience.replace_all_uses_with(old, new)
+
+
+# --- residual Add + RMSNormalization ------------------------------------------------------------
+
+# The element types ONNX Runtime's SkipSimplifiedLayerNormalization schema accepts (its CPU and
+# CUDA kernels cover all three in 1.31).
+_SKIP_NORM_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _fuse_skip_norms(graph: ir.Graph) -> int:
+    """RMSNormalization(Add(a, b)) over the last axis of (B, L, hidden) activations, float32
+    statistics, becomes SkipSimplifiedLayerNormalization(a, b, scale): output 0 the norm,
+    output 3 the sum for the Add's other readers (the next residual Add); outputs 1 and 2 are
+    left unnamed (TensorRT's importer of the op accepts no others)."""
+    fused = 0
+    for norm in list(graph):
+        add = _producer(norm.inputs[0], "Add") if norm.domain == "" and norm.op_type == "RMSNormalization" else None
+        if add is None or not _skip_norm_operands(add, norm):
+            continue
+        skip_norm = ir.node(
+            SKIP_NORM_OP, [add.inputs[0], add.inputs[1], norm.inputs[1]],
+            {"epsilon": norm.attributes.get_float("epsilon", 1e-5)}, domain=SKIP_NORM_DOMAIN, num_outputs=4,
+            name=f"{norm.outputs[0].name}/{SKIP_NORM_OP}", metadata_props=dict(norm.metadata_props),
+        )  # fmt: skip
+        graph.insert_before(norm, skip_norm)
+        normalized, mean, inv_std_var, summed = skip_norm.outputs
+        mean.name = inv_std_var.name = ""  # absent optional outputs ("" in the node proto)
+        for old, new in ((norm.outputs[0], normalized), (add.outputs[0], summed)):
+            new.name, new.shape, new.type = f"{old.name}_skip_norm", old.shape, old.type
+            ir.convenience.replace_all_uses_with(old, new)
+        fused += 1
+    return fused
+
+
+def _skip_norm_operands(add: ir.Node, norm: ir.Node) -> bool:
+    if len(add.inputs) != 2 or len(norm.inputs) != 2 or len(norm.outputs) != 1:
+        return False
+    if any(v.is_graph_output() for v in (add.outputs[0], norm.outputs[0])):
+        return False
+    left, right = add.inputs
+    if any(v is None or ir.convenience.get_const_tensor(v) is not None for v in (left, right)):
+        return False
+    # Same (B, L, hidden) shape on both sides: no broadcasting hides in the Add.
+    if left.shape is None or right.shape is None or len(left.shape) != 3 or list(left.shape) != list(right.shape):
+        return False
+    hidden = left.shape[2]
+    scale = ir.convenience.get_const_tensor(norm.inputs[1])
+    if not isinstance(hidden, int) or scale is None or tuple(scale.shape) != (hidden,):
+        return False
+    if left.dtype not in _SKIP_NORM_TYPES or left.dtype != right.dtype or scale.dtype != left.dtype:
+        return False
+    axis, stash = norm.attributes.get_int("axis", -1), norm.attributes.get_int("stash_type", 1)
+    return _is_last_axis(axis, 3) and stash == 1
