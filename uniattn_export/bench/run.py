@@ -62,8 +62,8 @@ METHOD = {
     "outputs from Python, as uniattn_export's generation loop does every step",
     "static": "ort-static-*: OrtSession over a static-cache artifact, the path users get: reset, load_caches "
     "(random values in the first `context` slots, zeros after), then step_greedy at position context + i: "
-    "caches bound as past and present, the graph's argmax, B token ids to the host; ort-static-graph: the "
-    "same with OrtSession(cuda_graph=True)",
+    "caches bound as past and present, the graph's argmax, B token ids to the host; without CUDA graphs "
+    "(cuda_graph=False), except ort-static-graph: the same with OrtSession(cuda_graph=True)",
     "onnxruntime-genai": "the base model built by onnxruntime-genai's model builder from the same config and "
     "weights; prefill = Generator.append_tokens of B x context random ids on a fresh Generator of max_length "
     "context; decode = generate_next_token (one model step + greedy pick) after an untimed prefill of `context` "

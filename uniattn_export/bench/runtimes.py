@@ -3,7 +3,8 @@
   ort-library / ort-bodies        a dynamic-cache artifact in onnxruntime (CUDA or CPU EP) with
                                   or without the uniattn custom-op library, caches on the device
   ort-static-library / -bodies    a static-cache artifact through OrtSession (caches bound as past
-  / -graph                        and present, step_greedy); -graph: OrtSession(cuda_graph=True)
+  / -graph                        and present, step_greedy), without CUDA graphs; -graph:
+                                  OrtSession(cuda_graph=True)
   onnxruntime-genai               a genai model folder (its builder's output) in og.Generator
   genai-artifact                  our `--target genai` export (static caches) in og.Generator
   transformers-dynamic / -static  the base architecture in transformers (SDPA attention),
@@ -358,7 +359,7 @@ class OrtStaticRuntime(_OrtRuntime):
     """A static-cache artifact through OrtSession, the path users get: `reset` allocates the
     caches once (capacity C, on the device), every step binds each as past and present, and a
     greedy step brings only the B next-token ids to the host (`step_greedy`). Backends:
-    ort-static-library (custom-op library, op version 2), ort-static-bodies (function bodies:
+    ort-static-library (custom-op library, op version 2, no CUDA graphs), ort-static-bodies (function bodies:
     not length-aware, every step attends over all C slots), ort-static-graph (the library with
     ONNX Runtime CUDA graphs: OrtSession(cuda_graph=True); CUDA only)."""
 
@@ -375,9 +376,9 @@ class OrtStaticRuntime(_OrtRuntime):
         if library and ort_custom_op_library() is None:
             raise UniAttnError("the custom-op library (libuniattn_ort.so) is not built", "build the package's native libraries")
         super().__init__(artifact, model, backend, device, seed)
-        # cuda_graph is OrtSession's keyword from the CUDA-graph change; only this row passes it.
-        graph_option = {"cuda_graph": True} if graph else {}
-        self.session = OrtSession(artifact, device=device, custom_ops=library, **graph_option)
+        # -graph requires CUDA graphs; the other rows run without them (OrtSession's default
+        # would use graphs wherever possible, making -library a second -graph row).
+        self.session = OrtSession(artifact, device=device, custom_ops=library, cuda_graph=graph)
         self.description = self.session.description
         self.capacity = artifact.capacity
 
