@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -306,3 +308,64 @@ def test_output_folder_that_is_a_file(artifacts, settings, tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(UniAttnError, match="is a file. Pass a folder for the benchmark's outputs"):
         run_bench(artifacts[0], tmp_path / "taken", settings=settings())
+
+
+def test_rows_in_their_own_processes_record_what_one_process_records(artifacts, settings, tmp_path):
+    chosen = settings(backends=("ort-bodies", "transformers-dynamic"), batches=(1,), contexts=(8,))
+    lines: list[str] = []
+    doc = run_bench(*artifacts[:1], tmp_path / "spawned", baseline=artifacts[1],
+                    settings=dataclasses.replace(chosen, row_processes=True), log=lines.append)  # fmt: skip
+    same = run_bench(*artifacts[:1], tmp_path / "same", baseline=artifacts[1], settings=chosen)
+    assert doc["settings"]["row_processes"] is True and same["settings"]["row_processes"] is False
+    assert [(r["id"], r["status"], r["weight_bytes"]) for r in doc["runtimes"]] == [
+        (r["id"], r["status"], r["weight_bytes"]) for r in same["runtimes"]
+    ]
+    assert doc["failures"] == 0 and all(r["load_seconds"] > 0 for r in doc["runtimes"])
+    keys = ["runtime", "batch", "context", "kv_cache_bytes"]
+    assert [[r[k] for k in keys] for r in doc["results"]] == [[r[k] for k in keys] for r in same["results"]]
+    assert all(r[phase]["status"] == "ok" and r[phase]["samples"] > 0 for r in doc["results"] for phase in ("decode", "prefill"))
+    # the child's log lines reach the parent's log, in order
+    ort = lines.index("loading artifact/ort-bodies")
+    assert lines[ort + 1].startswith("artifact/ort-bodies: ") and "(loaded in " in lines[ort + 1]
+    assert lines[ort + 2].startswith("artifact/ort-bodies B=1 S=8: prefill ")
+
+
+@pytest.mark.parametrize(("how", "ended"), [(lambda: os._exit(3), "exit code 3"),
+                                            (lambda: os.kill(os.getpid(), signal.SIGKILL), "signal SIGKILL")],
+                         ids=["exits", "killed"])  # fmt: skip
+def test_a_row_whose_process_dies_is_recorded_and_the_run_goes_on(artifacts, settings, tmp_path, monkeypatch, how, ended):
+    # forked, so that the patch below reaches the row's process (spawned on CUDA)
+    monkeypatch.setattr(bench_run, "_ROW_PROCESS_START", "fork")
+    measure = OrtRuntime.start_decode
+
+    def start_decode(self, batch, context, steps):
+        if batch == 2:
+            how()  # the process ends here, as after a CUDA error that kills it
+        return measure(self, batch, context, steps)
+
+    monkeypatch.setattr(OrtRuntime, "start_decode", start_decode)
+    chosen = settings(backends=("ort-bodies", "transformers-dynamic"), contexts=(8,), row_processes=True)
+    doc = run_bench(artifacts[0], tmp_path, settings=chosen)
+    reason = f"failed: the row's process ended ({ended}) before the row was done"
+    status = {r["id"]: r["status"] for r in doc["runtimes"]}
+    assert status == {"artifact/ort-bodies": reason, "baseline/transformers-dynamic": "ok"}
+    cells = {(r["runtime"], r["batch"]): r for r in doc["results"]}
+    assert cells[("artifact/ort-bodies", 1)]["decode"]["status"] == "ok"  # reported before it died
+    assert cells[("artifact/ort-bodies", 2)]["decode"]["status"] == reason
+    assert cells[("artifact/ort-bodies", 2)]["prefill"]["status"] == reason
+    assert cells[("baseline/transformers-dynamic", 2)]["decode"]["status"] == "ok"  # the run went on
+    assert len(doc["results"]) == 4 and doc["failures"] == 2 and doc["complete"]  # its prefill and decode
+
+
+def test_an_error_that_would_stop_the_run_ends_only_its_row_process(artifacts, settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_run, "_ROW_PROCESS_START", "fork")
+
+    def broken(*args):
+        raise RuntimeError("the cell could not start")
+
+    monkeypatch.setattr(bench_run, "_measure_cell", broken)
+    chosen = settings(backends=("ort-bodies",), batches=(1,), contexts=(8,), row_processes=True)
+    doc = run_bench(artifacts[0], tmp_path, baseline=artifacts[1], settings=chosen)
+    reason = "failed: RuntimeError: the cell could not start"
+    assert [(r["id"], r["status"]) for r in doc["runtimes"]] == [("artifact/ort-bodies", reason), ("baseline/ort-bodies", reason)]
+    assert [r["decode"]["status"] for r in doc["results"]] == [reason, reason] and doc["complete"]

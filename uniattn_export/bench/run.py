@@ -8,8 +8,12 @@ budget still has the headline comparisons; each measures every cell, smallest fi
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
+import queue
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,8 +26,8 @@ from .build import (
     BASE_CHECKPOINT_FOLDER, build_baseline_for, build_genai_model, build_pair, preset_targets, strip_weights,
 )  # fmt: skip
 from .measure import (
-    Clock, Deadline, device_free_bytes, first_line, gib, is_out_of_memory, release_device_memory,
-    summarize,
+    Clock, Deadline, device_free_bytes, device_used_bytes, first_line, gib, is_out_of_memory,
+    release_device_memory, summarize,
 )  # fmt: skip
 from .report import JSON_FILE, PLOT_FILE, REPORT_FORMAT, BenchReport, plot
 from .runtimes import GenaiRuntime, OrtRuntime, OrtStaticRuntime, Runtime, TransformersRuntime
@@ -50,6 +54,9 @@ RUNTIME_ORDER = (
 _PREFILL_MEMORY_MARGIN = 0.9
 # torch.compile(mode="reduce-overhead") records its CUDA graph on the second or third call.
 _COMPILED_WARMUP = 3
+# How a row's process starts (row_processes): spawned, since a process that has used CUDA
+# cannot be forked.
+_ROW_PROCESS_START = "spawn"
 EXPORT_RISK = (
     "the exporter is developed on torch 2.13; if it fails on this torch, export the graphs on a machine "
     "with torch 2.13 (`uniattn-export bench --preset NAME --prepare DIR`), carry DIR (graphs only, the "
@@ -88,6 +95,10 @@ METHOD = {
     "skipped where the estimated footprint exceeds free device memory",
     "transformers": "the base architecture of the artifact's config with random weights, SDPA, "
     "attention_mask None (no padding); static-compiled = StaticCache + torch.compile, only on --compile shapes",
+    "processes": "settings.row_processes true (the default on CUDA): each runtime is loaded and measured in a fresh "
+    "process, so what a row holds on the device (ONNX Runtime's arenas keep their high-water mark, onnxruntime-genai "
+    "its device allocator) cannot fail the rows after it; a row whose process ended early has status and remaining "
+    "cells `failed: the row's process ended (...)`",
     "ratios": "numerator median / denominator median, same cell, same run (< 1: numerator faster)",
     "effective_bandwidth_gbps": "(weight bytes + KV-cache bytes) / median decode step: the bytes a step must read",
 }
@@ -318,6 +329,10 @@ def _cell_line(result: dict) -> str:
     return f"{result['runtime']} B={result['batch']} S={result['context']}: {'; '.join(parts)}{memory}"
 
 
+def _budget_reason(settings: BenchSettings) -> str:
+    return f"skipped: time budget of {settings.time_budget:g} s spent"
+
+
 def _skipped_cell(runtime_id: str, batch: int, context: int, reason: str) -> dict:
     skipped = {"status": reason}
     return {"runtime": runtime_id, "batch": batch, "context": context, "kv_cache_bytes": None,
@@ -342,7 +357,8 @@ def _measure_all(
     unbuilt = models.get("unbuilt", {})  # runtime id -> why its model could not be built
     chosen = [(m, b) for m, b in RUNTIME_ORDER if b in settings.backends]
     plan = [(m, b) for m, b in chosen if _available(m, b, models) or f"{m}/{b}" in unbuilt]
-    budget_reason = f"skipped: time budget of {settings.time_budget:g} s spent"
+    budget_reason = _budget_reason(settings)
+    run_row = _run_row_in_child if settings.rows_in_processes() else _run_row
     for model, backend in plan:
         entry = {"id": f"{model}/{backend}", "model": model, "backend": backend, "status": "loading"}
         report.doc["runtimes"].append(entry)
@@ -355,30 +371,18 @@ def _measure_all(
             _skip_runtime(report, entry, settings, budget_reason)
             continue
         log(f"loading {entry['id']}")
-        start = time.perf_counter()
-        try:
-            runtime = _make_runtime(model, backend, models, settings)
-        except UniAttnError as exc:  # e.g. the library is not built: nothing to measure
-            _skip_runtime(report, entry, settings, f"skipped: {exc}")
-            log(f"{entry['id']}: {entry['status']}")
-            continue
-        except Exception as exc:
-            _skip_runtime(report, entry, settings, f"failed: {first_line(exc)}")
-            log(f"{entry['id']}: {entry['status']}")
-            continue
-        entry.update(status="ok", description=runtime.description, load_seconds=round(time.perf_counter() - start, 2),
-                     weight_bytes=runtime.weight_bytes, memory_method=runtime.memory_method)  # fmt: skip
-        log(f"{entry['id']}: {runtime.description} (loaded in {entry['load_seconds']:.1f} s)")
-        try:
+        reported: set = set()
+        emit = functools.partial(_apply, report, entry, reported, settings, log)
+        ended = run_row(model, backend, models, settings, deadline, emit)
+        if ended is not None:  # the row's process ended early: its missing cells are recorded as failed
+            if entry["status"] == "loading":
+                emit("skip", ended)
+                continue
+            entry["status"] = ended
+            log(f"{entry['id']}: {ended}")
             for batch, context in settings.cells():
-                if deadline.expired():
-                    report.add_result(_skipped_cell(entry["id"], batch, context, budget_reason))
-                    continue
-                result = _measure_cell(runtime, batch, context, settings, deadline.clock)
-                report.add_result(result)
-                log(_cell_line(result))
-        finally:
-            runtime.close()
+                if (batch, context) not in reported:
+                    report.add_result(_skipped_cell(entry["id"], batch, context, ended))
     not_run = sum(r["decode"]["status"] == budget_reason for r in report.doc["results"])
     if not_run:
         report.doc["stopped"] = f"time budget of {settings.time_budget:g} s spent after {deadline.elapsed():.0f} s; {not_run} cells not run"
@@ -388,6 +392,106 @@ def _measure_all(
     report.write()
     plot(report.doc, report.plot_path)
     return report.doc
+
+
+Emit = Callable[[str, object], None]
+
+
+def _run_row(model: str, backend: str, models: dict, settings: BenchSettings, deadline: Deadline, emit: Emit) -> None:
+    """Load one runtime and measure its cells, smallest first. What it finds goes to `emit`:
+    ("entry", fields of its bench.json runtimes[] entry), ("result", a cell), ("log", a line),
+    or ("skip", why the runtime could not be loaded). Returns None (it ran to its end)."""
+    row_id = f"{model}/{backend}"
+    in_use = device_used_bytes(settings.device)  # what earlier rows (or other processes) still hold
+    start = time.perf_counter()
+    try:
+        runtime = _make_runtime(model, backend, models, settings)
+    except UniAttnError as exc:  # e.g. the library is not built: nothing to measure
+        emit("skip", f"skipped: {exc}")
+        return None
+    except Exception as exc:
+        emit("skip", f"failed: {first_line(exc)}")
+        return None
+    load_seconds = round(time.perf_counter() - start, 2)
+    emit("entry", {"status": "ok", "description": runtime.description, "load_seconds": load_seconds,
+                   "weight_bytes": runtime.weight_bytes, "memory_method": runtime.memory_method,
+                   "device_memory_in_use_before_bytes": in_use})  # fmt: skip
+    before = "" if in_use is None else f"; device memory in use before it: {gib(in_use)}"
+    emit("log", f"{row_id}: {runtime.description} (loaded in {load_seconds:.1f} s{before})")
+    budget_reason = _budget_reason(settings)
+    try:
+        for batch, context in settings.cells():
+            if deadline.expired():
+                emit("result", _skipped_cell(row_id, batch, context, budget_reason))
+                continue
+            result = _measure_cell(runtime, batch, context, settings, deadline.clock)
+            emit("result", result)
+            emit("log", _cell_line(result))
+    finally:
+        runtime.close()
+    return None
+
+
+def _run_row_in_child(model: str, backend: str, models: dict, settings: BenchSettings, deadline: Deadline,
+                      emit: Emit) -> str | None:  # fmt: skip
+    """_run_row in a fresh process (_ROW_PROCESS_START), its messages passed on as
+    they come. What one row holds on the device (ONNX Runtime's arenas never shrink, and
+    onnxruntime-genai keeps its device allocator for the life of the process) or a CUDA error
+    that poisons its context then ends with that process instead of failing the rows after it.
+    Returns None when the row ran to its end, else why its process ended early."""
+    context = multiprocessing.get_context(_ROW_PROCESS_START)
+    messages = context.Queue()
+    child = context.Process(target=_row_child, args=(model, backend, models, settings,
+                                                     deadline.seconds - deadline.elapsed(), messages),
+                            daemon=True)  # fmt: skip
+    child.start()
+    while True:
+        try:
+            kind, payload = messages.get(timeout=0.5)
+        except queue.Empty:
+            if child.is_alive():
+                continue
+            try:  # it may have ended between the two calls with messages still in the pipe
+                kind, payload = messages.get(timeout=2)
+            except queue.Empty:
+                break
+        if kind == "ended":
+            child.join()
+            return payload
+        emit(kind, payload)
+    child.join()
+    code = child.exitcode
+    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return f"failed: the row's process ended ({how}) before the row was done"
+
+
+def _row_child(model: str, backend: str, models: dict, settings: BenchSettings, seconds_left: float, messages) -> None:
+    def emit(kind: str, payload) -> None:
+        messages.put((kind, payload))
+
+    try:
+        _run_row(model, backend, models, settings, Deadline(seconds_left), emit)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent cleans up
+        return
+    except Exception as exc:  # would have stopped the whole run in one process: here it ends the row
+        emit("ended", f"failed: {first_line(exc)}")
+        return
+    emit("ended", None)
+
+
+def _apply(report: BenchReport, entry: dict, reported: set, settings: BenchSettings, log: Log, kind: str,
+           payload) -> None:  # fmt: skip
+    """One message of _run_row into the report: the row's entry, a cell, a log line, a skip."""
+    if kind == "entry":
+        entry.update(payload)
+    elif kind == "result":
+        report.add_result(payload)
+        reported.add((payload["batch"], payload["context"]))
+    elif kind == "skip":
+        _skip_runtime(report, entry, settings, payload)
+        log(f"{entry['id']}: {entry['status']}")
+    else:
+        log(payload)
 
 
 def _is_bench_json(path: Path) -> bool:

@@ -74,6 +74,9 @@ class BenchSettings:
     (batch, context) cells where transformers-static-compiled runs (torch.compile takes about
     a minute per shape on a 1B model). decode_shapes / prefill_shapes: the cells where decode /
     prefill run (empty: every cell); the matrix is then only the cells either names.
+    row_processes: each runtime (row) loaded and measured in a fresh process, so what one row
+    holds on the device, or a CUDA error that ends its context, cannot fail the rows after it;
+    None: on CUDA only (a process costs a few seconds of imports).
     """
 
     batches: tuple[int, ...] = (1, 8, 32)
@@ -91,6 +94,7 @@ class BenchSettings:
     decode_shapes: frozenset[Shape] = field(default_factory=frozenset)
     prefill_shapes: frozenset[Shape] = field(default_factory=frozenset)
     seed: int = 0
+    row_processes: bool | None = None
 
     def __post_init__(self):
         for name in ("batches", "contexts"):
@@ -135,6 +139,9 @@ class BenchSettings:
         cells = [(b, c) for b in self.batches for c in self.contexts if not chosen or (b, c) in chosen]
         return sorted(cells, key=lambda s: (s[0] * s[1], s))
 
+    def rows_in_processes(self) -> bool:
+        return self.device == "cuda" if self.row_processes is None else self.row_processes
+
     def runs(self, phase: str, batch: int, context: int) -> bool:
         """Whether `phase` ("decode" | "prefill") is measured on this cell."""
         shapes = self.decode_shapes if phase == "decode" else self.prefill_shapes
@@ -158,4 +165,5 @@ class BenchSettings:
             "compile_backend": self.compile_backend,
             "decode_shapes": [f"{b}x{c}" for b, c in sorted(self.decode_shapes)],
             "prefill_shapes": [f"{b}x{c}" for b, c in sorted(self.prefill_shapes)], "seed": self.seed,
+            "row_processes": self.rows_in_processes(),
         }  # fmt: skip

@@ -109,6 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--time-budget", type=float, default=defaults.time_budget,
                    help="seconds for the whole run, build included; later cells are recorded as skipped")  # fmt: skip
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--row-processes", action=argparse.BooleanOptionalAction, default=None,
+                   help="load and measure each runtime in a fresh process, so one row's device memory or CUDA "
+                        "error cannot fail the next (default: on with --device cuda)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     p.set_defaults(run=run)
 
@@ -125,6 +128,7 @@ def _settings(args: argparse.Namespace):
         prefill_repeats=args.prefill_repeats, cell_seconds=args.cell_seconds, time_budget=args.time_budget,
         compile_shapes=compile_shapes, compile_backend=args.compile_backend, seed=args.seed,
         decode_shapes=parse_shapes(args.decode_cells), prefill_shapes=parse_shapes(args.prefill_cells),
+        row_processes=args.row_processes,
     )  # fmt: skip
 
 
