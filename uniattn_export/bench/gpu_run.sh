@@ -18,7 +18,10 @@
 # there and bench.json says what was not run. The exports run in parallel processes where cores
 # and memory allow (`export_workers`: all six at once on 16 cores and 128 GB); before that, on
 # the lent H100 (2026-12-06), the six took 440 s one after another and every row did not fit a
-# 600 s command (560 s covered ort-static-graph, ort-static-library and onnxruntime-genai). Artifacts are built in .gpu/bench_work
+# 600 s command (560 s covered ort-static-graph, ort-static-library and onnxruntime-genai); with the
+# exports in parallel every row took 379 s, all rows in one process. Each row now runs in its own
+# process (the bench's default on CUDA: a few seconds of imports per row, 11 rows; not yet timed on
+# the GPU, so keep BUDGET_1B below ~540 for a 600 s command). Artifacts are built in .gpu/bench_work
 # (git-ignored; reused while the machine is warm). Written under $OUT/bench/: <run>/ (the bench's
 # output folder: bench.json, bench.png), <run>.table.txt (its stdout) and <run>.log.txt (its
 # stderr, every cell's line: what is left when the run is killed from outside, since the bench
