@@ -369,3 +369,13 @@ def test_an_error_that_would_stop_the_run_ends_only_its_row_process(artifacts, s
     reason = "failed: RuntimeError: the cell could not start"
     assert [(r["id"], r["status"]) for r in doc["runtimes"]] == [("artifact/ort-bodies", reason), ("baseline/ort-bodies", reason)]
     assert [r["decode"]["status"] for r in doc["results"]] == [reason, reason] and doc["complete"]
+
+
+def test_a_preset_with_only_transformers_rows_builds_no_artifact(preset_run, settings, tmp_path):
+    chosen = settings(backends=("transformers-dynamic",), batches=(1,), contexts=(8,))
+    doc = run_preset("tiny", tmp_path / "out", work_dir=tmp_path / "work", dtype="float32", settings=chosen)
+    assert [(r["id"], r["status"]) for r in doc["runtimes"]] == [("baseline/transformers-dynamic", "ok")]
+    assert doc["build"]["steps"] == {} and doc["failures"] == 0
+    # the preset's architecture, as the transformers row of a run with artifacts builds it
+    weights = {r["id"]: r["weight_bytes"] for r in preset_run[0]["runtimes"]}
+    assert doc["runtimes"][0]["weight_bytes"] == weights["baseline/transformers-dynamic"]

@@ -145,12 +145,21 @@ def plot(doc: dict, path: Path) -> Path:
                 labels.append(label)
     if handles:
         figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4))
-    models = doc["models"]
-    figure.suptitle(f"{doc['device']['name']}, {models['artifact']['dtype']}: {models['artifact']['layer_map']}", fontsize=9)
+    dtype, model = _dtype_and_model(doc)
+    figure.suptitle(f"{doc['device']['name']}, {dtype}: {model}", fontsize=9)
     tmp = path.with_name(f".{path.name}.tmp")
     figure.savefig(tmp, format="png", dpi=110)
     os.replace(tmp, path)
     return path
+
+
+def _dtype_and_model(doc: dict) -> tuple[str, str]:
+    """The dtype and the layer map that titles name. A preset run of transformers rows alone
+    builds no artifact: the dtype is then the build's."""
+    artifact = doc["models"].get("artifact")
+    if artifact is None:
+        return doc["build"]["dtype"], "the preset's base model (no artifact built)"
+    return artifact["dtype"], artifact["layer_map"]
 
 
 # The table's ratio columns: (column title, RATIOS name); a column shows when any cell has it.
@@ -169,7 +178,7 @@ def summary_table(doc: dict) -> Table:
     of that phase."""
     runtimes = [r["id"] for r in doc["runtimes"] if r["status"] == "ok"]
     table = Table(
-        title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {doc['models']['artifact']['dtype']})",
+        title=f"ms per decode step / per prefill, median ({doc['device']['name']}, {_dtype_and_model(doc)[0]})",
         caption="ua = the UniAttn artifact, base = the base model; lib = ORT + custom-op library, bodies = ORT "
         "function bodies, st = static caches through OrtSession (graph: + CUDA graphs), genai = onnxruntime-genai "
         "on its own build of the base model, genai ours = onnxruntime-genai on our --target genai export, hf = "

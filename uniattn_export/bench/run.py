@@ -192,7 +192,8 @@ def _check_baseline(artifact: Artifact, baseline: Artifact) -> None:
 
 
 def _make_runtime(model: str, backend: str, models: dict, settings: BenchSettings) -> Runtime:
-    """models: {"artifact"|"baseline": {export kind: Artifact}} and "genai": a genai model folder."""
+    """models: {"artifact"|"baseline": {export kind: Artifact}}, "genai": a genai model folder,
+    and in preset mode "preset": (make_config, dtype)."""
     kind = export_kind_of(backend)
     if backend in STATIC_ORT_BACKENDS:
         return OrtStaticRuntime(models[model][kind], model, backend, settings.device, settings.seed)
@@ -201,11 +202,20 @@ def _make_runtime(model: str, backend: str, models: dict, settings: BenchSetting
     if backend in (GENAI_BACKEND, GENAI_ARTIFACT_BACKEND):
         source = models["genai"] if backend == GENAI_BACKEND else models[model][kind]
         return GenaiRuntime(source, model, settings.device, settings.seed, cuda_graph=settings.device == "cuda")
+    config, dtype = _base_architecture(models)
+    return TransformersRuntime(config, dtype, backend, settings.device, settings.seed, settings.compile_backend)
+
+
+def _base_architecture(models: dict):
+    """(transformers config, dtype) of the base model the transformers rows build: the first
+    artifact's, or the preset's when only transformers rows run (no artifact was built)."""
     from transformers import AutoConfig
 
-    artifact = next(iter(models["artifact"].values()))
-    config = AutoConfig.from_pretrained(artifact.path)
-    return TransformersRuntime(config, artifact.dtype, backend, settings.device, settings.seed, settings.compile_backend)
+    if models["artifact"]:
+        artifact = next(iter(models["artifact"].values()))
+        return AutoConfig.from_pretrained(artifact.path), artifact.dtype
+    make_config, dtype = models["preset"]
+    return make_config(), dtype
 
 
 def _available(model: str, backend: str, models: dict) -> bool:
@@ -656,7 +666,8 @@ def run_preset(
         report.write()
         raise UniAttnError(f"building the {preset} artifacts failed on torch {torch.__version__} ({first_line(exc)})", EXPORT_RISK) from exc
     report.doc["build"].update(status="ok", seconds=round(time.perf_counter() - start, 1), steps=steps)
-    models: dict = {"artifact": {}, "baseline": {}, "genai": None, "unbuilt": {}, "origins": {"artifact": {}, "baseline": {}}}
+    models: dict = {"artifact": {}, "baseline": {}, "genai": None, "unbuilt": {}, "origins": {"artifact": {}, "baseline": {}},
+                    "preset": (make_config, dtype)}  # fmt: skip
     for name in targets:
         model, _, kind = name.partition("-")
         kind = kind or "dynamic"
