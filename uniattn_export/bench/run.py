@@ -384,10 +384,7 @@ def _measure_all(
         reported: set = set()
         emit = functools.partial(_apply, report, entry, reported, settings, log)
         ended = run_row(model, backend, models, settings, deadline, emit)
-        if ended is not None:  # the row's process ended early: its missing cells are recorded as failed
-            if entry["status"] == "loading":
-                emit("skip", ended)
-                continue
+        if ended is not None:  # the row's process ended early: the cells it did not report failed
             entry["status"] = ended
             log(f"{entry['id']}: {ended}")
             for batch, context in settings.cells():
