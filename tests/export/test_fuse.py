@@ -42,10 +42,11 @@ CONSUMER_LAYER = {
 # Qwen2: the q/k/v biases become one Add on the fused projection; a consumer's v bias
 # stays an Add of its own (Wc has no bias, so the group's biases are not fused).
 QWEN2_EXTRA_ADD = 1
-# With skip norms (the ort and genai targets): both residual Adds of a layer go into the norms
-# reading them (the MLP's into the next layer's input norm, the last one's into the final
-# norm); layer 0's input norm reads the embedding and stays an RMSNormalization.
-SKIP_NORM = "SkipSimplifiedLayerNormalization"
+# With ONNX Runtime's contrib ops (the ort and genai targets): both residual Adds of a layer go
+# into the norms reading them (the MLP's into the next layer's input norm, the last one's into
+# the final norm); layer 0's input norm reads the embedding and stays an RMSNormalization; the
+# SiLU's Sigmoid + Mul become one QuickGelu.
+SKIP_NORM, SILU = "SkipSimplifiedLayerNormalization", "QuickGelu"
 
 
 class _RawOrtSession(GenerationSession):
@@ -102,7 +103,7 @@ def traced(checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def skip_fused(traced):
-    """skip_fused(family, dtype, base) -> (.onnx fused with skip_norms=True, FusionReport)."""
+    """skip_fused(family, dtype, base) -> (.onnx fused with ort_contrib_ops=True, FusionReport)."""
     made = {}
 
     def make(family: str, dtype: str, base: bool = False):
@@ -110,21 +111,24 @@ def skip_fused(traced):
         if key not in made:
             unfused, *_ = traced(family, dtype, base)
             graph = ir.load(unfused)
-            report = fuse_graph(graph, skip_norms=True)
+            report = fuse_graph(graph, ort_contrib_ops=True)
             made[key] = (_save(graph, unfused.with_name("fused_skip_norms.onnx")), report)
         return made[key]
 
     return make
 
 
-def _expected_layer(role: str, family: str, skip_norms: bool = False, layer: int = 1) -> dict[str, int]:
+def _expected_layer(role: str, family: str, contrib: bool = False, layer: int = 1) -> dict[str, int]:
     expected = dict(CONSUMER_LAYER if role == "consumer" else PRODUCER_LAYER)
     if family == "qwen2":
         expected["Add"] += QWEN2_EXTRA_ADD
-    if skip_norms:
+    if contrib:
         expected["Add"] -= 2
         expected[SKIP_NORM] = 2 if layer else 1
         expected["RMSNormalization"] = 0 if layer else 1
+        expected["Sigmoid"] -= 1
+        expected["Mul"] -= 1
+        expected[SILU] = 1
     return {kind: count for kind, count in expected.items() if count}
 
 
@@ -224,10 +228,14 @@ def test_skip_norms_take_every_residual_add(traced, skip_fused, family, base, dt
         assert dict(by_layer[layer]) == _expected_layer(uniattn.role(layer), family, True, layer), layer
     assert by_layer[None][SKIP_NORM] == 1 and "RMSNormalization" not in by_layer[None]  # the final norm
     assert skip_report.matched["skip_norms"] == 2 * uniattn.num_layers
-    assert skip_report.nodes_after == report.nodes_after - 2 * uniattn.num_layers  # the residual Adds
+    assert skip_report.matched["silu"] == uniattn.num_layers
+    # the residual Adds, and a Sigmoid per SiLU
+    assert skip_report.nodes_after == report.nodes_after - 3 * uniattn.num_layers
     proto = onnx.load(str(skip_path))
     assert {(i.domain, i.version) for i in proto.opset_import} >= {("com.microsoft", 1)}
-    assert [f.name for f in proto.functions if f.domain == "com.microsoft"] == [SKIP_NORM]
+    assert sorted(f.name for f in proto.functions if f.domain == "com.microsoft") == [SILU, SKIP_NORM]
+    for node in (n for n in proto.graph.node if n.op_type == SILU):
+        assert node.domain == "com.microsoft" and [(a.name, a.f) for a in node.attribute] == [("alpha", 1.0)]
     for node in (n for n in proto.graph.node if n.op_type == SKIP_NORM):
         # outputs 1 and 2 absent (TensorRT's importer of the op accepts no others)
         assert len(node.output) == 4 and node.output[1] == node.output[2] == "" and node.output[3]
@@ -278,7 +286,7 @@ def test_skip_norm_runs_as_onnxruntime_kernel_and_as_its_function_body(dtype):
 
     proto = _skip_norm_graph((["B", "L", 8], ["B", "L", 8]), dtype)
     model = ir.serde.deserialize_model(proto)
-    assert fuse_graph(model, skip_norms=True).matched["skip_norms"] == 1
+    assert fuse_graph(model, ort_contrib_ops=True).matched["skip_norms"] == 1
     fused = ir.serde.serialize_model(model)
     onnx.checker.check_model(fused, full_check=True)
     assert [n.op_type for n in fused.graph.node] == [SKIP_NORM, "Mul", "Add"]
@@ -300,7 +308,7 @@ def test_skip_norm_runs_as_onnxruntime_kernel_and_as_its_function_body(dtype):
 )
 def test_skip_norms_leave_adds_they_cannot_take(shapes, constant_skip):
     model = ir.serde.deserialize_model(_skip_norm_graph(shapes, TensorProto.FLOAT, constant_skip))
-    assert fuse_graph(model, skip_norms=True).matched["skip_norms"] == 0
+    assert fuse_graph(model, ort_contrib_ops=True).matched["skip_norms"] == 0
     kinds = [n.op_type for n in ir.serde.serialize_model(model).graph.node]
     assert kinds == ["Add", "RMSNormalization", "Mul", "Add"]
     assert "com.microsoft" not in model.opset_imports and not model.functions
@@ -320,10 +328,12 @@ def test_exported_artifact_records_the_fused_graph_and_validates(exported, singl
     assert load_artifact(artifact.path).manifest["graph"] == graph
 
 
-def _tiny_graph(matching: bool) -> onnx.ModelProto:
+def _tiny_graph(matching: bool, positions: str = "float") -> onnx.ModelProto:
     """out = rope(x Wa) + x Wb over 2 heads of 4, HF-style. Not matching: the cos/sin angles
     are cat(f, g) (unequal halves, so no RotaryEmbedding computes it) and Wb reads another
-    input than Wa (nothing to share)."""
+    input than Wa (nothing to share). positions: "float" (B, L, 1) input `pos`; "int64": (B, L)
+    input `position_ids`, unsqueezed and cast as the exporter's graphs do; "int64+float": that,
+    with the angles also scaled by the float input `scale` (not a function of positions alone)."""
     rng = np.random.default_rng(0)
     ints = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
     inits = [
@@ -334,7 +344,15 @@ def _tiny_graph(matching: bool) -> onnx.ModelProto:
         ints("heads_shape", [0, 0, 2, 4]), ints("packed_shape", [0, 0, 8]), ints("zero", [0]),
         ints("mid", [2]), ints("end", [2**62]), ints("last", [-1]), ints("one", [1]), ints("axis2", [2]),
     ]  # fmt: skip
-    nodes = [
+    nodes = []
+    if positions != "float":
+        nodes += [
+            helper.make_node("Unsqueeze", ["position_ids", "last"], ["pos_int"]),
+            helper.make_node("Cast", ["pos_int"], ["pos" if positions == "int64" else "pos_unscaled"], to=TensorProto.FLOAT),
+        ]  # fmt: skip
+    if positions == "int64+float":
+        nodes.append(helper.make_node("Mul", ["pos_unscaled", "scale"], ["pos"]))
+    nodes += [
         helper.make_node("MatMul", ["x", "w_a"], ["a"]),
         helper.make_node("MatMul", ["x" if matching else "y", "w_b"], ["b"]),
         helper.make_node("Mul", ["pos", "inv_freq"], ["freqs"]),
@@ -355,8 +373,12 @@ def _tiny_graph(matching: bool) -> onnx.ModelProto:
         helper.make_node("Reshape", ["roped4", "packed_shape"], ["roped"]),
         helper.make_node("Add", ["roped", "b"], ["out"]),
     ]  # fmt: skip
-    widths = (("x", 8), ("y", 8), ("pos", 1))
+    widths = (("x", 8), ("y", 8)) + ((("pos", 1),) if positions == "float" else ())
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "L", w]) for n, w in widths]
+    if positions != "float":
+        inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["B", "L"]))
+    if positions == "int64+float":
+        inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["B", "L", 1]))
     graph = helper.make_graph(
         nodes, "tiny", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits
     )
@@ -378,12 +400,104 @@ def test_patterns_are_fused_only_where_they_match_exactly(matching):
     kinds = [n.op_type for n in fused.graph.node]
     if matching:
         assert report.matched["rotary"] == 1 and report.matched["projection_groups"] == 1
+        assert report.matched["rotary_tables"] == 0  # no capacity given: tables per step
         assert collections.Counter(kinds) == {"MatMul": 1, "Split": 1, "RotaryEmbedding": 1, "Mul": 1, "Concat": 1,
                                               "Cos": 1, "Sin": 1, "Slice": 2, "Add": 1}  # fmt: skip
     else:
-        assert report.matched == {"rotary": 0, "projection_groups": 0, "projection_matmuls": 0, "projection_biases": 0}
+        assert report.matched == {"rotary": 0, "rotary_tables": 0, "projection_groups": 0, "projection_matmuls": 0,
+                                  "projection_biases": 0}  # fmt: skip
         assert kinds == [n.op_type for n in proto.graph.node]
     rng = np.random.default_rng(1)
     feeds = {name: rng.standard_normal((2, 3, 8)).astype(np.float32) for name in ("x", "y")}
     feeds["pos"] = np.arange(6, dtype=np.float32).reshape(2, 3, 1)
     np.testing.assert_allclose(_run(fused, feeds), _run(proto, feeds), rtol=0, atol=1e-5)
+
+
+def test_rotary_tables_of_a_capacity_replace_the_per_step_head():
+    """With rotary_positions=C the cos/sin subgraph becomes (C, D/2) constants indexed by the
+    clipped positions: same output for every position below C; a position at or above C (or
+    below 0) reads the last (first) row, never outside the tables."""
+    capacity = 16
+    proto = _tiny_graph(True, positions="int64")
+    model = ir.serde.deserialize_model(proto)
+    report = fuse_graph(model, rotary_positions=capacity)
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert report.matched["rotary"] == 1 and report.matched["rotary_tables"] == 1
+    assert collections.Counter(n.op_type for n in fused.graph.node) == {
+        "Clip": 1, "MatMul": 1, "Split": 1, "RotaryEmbedding": 1, "Add": 1}  # fmt: skip
+    rotary = next(n for n in fused.graph.node if n.op_type == "RotaryEmbedding")
+    clip = next(n for n in fused.graph.node if n.op_type == "Clip")
+    assert rotary.input[3] == clip.output[0] and clip.input[0] == "position_ids"
+    tables = {t.name: numpy_helper.to_array(t) for t in fused.graph.initializer}
+    inv_freq = next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == "inv_freq")
+    assert "inv_freq" not in tables  # the head that read it is gone
+    angles = np.arange(capacity, dtype=np.float32)[:, None] * inv_freq[None, :]  # the (C, D/2) first halves
+    np.testing.assert_allclose(tables[rotary.input[1]], np.cos(angles), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(tables[rotary.input[2]], np.sin(angles), rtol=0, atol=1e-6)
+
+    rng = np.random.default_rng(1)
+    feeds = {name: rng.standard_normal((2, 3, 8)).astype(np.float32) for name in ("x", "y")}
+    feeds["position_ids"] = np.array([[0, 1, 2], [13, 14, 15]], np.int64)
+    np.testing.assert_allclose(_run(fused, feeds), _run(proto, feeds), rtol=0, atol=1e-5)
+    outside = dict(feeds, position_ids=np.array([[-5, -1, 0], [15, 16, 10**9]], np.int64))
+    clipped = dict(feeds, position_ids=np.array([[0, 0, 0], [15, 15, 15]], np.int64))
+    np.testing.assert_allclose(_run(fused, outside), _run(proto, clipped), rtol=0, atol=1e-5)
+
+
+def test_rotary_tables_need_angles_of_the_positions_alone():
+    """Angles that also depend on another input cannot be tabulated: the per-step head stays."""
+    proto = _tiny_graph(True, positions="int64+float")
+    model = ir.serde.deserialize_model(proto)
+    report = fuse_graph(model, rotary_positions=16)
+    fused = ir.serde.serialize_model(model)
+    assert report.matched["rotary"] == 1 and report.matched["rotary_tables"] == 0
+    assert {"Cos", "Sin", "Slice"} <= {n.op_type for n in fused.graph.node}
+    assert "Clip" not in {n.op_type for n in fused.graph.node}
+    rng = np.random.default_rng(1)
+    feeds = {name: rng.standard_normal((2, 3, 8)).astype(np.float32) for name in ("x", "y")}
+    feeds["position_ids"] = np.array([[0, 1, 2], [3, 4, 5]], np.int64)
+    feeds["scale"] = rng.standard_normal((2, 3, 1)).astype(np.float32)
+    np.testing.assert_allclose(_run(fused, feeds), _run(proto, feeds), rtol=0, atol=1e-5)
+
+
+def _silu_graph(dtype: int, same_input: bool = True) -> onnx.ModelProto:
+    """out = silu(g) * u as a gated MLP computes it: Sigmoid(g), Mul(g, .), Mul(., u);
+    not the same input: Mul(g, Sigmoid(u)), which is no SiLU."""
+    nodes = [
+        helper.make_node("Sigmoid", ["g" if same_input else "u"], ["gate"]),
+        helper.make_node("Mul", ["g", "gate"], ["silu"]),
+        helper.make_node("Mul", ["silu", "u"], ["out"]),
+    ]
+    inputs = [helper.make_tensor_value_info(n, dtype, ["B", "L", 8]) for n in ("g", "u")]
+    graph = helper.make_graph(nodes, "silu", inputs, [helper.make_tensor_value_info("out", dtype, ["B", "L", 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_silu_runs_as_onnxruntime_quickgelu_and_as_its_function_body(dtype):
+    """onnxruntime runs its QuickGelu kernel (alpha 1); onnx.reference runs the model-local
+    body; both against x * sigmoid(x) in float64 (float16: within one rounding of the result)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = ir.serde.deserialize_model(_silu_graph(dtype))
+    assert fuse_graph(model, ort_contrib_ops=True).matched["silu"] == 1
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [("com.microsoft", SILU), ("", "Mul")]
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(4)
+    feeds = {name: (4 * rng.standard_normal((2, 3, 8))).astype(np_dtype) for name in ("g", "u")}
+    g, u = (feeds[n].astype(np.float64) for n in ("g", "u"))
+    want = g / (1 + np.exp(-g)) * u
+    tolerance = 1e-6 if dtype == TensorProto.FLOAT else 2e-3  # float16: ~2 roundings of values up to ~8
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in (session.run(None, feeds)[0], ReferenceEvaluator(fused).run(None, feeds)[0]):
+        assert np.abs(got.astype(np.float64) - want).max() <= tolerance * max(1.0, np.abs(want).max())
+
+
+def test_silu_needs_the_sigmoid_of_the_same_input():
+    model = ir.serde.deserialize_model(_silu_graph(TensorProto.FLOAT, same_input=False))
+    assert fuse_graph(model, ort_contrib_ops=True).matched["silu"] == 0
+    assert [n.op_type for n in ir.serde.serialize_model(model).graph.node] == ["Sigmoid", "Mul", "Mul"]
+    assert "com.microsoft" not in model.opset_imports and not model.functions

@@ -88,6 +88,34 @@ def test_static_graph_has_fixed_capacity_caches_and_v2_nodes(exported):
     onnx.checker.check_model(str(artifact.onnx_path), full_check=True)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_static_graph_reads_rotary_tables_of_its_capacity(exported, checkpoint, dtype):
+    """Static graphs index (C, D/2) cos/sin constants with the clipped positions instead of
+    computing them every step; the tables are HF's rotary values at positions 0..C-1."""
+    import torch
+    from onnx import numpy_helper
+
+    artifact = exported("llama", dtype=dtype, cache="static", max_length=CAPACITY)
+    assert artifact.manifest["graph"]["fused"]["rotary_tables"] == 1
+    model = onnx.load(artifact.onnx_path)
+    kinds = [n.op_type for n in model.graph.node]
+    assert not {"Cos", "Sin", "Concat"} & set(kinds)
+    clip = next(n for n in model.graph.node if n.op_type == "Clip" and n.input[0] == "position_ids")
+    rotaries = [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rotaries) == 2 * 4  # q and k of the 4 layers with a K cache (2 consumers)
+    assert {(n.input[1], n.input[2], n.input[3]) for n in rotaries} == {(*rotaries[0].input[1:3], clip.output[0])}
+    tables = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in rotaries[0].input}
+    reference = load_model(checkpoint("llama"), dtype=dtype)
+    positions = torch.arange(CAPACITY)[None]
+    cos, sin = reference.model.rotary_emb(torch.zeros(1, dtype=getattr(torch, dtype)), positions)
+    half = cos.shape[-1] // 2
+    for name, want in zip(rotaries[0].input[1:3], (cos, sin)):
+        assert tables[name].dtype == np.dtype(dtype) and tables[name].shape == (CAPACITY, half)
+        tolerance = 1e-6 if dtype == "float32" else 1e-3  # the graph's cos vs torch's, one float16 ulp
+        np.testing.assert_allclose(tables[name].astype(np.float64), want[0, :, :half].double().numpy(),
+                                   rtol=0, atol=tolerance)  # fmt: skip
+
+
 def test_next_tokens_is_the_argmax_of_the_logits_and_greedy_uses_it(exported):
     """Static artifacts return next_tokens = argmax(logits) (first maximum), so greedy decoding
     copies B token ids instead of B x V logits; tokens are the same either way."""

@@ -104,7 +104,14 @@ def export_random_model(
         library = genai_library_for(cache, None)  # --custom-ops auto
         target_options = genai_export_options(model, cache=cache, capacity=max_length, library=library)
     return export_model(model, out, logits=logits, external_data=external_data, cache=cache, max_length=max_length,
-                        skip_norms=True, **target_options)  # fmt: skip (every bench row runs onnxruntime)
+                        ort_contrib_ops=True, **target_options)  # fmt: skip (every bench row runs onnxruntime)
+
+
+def _has_current_fusions(fused: dict, cache: str) -> bool:
+    """Whether a reused folder's graph has every fusion of today's export (not one from before)."""
+    return fused.get("skip_norms", 0) > 0 and fused.get("silu", 0) > 0 and (
+        cache == "dynamic" or fused.get("rotary_tables", 0) > 0
+    )
 
 
 def fill_random_weights(folder: Path, seed: int = 0) -> None:
@@ -173,7 +180,7 @@ def reuse_artifact(folder: Path, dtype: str, target: Target, geometry: dict) -> 
         and cache["mode"] == target.cache
         and (target.capacity is None or cache["capacity"] >= target.capacity)
         and cache.get("layout", "optimum") == target.layout
-        and manifest.get("graph", {}).get("fused", {}).get("skip_norms", 0) > 0  # folders from before that fusion
+        and _has_current_fusions(manifest.get("graph", {}).get("fused", {}), target.cache)
     )
     if not matches or (target.layout == "genai" and not genai_library_is_current(folder, target.cache)):
         return None

@@ -45,9 +45,10 @@ from .validate import add_validation_arguments, check_validation_arguments, run_
 TARGETS = ("onnx", "ort", "genai", "trt")
 EXPORT_REPORT_NAME = "export.json"
 DEFAULT_CACHE = {"onnx": "dynamic", "ort": "static", "genai": "static", "trt": "static"}
-# Targets whose runtime is onnxruntime: their graphs use its SkipSimplifiedLayerNormalization
-# (export/fuse.py); the portable file and TensorRT's input keep the standard ops.
-SKIP_NORM_TARGETS = ("ort", "genai")
+# Targets whose runtime is onnxruntime: their graphs use its contrib ops
+# SkipSimplifiedLayerNormalization and QuickGelu (export/fuse.py); the portable file and
+# TensorRT's input keep the standard ops.
+ORT_CONTRIB_OP_TARGETS = ("ort", "genai")
 # Default static capacity: the model's context, but at most this many tokens (the caches are
 # allocated whole: B x layers x C x KV width).
 MAX_DEFAULT_CAPACITY = 4096
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         genai_export = genai_export_options(model, cache=cache, capacity=max_length, library=genai_library)
     export_model(
         model, args.output, source_dir=args.checkpoint, external_data=args.external_data, logits=args.logits,
-        cache=cache, max_length=max_length, skip_norms=args.target in SKIP_NORM_TARGETS, force=args.force,
+        cache=cache, max_length=max_length, ort_contrib_ops=args.target in ORT_CONTRIB_OP_TARGETS, force=args.force,
         **genai_export,
     )  # fmt: skip
     del model

@@ -282,7 +282,7 @@ def export_model(
     max_length: int | None = None,
     layout: str = "optimum",
     extra_files: Callable[[Path], list[str]] | None = None,
-    skip_norms: bool = False,
+    ort_contrib_ops: bool = False,
     force: bool = False,
 ) -> Path:
     """Export `model` (in its current dtype) to the artifact folder `out_dir`.
@@ -297,9 +297,9 @@ def export_model(
     layout: the cache tensors' names, "optimum" or "genai" (onnxruntime-genai's, io_names.py).
     extra_files: writes target files into the folder being written (its argument) and returns
     their names, which the manifest then lists with their hashes.
-    skip_norms: fuse each residual Add into the norm that reads it (ONNX Runtime's contrib op
-    SkipSimplifiedLayerNormalization, with a standard-op body: export/fuse.py); for artifacts
-    that ONNX Runtime runs (the ort and genai targets).
+    ort_contrib_ops: fuse each residual Add into the norm that reads it and each SiLU into one
+    node (ONNX Runtime's contrib ops SkipSimplifiedLayerNormalization and QuickGelu, each with a
+    standard-op body: export/fuse.py); for artifacts that ONNX Runtime runs (ort, genai).
     force: replace `out_dir` whatever it holds (never the checkpoint; uniattn_export/output.py).
     The folder is written beside `out_dir` and renamed into place at the end, after the
     structural check passed, so a failure never leaves a half-written artifact.
@@ -355,7 +355,9 @@ def export_model(
     _apply_cache_layout(onnx_model, has_key, layout, cache, next_tokens)
     input_names = io_names.input_names(has_key, layout)
     output_names = io_names.output_names(has_key, layout, next_tokens=next_tokens)
-    fusion = fuse_graph(onnx_model, skip_norms=skip_norms)  # export/fuse.py: one node per norm, rotary, projection group
+    # export/fuse.py: one node per norm, rotary, projection group; static caches bound every position by the
+    # capacity, so the rotary tables become constants of that many rows
+    fusion = fuse_graph(onnx_model, ort_contrib_ops=ort_contrib_ops, rotary_positions=capacity)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if external_data is None:
         external_data = weight_bytes > EXTERNAL_DATA_THRESHOLD

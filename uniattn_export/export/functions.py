@@ -12,12 +12,13 @@ in place but needs default opset 24, and the schema pins the graph at 23), then 
 the full capacity with the slots a query cannot see masked out. That is correct on any
 runtime; it is not length-aware (the kernels are).
 
-One op that is not ours gets a body too: ONNX Runtime's com.microsoft
-SkipSimplifiedLayerNormalization, which export/fuse.py puts in place of a residual Add and the
-RMSNormalization reading it (ONNX Runtime and onnxruntime-genai artifacts). ONNX Runtime runs
-its own kernel (a registered schema wins over a model-local function there, CPU and CUDA,
-float32/float16/bfloat16); TensorRT's parser imports the op itself; a runtime that knows neither
-(onnx.reference, onnx.inliner) uses the body: Add + RMSNormalization.
+Two ops that are not ours get bodies too, ONNX Runtime's com.microsoft ops that export/fuse.py
+puts in ONNX Runtime and onnxruntime-genai artifacts: SkipSimplifiedLayerNormalization (in
+place of a residual Add and the RMSNormalization reading it) and QuickGelu (x * sigmoid(alpha
+x); alpha = 1 is the SiLU of a gated MLP, in place of Sigmoid + Mul). ONNX Runtime runs its
+own kernels (a registered schema wins over a model-local function there; CUDA: float32,
+float16, bfloat16; CPU: float32, float16); TensorRT's parser imports the skip norm itself; a
+runtime that knows neither (onnx.reference, onnx.inliner) uses the bodies.
 """
 
 from __future__ import annotations
@@ -235,8 +236,9 @@ def UniAttnConsumerV2(
     return output, present_value
 
 
-SKIP_NORM_DOMAIN, SKIP_NORM_OP = "com.microsoft", "SkipSimplifiedLayerNormalization"
-_ort_contrib = onnxscript.values.Opset(SKIP_NORM_DOMAIN, 1)
+CONTRIB_DOMAIN = "com.microsoft"
+SKIP_NORM_OP, SILU_OP = "SkipSimplifiedLayerNormalization", "QuickGelu"
+_ort_contrib = onnxscript.values.Opset(CONTRIB_DOMAIN, 1)
 
 
 @onnxscript.script(opset=_ort_contrib, default_opset=op)
@@ -254,10 +256,19 @@ def SkipSimplifiedLayerNormalization(input, skip, gamma, epsilon: float = 1e-5):
     return output, mean, inv_std_var, input_skip_bias_sum
 
 
-def skip_norm_function() -> onnx.FunctionProto:
-    """The model-local body of ONNX Runtime's SkipSimplifiedLayerNormalization (module doc)."""
-    proto = SkipSimplifiedLayerNormalization.to_function_proto()
-    assert (proto.domain, proto.name) == (SKIP_NORM_DOMAIN, SKIP_NORM_OP)  # noqa: S101
+@onnxscript.script(opset=_ort_contrib, default_opset=op)
+def QuickGelu(X, alpha: float = 1.702):
+    """Y = X * Sigmoid(alpha * X), as ONNX Runtime defines it (its default alpha included)."""
+    return X * op.Sigmoid(X * op.CastLike(op.Constant(value_float=alpha), X))
+
+
+_CONTRIB_BODIES = {SKIP_NORM_OP: SkipSimplifiedLayerNormalization, SILU_OP: QuickGelu}
+
+
+def contrib_function(name: str) -> onnx.FunctionProto:
+    """The model-local body of ONNX Runtime's com.microsoft op `name` (module doc)."""
+    proto = _CONTRIB_BODIES[name].to_function_proto()
+    assert (proto.domain, proto.name) == (CONTRIB_DOMAIN, name)  # noqa: S101
     return proto
 
 

@@ -10,15 +10,24 @@ pattern matches exactly (anything else is left as it is and not counted):
   are the first halves of the graph's own cos/sin tensors (B, L, D/2), sliced once per graph,
   not per layer; the match requires cos and sin to be `cat(f, f)` (walked up through
   Cos/Sin/Cast/scalar Mul), which is what makes the two halves of the rotation equal.
+  With `rotary_positions=C` (static caches: every position is below the capacity C) the
+  tables become constants instead: the graph's own cos/sin subgraph evaluated once, at export,
+  on positions 0..C-1, (C, D/2) each, which RotaryEmbedding indexes with the step's positions
+  (its optional position_ids input, clipped to [0, C-1] so that no kernel reads outside the
+  tables). The per-step head that computed them (Unsqueeze, Cast, Mul, Concat, Cos, Sin, 2
+  Slices: 8 kernels of every decode step) becomes one Clip.
 * Projections: MatMuls that read the same activation with constant 2-D weights (Q/K/V of an
   ordinary or producer layer; v_proj and the compensation Wc of a consumer; gate/up of the
   MLP) become one MatMul over the concatenated weights + one Split; bias Adds (Qwen2's q/k/v)
   are concatenated as well when every member has one.
-* Skip norms (only with `skip_norms=True`: the ort and genai targets): RMSNormalization(Add(a, b))
-  over the last axis of same-shape (B, L, hidden) activations becomes ONNX Runtime's
-  com.microsoft SkipSimplifiedLayerNormalization(a, b, scale), whose output 3 (the sum) serves
-  the Add's other readers (the next residual): both residual Adds of every layer disappear.
-  The model carries a model-local body of that op (functions.py) for runtimes without it.
+* ONNX Runtime's contrib ops (only with `ort_contrib_ops=True`: the ort and genai targets),
+  each carried with a model-local body (functions.py) for runtimes without it:
+  - skip norms: RMSNormalization(Add(a, b)) over the last axis of same-shape (B, L, hidden)
+    activations becomes com.microsoft SkipSimplifiedLayerNormalization(a, b, scale), whose
+    output 3 (the sum) serves the Add's other readers (the next residual): both residual Adds
+    of every layer disappear;
+  - SiLU: Mul(x, Sigmoid(x)) (the gate of a gated MLP) becomes com.microsoft QuickGelu(x,
+    alpha=1): one node per layer fewer.
 * What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
 The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
 
@@ -31,7 +40,7 @@ them and tests/export/test_fuse.py holds that no decomposed norm is left.
 Why the standard opset-23 ops and not com.microsoft's (Skip)SimplifiedLayerNormalization /
 RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
 * onnxruntime 1.31 CPU runs RMSNormalization-23 and RotaryEmbedding-23 (checked here, fp32
-  and fp16, 3-D caches without position_ids); its CUDA EP registers both for float, float16
+  and fp16, 3-D caches without position_ids and 2-D tables with them); its CUDA EP registers both for float, float16
   and bfloat16 (core/providers/cuda/nn/rms_norm.cc, cuda/llm/rotary_embedding.cc) and ran
   them on an H100 (onnxruntime-gpu 1.31.1, profiler: every node of a norm -> fused QKV ->
   Split -> 2 rotary graph on CUDAExecutionProvider; CUDA vs CPU within 1.5e-6 in float32,
@@ -41,11 +50,11 @@ RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
   fused graph without plugins into ROTARY_EMBEDDING layers); it has no importer for
   com.microsoft ops.
 * onnx.checker full_check rejects SimplifiedLayerNormalization (ORT registers it in the
-  default domain, which onnx does not know). The one exception is the skip norm above, for
-  files ONNX Runtime runs: it removes a kernel per residual (33 norms + 32 Adds -> 1 + 32
-  nodes in Llama-3.2-1B), its com.microsoft domain passes the checker, and the model-local
-  body keeps the file runnable elsewhere (ONNX Runtime and TensorRT-RTX use their own
-  implementations, never the body: tests/export/test_fuse.py runs both ways).
+  default domain, which onnx does not know). The exceptions are the contrib ops above, for
+  files ONNX Runtime runs: the skip norm removes a kernel per residual (33 norms + 32 Adds ->
+  1 + 32 nodes in Llama-3.2-1B), QuickGelu one per MLP (16), their com.microsoft domain passes
+  the checker, and the model-local bodies keep the file runnable elsewhere (ONNX Runtime uses
+  its own kernels, never the bodies: tests/export/test_fuse.py runs both ways).
 * Rounding: the ONNX definitions are HF's (RMSNormalization: variance in float32, normalized
   cast to the activation dtype, then times the weight). onnxruntime's CPU kernels round once
   instead (normalized x weight, resp. the rotation, in float32, one cast): identical in
@@ -63,7 +72,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from .functions import SKIP_NORM_DOMAIN, SKIP_NORM_OP, skip_norm_function
+from .functions import CONTRIB_DOMAIN, SILU_OP, SKIP_NORM_OP, contrib_function
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
@@ -104,25 +113,30 @@ class FusionReport:
         }
 
 
-def fuse_graph(model: ir.Model, *, skip_norms: bool = False) -> FusionReport:
+def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positions: int | None = None) -> FusionReport:
     """Fuse rotary and shared-input projections of `model` in place (see the module doc);
-    with `skip_norms`, also each residual Add into the RMSNormalization reading it (ONNX
-    Runtime's SkipSimplifiedLayerNormalization, carried with a model-local body)."""
+    with `ort_contrib_ops`, also each residual Add into the RMSNormalization reading it and
+    each SiLU into one node (ONNX Runtime's SkipSimplifiedLayerNormalization and QuickGelu,
+    carried with model-local bodies); with
+    `rotary_positions` (C: every position of the graph is below it), rotary tables of C
+    rows computed at export instead of per step."""
     opset = model.opset_imports.get("", 0)
     if opset < ROTARY_MIN_OPSET:
         raise ValueError(f"fuse_graph needs default-domain opset >= {ROTARY_MIN_OPSET}, the graph has {opset}")
     graph = model.graph
     kinds_before, per_layer_before, layers = _census(graph)
     matched = {
-        "rotary": _fuse_rotary(graph),
+        **_fuse_rotary(graph, rotary_positions, opset),
         **_fuse_projections(graph),
     }
-    if skip_norms:
+    if ort_contrib_ops:
         matched["skip_norms"] = _fuse_skip_norms(graph)
-        if matched["skip_norms"]:
-            function = ir.serde.deserialize_function(skip_norm_function())
-            model.functions[function.identifier()] = function
-            model.opset_imports[SKIP_NORM_DOMAIN] = 1
+        matched["silu"] = _fuse_silu(graph)
+        for name, count in ((SKIP_NORM_OP, matched["skip_norms"]), (SILU_OP, matched["silu"])):
+            if count:
+                function = ir.serde.deserialize_function(contrib_function(name))
+                model.functions[function.identifier()] = function
+                model.opset_imports[CONTRIB_DOMAIN] = 1
     RemoveUnusedNodesPass()(model)
     kinds_after, per_layer_after, _ = _census(graph)
     return FusionReport(layers, kinds_before, kinds_after, per_layer_before, per_layer_after, matched)
@@ -193,17 +207,23 @@ class _Rotary:
     last: ir.Node  # the Reshape producing `output`
 
 
-def _fuse_rotary(graph: ir.Graph) -> int:
+def _fuse_rotary(graph: ir.Graph, positions: int | None, opset: int) -> dict[str, int]:
     halves: dict[int, ir.Value] = {}  # id(cos or sin value) -> its first half, sliced once
+    tables: dict[tuple[int, int], tuple[ir.Value, ...] | None] = {}  # (id(cos), id(sin)) -> tables, positions
     fused = 0
     for node in list(graph):
         match = _match_rotary(node)
         if match is None:
             continue
-        cos_half = _first_half(graph, match.cos, match.head_dim, halves)
-        sin_half = _first_half(graph, match.sin, match.head_dim, halves)
+        key = (id(match.cos), id(match.sin))
+        if positions is not None and key not in tables:
+            tables[key] = _position_tables(graph, match, positions, opset)
+        operands = tables.get(key) or (
+            _first_half(graph, match.cos, match.head_dim, halves),
+            _first_half(graph, match.sin, match.head_dim, halves),
+        )
         rotary = _new_node(
-            "RotaryEmbedding", [match.packed, cos_half, sin_half],
+            "RotaryEmbedding", [match.packed, *operands],
             {"num_heads": match.num_heads, "interleaved": 0},
             like=match.last, name=f"{match.output.name}/RotaryEmbedding",
         )  # fmt: skip
@@ -212,7 +232,7 @@ def _fuse_rotary(graph: ir.Graph) -> int:
         rotated.shape, rotated.type = match.output.shape, match.output.type
         ir.convenience.replace_all_uses_with(match.output, rotated)
         fused += 1
-    return fused
+    return {"rotary": fused, "rotary_tables": sum(found is not None for found in tables.values())}
 
 
 def _match_rotary(reshape_out: ir.Node) -> _Rotary | None:
@@ -344,6 +364,85 @@ def _first_half(graph: ir.Graph, table: ir.Value, head_dim: int, halves: dict[in
     return halves[id(table)]
 
 
+def _position_tables(graph: ir.Graph, match: _Rotary, capacity: int, opset: int) -> tuple[ir.Value, ...] | None:
+    """(cos table, sin table, clipped positions) for RotaryEmbedding's position_ids form: the
+    graph's own subgraph from the (B, L) int64 positions to cos and sin, evaluated once on
+    positions 0..capacity-1, first halves kept: (capacity, D/2) constants. None (the per-step
+    tables stay) when cos and sin depend on anything but one such positions tensor and
+    constants."""
+    cone = _position_cone([match.cos, match.sin], list(match.packed.shape)[:2])
+    if cone is None:
+        return None
+    positions, nodes, constants = cone
+    evaluated = _evaluate(nodes, constants, positions, [match.cos, match.sin],
+                          np.arange(capacity, dtype=np.int64)[None], opset)  # fmt: skip
+    half = match.head_dim // 2
+    cos_table, sin_table = (
+        _const(graph, f"rotary_{name}_table", np.ascontiguousarray(table.reshape(capacity, -1)[:, :half]))
+        for name, table in zip(("cos", "sin"), evaluated)
+    )
+    bounds = [_const(graph, f"rotary_positions_{name}", np.array(v, np.int64)) for name, v in (("min", 0), ("max", capacity - 1))]
+    source = positions.producer()
+    clip = _new_node("Clip", [positions, *bounds], like=source or match.last, name="rotary_positions/Clip")
+    if source is None:  # a graph input: the clip runs first
+        graph.insert_before(next(iter(graph)), clip)
+    else:
+        graph.insert_after(source, clip)
+    clipped = clip.outputs[0]
+    clipped.name, clipped.type, clipped.shape = "rotary_positions", positions.type, positions.shape
+    return cos_table, sin_table, clipped
+
+
+def _position_cone(outputs: list[ir.Value], batch_and_length: list) -> tuple[ir.Value, list[ir.Node], list[ir.Value]] | None:
+    """(positions, the nodes computing `outputs` from it in graph order, the constants they
+    read) where positions is the one non-constant int64 (B, L) tensor the outputs depend on."""
+    found: dict[int, ir.Node] = {}
+    constants: dict[int, ir.Value] = {}
+    sources: dict[int, ir.Value] = {}
+    pending = list(outputs)
+    while pending:
+        value = pending.pop()
+        if value is None or id(value) in sources or id(value) in constants:
+            continue
+        node = value.producer()
+        is_positions = value.dtype == ir.DataType.INT64 and value.shape is not None and list(value.shape) == batch_and_length
+        if is_positions and ir.convenience.get_const_tensor(value) is None:
+            sources[id(value)] = value
+        elif node is None:
+            if value.const_value is None:
+                return None  # another graph input
+            constants[id(value)] = value
+        elif id(node) not in found:
+            if node.domain != "" or node.graph is None:
+                return None
+            found[id(node)] = node
+            pending.extend(node.inputs)
+    if len(sources) != 1:
+        return None
+    ordered = [node for node in next(iter(found.values())).graph if id(node) in found] if found else []
+    return next(iter(sources.values())), ordered, list(constants.values())
+
+
+def _evaluate(nodes: list[ir.Node], constants: list[ir.Value], source: ir.Value, outputs: list[ir.Value],
+              feed: np.ndarray, opset: int) -> list[np.ndarray]:  # fmt: skip
+    """The values `outputs` take when `nodes` run on source = feed (ONNX's reference evaluator)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    initializers = []
+    for value in constants:
+        initializers.append(ir.serde.serialize_tensor(value.const_value))
+        initializers[-1].name = value.name
+    graph = helper.make_graph(
+        [ir.serde.serialize_node(node) for node in nodes], "rotary_tables",
+        [helper.make_tensor_value_info(source.name, int(source.dtype), [None, None])],
+        [helper.make_tensor_value_info(v.name, int(v.dtype), None) for v in outputs],
+        initializer=initializers,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return ReferenceEvaluator(model).run(None, {source.name: feed})
+
+
 def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                      const_value=ir.tensor(array, name=name))  # fmt: skip
@@ -440,7 +539,7 @@ def _fuse_skip_norms(graph: ir.Graph) -> int:
             continue
         skip_norm = ir.node(
             SKIP_NORM_OP, [add.inputs[0], add.inputs[1], norm.inputs[1]],
-            {"epsilon": norm.attributes.get_float("epsilon", 1e-5)}, domain=SKIP_NORM_DOMAIN, num_outputs=4,
+            {"epsilon": norm.attributes.get_float("epsilon", 1e-5)}, domain=CONTRIB_DOMAIN, num_outputs=4,
             name=f"{norm.outputs[0].name}/{SKIP_NORM_OP}", metadata_props=dict(norm.metadata_props),
         )  # fmt: skip
         graph.insert_before(norm, skip_norm)
@@ -472,3 +571,23 @@ def _skip_norm_operands(add: ir.Node, norm: ir.Node) -> bool:
         return False
     axis, stash = norm.attributes.get_int("axis", -1), norm.attributes.get_int("stash_type", 1)
     return _is_last_axis(axis, 3) and stash == 1
+
+
+def _fuse_silu(graph: ir.Graph) -> int:
+    """Mul(x, Sigmoid(x)) becomes QuickGelu(x, alpha=1) = x * sigmoid(x)."""
+    fused = 0
+    for mul in list(graph):
+        if mul.domain != "" or mul.op_type != "Mul" or len(mul.inputs) != 2 or mul.outputs[0].is_graph_output():
+            continue
+        x = next((a for a, b in (mul.inputs, mul.inputs[::-1])
+                  if _producer(b, "Sigmoid") is not None and b.producer().inputs[0] is a), None)  # fmt: skip
+        if x is None:
+            continue
+        silu = ir.node(SILU_OP, [x], {"alpha": 1.0}, domain=CONTRIB_DOMAIN, name=f"{mul.outputs[0].name}/{SILU_OP}",
+                       metadata_props=dict(mul.metadata_props))  # fmt: skip
+        graph.insert_before(mul, silu)
+        old, new = mul.outputs[0], silu.outputs[0]
+        new.name, new.shape, new.type = f"{old.name}_silu", old.shape, old.type
+        ir.convenience.replace_all_uses_with(old, new)
+        fused += 1
+    return fused
