@@ -40,8 +40,8 @@ them and tests/export/test_fuse.py holds that no decomposed norm is left.
 Why the standard opset-23 ops and not com.microsoft's (Skip)SimplifiedLayerNormalization /
 RotaryEmbedding (which onnxruntime-genai uses): the file must run anywhere.
 * onnxruntime 1.31 CPU runs RMSNormalization-23 and RotaryEmbedding-23 (checked here, fp32
-  and fp16, 3-D caches without position_ids and 2-D tables with them); its CUDA EP registers both for float, float16
-  and bfloat16 (core/providers/cuda/nn/rms_norm.cc, cuda/llm/rotary_embedding.cc) and ran
+  and fp16, 3-D caches without position_ids and 2-D tables with them); its CUDA EP registers
+  both for float, float16 and bfloat16 (core/providers/cuda/nn/rms_norm.cc, cuda/llm/rotary_embedding.cc) and ran
   them on an H100 (onnxruntime-gpu 1.31.1, profiler: every node of a norm -> fused QKV ->
   Split -> 2 rotary graph on CUDAExecutionProvider; CUDA vs CPU within 1.5e-6 in float32,
   one float16 ulp in float16). Not part of this module's CPU tests.
@@ -117,9 +117,8 @@ def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positio
     """Fuse rotary and shared-input projections of `model` in place (see the module doc);
     with `ort_contrib_ops`, also each residual Add into the RMSNormalization reading it and
     each SiLU into one node (ONNX Runtime's SkipSimplifiedLayerNormalization and QuickGelu,
-    carried with model-local bodies); with
-    `rotary_positions` (C: every position of the graph is below it), rotary tables of C
-    rows computed at export instead of per step."""
+    carried with model-local bodies); with `rotary_positions` (C: every position of the graph
+    is below it), rotary tables of C rows computed at export instead of per step."""
     opset = model.opset_imports.get("", 0)
     if opset < ROTARY_MIN_OPSET:
         raise ValueError(f"fuse_graph needs default-domain opset >= {ROTARY_MIN_OPSET}, the graph has {opset}")
@@ -370,32 +369,37 @@ def _position_tables(graph: ir.Graph, match: _Rotary, capacity: int, opset: int)
     positions 0..capacity-1, first halves kept: (capacity, D/2) constants. None (the per-step
     tables stay) when cos and sin depend on anything but one such positions tensor and
     constants."""
-    cone = _position_cone([match.cos, match.sin], list(match.packed.shape)[:2])
+    cone = _position_cone(graph, [match.cos, match.sin], list(match.packed.shape)[:2])
     if cone is None:
         return None
     positions, nodes, constants = cone
     evaluated = _evaluate(nodes, constants, positions, [match.cos, match.sin],
                           np.arange(capacity, dtype=np.int64)[None], opset)  # fmt: skip
     half = match.head_dim // 2
+    # Names from the cos value: unique per tabulated (cos, sin) pair.
+    prefix = f"{match.cos.name}_rotary"
     cos_table, sin_table = (
-        _const(graph, f"rotary_{name}_table", np.ascontiguousarray(table.reshape(capacity, -1)[:, :half]))
+        _const(graph, f"{prefix}_{name}_table", np.ascontiguousarray(table.reshape(capacity, -1)[:, :half]))
         for name, table in zip(("cos", "sin"), evaluated)
     )
-    bounds = [_const(graph, f"rotary_positions_{name}", np.array(v, np.int64)) for name, v in (("min", 0), ("max", capacity - 1))]
+    bounds = [_const(graph, f"{prefix}_positions_{name}", np.array(v, np.int64))
+              for name, v in (("min", 0), ("max", capacity - 1))]  # fmt: skip
     source = positions.producer()
-    clip = _new_node("Clip", [positions, *bounds], like=source or match.last, name="rotary_positions/Clip")
+    clip = _new_node("Clip", [positions, *bounds], like=source or match.last, name=f"{prefix}_positions/Clip")
     if source is None:  # a graph input: the clip runs first
         graph.insert_before(next(iter(graph)), clip)
     else:
         graph.insert_after(source, clip)
     clipped = clip.outputs[0]
-    clipped.name, clipped.type, clipped.shape = "rotary_positions", positions.type, positions.shape
+    clipped.name, clipped.type, clipped.shape = f"{prefix}_positions", positions.type, positions.shape
     return cos_table, sin_table, clipped
 
 
-def _position_cone(outputs: list[ir.Value], batch_and_length: list) -> tuple[ir.Value, list[ir.Node], list[ir.Value]] | None:
-    """(positions, the nodes computing `outputs` from it in graph order, the constants they
-    read) where positions is the one non-constant int64 (B, L) tensor the outputs depend on."""
+def _position_cone(graph: ir.Graph, outputs: list[ir.Value],
+                   batch_and_length: list) -> tuple[ir.Value, list[ir.Node], list[ir.Value]] | None:  # fmt: skip
+    """(positions, the nodes of `graph` computing `outputs` from it in graph order, the
+    constants they read) where positions is the one non-constant int64 (B, L) tensor the
+    outputs depend on."""
     found: dict[int, ir.Node] = {}
     constants: dict[int, ir.Value] = {}
     sources: dict[int, ir.Value] = {}
@@ -405,7 +409,8 @@ def _position_cone(outputs: list[ir.Value], batch_and_length: list) -> tuple[ir.
         if value is None or id(value) in sources or id(value) in constants:
             continue
         node = value.producer()
-        is_positions = value.dtype == ir.DataType.INT64 and value.shape is not None and list(value.shape) == batch_and_length
+        shape = list(value.shape) if value.shape is not None else None
+        is_positions = value.dtype == ir.DataType.INT64 and shape == batch_and_length
         if is_positions and ir.convenience.get_const_tensor(value) is None:
             sources[id(value)] = value
         elif node is None:
@@ -413,13 +418,13 @@ def _position_cone(outputs: list[ir.Value], batch_and_length: list) -> tuple[ir.
                 return None  # another graph input
             constants[id(value)] = value
         elif id(node) not in found:
-            if node.domain != "" or node.graph is None:
+            if node.domain != "" or node.graph is not graph:
                 return None
             found[id(node)] = node
             pending.extend(node.inputs)
     if len(sources) != 1:
         return None
-    ordered = [node for node in next(iter(found.values())).graph if id(node) in found] if found else []
+    ordered = [node for node in graph if id(node) in found]
     return next(iter(sources.values())), ordered, list(constants.values())
 
 
