@@ -105,6 +105,7 @@ python3 - "$OUT/bench" <<'EOF'
 import json, sys
 from pathlib import Path
 from uniattn_export.bench.measure import kernel_label
+from uniattn_export.bench.report import profiled_kernels
 for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
     doc = json.loads(path.read_text())
     print(f"--- {path.parent.name}: complete={doc['complete']} failures={doc['failures']} stopped={doc['stopped']}")
@@ -124,7 +125,9 @@ for path in sorted(Path(sys.argv[1]).glob("*/bench.json")):
                   f"copy kernels {sum(k['count'] for k in copies['copy_kernels'].values())}; "
                   f"{copies['kernels']} kernels, {copies['kernel_us'] / 1000:.3f} ms of kernels vs "
                   f"{result['decode']['median_ms']:.3f} ms median step")
-            for kernel in copies["top_kernels"][:6]:
+            print("        by kind: " + ", ".join(f"{kind} {c['us'] / 1000:.3f} ms x{c['count']}"
+                                                for kind, c in copies["by_category"].items()))
+            for kernel in profiled_kernels(copies)[:6]:
                 print(f"        {100 * kernel['share']:4.1f}% {kernel['us'] / 1000:.3f} ms x{kernel['count']} {kernel_label(kernel['name'])}")
         elif copies:  # the CPU dry run
             print(f"    copies {result['runtime']} B={result['batch']} S={result['context']}: "

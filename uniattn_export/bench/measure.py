@@ -100,8 +100,24 @@ def gib(n: float | None) -> str:
 
 # Kernel names of device-side copies (CUDA's and ORT's: Memcpy nodes, Concat, Scatter*, Copy).
 _COPY_KERNEL_WORDS = ("copy", "concat", "scatter", "memcpy")
-# How many kernels (by total time) the step's breakdown lists; all of them count in kernel_us.
-TOP_KERNELS = 12
+# Kinds of kernel a profiled step's time is summed by (kernel_category), in the order they are
+# tried and tables show them: a kernel counts in the first category one of whose words is in
+# its lower-cased kernel_label, else in "other". The order settles names that hold words of
+# two: UnpackRoPEAppend (rotary, though it also appends to the cache), split_kv_kernel
+# (attention, not split), _GatherScatterElementsKernel (cache write, not gather),
+# cublasLt::splitKreduce_kernel (gemm: the reduction of a split-K matrix product).
+KERNEL_CATEGORIES = (
+    ("gemm", ("nvjet", "gemm", "gemv", "cutlass", "cublas", "splitkreduce", "xmma", "sm90_", "ampere_")),
+    ("attention", ("split_kv", "flash", "kernel_mha", "mha", "attention", "xqa", "fmha", "softmax")),
+    ("norm", ("layernorm", "rmsnorm", "rms_norm", "skiplayernorm", "normalization")),
+    ("rotary", ("rotary", "rope")),
+    ("cache write", ("scatter", "append", "concat", "copybytes", "memcpy", "copy")),
+    ("split/slice", ("split", "slice", "gather", "transpose", "expand")),
+    ("elementwise", ("elementwise", "quickgelu", "silu", "mul", "add", "cast", "sigmoid")),
+    ("sampling", ("top1", "argmax", "topk", "reduce", "sort", "sample")),
+)  # fmt: skip
+OTHER_CATEGORY = "other"
+CATEGORY_ORDER = (*(category for category, _ in KERNEL_CATEGORIES), OTHER_CATEGORY)
 
 
 def kernel_label(name: str) -> str:
@@ -110,6 +126,17 @@ def kernel_label(name: str) -> str:
     -> `uniattn::cuda::split_kv_kernel`); bench.json keeps the full name."""
     name = name.removeprefix("void ").replace("(anonymous namespace)::", "")
     return re.split(r"[<(]", name, maxsplit=1)[0] or name
+
+
+def kernel_category(name: str) -> str:
+    """The kind of work a kernel does, from its name (KERNEL_CATEGORIES: its first match), so a
+    step's time can be told apart by kind. Matched on the label, without template arguments
+    and parameters: their types, which may hold any of the words, do not decide the kind."""
+    label = kernel_label(name).lower()
+    for category, words in KERNEL_CATEGORIES:
+        if any(word in label for word in words):
+            return category
+    return OTHER_CATEGORY
 
 
 def cuda_copy_profile(step: Callable[[], float]) -> dict:
@@ -135,8 +162,10 @@ def account_cuda_trace(events: list[dict]) -> dict:
     """One decode step's Chrome-trace events (torch.profiler's export) accounted: memcpy bytes
     by kind (from the trace's `bytes` field), the copy-like kernels by name with their count
     and time (a kernel's bytes are not in the trace; a full-cache copy shows as time), and where
-    the step's GPU time goes: the kernels' summed duration, and the TOP_KERNELS names by total
-    time with their count, microseconds and share."""
+    the step's GPU time goes: the kernels' summed duration, every kernel name by total time
+    with its count, microseconds and share (kernel_list: all of them, so a change of a few
+    kernels per step can be found), and the count and time of each kernel_category
+    (by_category, in CATEGORY_ORDER; its times sum to kernel_us)."""
     memcpy: dict[str, int] = {}
     by_name: dict[str, dict] = {}
     for event in events:
@@ -148,13 +177,20 @@ def account_cuda_trace(events: list[dict]) -> dict:
             entry = by_name.setdefault(event.get("name", "")[:160], {"count": 0, "us": 0.0})
             entry["count"] += 1
             entry["us"] += float(event.get("dur", 0))
-    kernel_us = sum(k["us"] for k in by_name.values())
     ranked = sorted(by_name.items(), key=lambda item: item[1]["us"], reverse=True)
-    top = [{"name": name, **k, "share": k["us"] / kernel_us if kernel_us else 0.0} for name, k in ranked[:TOP_KERNELS]]
+    totals = {category: {"count": 0, "us": 0.0} for category in CATEGORY_ORDER}
+    for name, k in ranked:
+        total = totals[kernel_category(name)]
+        total["count"] += k["count"]
+        total["us"] += k["us"]
+    by_category = {category: total for category, total in totals.items() if total["count"]}
+    # Summed over the categories so that by_category adds up to it exactly (float addition).
+    kernel_us = sum(total["us"] for total in by_category.values())
+    kernel_list = [{"name": name, **k, "share": k["us"] / kernel_us if kernel_us else 0.0} for name, k in ranked]
     copy_kernels = {name: k for name, k in by_name.items() if any(w in name.lower() for w in _COPY_KERNEL_WORDS)}
     return {
         "method": "torch.profiler, CUDA activities, one decode step after the timed ones",
-        "kernels": sum(k["count"] for k in by_name.values()), "kernel_us": kernel_us, "top_kernels": top,
-        "memcpy_bytes": memcpy, "memcpy_dtod_bytes": sum(b for name, b in memcpy.items() if "DtoD" in name),
-        "copy_kernels": copy_kernels,
+        "kernels": sum(k["count"] for k in by_name.values()), "kernel_us": kernel_us, "kernel_list": kernel_list,
+        "by_category": by_category, "memcpy_bytes": memcpy,
+        "memcpy_dtod_bytes": sum(b for name, b in memcpy.items() if "DtoD" in name), "copy_kernels": copy_kernels,
     }  # fmt: skip

@@ -12,10 +12,12 @@ from pathlib import Path
 from rich.table import Table
 
 from ..validate.report import write_report
-from .measure import kernel_label
+from .measure import CATEGORY_ORDER, kernel_label
 
 REPORT_FORMAT = "uniattn-export/bench"
-REPORT_VERSION = 1
+# 2: a CUDA profile lists every kernel (kernel_list) and by_category; 1 kept the 12 largest
+# kernels as top_kernels (profiled_kernels reads both).
+REPORT_VERSION = 2
 JSON_FILE, PLOT_FILE = "bench.json", "bench.png"
 
 # (name, numerator runtime, denominator runtime)
@@ -245,7 +247,7 @@ def kernels_table(doc: dict) -> Table | None:
     median beside the kernels' summed time (the difference is time outside kernels: launches,
     gaps between kernels, host work) and the kernels that take most of it; None without CUDA
     profiles."""
-    profiled = [r for r in _profiled(doc) if "top_kernels" in r["decode"]["cache_copies"]]
+    profiled = [r for r in _profiled(doc) if "kernel_us" in r["decode"]["cache_copies"]]
     if not profiled:
         return None
     table = Table(title="kernels of one profiled decode step (CUDA)")
@@ -253,11 +255,41 @@ def kernels_table(doc: dict) -> Table | None:
         table.add_column(column, justify="left" if column in ("runtime", "largest kernels (share of kernel ms)") else "right")
     for result in profiled:
         profile = result["decode"]["cache_copies"]
-        largest = ", ".join(f"{kernel_label(k['name'])} x{k['count']} {100 * k['share']:.0f}%" for k in profile["top_kernels"][:3])
+        largest = ", ".join(f"{kernel_label(k['name'])} x{k['count']} {100 * k['share']:.0f}%" for k in profiled_kernels(profile)[:3])
         table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
                       f"{result['decode']['median_ms']:.3f}", str(profile["kernels"]),
                       f"{profile['kernel_us'] / 1000:.3f}", largest)  # fmt: skip
     return table
+
+
+def categories_table(doc: dict) -> Table | None:
+    """Where one profiled CUDA decode step's kernel time goes by kind of kernel (measure.py's
+    kernel_category), per profiled row and cell: a column per kind that occurs, in
+    CATEGORY_ORDER, with its time and kernel count; None without such profiles (format 1
+    files have no by_category)."""
+    profiled = [r for r in _profiled(doc) if "by_category" in r["decode"]["cache_copies"]]
+    if not profiled:
+        return None
+    present = {category for r in profiled for category in r["decode"]["cache_copies"]["by_category"]}
+    categories = [category for category in CATEGORY_ORDER if category in present]
+    table = Table(title="GPU time of one profiled decode step by kind of kernel (ms)",
+                  caption="a kernel counts in the first kind its name matches (bench/measure.py KERNEL_CATEGORIES); "
+                  "(xN): kernels launched")  # fmt: skip
+    for column in ("runtime", "B", "S", "step ms (median)", "kernel ms", *categories):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    for result in profiled:
+        profile = result["decode"]["cache_copies"]
+        cells = [profile["by_category"].get(category) for category in categories]
+        table.add_row(short_name(result["runtime"]), str(result["batch"]), str(result["context"]),
+                      f"{result['decode']['median_ms']:.3f}", f"{profile['kernel_us'] / 1000:.3f}",
+                      *(f"{c['us'] / 1000:.3f} (x{c['count']})" if c else "-" for c in cells))  # fmt: skip
+    return table
+
+
+def profiled_kernels(profile: dict) -> list[dict]:
+    """A CUDA profile's kernels by total time: all of them (kernel_list), or in a format 1
+    bench.json the 12 largest (top_kernels)."""
+    return profile["kernel_list"] if "kernel_list" in profile else profile["top_kernels"]
 
 
 def _profiled(doc: dict) -> list[dict]:

@@ -87,8 +87,11 @@ METHOD = {
     "cache_copies": "one more decode step of each ort-* row (and, on CUDA, of the onnxruntime-genai rows) after the "
     "timed ones, under a profiler. "
     "CUDA: torch.profiler with CUDA activities (process-wide, so ORT's kernels too, and those a CUDA-graph replay "
-    "launches): memcpy bytes by kind, the copy/concat/scatter kernels, the kernels' summed time (kernel_us) and the "
-    "top kernels by time (top_kernels: count, us, share); CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
+    "launches): memcpy bytes by kind, the copy/concat/scatter kernels, the kernels' summed time (kernel_us), every "
+    "kernel name by total time (kernel_list: count, us, share; names cut at 160 characters) and the count and time of "
+    "each kind of kernel (by_category: gemm, attention, norm, rotary, cache write, split/slice, elementwise, sampling, "
+    "other; a kernel counts in the first kind its name matches, bench/measure.py KERNEL_CATEGORIES; the times sum to "
+    "kernel_us); CPU: ONNX Runtime's profiler in a second session of the same file and kernels "
     "swapped into the OrtSession for that step: output bytes of copying nodes (Concat, Scatter*, Expand, Where, "
     "...), plus the uniattn nodes' outputs where the caches are not bound in place (dynamic)",
     "prefill": "one call over `context` new tokens per row from an empty cache (after one untimed call); "

@@ -191,11 +191,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        from ..bench.report import copies_table, kernels_table, summary_table
+        from ..bench.report import categories_table, copies_table, kernels_table, summary_table
 
         console = Console(width=200)
         console.print(summary_table(doc))
-        for table in (copies_table(doc), kernels_table(doc)):
+        for table in (copies_table(doc), kernels_table(doc), categories_table(doc)):
             if table is not None:
                 console.print(table)
         if doc["stopped"]:
