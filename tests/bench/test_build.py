@@ -11,6 +11,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 from uniattn_export.bench.build import (
@@ -31,13 +32,27 @@ def test_llama_1b_preset_has_superblocks_of_4_over_the_top_half():
     assert [layer_map.role(i) for i in range(8)] == ["ordinary"] * 8
 
 
+def test_llama_8b_preset_is_the_llama_3_1_8b_shape_with_superblocks_over_the_top_half():
+    from transformers import AutoModelForCausalLM
+
+    config = preset_config("llama-3.1-8b")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 8_030_261_248  # Llama-3.1-8B's published count
+    assert (config.head_dim, config.num_key_value_heads, config.rope_parameters["factor"]) == (128, 8, 8.0)
+    layer_map = preset_layer_map(32)
+    assert layer_map.producers == [16, 20, 24, 28]
+    assert layer_map.consumers == [17, 18, 19, 21, 22, 23, 25, 26, 27, 29, 30, 31]
+    assert layer_map.kv_cache_saving == 12 / 64
+
+
 def test_tiny_preset_layer_map():
     layer_map = preset_layer_map(6)
     assert layer_map.layer_map == {3: (4, 5)}
 
 
 def test_unknown_preset(tmp_path):
-    with pytest.raises(UniAttnError, match="unknown preset 'llama-70b'. Use one of llama-3.2-1b, tiny"):
+    with pytest.raises(UniAttnError, match="unknown preset 'llama-70b'. Use one of llama-3.2-1b, llama-3.1-8b, tiny"):
         preset_targets("llama-70b", tmp_path)
 
 

@@ -3,6 +3,7 @@
 #
 #   bash uniattn_export/bench/gpu_run.sh 1b     # Llama-3.2-1B shape, fp16, every row, one run (see BUDGET_1B)
 #   bash uniattn_export/bench/gpu_run.sh tiny   # ~2 min: tiny models, fp16, every row (a dry run of 1b)
+#   bash uniattn_export/bench/gpu_run.sh 8b     # Llama-3.1-8B shape, fp16, static-graph rows (BUDGET_8B)
 #
 # Needs in /root/site (PYTHONPATH): onnxruntime-gpu 1.31.1 and onnxruntime-genai-cuda 0.18
 # (staged like onnxruntime-gpu: ../shared/gpu/stage-wheels.sh onnxruntime-genai-cuda==0.18.0),
@@ -94,8 +95,18 @@ case "${1:-}" in
       --compile 1x2048,32x2048 --decode-steps 10 --warmup-steps 3 --prefill-repeats 2 --cell-seconds 6 \
       --time-budget "${BUDGET_1B:-500}"
     ;;
+  8b)
+    # Issue 12's stretch: the Llama-3.1-8B shape at 1x2048 and 16x8192 (and the 1x8192 prefill).
+    # Only the static-graph rows by default: each 8B artifact is 16 GB of weights, and the
+    # onnxruntime-genai row would add the base checkpoint and genai's build (32 GB more) on a
+    # 64 GB disk. Two exports in parallel (128 GB of memory, export_workers).
+    bench llama_8b --preset llama-3.1-8b --dtype "$DTYPE" --work "$WORK/llama_8b" --backends "${BENCH_ROWS:-ort-static-graph}" \
+      --batches 1,16 --contexts 2048,8192 --decode-cells 1x2048,16x8192 --prefill-cells 1x8192 \
+      --decode-steps 10 --warmup-steps 3 --prefill-repeats 2 --cell-seconds 6 \
+      --time-budget "${BUDGET_8B:-540}"
+    ;;
   *)
-    echo "usage: $0 1b|tiny" >&2
+    echo "usage: $0 1b|8b|tiny" >&2
     exit 2
     ;;
 esac

@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "onnxruntime-genai row's model from it (into OUT/genai)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, help="folder for bench.json and bench.png")
     g = p.add_argument_group("preset mode")
-    g.add_argument("--preset", default=None, help="build the artifacts from this shape preset (llama-3.2-1b, tiny)")
+    g.add_argument("--preset", default=None, help="build the artifacts from this shape preset (llama-3.2-1b, llama-3.1-8b, tiny)")
     g.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
                    help="precision of the preset's artifacts (default float16)")  # fmt: skip
     g.add_argument("--work", type=Path, default=None, help="where the preset's artifacts are built or reused (default OUT/work)")

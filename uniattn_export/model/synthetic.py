@@ -31,6 +31,17 @@ PRESETS = {
                          "original_max_position_embeddings": 8192},
         initializer_range=0.02,
     ),
+    # Llama-3.1-8B (issue 12's stretch, the paper's model class): 32 layers, d=4096, 32 query /
+    # 8 KV heads, head_dim 128, untied embeddings; 8,030,261,248 parameters.
+    "llama-3.1-8b": dict(
+        family="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+        tie_word_embeddings=False, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192},
+        initializer_range=0.02,
+    ),
     # A small default for smoke runs and the README's first command.
     "tiny": dict(
         family="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=6,
