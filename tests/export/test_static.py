@@ -28,6 +28,11 @@ MODELS = {
     "mistral_window": dict(family="mistral", sliding_window=8),
     "qwen2": dict(family="qwen2"),
     "llama_base": dict(family="llama", base=True),
+    # The 8B preset's attention shape: head_dim 128, 4 query heads per KV head, llama3 rope scaling.
+    "llama3_head_dim_128": dict(family="llama", num_attention_heads=4, num_key_value_heads=1, head_dim=128,
+                                rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                 "original_max_position_embeddings": 32}),
 }
 
 
