@@ -1086,6 +1086,9 @@ VARIANTS = {
     "warps2": (["-DUA_DECODE_WARPS=2"], "decode"),  # warps per split-KV block: 2 / 4
     "blocks512": (["-DUA_SPLIT_MAX_BLOCKS=512"], "decode"),  # at most 512 blocks: fewer splits at batch 1
     "flash32rows": (["-DUA_FLASH_TILES_D64=2"], "prefill"),  # run 1's default, for the record
+    # each warp loads its next full step before computing the current one; the doubled K/V
+    # registers fit without spills only below 256 (producer, 8 warps/SM) and 168 (consumer, 12)
+    "prefetch": (["-DUA_PREFETCH=1", "-DUA_PRODUCER_RESIDENT_WARPS=8", "-DUA_CONSUMER_RESIDENT_WARPS=12"], "decode"),
 }
 # The one source a variant's flags change.
 VARIANT_SOURCE = {"decode": "split_kv.cu", "prefill": "flash.cu"}
@@ -1291,7 +1294,7 @@ def main(argv=None) -> int:
                         report["variants"][name] = {"flags": flags, "skipped": "time budget spent"}
                         continue
                     variant = Kernels(path)
-                    checks = run_checks(variant, [c for c in edge_cases(large=True)
+                    checks = run_checks(variant, [c for c in edge_cases(large=True) + static_cases(large=True)
                                                   if (c.query_len <= 16) == (kind == "decode")])
                     entry = {"flags": flags, "kind": kind, "checks_passed": sum(c["ok"] for c in checks),
                              "checks": len(checks), "failed": [c["case"] for c in checks if not c["ok"]][:10]}

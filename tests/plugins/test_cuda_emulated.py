@@ -132,8 +132,10 @@ def test_static_layout_matches_reference(kernels, case):
 
 # Tuning knobs the GPU run times as variants, pushed further: 16 keys per lane make each lane
 # own the scores of two keys after the dot-product sum, 2 V rows per lane make the consumer
-# read P with 4-byte loads, 2 warps per block make more, shorter splits.
-ALTERNATE_TUNING = ("-DUA_KEYS_PER_THREAD=16", "-DUA_CONSUMER_KEYS_PER_THREAD=2", "-DUA_DECODE_WARPS=2")
+# read P with 4-byte loads, 2 warps per block make more, shorter splits, and each warp loads
+# its next full step before computing the current one (the steps a prefetch hands over).
+ALTERNATE_TUNING = ("-DUA_KEYS_PER_THREAD=16", "-DUA_CONSUMER_KEYS_PER_THREAD=2", "-DUA_DECODE_WARPS=2",
+                    "-DUA_PREFETCH=1")
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,11 @@ def alternate_kernels(tmp_path_factory) -> runner.Kernels:
 @pytest.mark.parametrize("case", [c for c in runner.edge_cases(large=False) if c.query_len <= 16], ids=lambda c: c.name())
 def test_alternate_tuning_matches_reference(alternate_kernels, case):
     _assert_ok(runner.run_case(alternate_kernels, case, "cpu"))
+
+
+@pytest.mark.parametrize("case", [c for c in runner.static_cases(large=False) if c.query_len <= 16], ids=lambda c: c.name())
+def test_alternate_tuning_static_layout_matches_reference(alternate_kernels, case):
+    _assert_ok(runner.run_static_case(alternate_kernels, case, "cpu"))
 
 
 def _call(kernels, op: str, case: runner.Case, *, workspace="auto", misalign: str | None = None,

@@ -63,8 +63,14 @@ namespace {
 #ifndef UA_SPLIT_MAX_BLOCKS
 #define UA_SPLIT_MAX_BLOCKS 4096
 #endif
+// 1: a warp issues the loads of its next full step before the arithmetic of the current one
+// (twice the K/V registers; the loads of one step no longer wait for the previous step's math).
+#ifndef UA_PREFETCH
+#define UA_PREFETCH 0
+#endif
 
 constexpr int kWarps = UA_DECODE_WARPS;
+constexpr bool kPrefetch = UA_PREFETCH != 0;
 constexpr int kThreads = 32 * kWarps;
 constexpr int R = 4;  // query rows per block
 constexpr float kRescaleSlack = 8.f;
@@ -403,16 +409,18 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   // One step of kStepKeys keys. kFull: every key of the step is inside the split, in the
   // caches and visible to every row up to the mask (and, for the consumer, every row valid and
   // P 16-byte aligned): no per-key bounds, sources or row limits. The others: the step with the
-  // new tokens, the split's ragged end, causal diagonals and window edges.
-  const auto step = [&](auto full, const int step0, const bool copy) {
+  // new tokens, the split's ragged end, causal diagonals and window edges. The K/V rows a lane
+  // holds are loaded by `load` (every load of the step before any use) and used by `step`,
+  // apart so that with kPrefetch the next full step's loads are in flight during this one's
+  // arithmetic.
+  using Rows = Slice8<T>[kKeys];
+  const auto load = [&](auto full, const int step0, Rows& k_rows, Rows& v_rows) {
     constexpr bool kFull = decltype(full)::value;
     const int key0 = step0 + key_group * kKeys;  // this lane's first key
     const int64_t row0 = int64_t(key0) * D;
-
-    // Every load of the step before any use. Lanes past the head dim (D < kDim) load nothing,
-    // full steps included: their slice pointer lies in the following rows (or past the end
-    // of the cache), and its values, poisoned or garbage, would reach the scores as 0 * NaN.
-    Slice8<T> k_rows[kKeys], v_rows[kKeys];
+    // Lanes past the head dim (D < kDim) load nothing, full steps included: their slice
+    // pointer lies in the following rows (or past the end of the cache), and its values,
+    // poisoned or garbage, would reach the scores as 0 * NaN.
 #pragma unroll
     for (int u = 0; u < kKeys; ++u) {
       const int j = key0 + u;
@@ -425,6 +433,11 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       v_rows[u] = load_slice<T, Load::kStreaming>(kFull ? v_src.cache + row0 + u * D
                                                         : v_src.row(j, a.values.split, D, packed_stride));
     }
+  };
+  const auto step = [&](auto full, const int step0, const bool copy, const Rows& k_rows, const Rows& v_rows) {
+    constexpr bool kFull = decltype(full)::value;
+    const int key0 = step0 + key_group * kKeys;  // this lane's first key
+    const int64_t row0 = int64_t(key0) * D;
     if (copy) {  // full steps hold past keys only: stored unless the append is in place
 #pragma unroll
       for (int u = 0; u < kKeys; ++u) {
@@ -527,6 +540,13 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   const bool vector_weights = W != Weights::kGivenProbs || (rows_here == R && a.vector_probs &&
                                                             K::kKeys * sizeof(T) % 16 == 0);
   const int steps = (k1 - k0 + K::kStepKeys - 1) / K::kStepKeys;
+  // A full step is one that no row skips, so a prefetched step is never a skipped one.
+  const auto is_full = [&](const int step0) {
+    const int step_end = step0 + K::kStepKeys;
+    return step_end <= k1 && step_end <= cached && step0 >= common_lo && step_end - 1 <= common_hi && vector_weights;
+  };
+  Rows k_rows, v_rows, k_next, v_next;
+  bool prefetched = false;  // k_next/v_next hold this step's rows
   for (int t = warp; t < steps; t += kWarps) {
     const int step0 = k0 + t * K::kStepKeys, step_end = step0 + K::kStepKeys;  // exclusive
     const bool copy = (copy_k || copy_v) && (a.copy_past || step_end > a.past_len);  // (all keys < S)
@@ -539,10 +559,24 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       if (!copy) continue;
     }
     // (a copy-only step runs the general path: its weights are 0, its stores are what counts)
-    if (step_end <= k1 && step_end <= cached && step0 >= common_lo && step_end - 1 <= common_hi && vector_weights)
-      step(std::true_type{}, step0, copy);
-    else
-      step(std::false_type{}, step0, copy);
+    if (is_full(step0)) {
+      if (prefetched) {
+#pragma unroll
+        for (int u = 0; u < kKeys; ++u) {
+          k_rows[u] = k_next[u];
+          v_rows[u] = v_next[u];
+        }
+      } else {
+        load(std::true_type{}, step0, k_rows, v_rows);
+      }
+      const int next0 = step0 + kWarps * K::kStepKeys;
+      prefetched = kPrefetch && next0 < k1 && is_full(next0);
+      if (prefetched) load(std::true_type{}, next0, k_next, v_next);
+      step(std::true_type{}, step0, copy, k_rows, v_rows);
+    } else {
+      load(std::false_type{}, step0, k_rows, v_rows);
+      step(std::false_type{}, step0, copy, k_rows, v_rows);
+    }
   }
 
   // This warp's output: sum the key groups (lanes with the same slice), then to shared memory.
