@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import transformers
 from onnx import numpy_helper
 
 from uniattn_export.bench.build import (
@@ -69,6 +70,8 @@ def test_prepared_artifacts_carry_graphs_only(prepared):
 def test_refilled_weights_are_finite_random_values_with_a_matching_hash(preset_run, artifacts):
     doc, _, work = preset_run
     assert doc["build"]["status"] == "ok"
+    # the versions the graphs were traced with (those outside the supported range trace other graphs)
+    assert (doc["build"]["torch"], doc["build"]["transformers"]) == (torch.__version__, transformers.__version__)
     assert doc["build"]["steps"]["artifact"]["reused"] is True  # found prepared, weights refilled
     for artifact in artifacts:
         entry = artifact.manifest["files"][EXTERNAL_DATA_FILE]

@@ -88,6 +88,17 @@ def test_h100_kernels_are_classified_by_their_first_matching_kind():
     assert {name: kernel_category(name) for name in H100_KERNELS} == H100_KERNELS
 
 
+def test_the_tail_of_our_static_step_is_classified():
+    # seen in the H100 run of 2026-12-06 (tenth session): the last-token tail's ArgMax, the mask's
+    # ReduceSum (not sampling) and the positions' Clip
+    tail = {
+        "void onnxruntime::cuda::detail::arg_min_max_last_axis_cooperative_kernel<__half, int>(__half const*)": "sampling",
+        "void onnxruntime::cuda::detail::reduce_sum_nd_kernel<long, 256>(long const*, long*)": "other",
+        "void onnxruntime::cuda::_Clip<long>(long const*, long*)": "elementwise",
+    }  # fmt: skip
+    assert {name: kernel_category(name) for name in tail} == tail
+
+
 def test_kinds_cover_every_kernel_and_sum_to_the_kernel_time():
     # one launch per name, 1.5 + 0.25 * i us: 15 names (more than 12), 48.75 us, and a second gemm of 10 us
     names = list(H100_KERNELS)

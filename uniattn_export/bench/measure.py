@@ -113,8 +113,9 @@ KERNEL_CATEGORIES = (
     ("rotary", ("rotary", "rope")),
     ("cache write", ("scatter", "append", "concat", "copybytes", "memcpy", "copy")),
     ("split/slice", ("split", "slice", "gather", "transpose", "expand")),
-    ("elementwise", ("elementwise", "quickgelu", "silu", "mul", "add", "cast", "sigmoid")),
-    ("sampling", ("top1", "argmax", "topk", "reduce", "sort", "sample")),
+    ("elementwise", ("elementwise", "quickgelu", "silu", "mul", "add", "cast", "sigmoid", "clip")),
+    # (not "reduce": ONNX Runtime's reduce_sum_nd_kernel is the step's ReduceSum of the mask)
+    ("sampling", ("top1", "argmax", "arg_min_max", "topk", "sort", "sample")),
 )  # fmt: skip
 OTHER_CATEGORY = "other"
 CATEGORY_ORDER = (*(category for category, _ in KERNEL_CATEGORIES), OTHER_CATEGORY)

@@ -58,9 +58,11 @@ _COMPILED_WARMUP = 3
 # cannot be forked.
 _ROW_PROCESS_START = "spawn"
 EXPORT_RISK = (
-    "the exporter is developed on torch 2.13; if it fails on this torch, export the graphs on a machine "
-    "with torch 2.13 (`uniattn-export bench --preset NAME --prepare DIR`), carry DIR (graphs only, the "
-    "weights are refilled with random values here) and pass --work DIR"
+    "the exporter is developed on torch 2.13 and transformers 5.19-5.25; with others it may fail, or trace "
+    "another graph (transformers 5.17: static graphs keep the per-step rotary head instead of the capacity's "
+    "tables), so for figures that stand for a supported install export the graphs on one "
+    "(`uniattn-export bench --preset NAME --prepare DIR`), carry DIR (graphs only, the weights are refilled "
+    "with random values here) and pass --work DIR"
 )
 METHOD = {
     "decode": "per-step wall time, synchronized, on a cache of `context` random tokens built directly "
@@ -651,9 +653,12 @@ def run_preset(
     genai_folders = [name for name, target in targets.items() if target.layout == "genai"]
     genai = GENAI_BACKEND in settings.backends
     checkpoint = work_dir / BASE_CHECKPOINT_FOLDER if genai else None
-    report.doc["build"] = {"status": "running", "preset": preset, "dtype": dtype, "torch": torch.__version__, "risk": EXPORT_RISK}
+    import transformers
+
+    report.doc["build"] = {"status": "running", "preset": preset, "dtype": dtype, "torch": torch.__version__,
+                           "transformers": transformers.__version__, "risk": EXPORT_RISK}  # fmt: skip
     report.write()
-    log(f"torch {torch.__version__}: building the {preset} artifacts ({EXPORT_RISK})")
+    log(f"torch {torch.__version__}, transformers {transformers.__version__}: building the {preset} artifacts ({EXPORT_RISK})")
     start = time.perf_counter()
     try:
         built, steps = build_pair(make_config, targets, dtype, logits="last", seed=settings.seed, log=log,
