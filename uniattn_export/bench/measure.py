@@ -111,7 +111,7 @@ KERNEL_CATEGORIES = (
     ("attention", ("split_kv", "flash", "kernel_mha", "mha", "attention", "xqa", "fmha", "softmax")),
     ("norm", ("layernorm", "rmsnorm", "rms_norm", "skiplayernorm", "normalization")),
     ("rotary", ("rotary", "rope")),
-    ("cache write", ("scatter", "append", "concat", "copybytes", "memcpy", "copy")),
+    ("cache write", (*_COPY_KERNEL_WORDS, "append")),  # the copy-like kernels (copy_kernels) and appends
     ("split/slice", ("split", "slice", "gather", "transpose", "expand")),
     ("elementwise", ("elementwise", "quickgelu", "silu", "mul", "add", "cast", "sigmoid", "clip")),
     # (not "reduce": ONNX Runtime's reduce_sum_nd_kernel is the step's ReduceSum of the mask)
