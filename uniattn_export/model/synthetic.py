@@ -19,6 +19,14 @@ from .checkpoint import DEFAULT_RULE_BY_MODEL_TYPE
 
 FAMILIES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
 
+
+def _llama3_rope(factor: float) -> dict:
+    """Llama 3's rope scaling as the released Llama-3.x configs write it; the 1B and 8B
+    releases differ only in the factor."""
+    return {"rope_type": "llama3", "rope_theta": 500000.0, "factor": factor, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
 # Shape presets for timing (weights are random; only the shapes matter).
 PRESETS = {
     # Llama-3.2-1B: 16 layers, d=2048, 32 query / 8 KV heads, head_dim 64, tied embeddings.
@@ -26,9 +34,7 @@ PRESETS = {
         family="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
         tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
+        rope_parameters=_llama3_rope(factor=32.0),
         initializer_range=0.02,
     ),
     # Llama-3.1-8B (issue 12's stretch, the paper's model class): 32 layers, d=4096, 32 query /
@@ -37,9 +43,7 @@ PRESETS = {
         family="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
         tie_word_embeddings=False, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},
+        rope_parameters=_llama3_rope(factor=8.0),
         initializer_range=0.02,
     ),
     # A small default for smoke runs and the README's first command.
