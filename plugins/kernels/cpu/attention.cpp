@@ -24,13 +24,8 @@
 
 #include "common.h"
 #include "element.h"
-
-// The matrix and softmax kernels are compiled for AVX-512 and AVX2 as well and picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define UA_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define UA_VECTOR_CLONES
-#endif
+#include "threads.h"
+#include "vec16.h"
 
 namespace uniattn::cpu {
 namespace {
@@ -51,24 +46,7 @@ void transpose_tile(const float* keys, int64_t count, int64_t dim, float* keys_t
 
 // Register blocking: 4 rows x 64 floats of results stay in 16 vector registers (AVX-512; the
 // narrower clones split each vector) while the inner loop streams the other operand.
-typedef float Vec16 __attribute__((vector_size(64)));
 constexpr int64_t kBlockRows = 4;
-
-// The helpers below pass Vec16 by value but are always inlined into the clones, so the
-// default target's ABI for 64-byte vectors (GCC's -Wpsabi note) never applies.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-__attribute__((always_inline)) inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-__attribute__((always_inline)) inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-
-typedef int32_t Int16x __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline Vec16 splat16(float x) { return Vec16{} + x; }
 
 __attribute__((always_inline)) inline float max_of(Vec16 v) {
   float m = v[0];
@@ -80,33 +58,6 @@ __attribute__((always_inline)) inline float sum_of(Vec16 v) {
   float s = 0.f;
   for (int i = 0; i < 16; ++i) s += v[i];
   return s;
-}
-
-// e^x for 16 lanes without branches: range reduction to r in [-ln2/2, ln2/2] (n = x log2(e)
-// rounded to nearest with the 1.5 * 2^23 trick, ln 2 in two parts), a degree-6 Taylor
-// polynomial (relative error below 1e-7 there), and 2^n built in the exponent bits. Exactly 0
-// below -87 (hidden keys: -inf scores); NaN stays NaN.
-__attribute__((always_inline)) inline Vec16 exp16(Vec16 x) {
-  const Vec16 low = splat16(-87.f), high = splat16(88.f), round = splat16(12582912.f);
-  Vec16 clamped = x < low ? low : x;
-  clamped = clamped > high ? high : clamped;
-  const Vec16 shifted = clamped * 1.44269504f + round;
-  const Vec16 n = shifted - round;
-  const Vec16 r = clamped - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-  Vec16 p = splat16(1.f / 720);
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  // `shifted` is 1.5 * 2^23 + n exactly, so its bits are 0x4B400000 + n: rebias to the exponent.
-  Int16x bits;
-  std::memcpy(&bits, &shifted, sizeof(bits));
-  bits = (bits - 0x4B400000 + 127) << 23;
-  Vec16 power;
-  std::memcpy(&power, &bits, sizeof(power));
-  return x < low ? splat16(0.f) : p * power;
 }
 
 // w[n] = e^(w[n] - shift) for n < count; returns their sum.
@@ -629,18 +580,6 @@ void write_caches(const ua_attention_desc& d, const void* const (&past)[2], void
   for (int c = 0; c < 2; ++c)
     if (present[c] != nullptr)
       write_slice<T>(d, past[c], present[c], fresh[c], positions, slice / d.kv_num_heads, slice % d.kv_num_heads);
-}
-
-// Runs fn(i) for i in [0, count) on the caller's pool, or here when there is none.
-template <typename Fn>
-void for_each(const ua_cpu_threads* threads, int64_t count, Fn& fn) {
-  if (count <= 0) return;
-  if (threads == nullptr || threads->parallel_for == nullptr || count == 1) {
-    for (int64_t i = 0; i < count; ++i) fn(i);
-    return;
-  }
-  threads->parallel_for(
-      threads->pool, size_t(count), [](void* task, size_t i) { (*static_cast<Fn*>(task))(int64_t(i)); }, &fn);
 }
 
 // How many keys (from slot 0) a row of the call may see: the static layout's last position + 1

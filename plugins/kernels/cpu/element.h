@@ -8,6 +8,14 @@
 #include <cstdint>
 #include <cstring>
 
+// The vector loops (matrix, softmax, activation kernels) are compiled for AVX-512 and AVX2 as
+// well and picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define UA_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define UA_VECTOR_CLONES
+#endif
+
 namespace uniattn::cpu {
 
 struct Float16 {

@@ -63,14 +63,8 @@ namespace {
 #ifndef UA_SPLIT_MAX_BLOCKS
 #define UA_SPLIT_MAX_BLOCKS 4096
 #endif
-// 1: a warp issues the loads of its next full step before the arithmetic of the current one
-// (twice the K/V registers; the loads of one step no longer wait for the previous step's math).
-#ifndef UA_PREFETCH
-#define UA_PREFETCH 0
-#endif
 
 constexpr int kWarps = UA_DECODE_WARPS;
-constexpr bool kPrefetch = UA_PREFETCH != 0;
 constexpr int kThreads = 32 * kWarps;
 constexpr int R = 4;  // query rows per block
 constexpr float kRescaleSlack = 8.f;
@@ -410,9 +404,9 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   // caches and visible to every row up to the mask (and, for the consumer, every row valid and
   // P 16-byte aligned): no per-key bounds, sources or row limits. The others: the step with the
   // new tokens, the split's ragged end, causal diagonals and window edges. The K/V rows a lane
-  // holds are loaded by `load` (every load of the step before any use) and used by `step`,
-  // apart so that with kPrefetch the next full step's loads are in flight during this one's
-  // arithmetic.
+  // holds are loaded by `load` (every load of the step before any use) and used by `step`.
+  // (Loading a warp's next full step before this one's arithmetic was measured slower on the
+  // H100, 2026-12-06: NOTES.md.)
   using Rows = Slice8<T>[kKeys];
   const auto load = [&](auto full, const int step0, Rows& k_rows, Rows& v_rows) {
     constexpr bool kFull = decltype(full)::value;
@@ -540,13 +534,11 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   const bool vector_weights = W != Weights::kGivenProbs || (rows_here == R && a.vector_probs &&
                                                             K::kKeys * sizeof(T) % 16 == 0);
   const int steps = (k1 - k0 + K::kStepKeys - 1) / K::kStepKeys;
-  // A full step is one that no row skips, so a prefetched step is never a skipped one.
   const auto is_full = [&](const int step0) {
     const int step_end = step0 + K::kStepKeys;
     return step_end <= k1 && step_end <= cached && step0 >= common_lo && step_end - 1 <= common_hi && vector_weights;
   };
-  Rows k_rows, v_rows, k_next, v_next;
-  bool prefetched = false;  // k_next/v_next hold this step's rows
+  Rows k_rows, v_rows;
   for (int t = warp; t < steps; t += kWarps) {
     const int step0 = k0 + t * K::kStepKeys, step_end = step0 + K::kStepKeys;  // exclusive
     const bool copy = (copy_k || copy_v) && (a.copy_past || step_end > a.past_len);  // (all keys < S)
@@ -560,18 +552,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     }
     // (a copy-only step runs the general path: its weights are 0, its stores are what counts)
     if (is_full(step0)) {
-      if (prefetched) {
-#pragma unroll
-        for (int u = 0; u < kKeys; ++u) {
-          k_rows[u] = k_next[u];
-          v_rows[u] = v_next[u];
-        }
-      } else {
-        load(std::true_type{}, step0, k_rows, v_rows);
-      }
-      const int next0 = step0 + kWarps * K::kStepKeys;
-      prefetched = kPrefetch && next0 < k1 && is_full(next0);
-      if (prefetched) load(std::true_type{}, next0, k_next, v_next);
+      load(std::true_type{}, step0, k_rows, v_rows);
       step(std::true_type{}, step0, copy, k_rows, v_rows);
     } else {
       load(std::false_type{}, step0, k_rows, v_rows);

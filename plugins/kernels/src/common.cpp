@@ -1,6 +1,7 @@
 #include "common.h"
 
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -110,6 +111,22 @@ ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, i
     return fail(UA_INVALID_ARGUMENT,
                 "consumer: without shared_probs it needs shared_lse, producer_query and producer_key");
   return UA_OK;
+}
+
+ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output) {
+  if (dtype != UA_FLOAT32 && dtype != UA_FLOAT16 && dtype != UA_BFLOAT16)
+    return fail(UA_INVALID_ARGUMENT, "gated_silu: unknown dtype code %d", (int)dtype);
+  if (rows < 0 || width < 0)
+    return fail(UA_INVALID_ARGUMENT, "gated_silu: negative size: rows=%lld width=%lld", (long long)rows,
+                (long long)width);
+  if (rows == 0 || width == 0) return ok();
+  if (gate_up == nullptr || output == nullptr)
+    return fail(UA_INVALID_ARGUMENT, "gated_silu: gate_up and output must not be NULL");
+  const uintptr_t in = reinterpret_cast<uintptr_t>(gate_up), out = reinterpret_cast<uintptr_t>(output);
+  const uintptr_t element = dtype_size(dtype);
+  if (in < out + uintptr_t(rows * width) * element && out < in + uintptr_t(rows * 2 * width) * element)
+    return fail(UA_INVALID_ARGUMENT, "gated_silu: output overlaps gate_up");
+  return ok();
 }
 
 }  // namespace uniattn

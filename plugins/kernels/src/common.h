@@ -28,6 +28,9 @@ ua_status check_producer(const ua_attention_desc* desc, const ua_producer_io* io
 ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io, int64_t max_head_dim,
                          PositionMemory positions = PositionMemory::host);
 
+// GatedSilu: sizes, pointers (when there is work) and no overlap between input and output.
+ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output);
+
 // Dynamic layout (capacity == 0): keys of the call, S = P + L.
 inline int64_t key_len(const ua_attention_desc& d) { return d.past_len + d.query_len; }
 

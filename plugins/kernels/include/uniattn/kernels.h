@@ -144,6 +144,16 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
 ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* io,
                            void* workspace, void* stream);
 
+/* GatedSilu (docs/ops.md), the activation of a gated MLP over its fused gate/up projection:
+ * gate_up is (rows, 2 * width) with the gate in the first `width` columns of each row and the
+ * up projection in the last; output (rows, width) = silu(gate) * up = gate / (1 + exp(-gate))
+ * * up, in float32 and rounded once to dtype. output must not overlap gate_up. CPU: host
+ * pointers (threads as above); CUDA: device pointers, enqueued on `stream`, no workspace. */
+ua_status ua_gated_silu_cpu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, void* output,
+                            const ua_cpu_threads* threads);
+ua_status ua_gated_silu_cuda(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, void* output,
+                             void* stream);
+
 #ifdef __cplusplus
 }
 #endif
