@@ -83,6 +83,7 @@ class Schema:
     domain: str
     plugin_namespace: str
     versions: dict[int, ContractVersion]
+    graph_ops: dict[str, OpSpec]  # ops outside the attention contract, the same under every version (version 0)
 
     def for_cache(self, cache: str) -> ContractVersion:
         return next(v for v in self.versions.values() if v.cache == cache)
@@ -90,6 +91,7 @@ class Schema:
 
 PRODUCER_OP = "UniAttnProducer"
 CONSUMER_OP = "UniAttnConsumer"
+GATED_SILU_OP = "GatedSilu"
 
 
 def _op(name: str, version: int, raw: dict) -> OpSpec:
@@ -116,7 +118,9 @@ def load_schema() -> Schema:
             producer=_op(PRODUCER_OP, version, entry["ops"][PRODUCER_OP]),
             consumer=_op(CONSUMER_OP, version, entry["ops"][CONSUMER_OP]),
         )
-    return Schema(domain=raw["domain"], plugin_namespace=raw["plugin_namespace"], versions=versions)
+    graph_ops = {name: _op(name, 0, entry) for name, entry in raw["graph_ops"].items()}
+    return Schema(domain=raw["domain"], plugin_namespace=raw["plugin_namespace"], versions=versions,
+                  graph_ops=graph_ops)
 
 
 SCHEMA = load_schema()

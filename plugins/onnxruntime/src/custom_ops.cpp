@@ -1,5 +1,6 @@
 // ONNX Runtime custom-op library: domain `uniattn`, ops UniAttnProducer and UniAttnConsumer
 // (docs/ops.md), versions 1 (dynamic caches) and 2 (fixed-capacity caches updated in place),
+// and the graph op GatedSilu (the gated MLP's activation, one signature under both versions),
 // for CPUExecutionProvider and, when the kernels were built with CUDA, CUDAExecutionProvider.
 // ORT loads it through SessionOptions.register_custom_ops_library and calls
 // RegisterCustomOps, the only exported symbol.
@@ -57,16 +58,20 @@ const SchemaOp* schema_of(const char* name, int version) {
   return nullptr;
 }
 
+enum class OpKind { producer, consumer, gated_silu };
+
 struct OpDef : OrtCustomOp {
-  std::array<const SchemaOp*, 2> versions;  // versions 1 and 2 of the op
-  size_t v2_index;                          // of versions[1] in schema::kOps
+  OpKind kind;
+  std::array<const SchemaOp*, 2> versions;  // versions 1 and 2 of the op (a graph op: its one entry twice)
+  size_t schema_index;                      // of versions[1] in schema::kOps
+  int start_version, end_version;           // of the domain, as ORT matches kernels
   const char* provider;
   ONNXTensorElementDataType element_type;
   ua_dtype dtype;
   bool cuda;
 
   const SchemaOp& signature() const { return *versions[0]; }  // the same in both (all_ops checks)
-  bool producer() const { return std::strcmp(signature().name, "UniAttnProducer") == 0; }
+  bool producer() const { return kind == OpKind::producer; }
 };
 
 std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -163,6 +168,7 @@ int plugin_version(const OrtApi* api, const OrtKernelInfo* info) {
 // plugin_version is read, to tell the versions apart.)
 OrtStatus* read_attributes(Kernel& k, const OrtKernelInfo* info) {
   k.node = node_name(k.api, info);
+  if (k.op->kind == OpKind::gated_silu) return nullptr;  // no attributes
   k.declared_version = plugin_version(k.api, info);
   if (k.declared_version != 0 && k.declared_version != 1 && k.declared_version != 2)
     return k.error(ORT_INVALID_ARGUMENT,
@@ -489,6 +495,35 @@ OrtStatus* compute_consumer_v2(const Kernel& k, OrtKernelContext* context) {
   return launch(k, context, out_value, k.desc(batch, length, 0, dim, capacity), io, reuse_probs, kConsumerImpl);
 }
 
+// GatedSilu: gate_up (..., 2*I) -> output (..., I) = silu(gate_up[..., :I]) * gate_up[..., I:].
+OrtStatus* compute_gated_silu(const Kernel& k, OrtKernelContext* context) {
+  std::array<Tensor, 1> in;
+  UA_RETURN_IF_ERROR(inputs(k, context, in));
+  const Tensor& gate_up = in[0];
+  if (gate_up.shape.empty() || gate_up.shape.back() % 2 != 0)
+    return k.error(ORT_INVALID_ARGUMENT, format("%s has shape %s but (..., 2*I) is expected: the gate and up "
+                                                "projections side by side in an even last dimension",
+                                                k.input_name(0), to_string(gate_up.shape).c_str()));
+  Shape shape = gate_up.shape;
+  const int64_t width = shape.back() / 2;
+  shape.back() = width;
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  void* out = nullptr;
+  UA_RETURN_IF_ERROR(output(k, context, 0, shape, out));
+  ua_status status;
+  if (k.op->cuda) {
+    void* stream = nullptr;
+    UA_RETURN_IF_ERROR(k.api->KernelContext_GetGPUComputeStream(context, &stream));
+    status = ua_gated_silu_cuda(k.op->dtype, rows, width, gate_up.data, out, stream);
+  } else {
+    OrtPool pool{k.api, context};
+    const ua_cpu_threads threads{OrtPool::parallel_for, &pool};
+    status = ua_gated_silu_cpu(k.op->dtype, rows, width, gate_up.data, out, &threads);
+  }
+  return status == UA_OK ? nullptr : k.kernel_error(status);
+}
+
 const OpDef* as_def(const OrtCustomOp* op) { return static_cast<const OpDef*>(op); }
 
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
@@ -522,6 +557,7 @@ OrtStatus* call_version(const Kernel& k, const OrtKernelContext* context, size_t
 
 OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context) {
   const Kernel& node = *static_cast<const Kernel*>(kernel);
+  if (node.op->kind == OpKind::gated_silu) return compute_gated_silu(node, context);
   const bool producer = node.op->producer();
   int version = 0;
   UA_RETURN_IF_ERROR(producer ? call_version(node, context, 3, 5, 0, version)
@@ -568,12 +604,15 @@ constexpr std::array<size_t(ORT_API_CALL*)(int**, int**), sizeof...(kIndex)> may
 
 constexpr auto kMayInplace = may_inplace_table(std::make_index_sequence<std::size(uniattn::schema::kOps)>());
 
-OpDef make_op(const SchemaOp& v1, const SchemaOp& v2, ONNXTensorElementDataType element_type, ua_dtype dtype,
-             bool cuda) {
+OpDef make_op(OpKind kind, const SchemaOp& v1, const SchemaOp& v2, ONNXTensorElementDataType element_type,
+             ua_dtype dtype, bool cuda) {
   OpDef op{};
   op.version = UA_ORT_API_VERSION;
+  op.kind = kind;
   op.versions = {&v1, &v2};
-  op.v2_index = size_t(&v2 - uniattn::schema::kOps);
+  op.schema_index = size_t(&v2 - uniattn::schema::kOps);
+  op.start_version = 1;
+  op.end_version = 2;
   op.provider = cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
   op.element_type = element_type;
   op.dtype = dtype;
@@ -602,9 +641,9 @@ OpDef make_op(const SchemaOp& v1, const SchemaOp& v2, ONNXTensorElementDataType 
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute;
-  op.GetStartVersion = [](const OrtCustomOp* self) { return as_def(self)->versions[0]->version; };
-  op.GetEndVersion = [](const OrtCustomOp* self) { return as_def(self)->versions[1]->version; };
-  op.GetMayInplace = kMayInplace[op.v2_index];
+  op.GetStartVersion = [](const OrtCustomOp* self) { return as_def(self)->start_version; };
+  op.GetEndVersion = [](const OrtCustomOp* self) { return as_def(self)->end_version; };
+  op.GetMayInplace = kMayInplace[op.schema_index];
   op.ReleaseMayInplace = release_may_inplace;
   return op;
 }
@@ -632,15 +671,23 @@ std::vector<OpDef> all_ops(std::string& error) {
   std::vector<OpDef> ops;
   for (bool cuda : {false, true}) {
     if (cuda && !ua_has_cuda()) continue;
-    for (const char* name : {"UniAttnProducer", "UniAttnConsumer"}) {
+    for (auto [kind, name] : {std::pair{OpKind::producer, "UniAttnProducer"}, {OpKind::consumer, "UniAttnConsumer"}}) {
       const SchemaOp *v1 = schema_of(name, 1), *v2 = schema_of(name, 2);
       if (!v1 || !v2 || !same_signature(*v1, *v2)) {
         error = std::string("uniattn: the op schema's versions 1 and 2 of ") + name +
                 " are missing or differ in their inputs/outputs' count, types or optionality";
         return {};
       }
-      for (const auto& type : types) ops.push_back(make_op(*v1, *v2, type.element_type, type.dtype, cuda));
+      for (const auto& type : types) ops.push_back(make_op(kind, *v1, *v2, type.element_type, type.dtype, cuda));
     }
+    // Graph ops: schema version 0, served under every version of the domain.
+    const SchemaOp* gated = schema_of("GatedSilu", 0);
+    if (!gated) {
+      error = "uniattn: the op schema has no graph op GatedSilu";
+      return {};
+    }
+    for (const auto& type : types)
+      ops.push_back(make_op(OpKind::gated_silu, *gated, *gated, type.element_type, type.dtype, cuda));
   }
   return ops;
 }
