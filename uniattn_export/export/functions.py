@@ -19,6 +19,10 @@ x); alpha = 1 is the SiLU of a gated MLP, in place of Sigmoid + Mul). ONNX Runti
 own kernels (a registered schema wins over a model-local function there; CUDA: float32,
 float16, bfloat16; CPU: float32, float16); TensorRT's parser imports the skip norm itself; a
 runtime that knows neither (onnx.reference, onnx.inliner) uses the bodies.
+
+Our graph op GatedSilu (op_schema.json's graph_ops: silu(gate) * up over the fused gate/up
+projection, one node in place of Split, QuickGelu and Mul) has a body in the same way: the
+custom-op library's kernel where it is registered, Split + Sigmoid + Mul elsewhere.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import onnxscript
 from onnxscript import opset23 as op
 
 from .ops import ONNX_OPSET, uniattn_opsets
-from .schema import CONSUMER_OP, DOMAIN, PRODUCER_OP
+from .schema import CONSUMER_OP, DOMAIN, GATED_SILU_OP, PRODUCER_OP
 
 assert op.version == ONNX_OPSET  # noqa: S101 - the bodies are written against this opset
 
@@ -262,13 +266,30 @@ def QuickGelu(X, alpha: float = 1.702):
     return X * op.Sigmoid(X * op.CastLike(op.Constant(value_float=alpha), X))
 
 
-_CONTRIB_BODIES = {SKIP_NORM_OP: SkipSimplifiedLayerNormalization, SILU_OP: QuickGelu}
+_GRAPH_OPS = onnxscript.values.Opset(DOMAIN, 1)
 
 
-def contrib_function(name: str) -> onnx.FunctionProto:
-    """The model-local body of ONNX Runtime's com.microsoft op `name` (module doc)."""
-    proto = _CONTRIB_BODIES[name].to_function_proto()
-    assert (proto.domain, proto.name) == (CONTRIB_DOMAIN, name)  # noqa: S101
+@onnxscript.script(opset=_GRAPH_OPS, default_opset=op)
+def GatedSilu(gate_up):
+    """output = silu(gate) * up for gate_up = [gate | up] along the last axis: our graph op
+    (op_schema.json graph_ops, docs/ops.md) in place of the MLP's Split, SiLU and Mul."""
+    gate, up = op.Split(gate_up, axis=-1, num_outputs=2)
+    output = gate * op.Sigmoid(gate) * up
+    return output
+
+
+_LOCAL_BODIES = {
+    (CONTRIB_DOMAIN, SKIP_NORM_OP): SkipSimplifiedLayerNormalization,
+    (CONTRIB_DOMAIN, SILU_OP): QuickGelu,
+    (DOMAIN, GATED_SILU_OP): GatedSilu,
+}
+
+
+def local_function(domain: str, name: str) -> onnx.FunctionProto:
+    """The model-local body of a graph op that export/fuse.py puts in: ONNX Runtime's
+    com.microsoft ops and our graph ops (module doc)."""
+    proto = _LOCAL_BODIES[(domain, name)].to_function_proto()
+    assert (proto.domain, proto.name) == (domain, name)  # noqa: S101
     return proto
 
 

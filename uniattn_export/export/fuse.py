@@ -27,7 +27,10 @@ pattern matches exactly (anything else is left as it is and not counted):
     output 3 (the sum) serves the Add's other readers (the next residual): both residual Adds
     of every layer disappear;
   - SiLU: Mul(x, Sigmoid(x)) (the gate of a gated MLP) becomes com.microsoft QuickGelu(x,
-    alpha=1): one node per layer fewer.
+    alpha=1): one node per layer fewer;
+  - gated MLP: the fused gate/up Split, that QuickGelu and the Mul by up become our own
+    graph op uniattn GatedSilu (docs/ops.md; the custom-op library's kernel, or its body):
+    two nodes per layer fewer, one kernel instead of three.
 * What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
 The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
 
@@ -72,7 +75,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from .functions import CONTRIB_DOMAIN, SILU_OP, SKIP_NORM_OP, contrib_function
+from .functions import CONTRIB_DOMAIN, SILU_OP, SKIP_NORM_OP, local_function
+from .schema import DOMAIN, GATED_SILU_OP
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
@@ -131,12 +135,15 @@ def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positio
     if ort_contrib_ops:
         matched["skip_norms"] = _fuse_skip_norms(graph)
         matched["silu"] = _fuse_silu(graph)
-        for name, count in ((SKIP_NORM_OP, matched["skip_norms"]), (SILU_OP, matched["silu"])):
-            if count:
-                function = ir.serde.deserialize_function(contrib_function(name))
-                model.functions[function.identifier()] = function
-                model.opset_imports[CONTRIB_DOMAIN] = 1
+        RemoveUnusedNodesPass()(model)  # the SiLUs' old Sigmoid and Mul still read the gates
+        matched["gated_silu"] = _fuse_gated_silu(graph)
     RemoveUnusedNodesPass()(model)
+    used = {(node.domain, node.op_type) for node in graph}
+    for domain, name in ((CONTRIB_DOMAIN, SKIP_NORM_OP), (CONTRIB_DOMAIN, SILU_OP), (DOMAIN, GATED_SILU_OP)):
+        if (domain, name) in used:
+            function = ir.serde.deserialize_function(local_function(domain, name))
+            model.functions[function.identifier()] = function
+            model.opset_imports.setdefault(domain, 1)
     kinds_after, per_layer_after, _ = _census(graph)
     return FusionReport(layers, kinds_before, kinds_after, per_layer_before, per_layer_after, matched)
 
@@ -576,6 +583,43 @@ def _skip_norm_operands(add: ir.Node, norm: ir.Node) -> bool:
         return False
     axis, stash = norm.attributes.get_int("axis", -1), norm.attributes.get_int("stash_type", 1)
     return _is_last_axis(axis, 3) and stash == 1
+
+
+def _fuse_gated_silu(graph: ir.Graph) -> int:
+    """Split(x) into two equal halves along the last axis -> QuickGelu(alpha=1) of the first ->
+    Mul with the second (the gated MLP after the projection fusion: silu(gate) * up) becomes
+    our GatedSilu(x): one kernel instead of three. Only where each intermediate has that one
+    reader and the gate is the first half (the op's contract)."""
+    fused = 0
+    for silu in list(graph):
+        if silu.domain != CONTRIB_DOMAIN or silu.op_type != SILU_OP or silu.attributes.get_float("alpha", 1.702) != 1.0:
+            continue
+        split = _producer(silu.inputs[0], "Split")
+        if split is None or len(split.outputs) != 2 or silu.inputs[0] is not split.outputs[0]:
+            continue
+        packed, (gate, up) = split.inputs[0], split.outputs
+        sizes = _ints(split.inputs[1]) if len(split.inputs) > 1 else None
+        halves = sizes is not None and len(sizes) == 2 and sizes[0] == sizes[1]
+        axis = split.attributes.get_int("axis", 0)
+        last_axis = axis == -1 or (packed.shape is not None and _is_last_axis(axis, len(packed.shape)))
+        if not halves or not last_axis:
+            continue
+        if len(gate.uses()) != 1 or len(up.uses()) != 1 or len(silu.outputs[0].uses()) != 1:
+            continue
+        mul = next(iter(silu.outputs[0].uses())).node
+        operands = {id(v) for v in mul.inputs}
+        if mul.domain != "" or mul.op_type != "Mul" or operands != {id(silu.outputs[0]), id(up)}:
+            continue
+        if mul.outputs[0].is_graph_output():
+            continue
+        node = ir.node(GATED_SILU_OP, [packed], domain=DOMAIN, name=f"{mul.outputs[0].name}/{GATED_SILU_OP}",
+                       metadata_props=dict(mul.metadata_props))  # fmt: skip
+        graph.insert_before(mul, node)
+        old, new = mul.outputs[0], node.outputs[0]
+        new.name, new.shape, new.type = f"{old.name}_gated", old.shape, old.type
+        ir.convenience.replace_all_uses_with(old, new)
+        fused += 1
+    return fused
 
 
 def _fuse_silu(graph: ir.Graph) -> int:

@@ -89,7 +89,7 @@ def check_structure(model: onnx.ModelProto, manifest: dict, uniattn: UniAttnConf
     positions = set()  # what the static-cache nodes read as position_ids
     by_past_value = {}
     for index, node in enumerate(graph.node):
-        if node.domain == DOMAIN:
+        if node.domain == DOMAIN and node.op_type in (PRODUCER_OP, CONSUMER_OP):  # not the graph ops
             value_input = node.input[4] if node.op_type == PRODUCER_OP else node.input[1]
             by_past_value[value_input] = (index, node)
 
