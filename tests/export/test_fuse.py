@@ -45,8 +45,9 @@ QWEN2_EXTRA_ADD = 1
 # With ONNX Runtime's contrib ops (the ort and genai targets): both residual Adds of a layer go
 # into the norms reading them (the MLP's into the next layer's input norm, the last one's into
 # the final norm); layer 0's input norm reads the embedding and stays an RMSNormalization; the
-# SiLU's Sigmoid + Mul become one QuickGelu.
-SKIP_NORM, SILU = "SkipSimplifiedLayerNormalization", "QuickGelu"
+# SiLU's Sigmoid + Mul become one QuickGelu, which with the gate/up Split and the Mul by up becomes
+# our GatedSilu.
+SKIP_NORM, SILU, GATED_SILU = "SkipSimplifiedLayerNormalization", "QuickGelu", "GatedSilu"
 
 
 class _RawOrtSession(GenerationSession):
@@ -127,8 +128,9 @@ def _expected_layer(role: str, family: str, contrib: bool = False, layer: int = 
         expected[SKIP_NORM] = 2 if layer else 1
         expected["RMSNormalization"] = 0 if layer else 1
         expected["Sigmoid"] -= 1
-        expected["Mul"] -= 1
-        expected[SILU] = 1
+        expected["Mul"] -= 2
+        expected["Split"] -= 1
+        expected[GATED_SILU] = 1
     return {kind: count for kind, count in expected.items() if count}
 
 
@@ -228,14 +230,17 @@ def test_skip_norms_take_every_residual_add(traced, skip_fused, family, base, dt
         assert dict(by_layer[layer]) == _expected_layer(uniattn.role(layer), family, True, layer), layer
     assert by_layer[None][SKIP_NORM] == 1 and "RMSNormalization" not in by_layer[None]  # the final norm
     assert skip_report.matched["skip_norms"] == 2 * uniattn.num_layers
-    assert skip_report.matched["silu"] == uniattn.num_layers
-    # the residual Adds, and a Sigmoid per SiLU
-    assert skip_report.nodes_after == report.nodes_after - 3 * uniattn.num_layers
+    assert skip_report.matched["silu"] == skip_report.matched["gated_silu"] == uniattn.num_layers
+    # the residual Adds, and per MLP the gate/up Split, the SiLU's Sigmoid and Mul, the Mul by up
+    # for one GatedSilu
+    assert skip_report.nodes_after == report.nodes_after - 5 * uniattn.num_layers
     proto = onnx.load(str(skip_path))
     assert {(i.domain, i.version) for i in proto.opset_import} >= {("com.microsoft", 1)}
-    assert sorted(f.name for f in proto.functions if f.domain == "com.microsoft") == [SILU, SKIP_NORM]
-    for node in (n for n in proto.graph.node if n.op_type == SILU):
-        assert node.domain == "com.microsoft" and [(a.name, a.f) for a in node.attribute] == [("alpha", 1.0)]
+    assert sorted((f.domain, f.name) for f in proto.functions if f.domain != "uniattn" or f.name == GATED_SILU) == [
+        ("com.microsoft", SKIP_NORM), ("uniattn", GATED_SILU)]  # fmt: skip
+    assert not [n for n in proto.graph.node if n.op_type == SILU]
+    for node in (n for n in proto.graph.node if n.op_type == GATED_SILU):
+        assert node.domain == "uniattn" and not node.attribute and len(node.input) == len(node.output) == 1
     for node in (n for n in proto.graph.node if n.op_type == SKIP_NORM):
         # outputs 1 and 2 absent (TensorRT's importer of the op accepts no others)
         assert len(node.output) == 4 and node.output[1] == node.output[2] == "" and node.output[3]
@@ -501,3 +506,58 @@ def test_silu_needs_the_sigmoid_of_the_same_input():
     assert fuse_graph(model, ort_contrib_ops=True).matched["silu"] == 0
     assert [n.op_type for n in ir.serde.serialize_model(model).graph.node] == ["Sigmoid", "Mul", "Mul"]
     assert "com.microsoft" not in model.opset_imports and not model.functions
+
+
+def _gated_mlp_graph(gate_first: bool = True) -> onnx.ModelProto:
+    """h = silu(x Wg) * (x Wu), then a Relu (a reader that is not the graph output): the MLP the
+    projection and SiLU fusions turn into one MatMul, Split, QuickGelu and Mul. gate_first False:
+    the up projection is traced first, so the gate is the Split's second half."""
+    rng = np.random.default_rng(5)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), name) for name in ("wg", "wu")]
+    projections = [helper.make_node("MatMul", ["x", "wg"], ["g"]), helper.make_node("MatMul", ["x", "wu"], ["u"])]
+    nodes = [
+        *(projections if gate_first else projections[::-1]),
+        helper.make_node("Sigmoid", ["g"], ["gate"]),
+        helper.make_node("Mul", ["g", "gate"], ["silu"]),
+        helper.make_node("Mul", ["silu", "u"], ["h"]),
+        helper.make_node("Relu", ["h"], ["out"]),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], weights)  # fmt: skip
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)],
+                                                               ir_version=10))  # fmt: skip
+
+
+def test_gated_mlp_becomes_one_gated_silu_run_by_the_library_and_as_its_body():
+    """Split + QuickGelu + Mul -> our GatedSilu (uniattn domain, model-local body attached, no
+    QuickGelu body left): ONNX Runtime with the custom-op library, ONNX Runtime and
+    onnx.reference on the body, all against the unfused graph."""
+    from onnx.reference import ReferenceEvaluator
+
+    from uniattn_export import native
+
+    unfused = _gated_mlp_graph()
+    model = ir.serde.deserialize_model(unfused)
+    report = fuse_graph(model, ort_contrib_ops=True)
+    assert (report.matched["projection_groups"], report.matched["silu"], report.matched["gated_silu"]) == (1, 1, 1)
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [("", "MatMul"), ("uniattn", "GatedSilu"), ("", "Relu")]
+    assert [(f.domain, f.name) for f in fused.functions] == [("uniattn", "GatedSilu")]
+    assert {(i.domain, i.version) for i in fused.opset_import} == {("", 23), ("uniattn", 1)}
+    feeds = {"x": (2 * np.random.default_rng(6).standard_normal((2, 3, 8))).astype(np.float32)}
+    (want,) = ReferenceEvaluator(unfused).run(None, feeds)
+    library = ort.SessionOptions()
+    library.register_custom_ops_library(native.ort_custom_op_library())
+    runs = [ort.InferenceSession(fused.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+            for options in (library, ort.SessionOptions())]  # fmt: skip
+    for got in (*runs, ReferenceEvaluator(fused).run(None, feeds)[0]):
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_gated_silu_needs_the_gate_in_the_first_half():
+    model = ir.serde.deserialize_model(_gated_mlp_graph(gate_first=False))
+    report = fuse_graph(model, ort_contrib_ops=True)
+    assert (report.matched["silu"], report.matched["gated_silu"]) == (1, 0)
+    assert [n.op_type for n in ir.serde.serialize_model(model).graph.node] == ["MatMul", "Split", "QuickGelu", "Mul", "Relu"]
+    assert [(f.domain, f.name) for f in model.functions.values()] == [("com.microsoft", "QuickGelu")]

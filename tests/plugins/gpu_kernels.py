@@ -86,9 +86,20 @@ class Kernels:
             size = getattr(lib, f"ua_{name}_cuda_workspace_size")
             size.argtypes = [ctypes.POINTER(Desc), ctypes.c_int]
             size.restype = ctypes.c_size_t
+        lib.ua_gated_silu_cuda.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                           ctypes.c_void_p, ctypes.c_void_p]
+        lib.ua_gated_silu_cuda.restype = ctypes.c_int
         lib.ua_last_error.restype = ctypes.c_char_p
         lib.ua_has_cuda.restype = ctypes.c_int
         self.lib = lib
+
+    def gated_silu(self, gate_up: torch.Tensor, output: torch.Tensor) -> tuple[int, str]:
+        """ua_gated_silu_cuda over (rows, 2 * width) -> (rows, width); (status, message)."""
+        stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else None
+        rows, width = output.shape
+        status = self.lib.ua_gated_silu_cuda(DTYPE_CODES[str(gate_up.dtype).removeprefix("torch.")], rows, width,
+                                             gate_up.data_ptr(), output.data_ptr(), stream)
+        return status, self.lib.ua_last_error().decode()
 
     def has_cuda(self) -> bool:
         return self.lib.ua_has_cuda() == 1
@@ -897,6 +908,48 @@ def bench_static_decode(kernels: Kernels, batch: int, length: int, capacity: int
                      for k, v in ms.items() if k in moved}}
 
 
+# GatedSilu shapes (rows, width): one element, odd widths (one element per thread), multiples of
+# 8 (16-byte slices), several grid-stride rounds; each also with both tensors 2-4 bytes off
+# 16-byte alignment (the element path).
+GATED_SILU_SHAPES = ((1, 1), (1, 7), (3, 8), (2, 24), (1, 2049), (5, 4104), (64, 8192))
+# Relative error allowed against float64: a few float32 ulp (exp by polynomial, one division),
+# then one rounding to T (the CUDA kernel's expf and the CPU kernel's polynomial both fit).
+GATED_SILU_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+
+
+def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
+    """ua_gated_silu_cuda against silu(gate) * up in float64, every dtype and shape, gates
+    including +-30 and +-200 (exp's clamps), and the memory around the output untouched."""
+    results = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for rows, width in shapes:
+            for offset in (0, 1):
+                g = torch.Generator().manual_seed(rows * 100003 + width)
+                values = torch.randn(rows, 2 * width, generator=g) * 4
+                values[0, :width][:4] = torch.tensor([-200.0, -30.0, 30.0, 200.0])[:width]
+                # offset: the tensors start `offset` elements into their buffers (misaligned)
+                buffer = torch.zeros(rows * 2 * width + offset, dtype=dtype, device=kernels.device)
+                gate_up = buffer[offset:].view(rows, 2 * width)
+                gate_up.copy_(values.to(dtype))
+                out_buffer = torch.full((rows * width + offset + 8,), 7.0, dtype=dtype, device=kernels.device)
+                output = out_buffer[offset:offset + rows * width].view(rows, width)
+                status, message = kernels.gated_silu(gate_up, output)
+                gate, up = gate_up.double().cpu().chunk(2, dim=-1)
+                want = gate * torch.sigmoid(gate) * up
+                got = output.double().cpu()
+                # Values below T's resolution near zero count as zero (a gate of -30 gives ~1e-11,
+                # 0 in float16; -200 gives ~1e-85): an absolute floor of float16's smallest
+                # subnormal, 1e-30 for the wider types.
+                floor = 2.0**-24 if dtype == torch.float16 else 1e-30
+                error = ((got - want).abs() / (want.abs() + floor / GATED_SILU_TOLERANCE[dtype])).max().item()
+                tail = out_buffer[offset + rows * width:].cpu()
+                ok = (status == 0 and not got.isnan().any().item() and error <= GATED_SILU_TOLERANCE[dtype]
+                      and bool((tail == 7.0).all()) and bool((out_buffer[:offset].cpu() == 7.0).all()))
+                results.append({"case": f"gated_silu-{str(dtype).removeprefix('torch.')}-{rows}x{width}-offset{offset}",
+                                "ok": ok, "max_relative_error": error, "status": status, "message": message})
+    return results
+
+
 def graph_check(kernels: Kernels, steps: int = 6) -> dict:
     """A static decode step (producer emitting P, consumer reusing it; caches bound in place)
     through the C entry points, captured once in a CUDA graph on a side stream and replayed
@@ -1086,9 +1139,6 @@ VARIANTS = {
     "warps2": (["-DUA_DECODE_WARPS=2"], "decode"),  # warps per split-KV block: 2 / 4
     "blocks512": (["-DUA_SPLIT_MAX_BLOCKS=512"], "decode"),  # at most 512 blocks: fewer splits at batch 1
     "flash32rows": (["-DUA_FLASH_TILES_D64=2"], "prefill"),  # run 1's default, for the record
-    # each warp loads its next full step before computing the current one; the doubled K/V
-    # registers fit without spills only below 256 (producer, 8 warps/SM) and 168 (consumer, 12)
-    "prefetch": (["-DUA_PREFETCH=1", "-DUA_PRODUCER_RESIDENT_WARPS=8", "-DUA_CONSUMER_RESIDENT_WARPS=12"], "decode"),
 }
 # The one source a variant's flags change.
 VARIANT_SOURCE = {"decode": "split_kv.cu", "prefill": "flash.cu"}
@@ -1253,6 +1303,7 @@ def main(argv=None) -> int:
     report["checks"] = run_checks(kernels, cases + statics)
     save()
     report["graph"] = graph_check(kernels)
+    report["gated_silu"] = gated_silu_check(kernels)
     save()
 
     if not args.skip_bench:
@@ -1327,7 +1378,8 @@ def not_verified(report: dict, sanitize_requested: bool) -> list[str]:
     """Everything the run was asked to establish and did not: failed or crashed cases, the
     graph replay check, benchmarks that raised, sanitizer runs that reported errors or did not
     complete (time budget, timeout). Any entry makes the exit status 1."""
-    reasons = [f"case {c['case']} failed" for c in report.get("checks", []) if not c["ok"]]
+    reasons = [f"case {c['case']} failed" for c in report.get("checks", []) + report.get("gated_silu", [])
+               if not c["ok"]]
     graph = report.get("graph")
     if graph is not None and not graph["ok"]:
         reasons.append(f"CUDA graph replay: {graph.get('error') or [c['output'] for c in graph['checks'] if not c['ok']][:4]}")
@@ -1367,6 +1419,12 @@ def print_summary(report: dict, out_dir: Path) -> None:
         how = "captured once, replayed" if graph["captured"] else "called directly (no GPU),"
         print(f"static decode step {how} {graph['steps']} times with new position_ids: "
               f"{'all outputs and caches match' if graph['ok'] else 'FAILED'}")
+    gated = report.get("gated_silu", [])
+    if gated:
+        worst = max((c["max_relative_error"] or 0.0) for c in gated)
+        print(f"gated_silu: {sum(c['ok'] for c in gated)}/{len(gated)} cases passed (worst relative error {worst:.2g})")
+        for c in [c for c in gated if not c["ok"]][:6]:
+            print("  FAIL", c["case"], c["status"], c["message"], c["max_relative_error"])
     for s in report.get("sanitizer", []):
         print(f"compute-sanitizer {s['tool']}: {'clean' if s.get('ok') else s.get('why') or s.get('summary')}")
     if "copy_TBps" in report:

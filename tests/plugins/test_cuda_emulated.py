@@ -132,10 +132,8 @@ def test_static_layout_matches_reference(kernels, case):
 
 # Tuning knobs the GPU run times as variants, pushed further: 16 keys per lane make each lane
 # own the scores of two keys after the dot-product sum, 2 V rows per lane make the consumer
-# read P with 4-byte loads, 2 warps per block make more, shorter splits, and each warp loads
-# its next full step before computing the current one (the steps a prefetch hands over).
-ALTERNATE_TUNING = ("-DUA_KEYS_PER_THREAD=16", "-DUA_CONSUMER_KEYS_PER_THREAD=2", "-DUA_DECODE_WARPS=2",
-                    "-DUA_PREFETCH=1")
+# read P with 4-byte loads, 2 warps per block make more, shorter splits.
+ALTERNATE_TUNING = ("-DUA_KEYS_PER_THREAD=16", "-DUA_CONSUMER_KEYS_PER_THREAD=2", "-DUA_DECODE_WARPS=2")
 
 
 @pytest.fixture(scope="module")
@@ -367,6 +365,20 @@ def test_graph_replay_check_runs_on_the_emulator(kernels):
     assert "error" not in result, result.get("traceback")
     assert not result["captured"] and result["ok"], [c for c in result["checks"] if not c["ok"]]
     assert len(result["checks"]) == 6 * 7
+
+
+def test_gated_silu_matches_float64(kernels):
+    """The GatedSilu kernel (16-byte and element paths) against silu(gate) * up in float64,
+    the GPU run's shapes but the largest."""
+    results = runner.gated_silu_check(kernels, runner.GATED_SILU_SHAPES[:-1])
+    assert len(results) == 3 * 2 * (len(runner.GATED_SILU_SHAPES) - 1)
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+
+
+def test_gated_silu_refuses_bad_arguments(kernels):
+    gate_up = torch.zeros(2, 16)
+    status, message = kernels.gated_silu(gate_up, gate_up[:, :8])
+    assert (status, message) == (1, "gated_silu: output overlaps gate_up")
 
 
 def test_profiler_kernel_names_are_shortened_not_cut():

@@ -5,6 +5,8 @@ registered, against model/attention.py; and the errors ORT reports for bad nodes
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import onnx
@@ -360,3 +362,95 @@ def test_v2_position_outside_the_caches_is_an_ort_error(make_static_case, ort_li
                                            case.query, case.past_key)))  # fmt: skip
     message = error_of_v2(v2_consumer_model(case, inputs), inputs, ort_library)
     assert f"UniAttnConsumer {expected.format(op='consumer')}" in message
+
+
+# ---- GatedSilu (graph op) -------------------------------------------------------------------
+
+
+def _load_kernel_script():
+    """tests/plugins/gpu_kernels.py: the GatedSilu check's tolerances and floors, one source for the
+    CUDA kernel (emulated and on the GPU) and the CPU kernel here."""
+    spec = importlib.util.spec_from_file_location("uniattn_gpu_kernels_for_ort", Path(__file__).with_name("gpu_kernels.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+kernel_script = _load_kernel_script()
+ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16,
+              torch.bfloat16: onnx.TensorProto.BFLOAT16}  # fmt: skip
+
+
+def gated_silu_model(dtype: torch.dtype, functions=()) -> bytes:
+    """One GatedSilu node over a (B, L, 2*I) input, importing uniattn at version 2 (the static
+    artifacts'); `functions`: its model-local body."""
+    from onnx import helper
+
+    node = helper.make_node("GatedSilu", ["gate_up"], ["output"], domain="uniattn", name="mlp")
+    graph = helper.make_graph([node], "gated", [helper.make_tensor_value_info("gate_up", ONNX_TYPES[dtype], None)],
+                              [helper.make_tensor_value_info("output", ONNX_TYPES[dtype], None)])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("uniattn", 2)],
+                              ir_version=10, functions=list(functions))  # fmt: skip
+    return model.SerializeToString()
+
+
+def gated_silu_input(shape, dtype, seed=0) -> torch.Tensor:
+    """Random (B, L, 2*I) values whose first gates are -200, -30, 30, 200 (as many as fit)."""
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 4
+    first_gates = values.view(-1, shape[-1])[0, : shape[-1] // 2]
+    extremes = torch.tensor([-200.0, -30.0, 30.0, 200.0])[: first_gates.numel()]
+    first_gates[: extremes.numel()] = extremes
+    return values.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 2), (2, 3, 14), (1, 1, 16), (3, 2, 2 * 4100)])
+def test_gated_silu_in_onnxruntime_matches_float64(dtype, shape, ort_library):
+    """The CPU kernel (vectorized exp for float32, several column blocks at width 4100) against
+    silu(gate) * up in float64, with the GPU check's tolerances."""
+    gate_up = gated_silu_input(shape, dtype)
+    (got,) = run_session(gated_silu_model(dtype), {"gate_up": gate_up}, ort_library, 2)
+    gate, up = gate_up.double().chunk(2, dim=-1)
+    want = gate * torch.sigmoid(gate) * up
+    floor = 2.0**-24 if dtype == torch.float16 else 1e-30
+    tolerance = kernel_script.GATED_SILU_TOLERANCE[dtype]
+    assert got.dtype == dtype and got.shape == want.shape
+    assert ((got.double() - want).abs() <= tolerance * want.abs() + floor).all()
+
+
+def test_gated_silu_kernel_wins_over_its_function_body(ort_library, tmp_path):
+    """With the library, ONNX Runtime runs the GatedSilu kernel; without it, the model-local body
+    (Split, Sigmoid, Mul, Mul): the profiles name the nodes that ran; the results agree."""
+    from uniattn_export.export.functions import local_function
+
+    model = gated_silu_model(torch.float32, [local_function("uniattn", "GatedSilu")])
+    gate_up = gated_silu_input((2, 1, 64), torch.float32)
+    ran = {}
+    for library in (ort_library, None):
+        options = ort.SessionOptions()
+        options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / f"profile_{library is None}")
+        if library:
+            options.register_custom_ops_library(library)
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        (result,) = session.run(None, {"gate_up": gate_up.numpy()})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        ran[library is None] = (result, {e["args"]["op_name"] for e in events if e.get("cat") == "Node"
+                                         and "op_name" in e.get("args", {})})  # fmt: skip
+    assert ran[False][1] == {"GatedSilu"}
+    # (ONNX Runtime's own optimizer turns the body's Sigmoid + Mul into its QuickGelu)
+    assert {"Split", "Mul"} <= ran[True][1] and "GatedSilu" not in ran[True][1]
+    assert abs(ran[False][0] - ran[True][0]).max() <= 1e-5 * abs(ran[True][0]).max()
+
+
+def test_gated_silu_odd_width_is_an_ort_error(ort_library):
+    message = error_of_v2(gated_silu_model(torch.float32), {"gate_up": torch.zeros(1, 2, 7)}, ort_library)
+    assert ("GatedSilu node 'mlp': gate_up has shape [1, 2, 7] but (..., 2*I) is expected: the gate and up "
+            "projections side by side in an even last dimension") in message
+
+
+def test_gated_silu_results_do_not_depend_on_ort_threads(ort_library):
+    gate_up = gated_silu_input((4, 2, 2 * 5000), torch.float32)
+    single, pooled = (run_session(gated_silu_model(torch.float32), {"gate_up": gate_up}, ort_library, threads)[0]
+                      for threads in (1, 2))  # fmt: skip
+    assert torch.equal(single, pooled)
