@@ -917,6 +917,28 @@ GATED_SILU_SHAPES = ((1, 1), (1, 7), (3, 8), (2, 24), (1, 2049), (5, 4104), (64,
 GATED_SILU_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 
+def gated_silu_values(shape, seed: int) -> torch.Tensor:
+    """float32 (..., 2*I) inputs: random times 4, the first row's first gates -200, -30, 30, 200
+    (as many as fit: exp's clamps)."""
+    values = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 4
+    first_gates = values.view(-1, shape[-1])[0, : shape[-1] // 2]
+    extremes = torch.tensor([-200.0, -30.0, 30.0, 200.0])[: first_gates.numel()]
+    first_gates[: extremes.numel()] = extremes
+    return values
+
+
+def gated_silu_error(gate_up: torch.Tensor, output: torch.Tensor) -> float:
+    """The largest error of `output` against silu(gate) * up in float64, relative to the value,
+    to compare with GATED_SILU_TOLERANCE. Values below T's resolution near zero count as zero
+    (a gate of -30 gives ~1e-11, 0 in float16; -200 gives ~1e-85): an absolute floor of float16's
+    smallest subnormal, 1e-30 for the wider types. NaN when the output holds one."""
+    gate, up = gate_up.double().cpu().chunk(2, dim=-1)
+    want = gate * torch.sigmoid(gate) * up
+    floor = 2.0**-24 if gate_up.dtype == torch.float16 else 1e-30
+    bound = want.abs() + floor / GATED_SILU_TOLERANCE[gate_up.dtype]
+    return ((output.double().cpu() - want).abs() / bound).max().item()
+
+
 def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
     """ua_gated_silu_cuda against silu(gate) * up in float64, every dtype and shape, gates
     including +-30 and +-200 (exp's clamps), and the memory around the output untouched."""
@@ -924,9 +946,7 @@ def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for rows, width in shapes:
             for offset in (0, 1):
-                g = torch.Generator().manual_seed(rows * 100003 + width)
-                values = torch.randn(rows, 2 * width, generator=g) * 4
-                values[0, :width][:4] = torch.tensor([-200.0, -30.0, 30.0, 200.0])[:width]
+                values = gated_silu_values((rows, 2 * width), seed=rows * 100003 + width)
                 # offset: the tensors start `offset` elements into their buffers (misaligned)
                 buffer = torch.zeros(rows * 2 * width + offset, dtype=dtype, device=kernels.device)
                 gate_up = buffer[offset:].view(rows, 2 * width)
@@ -934,16 +954,9 @@ def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
                 out_buffer = torch.full((rows * width + offset + 8,), 7.0, dtype=dtype, device=kernels.device)
                 output = out_buffer[offset:offset + rows * width].view(rows, width)
                 status, message = kernels.gated_silu(gate_up, output)
-                gate, up = gate_up.double().cpu().chunk(2, dim=-1)
-                want = gate * torch.sigmoid(gate) * up
-                got = output.double().cpu()
-                # Values below T's resolution near zero count as zero (a gate of -30 gives ~1e-11,
-                # 0 in float16; -200 gives ~1e-85): an absolute floor of float16's smallest
-                # subnormal, 1e-30 for the wider types.
-                floor = 2.0**-24 if dtype == torch.float16 else 1e-30
-                error = ((got - want).abs() / (want.abs() + floor / GATED_SILU_TOLERANCE[dtype])).max().item()
+                error = gated_silu_error(gate_up, output)
                 tail = out_buffer[offset + rows * width:].cpu()
-                ok = (status == 0 and not got.isnan().any().item() and error <= GATED_SILU_TOLERANCE[dtype]
+                ok = (status == 0 and not output.isnan().any().item() and error <= GATED_SILU_TOLERANCE[dtype]
                       and bool((tail == 7.0).all()) and bool((out_buffer[:offset].cpu() == 7.0).all()))
                 results.append({"case": f"gated_silu-{str(dtype).removeprefix('torch.')}-{rows}x{width}-offset{offset}",
                                 "ok": ok, "max_relative_error": error, "status": status, "message": message})

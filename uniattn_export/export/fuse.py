@@ -169,12 +169,20 @@ def _census(graph: ir.Graph) -> tuple[dict[str, int], float, int]:
     return dict(sorted(kinds.items())), (sum(per_layer.values()) / layers if layers else 0.0), layers
 
 
-def _new_node(op_type, inputs, attributes=None, *, like: ir.Node, num_outputs=1, name: str) -> ir.Node:
-    """A default-domain node that takes the module scope (layer) of the node it replaces;
-    `name` is built from a value name, unique in the graph as node names must be."""
+def _new_node(op_type, inputs, attributes=None, *, like: ir.Node, num_outputs=1, name: str,
+              domain: str = "") -> ir.Node:
+    """A node that takes the module scope (layer) of the node it replaces; `name` is built from
+    a value name, unique in the graph as node names must be."""
     return ir.node(
-        op_type, inputs, attributes, num_outputs=num_outputs, name=name, metadata_props=dict(like.metadata_props)
-    )
+        op_type, inputs, attributes, domain=domain, num_outputs=num_outputs, name=name,
+        metadata_props=dict(like.metadata_props),
+    )  # fmt: skip
+
+
+def _replace_value(old: ir.Value, new: ir.Value, suffix: str) -> None:
+    """Every reader of `old` reads `new` instead, which takes old's name + `suffix`, shape and type."""
+    new.name, new.shape, new.type = f"{old.name}_{suffix}", old.shape, old.type
+    ir.convenience.replace_all_uses_with(old, new)
 
 
 def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -549,17 +557,16 @@ def _fuse_skip_norms(graph: ir.Graph) -> int:
         add = _producer(norm.inputs[0], "Add") if norm.domain == "" and norm.op_type == "RMSNormalization" else None
         if add is None or not _skip_norm_operands(add, norm):
             continue
-        skip_norm = ir.node(
+        skip_norm = _new_node(
             SKIP_NORM_OP, [add.inputs[0], add.inputs[1], norm.inputs[1]],
             {"epsilon": norm.attributes.get_float("epsilon", 1e-5)}, domain=CONTRIB_DOMAIN, num_outputs=4,
-            name=f"{norm.outputs[0].name}/{SKIP_NORM_OP}", metadata_props=dict(norm.metadata_props),
+            name=f"{norm.outputs[0].name}/{SKIP_NORM_OP}", like=norm,
         )  # fmt: skip
         graph.insert_before(norm, skip_norm)
         normalized, mean, inv_std_var, summed = skip_norm.outputs
         mean.name = inv_std_var.name = ""  # absent optional outputs ("" in the node proto)
         for old, new in ((norm.outputs[0], normalized), (add.outputs[0], summed)):
-            new.name, new.shape, new.type = f"{old.name}_skip_norm", old.shape, old.type
-            ir.convenience.replace_all_uses_with(old, new)
+            _replace_value(old, new, "skip_norm")
         fused += 1
     return fused
 
@@ -612,12 +619,10 @@ def _fuse_gated_silu(graph: ir.Graph) -> int:
             continue
         if mul.outputs[0].is_graph_output():
             continue
-        node = ir.node(GATED_SILU_OP, [packed], domain=DOMAIN, name=f"{mul.outputs[0].name}/{GATED_SILU_OP}",
-                       metadata_props=dict(mul.metadata_props))  # fmt: skip
+        node = _new_node(GATED_SILU_OP, [packed], domain=DOMAIN, name=f"{mul.outputs[0].name}/{GATED_SILU_OP}",
+                         like=mul)  # fmt: skip
         graph.insert_before(mul, node)
-        old, new = mul.outputs[0], node.outputs[0]
-        new.name, new.shape, new.type = f"{old.name}_gated", old.shape, old.type
-        ir.convenience.replace_all_uses_with(old, new)
+        _replace_value(mul.outputs[0], node.outputs[0], "gated")
         fused += 1
     return fused
 
@@ -632,11 +637,9 @@ def _fuse_silu(graph: ir.Graph) -> int:
                   if _producer(b, "Sigmoid") is not None and b.producer().inputs[0] is a), None)  # fmt: skip
         if x is None:
             continue
-        silu = ir.node(SILU_OP, [x], {"alpha": 1.0}, domain=CONTRIB_DOMAIN, name=f"{mul.outputs[0].name}/{SILU_OP}",
-                       metadata_props=dict(mul.metadata_props))  # fmt: skip
+        silu = _new_node(SILU_OP, [x], {"alpha": 1.0}, domain=CONTRIB_DOMAIN, name=f"{mul.outputs[0].name}/{SILU_OP}",
+                         like=mul)  # fmt: skip
         graph.insert_before(mul, silu)
-        old, new = mul.outputs[0], silu.outputs[0]
-        new.name, new.shape, new.type = f"{old.name}_silu", old.shape, old.type
-        ir.convenience.replace_all_uses_with(old, new)
+        _replace_value(mul.outputs[0], silu.outputs[0], "silu")
         fused += 1
     return fused

@@ -64,7 +64,6 @@ struct OpDef : OrtCustomOp {
   OpKind kind;
   std::array<const SchemaOp*, 2> versions;  // versions 1 and 2 of the op (a graph op: its one entry twice)
   size_t schema_index;                      // of versions[1] in schema::kOps
-  int start_version, end_version;           // of the domain, as ORT matches kernels
   const char* provider;
   ONNXTensorElementDataType element_type;
   ua_dtype dtype;
@@ -342,25 +341,34 @@ struct OrtPool {
   }
 };
 
-// Runs the node's kernel: on the CPU through ORT's thread pool, or on ORT's CUDA compute
-// stream with scratch from the allocator of the op's first output. `with_probs` is the
-// *_workspace_size flag.
-template <typename Io>
-OrtStatus* launch(const Kernel& k, OrtKernelContext* context, const OrtValue* first_output,
-                  const ua_attention_desc& desc, const Io& io, bool with_probs, const Implementations<Io>& impl) {
+// Runs a kernel of the node: cuda(stream) on ORT's CUDA compute stream, or cpu(threads) on
+// ORT's thread pool; a failed status becomes the node's error.
+template <typename Cuda, typename Cpu>
+OrtStatus* run_kernel(const Kernel& k, OrtKernelContext* context, const Cuda& cuda, const Cpu& cpu) {
   ua_status status;
   if (k.op->cuda) {
     void* stream = nullptr;
     UA_RETURN_IF_ERROR(k.api->KernelContext_GetGPUComputeStream(context, &stream));
-    Workspace workspace(k.api);
-    UA_RETURN_IF_ERROR(workspace.allocate(context, first_output, impl.cuda_workspace_size(&desc, with_probs)));
-    status = impl.cuda(&desc, &io, workspace.data(), stream);
+    status = cuda(stream);
   } else {
     OrtPool pool{k.api, context};
     const ua_cpu_threads threads{OrtPool::parallel_for, &pool};
-    status = impl.cpu(&desc, &io, &threads);
+    status = cpu(&threads);
   }
   return status == UA_OK ? nullptr : k.kernel_error(status);
+}
+
+// An attention op: on CUDA with scratch from the allocator of the op's first output.
+// `with_probs` is the *_workspace_size flag.
+template <typename Io>
+OrtStatus* launch(const Kernel& k, OrtKernelContext* context, const OrtValue* first_output,
+                  const ua_attention_desc& desc, const Io& io, bool with_probs, const Implementations<Io>& impl) {
+  Workspace workspace(k.api);
+  if (k.op->cuda)
+    UA_RETURN_IF_ERROR(workspace.allocate(context, first_output, impl.cuda_workspace_size(&desc, with_probs)));
+  return run_kernel(
+      k, context, [&](void* stream) { return impl.cuda(&desc, &io, workspace.data(), stream); },
+      [&](const ua_cpu_threads* threads) { return impl.cpu(&desc, &io, threads); });
 }
 
 // Version 1: caches (B, Hkv, P, D) in, (B, Hkv, P + L, D) out, visibility from attention_mask.
@@ -511,17 +519,11 @@ OrtStatus* compute_gated_silu(const Kernel& k, OrtKernelContext* context) {
   for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
   void* out = nullptr;
   UA_RETURN_IF_ERROR(output(k, context, 0, shape, out));
-  ua_status status;
-  if (k.op->cuda) {
-    void* stream = nullptr;
-    UA_RETURN_IF_ERROR(k.api->KernelContext_GetGPUComputeStream(context, &stream));
-    status = ua_gated_silu_cuda(k.op->dtype, rows, width, gate_up.data, out, stream);
-  } else {
-    OrtPool pool{k.api, context};
-    const ua_cpu_threads threads{OrtPool::parallel_for, &pool};
-    status = ua_gated_silu_cpu(k.op->dtype, rows, width, gate_up.data, out, &threads);
-  }
-  return status == UA_OK ? nullptr : k.kernel_error(status);
+  return run_kernel(
+      k, context, [&](void* stream) { return ua_gated_silu_cuda(k.op->dtype, rows, width, gate_up.data, out, stream); },
+      [&](const ua_cpu_threads* threads) {
+        return ua_gated_silu_cpu(k.op->dtype, rows, width, gate_up.data, out, threads);
+      });
 }
 
 const OpDef* as_def(const OrtCustomOp* op) { return static_cast<const OpDef*>(op); }
@@ -611,8 +613,6 @@ OpDef make_op(OpKind kind, const SchemaOp& v1, const SchemaOp& v2, ONNXTensorEle
   op.kind = kind;
   op.versions = {&v1, &v2};
   op.schema_index = size_t(&v2 - uniattn::schema::kOps);
-  op.start_version = 1;
-  op.end_version = 2;
   op.provider = cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
   op.element_type = element_type;
   op.dtype = dtype;
@@ -641,8 +641,9 @@ OpDef make_op(OpKind kind, const SchemaOp& v1, const SchemaOp& v2, ONNXTensorEle
   op.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute;
-  op.GetStartVersion = [](const OrtCustomOp* self) { return as_def(self)->start_version; };
-  op.GetEndVersion = [](const OrtCustomOp* self) { return as_def(self)->end_version; };
+  // Every op of the domain serves both contract versions (the graph ops included).
+  op.GetStartVersion = [](const OrtCustomOp*) { return 1; };
+  op.GetEndVersion = [](const OrtCustomOp*) { return 2; };
   op.GetMayInplace = kMayInplace[op.schema_index];
   op.ReleaseMayInplace = release_may_inplace;
   return op;
