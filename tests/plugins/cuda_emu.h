@@ -3,9 +3,13 @@
 // front (-include) and -DUA_CUDA_EMULATE, and every CUDA thread runs as a fiber.
 //
 // What it models, because the kernels depend on it:
-//   * blocks run one after another; the threads of a block are fibers that switch only at
-//     __syncthreads and warp collectives, in a random order each round, so a read that
-//     lacks a barrier sees stale (poisoned) data instead of the right value by luck;
+//   * blocks run one after another (a cluster's blocks together); the threads are fibers
+//     that switch only at __syncthreads, cluster barriers and warp collectives, in a random
+//     order each round, so a read that lacks a barrier sees stale (poisoned) data instead of
+//     the right value by luck;
+//   * a cluster's blocks read each other's shared memory (cluster_peer); a block's shared
+//     memory is poisoned once all its threads have exited, so a peer reading it later (no
+//     cluster barrier before the exit) gets NaN;
 //   * warp collectives (__shfl_xor_sync, mma.sync, ldmatrix) wait for all 32 lanes and fail
 //     when the lanes disagree on which collective they execute;
 //   * mma.m16n8k16 and ldmatrix.m8n8.x4 follow the fragment layouts of the PTX ISA, written
@@ -42,6 +46,12 @@ namespace ua_emu {
 constexpr size_t kStackBytes = 128 * 1024;
 constexpr size_t kSmemGuard = 256;
 constexpr unsigned char kPoison = 0xFF;  // NaN as float, fp16 and bf16
+#ifndef UA_EMU_CLUSTER_BLOCKS
+#define UA_EMU_CLUSTER_BLOCKS 4
+#endif
+constexpr int kMaxClusterBlocks = UA_EMU_CLUSTER_BLOCKS;  // what the device reports as its cluster limit
+
+struct Block;
 
 struct PendingCopy {
   void* dst;
@@ -56,6 +66,7 @@ struct Thread {
   jmp_buf resume;
   bool started = false;
   std::vector<char> stack;
+  Block* block = nullptr;
   uint3 index;
   int linear = 0;
   bool finished = false;
@@ -76,18 +87,25 @@ struct Warp {
   Barrier barrier;
 };
 
-struct Machine {
-  dim3 grid, block;
-  uint3 block_index;
+struct Block {
+  uint3 index;
   std::vector<unsigned char> smem_storage;
   unsigned char* smem = nullptr;
-  size_t smem_bytes = 0;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
+  Barrier barrier;
+  int running = 0;  // threads not yet exited
+};
+
+struct Machine {
+  dim3 grid, block;
+  size_t smem_bytes = 0;
+  std::vector<Block> blocks;  // the running cluster (one block without clusters)
+  Barrier cluster_barrier;
+  uint64_t cluster_launches = 0;
   Thread* current = nullptr;
   ucontext_t scheduler;
   jmp_buf scheduler_resume;
-  Barrier block_barrier;
   std::function<void()> body;
   std::mt19937 rng{20240611u};
   uint64_t progress = 0;
@@ -141,10 +159,28 @@ inline void arrive(Barrier& b, int expected, int flag, int* result) {
 }
 
 inline int block_barrier(int flag) {
-  Machine& m = machine();
+  Block& b = *machine().current->block;
   int result = 0;
-  arrive(m.block_barrier, int(m.threads.size()), flag, &result);
+  arrive(b.barrier, int(b.threads.size()), flag, &result);
   return result;
+}
+
+inline void cluster_barrier() {
+  Machine& m = machine();
+  if (m.blocks.size() < 2) fail("cluster barrier in a launch without clusters");
+  arrive(m.cluster_barrier, int(m.blocks.size() * m.blocks[0].threads.size()), 0, nullptr);
+}
+
+// `local` (in the caller's shared memory) as seen in the block of cluster rank `rank`.
+template <typename V>
+V* cluster_peer(V* local, int rank) {
+  Machine& m = machine();
+  const Block& own = *m.current->block;
+  const size_t offset = size_t(reinterpret_cast<unsigned char*>(const_cast<std::remove_cv_t<V>*>(local)) - own.smem);
+  if (m.blocks.size() < 2 || rank < 0 || rank >= int(m.blocks.size()))
+    fail("cluster_peer: rank " + std::to_string(rank) + " outside the cluster");
+  if (offset >= m.smem_bytes) fail("cluster_peer: address outside the block's shared memory");
+  return reinterpret_cast<V*>(m.blocks[size_t(rank)].smem + offset);
 }
 
 // All 32 lanes deposit `in`; each computes its result from everyone's deposits.
@@ -153,7 +189,7 @@ Out warp_collective(int kind, const In& in, Compute compute) {
   static_assert(sizeof(In) <= sizeof(Warp::data[0]), "collective input too large");
   Machine& m = machine();
   const int lane = m.current->linear % 32;
-  Warp& w = m.warps[m.current->linear / 32];
+  Warp& w = m.current->block->warps[m.current->linear / 32];
   std::memcpy(w.data[lane], &in, sizeof(In));
   w.kind[lane] = kind;
   arrive(w.barrier, 32, 0, nullptr);
@@ -287,50 +323,73 @@ inline void cp_async_wait_all() {
   t->pending.swap(still);
 }
 
-inline unsigned char* dynamic_smem() { return machine().smem; }
+inline unsigned char* dynamic_smem() { return machine().current->block->smem; }
+
+inline bool smem_guard_intact(const Block& b) {
+  const size_t bytes = machine().smem_bytes;
+  for (size_t i = 0; i < kSmemGuard; ++i)
+    if (b.smem[bytes + i] != kPoison) return false;
+  return true;
+}
 
 inline void fiber_main() {
   Machine& m = machine();
   m.body();
+  Block& b = *m.current->block;
   m.current->finished = true;
   ++m.progress;
-  if (m.block_barrier.arrived > 0) fail("a thread exited while others wait at __syncthreads");
+  if (b.barrier.arrived > 0) fail("a thread exited while others wait at __syncthreads");
+  if (m.cluster_barrier.arrived > 0) fail("a thread exited while others wait at a cluster barrier");
+  if (--b.running == 0 && m.blocks.size() > 1) {  // its shared memory is gone for the peers
+    if (!smem_guard_intact(b)) fail("write past the end of dynamic shared memory");
+    std::memset(b.smem, kPoison, m.smem_bytes);
+  }
   _longjmp(m.scheduler_resume, 1);
 }
 
-inline bool run_block() {
+// Runs the blocks whose indices are given (a cluster, or one block) to completion.
+inline bool run_blocks(const std::vector<uint3>& indices) {
   Machine& m = machine();
   const int n = int(m.block.x * m.block.y * m.block.z);
-  m.threads.resize(size_t(n));
-  m.warps.assign(size_t(n / 32), Warp{});
-  m.block_barrier = Barrier{};
-  std::fill(m.smem_storage.begin(), m.smem_storage.end(), kPoison);
-  for (int i = 0; i < n; ++i) {
-    Thread& t = m.threads[size_t(i)];
-    t.stack.resize(kStackBytes);
-    t.index = uint3{unsigned(i % m.block.x), unsigned(i / m.block.x % m.block.y), unsigned(i / (m.block.x * m.block.y))};
-    t.linear = i;
-    t.finished = false;
-    t.started = false;
-    t.pending.clear();
-    t.committed_groups = 0;
-    getcontext(&t.context);
-    t.context.uc_stack.ss_sp = t.stack.data();
-    t.context.uc_stack.ss_size = t.stack.size();
-    t.context.uc_link = &m.scheduler;
-    makecontext(&t.context, fiber_main, 0);
+  m.blocks.resize(indices.size());
+  m.cluster_barrier = Barrier{};
+  std::vector<Thread*> all;
+  for (size_t k = 0; k < indices.size(); ++k) {
+    Block& b = m.blocks[k];
+    b.index = indices[k];
+    b.threads.resize(size_t(n));
+    b.warps.assign(size_t(n / 32), Warp{});
+    b.barrier = Barrier{};
+    b.running = n;
+    b.smem_storage.assign(m.smem_bytes + 16 + kSmemGuard, kPoison);
+    const uintptr_t base = reinterpret_cast<uintptr_t>(b.smem_storage.data());
+    b.smem = b.smem_storage.data() + ((16 - base % 16) % 16);
+    for (int i = 0; i < n; ++i) {
+      Thread& t = b.threads[size_t(i)];
+      t.stack.resize(kStackBytes);
+      t.block = &b;
+      t.index = uint3{unsigned(i % m.block.x), unsigned(i / m.block.x % m.block.y), unsigned(i / (m.block.x * m.block.y))};
+      t.linear = i;
+      t.finished = false;
+      t.started = false;
+      t.pending.clear();
+      t.committed_groups = 0;
+      getcontext(&t.context);
+      t.context.uc_stack.ss_sp = t.stack.data();
+      t.context.uc_stack.ss_size = t.stack.size();
+      t.context.uc_link = &m.scheduler;
+      makecontext(&t.context, fiber_main, 0);
+      all.push_back(&t);
+    }
   }
-  std::vector<int> order(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) order[size_t(i)] = i;
   for (;;) {
-    std::shuffle(order.begin(), order.end(), m.rng);
+    std::shuffle(all.begin(), all.end(), m.rng);
     const uint64_t before = m.progress;
     bool all_done = true;
-    for (int i : order) {
-      Thread& t = m.threads[size_t(i)];
-      if (t.finished) continue;
+    for (Thread* t : all) {
+      if (t->finished) continue;
       all_done = false;
-      resume(t);
+      resume(*t);
       if (!m.error.empty()) return false;
     }
     if (all_done) break;
@@ -339,20 +398,21 @@ inline bool run_block() {
       return false;
     }
   }
-  for (size_t i = 0; i < kSmemGuard; ++i)
-    if (m.smem_storage[m.smem_bytes + 16 + i] != kPoison) {
-      m.error = "write past the end of dynamic shared memory";
-      return false;
-    }
+  if (m.blocks.size() == 1 && !smem_guard_intact(m.blocks[0])) {
+    m.error = "write past the end of dynamic shared memory";
+    return false;
+  }
   return true;
 }
 
+// cluster: blocks along x that run together (1: no clusters).
 template <typename Body>
-void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body) {
+void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body, unsigned cluster = 1) {
   Machine& m = machine();
   const unsigned threads = block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || threads == 0 ||
-      threads > 1024 || threads % 32 != 0 || smem_bytes > 227 * 1024) {
+      threads > 1024 || threads % 32 != 0 || smem_bytes > 227 * 1024 || cluster == 0 ||
+      cluster > unsigned(kMaxClusterBlocks) || grid.x % cluster != 0) {
     m.last_error = cudaErrorInvalidConfiguration;
     m.last_message = "invalid launch configuration";
     return;
@@ -360,21 +420,21 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body) {
   m.grid = grid;
   m.block = block;
   m.smem_bytes = smem_bytes;
-  m.smem_storage.assign(smem_bytes + 16 + kSmemGuard, kPoison);
-  const uintptr_t base = reinterpret_cast<uintptr_t>(m.smem_storage.data());
-  m.smem = m.smem_storage.data() + ((16 - base % 16) % 16);
   m.body = std::function<void()>(body);
   m.error.clear();
+  if (cluster > 1) ++m.cluster_launches;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        m.block_index = uint3{x, y, z};
-        if (!run_block()) {
+      for (unsigned x = 0; x < grid.x; x += cluster) {
+        std::vector<uint3> indices;
+        for (unsigned k = 0; k < cluster; ++k) indices.push_back(uint3{x + k, y, z});
+        if (!run_blocks(indices)) {
           m.last_error = cudaErrorLaunchFailure;
           char where[96];
-          std::snprintf(where, sizeof(where), " (block %u,%u,%u)", x, y, z);
+          std::snprintf(where, sizeof(where), " (block %u,%u,%u)", m.current->block->index.x,
+                        m.current->block->index.y, z);
           m.last_message = m.error + where;
-          m.threads.clear();
+          m.blocks.clear();
           return;
         }
       }
@@ -383,7 +443,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body) {
 }  // namespace ua_emu
 
 #define threadIdx (ua_emu::machine().current->index)
-#define blockIdx (ua_emu::machine().block_index)
+#define blockIdx (ua_emu::machine().current->block->index)
 #define blockDim (ua_emu::machine().block)
 #define gridDim (ua_emu::machine().grid)
 
@@ -482,4 +542,10 @@ inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaSuccess ? "no error" : ua_emu::machine().last_message.c_str();
+}
+
+// Cluster launches so far (tests/plugins/test_cuda_emulated.py checks that the cluster
+// path really ran); weak: every translation unit includes this header.
+extern "C" __attribute__((weak)) unsigned long long ua_emu_cluster_launches() {
+  return ua_emu::machine().cluster_launches;
 }

@@ -821,7 +821,7 @@ def bench_decode(kernels: Kernels, batch: int, seq: int, copy_bw: float, only: t
 
 
 STATIC_CAPACITY = 8192
-STATIC_DECODE_SHAPES = ((32, 2048), (32, 8192), (1, 128), (1, 2048), (1, 8192))  # (batch, slots read)
+STATIC_DECODE_SHAPES = ((32, 2048), (32, 8192), (8, 2048), (1, 128), (1, 2048), (1, 8192))  # (batch, slots read)
 
 
 def bench_static_decode(kernels: Kernels, batch: int, length: int, capacity: int = STATIC_CAPACITY,
@@ -1151,6 +1151,8 @@ VARIANTS = {
     "ckeys4": (["-DUA_CONSUMER_KEYS_PER_THREAD=4"], "decode"),  # V rows in flight per lane (consumer): 4 / 8
     "warps2": (["-DUA_DECODE_WARPS=2"], "decode"),  # warps per split-KV block: 2 / 4
     "blocks512": (["-DUA_SPLIT_MAX_BLOCKS=512"], "decode"),  # at most 512 blocks: fewer splits at batch 1
+    "clusters-off": (["-DUA_SPLIT_CLUSTERS=0"], "decode"),  # static decode of small batches without clusters
+    "clusters-forced": (["-DUA_SPLIT_CLUSTERS=2"], "decode"),  # clusters wherever the shapes allow, batch 32 too
     "flash32rows": (["-DUA_FLASH_TILES_D64=2"], "prefill"),  # run 1's default, for the record
 }
 # The one source a variant's flags change.
@@ -1214,7 +1216,7 @@ def _fmt(x, spec=".3f"):
 
 
 VARIANT_SHAPES = ((1, 8192), (8, 2048), (32, 8192))
-VARIANT_STATIC_SHAPES = ((1, 2048), (1, 8192), (32, 8192))  # (batch, slots read) of STATIC_CAPACITY
+VARIANT_STATIC_SHAPES = ((1, 2048), (1, 8192), (8, 2048), (32, 8192))  # (batch, slots read) of STATIC_CAPACITY
 STATIC_BENCHES = ("ours_producer", "ours_base", "ours_consumer", "ours_consumer_recompute")
 VARIANT_BENCHES = ("ours_producer_attn", "ours_base_attn", "ours_consumer_attn", "ours_consumer_recompute_attn")
 

@@ -151,6 +151,54 @@ def test_alternate_tuning_static_layout_matches_reference(alternate_kernels, cas
     _assert_ok(runner.run_static_case(alternate_kernels, case, "cpu"))
 
 
+# The cluster path of the split-KV kernel (sm_90: a row group's blocks combine through each
+# other's shared memory, their keys split at run time from the positions). The default build
+# takes it only where all clusters fit one wave of the device, which the emulated 6 SMs rarely
+# allow: this build takes it wherever the shapes do (UA_SPLIT_CLUSTERS=2), in clusters of up to
+# 4 blocks (cuda_emu.h).
+@pytest.fixture(scope="module")
+def cluster_kernels(tmp_path_factory) -> runner.Kernels:
+    return _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=2")
+
+
+def _cluster_launches(kernels: runner.Kernels) -> int:
+    count = kernels.lib.ua_emu_cluster_launches
+    count.restype = ctypes.c_ulonglong
+    return count()
+
+
+CLUSTER_CASES = [c for c in runner.static_cases(large=False) + runner.random_static_cases(12, seed=31)
+                 if c.query_len <= 16]
+
+
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: c.name())
+def test_cluster_path_static_layout_matches_reference(cluster_kernels, case):
+    before = _cluster_launches(cluster_kernels)
+    _assert_ok(runner.run_static_case(cluster_kernels, case, "cpu"))
+    assert _cluster_launches(cluster_kernels) > before, "the case never reached the cluster path"
+
+
+def test_cluster_path_graph_replay(cluster_kernels):
+    """Six decode steps at new positions through the cluster path: every block's share of the
+    keys follows from the positions read on the device, the launch stays the same."""
+    before = _cluster_launches(cluster_kernels)
+    result = runner.graph_check(cluster_kernels)
+    assert "error" not in result, result.get("traceback")
+    assert result["ok"], [c for c in result["checks"] if not c["ok"]]
+    assert _cluster_launches(cluster_kernels) >= before + 12  # producer and consumer, six steps
+
+
+def test_default_build_keeps_the_split_plan_where_clusters_do_not_fit_one_wave(kernels):
+    """Batch 3 x 2 KV heads = 6 row groups: clusters of 2 or more would need 12 blocks of the
+    emulated 6 SMs, so the default policy launches the split plan (and at batch 1, one head,
+    a cluster)."""
+    before = _cluster_launches(kernels)
+    _assert_ok(runner.run_static_case(kernels, runner.StaticCase((0, 5, 37), 1, 64, 4, 2, 64, "float16"), "cpu"))
+    assert _cluster_launches(kernels) == before
+    _assert_ok(runner.run_static_case(kernels, runner.StaticCase((300,), 1, 512, 4, 1, 64, "float16"), "cpu"))
+    assert _cluster_launches(kernels) > before
+
+
 def _call(kernels, op: str, case: runner.Case, *, workspace="auto", misalign: str | None = None,
           alias_only_key: bool = False) -> tuple[int, str]:
     """One producer or consumer call on zero-free random tensors; returns (status, message)."""
@@ -243,11 +291,14 @@ def _asan_runtime() -> str:
     return path
 
 
-def test_no_access_outside_the_tensors(tmp_path_factory):
+@pytest.mark.parametrize("flags", [(), ("-DUA_SPLIT_CLUSTERS=2",)], ids=["default", "clusters"])
+def test_no_access_outside_the_tensors(tmp_path_factory, flags):
     """The cases above on an AddressSanitizer build, in a child process that preloads the
-    ASan runtime (stack instrumentation off: the emulator's fibers switch stacks)."""
+    ASan runtime (stack instrumentation off: the emulator's fibers switch stacks); again with
+    the cluster path wherever the shapes allow it."""
     # not loaded here: an ASan library refuses a process whose runtime was not preloaded
-    asan = _compile(tmp_path_factory, "-fsanitize=address", "-fno-omit-frame-pointer", "--param", "asan-stack=0")
+    asan = _compile(tmp_path_factory, *flags, "-fsanitize=address", "-fno-omit-frame-pointer", "--param",
+                    "asan-stack=0")
     env = {**os.environ, "LD_PRELOAD": _asan_runtime(), "ASAN_OPTIONS": "detect_leaks=0"}
     child = subprocess.run([sys.executable, __file__, str(asan)], capture_output=True, text=True, env=env)
     report = child.stderr[child.stderr.find("ERROR: AddressSanitizer"):][:3000] or child.stderr[-3000:]

@@ -101,7 +101,7 @@ ua_status launch_scatter(const ua_attention_desc& d, const StaticWrite* writes, 
 
 }  // namespace
 
-ua_status launch_static_append(const ua_attention_desc& d, const StaticWrite* writes, int count,
+ua_status launch_static_append(const ua_attention_desc& d, const StaticWrite* writes, int count, bool scatter,
                                const int64_t* positions, int* counters, int64_t counter_count, cudaStream_t stream) {
   if (count < 1 || count > 2) return fail(UA_INVALID_ARGUMENT, "static append of %d caches (1 or 2)", count);
   for (int i = 0; i < count; ++i) {
@@ -112,6 +112,7 @@ ua_status launch_static_append(const ua_attention_desc& d, const StaticWrite* wr
         e != cudaSuccess)
       return fail(UA_DEVICE_ERROR, "cannot copy past to present: %s", cudaGetErrorString(e));
   }
+  if (!scatter) return UA_OK;
   switch (d.dtype) {
     case UA_FLOAT32: return launch_scatter<float>(d, writes, count, positions, counters, counter_count, stream);
     case UA_FLOAT16: return launch_scatter<__half>(d, writes, count, positions, counters, counter_count, stream);

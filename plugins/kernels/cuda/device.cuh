@@ -59,6 +59,97 @@ __device__ __forceinline__ int64_t query_position(const Geometry& g, int64_t b, 
   return p < -1 ? -1 : p > g.key_len ? g.key_len : p;
 }
 
+// ---- thread block clusters (sm_90) -----------------------------------------------------
+// A cluster's blocks run at the same time and read each other's shared memory: the split-KV
+// kernel combines its splits through it instead of through global memory and a counter.
+// Only launched where the device has clusters (compute capability 9.0 and later); the
+// instances built for older targets trap if ever reached.
+
+// Every thread of every block of the cluster arrives; shared-memory writes before it are
+// visible to the whole cluster after it.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(UA_CUDA_EMULATE)
+  ua_emu::cluster_barrier();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// The address of `local` (this block's shared memory) in the block of cluster rank `rank`.
+template <typename V>
+__device__ __forceinline__ V* cluster_peer(V* local, int rank) {
+#if defined(UA_CUDA_EMULATE)
+  return ua_emu::cluster_peer(local, rank);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint64_t peer;  // a generic address: ordinary loads through it read the peer's shared memory
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(peer) : "l"(reinterpret_cast<uint64_t>(local)), "r"(rank));
+  return reinterpret_cast<V*>(peer);
+#else
+  __trap();
+  return local;
+#endif
+}
+
+// Launches `kernel` on clusters of `cluster` blocks along x (grid.x is a multiple of it).
+#ifndef UA_CUDA_EMULATE
+template <typename Kernel, typename... Args>
+cudaError_t launch_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, int cluster,
+                            const Args&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = unsigned(cluster);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+// The largest cluster (blocks along x) `kernel` can be launched with on the current device,
+// up to `wanted`; 0 where the device has no clusters.
+template <typename Kernel>
+cudaError_t max_cluster_blocks(Kernel kernel, dim3 block, size_t smem, int wanted, int& blocks) {
+  blocks = 0;
+  int device = 0, major = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  if (cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device); e != cudaSuccess)
+    return e;
+  if (major < 9) return cudaSuccess;
+  // Above 8 blocks a cluster is "non-portable": allowed per kernel, then asked of the device.
+  if (wanted > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    wanted = 8;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(wanted));
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  int most = 0;
+  if (cudaError_t e = cudaOccupancyMaxPotentialClusterSize(&most, kernel, &config); e != cudaSuccess) return e;
+  blocks = most < wanted ? most : wanted;
+  return cudaSuccess;
+}
+#else
+template <typename Kernel, typename... Args>
+cudaError_t launch_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t, int cluster,
+                            const Args&... args) {
+  ua_emu::launch(grid, block, smem, [&] { kernel(args...); }, unsigned(cluster));
+  return cudaSuccess;
+}
+template <typename Kernel>
+cudaError_t max_cluster_blocks(Kernel, dim3, size_t, int wanted, int& blocks) {
+  blocks = wanted < ua_emu::kMaxClusterBlocks ? wanted : ua_emu::kMaxClusterBlocks;
+  return cudaSuccess;
+}
+#endif
+
 // ---- element types ---------------------------------------------------------------------
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -15,7 +15,9 @@
 // (launch_static_append: a device copy of past when present does not alias it, then one
 // scatter kernel by position_ids for all of the op's caches, which also zeroes the split-KV
 // kernel's arrival counters), then the same attention kernels read the present caches alone,
-// each row only the slots its position lets it see. Positions stay on the device and the launch
+// each row only the slots its position lets it see. Where the split-KV kernel runs as clusters
+// (split_kv_cluster: small batches on sm_90) it writes the new rows itself and reads them from
+// the projections: no scatter kernel, one launch per op when the caches alias. Positions stay on the device and the launch
 // geometry and workspace depend on the desc alone: nothing here synchronizes, allocates or
 // reads device memory, so a decode step can be captured in a CUDA graph and replayed with new
 // position_ids.
@@ -167,10 +169,13 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
   const SplitKvPlan plan = split_kv ? plan_split_kv(d, Weights::kSoftmax, emit_probs) : SplitKvPlan{};
   if (split_kv)
     if (ua_status s = need_workspace("ua_producer", plan, workspace); s != UA_OK) return s;
+  int cluster = 0;
+  if (split_kv && d.capacity > 0)
+    if (ua_status s = split_kv_cluster(d, plan, Weights::kSoftmax, emit_probs, cluster); s != UA_OK) return s;
   if (d.capacity > 0) {
     const StaticWrite writes[] = {{io->past_key, io->key, io->present_key},
                                   {io->past_value, io->value, io->present_value}};
-    if (ua_status s = launch_static_append(d, writes, 2, io->position_ids, arrivals(plan, workspace),
+    if (ua_status s = launch_static_append(d, writes, 2, cluster == 0, io->position_ids, arrivals(plan, workspace),
                                            plan.arrival_counters, stream);
         s != UA_OK)
       return s;
@@ -196,6 +201,13 @@ ua_status ua_producer_cuda(const ua_attention_desc* desc, const ua_producer_io* 
     args.copy_past = !in_place;
     args.positions = io->position_ids;
     args.counters_zeroed = d.capacity > 0;
+    args.cluster = cluster;
+    if (cluster > 0) {  // the new rows: read from the projections, written by the kernel
+      args.keys.packed = io->key;
+      args.values.packed = io->value;
+      args.write_key = io->present_key;
+      args.write_value = io->present_value;
+    }
     args.probs_out = io->shared_probs;
     args.lse_out = io->shared_lse;
     args.output = io->output;
@@ -237,9 +249,12 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
   const SplitKvPlan plan = split_kv ? plan_split_kv(d, weights, false) : SplitKvPlan{};
   if (split_kv)
     if (ua_status s = need_workspace("ua_consumer", plan, workspace); s != UA_OK) return s;
+  int cluster = 0;
+  if (split_kv && d.capacity > 0)
+    if (ua_status s = split_kv_cluster(d, plan, weights, false, cluster); s != UA_OK) return s;
   if (d.capacity > 0) {
     const StaticWrite writes[] = {{io->past_value, io->value, io->present_value}};
-    if (ua_status s = launch_static_append(d, writes, 1, io->position_ids, arrivals(plan, workspace),
+    if (ua_status s = launch_static_append(d, writes, 1, cluster == 0, io->position_ids, arrivals(plan, workspace),
                                            plan.arrival_counters, stream);
         s != UA_OK)
       return s;
@@ -263,6 +278,11 @@ ua_status ua_consumer_cuda(const ua_attention_desc* desc, const ua_consumer_io* 
     args.copy_past = !in_place;
     args.positions = io->position_ids;
     args.counters_zeroed = d.capacity > 0;
+    args.cluster = cluster;
+    if (cluster > 0) {  // the new rows: read from the projection, written by the kernel
+      args.values.packed = io->value;
+      args.write_value = io->present_value;
+    }
     args.probs_in = io->shared_probs;
     args.lse_in = io->shared_lse;
     args.output = io->output;

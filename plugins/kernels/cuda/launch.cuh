@@ -43,6 +43,12 @@ struct SplitKvArgs {
   const int64_t* mask;    // (B, S); NULL in the static layout
   const int64_t* positions;  // static layout: position_ids (B, L); NULL otherwise
   bool counters_zeroed;   // the static append already zeroed the plan's arrival counters
+  int cluster;            // blocks per cluster (split_kv_cluster), 0: the split plan
+  // Clusters write the new rows themselves (no scatter before them): rows at slots
+  // positions[b, 0..L) are read from keys/values.packed and stored into these present caches
+  // (B, Hkv, C, D); NULL: nothing to write (a scatter did, or no such cache).
+  void* write_key;
+  void* write_value;
   const void* probs_in;   // kGivenProbs: (B, Hq, L, S)
   const float* lse_in;    // kFromLse: (B, Hq, L)
   void* probs_out;        // kSoftmax: shared_probs to emit, or NULL
@@ -71,6 +77,12 @@ SplitKvPlan plan_split_kv(const ua_attention_desc& desc, Weights weights, bool e
 
 ua_status launch_split_kv(const ua_attention_desc& desc, const SplitKvArgs& args, const SplitKvPlan& plan,
                           void* workspace, cudaStream_t stream);
+
+// Blocks per cluster the split-KV kernel takes for a static-layout call (0: the split plan;
+// always 0 in the dynamic layout). A function of the desc and the device: one captured step
+// replays the same launch.
+ua_status split_kv_cluster(const ua_attention_desc& desc, const SplitKvPlan& plan, Weights weights, bool emit_probs,
+                           int& cluster);
 
 // Tensor-core prefill (fp16/bf16): producer = flash attention (online softmax) writing the
 // output and optionally lse; consumer = the same walk with exp(s - lse) from the producer's
@@ -103,9 +115,10 @@ struct StaticWrite {
 };
 
 // For each of `count` (1 or 2) caches: present = past (a device copy, skipped when they alias),
-// then new token i of row b into slot position_ids[b, i] of present; the same kernel zeroes
-// `counter_count` ints at `counters` (the split-KV arrival counters that follow, or none).
-ua_status launch_static_append(const ua_attention_desc& desc, const StaticWrite* writes, int count,
+// then, with `scatter`, new token i of row b into slot position_ids[b, i] of present; the same
+// kernel zeroes `counter_count` ints at `counters` (the split-KV arrival counters that follow,
+// or none). Without `scatter` (the cluster path writes the new rows itself) only the copies.
+ua_status launch_static_append(const ua_attention_desc& desc, const StaticWrite* writes, int count, bool scatter,
                                const int64_t* positions, int* counters, int64_t counter_count, cudaStream_t stream);
 
 // Reports a failed launch (or an earlier asynchronous error) for ua_last_error().

@@ -31,6 +31,12 @@
 // * Static layout (capacity > 0): the grid is the capacity's; splits past a row group's
 //   visible slots exit at once (writing only the zeros P needs there), and the working splits
 //   combine among themselves (NOTES.md, "Static layout").
+// * Clusters (static layout, sm_90, calls whose row groups all fit one wave of clusters: the
+//   decode of small batches, where latency, not bandwidth, sets the time): a row group's
+//   blocks form one thread-block cluster and share the slots its rows see, split at run time
+//   from the positions (a step at slot 100 gives every block a few keys, not one block all of
+//   them). They combine through each other's shared memory: no partials in global memory, no
+//   fence and counter, and P is written once, already normalized (NOTES.md, "Clusters").
 #include <limits.h>
 #include <math.h>
 
@@ -63,6 +69,11 @@ namespace {
 #ifndef UA_SPLIT_MAX_BLOCKS
 #define UA_SPLIT_MAX_BLOCKS 4096
 #endif
+// Where the cluster path runs: 0 nowhere, 1 where the clusters of all row groups fit one
+// wave of the device (the default), 2 wherever the device and the shapes allow it (tests of the path on small devices).
+#ifndef UA_SPLIT_CLUSTERS
+#define UA_SPLIT_CLUSTERS 1
+#endif
 
 constexpr int kWarps = UA_DECODE_WARPS;
 constexpr int kThreads = 32 * kWarps;
@@ -72,6 +83,9 @@ constexpr int kMaxSplits = 256;          // splits whose combine factors live in
 constexpr int64_t kMaxBlocks = UA_SPLIT_MAX_BLOCKS;
 constexpr size_t kSmemBudget = 48 * 1024;  // no opt-in needed below 48 KB
 constexpr int kMaxScoreKeys = 2048;
+constexpr int kClusterBlocks = 16;        // blocks per cluster wanted (H100: 16 is allowed, 8 portable)
+constexpr int64_t kMaxClusterKeys = 1024;  // a cluster block's keys at most: longer caches stream
+                                           // faster through the split plan's many more blocks
 constexpr float kInf = INFINITY;
 
 __host__ __device__ constexpr int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -92,10 +106,10 @@ __host__ __device__ constexpr int64_t split_align(size_t element_size, Weights w
   return imax(8, step_keys(element_size, w, lanes));  // P is written in chunks of 8 keys
 }
 // Floats of shared memory besides the scores: each row's shared_probs/lse and output offsets
-// (2 x R int64), per-warp outputs and statistics, per-row statistics, per-split combine
-// factors, the last-block flag.
+// (2 x R int64), per-warp outputs and statistics, per-row statistics of the block and of the
+// cluster, per-split combine factors, the last-block flag.
 __host__ __device__ constexpr size_t fixed_floats(int lanes) {
-  return 4 * R + size_t(kWarps) * R * lanes * 8 + 2 * kWarps * R + 2 * R + R * kMaxSplits + 1;
+  return 4 * R + size_t(kWarps) * R * lanes * 8 + 2 * kWarps * R + 4 * R + R * kMaxSplits + 1;
 }
 // Keys per split whose scores fit next to the rest (P emission only).
 __host__ __device__ constexpr int64_t score_keys(bool emit, size_t element_size, Weights w, int lanes) {
@@ -140,14 +154,16 @@ constexpr int min_blocks() {
 template <typename T>
 struct SplitKvKernelArgs : Geometry {
   int64_t group;  // g
-  int row_tiles, splits, max_splits;
-  int64_t split_len;
+  int row_tiles, splits, max_splits;  // clusters: splits = blocks per cluster
+  int64_t split_len;                  // clusters: 0 (each block's keys follow from the positions)
   bool copy_past;     // false: rows j < P already sit in present (in-place append)
   bool vector_probs;  // shared_probs rows are 16-byte aligned (S % 8 == 0): chunks of 8 keys
   const T* query;
   RowSource keys, values;
   T* present_key;
   T* present_value;
+  T* write_key;    // clusters: the present caches the new rows go to (SplitKvArgs), or NULL
+  T* write_value;
   const int64_t* mask;  // NULL in the static layout
   const T* probs_in;
   const float* lse_in;
@@ -207,13 +223,15 @@ __device__ __forceinline__ void transpose_sum(float (&v)[N0], int lane) {
   }
 }
 
-// This lane's slice of the rows of a RowSource for one (batch, KV head).
+// This lane's slice of the rows of a RowSource for one (batch, KV head): rows [split,
+// fresh_end) from the packed projection, the others from the cache.
 template <typename T>
 struct LaneRows {
   const T* cache;
   const T* packed;
-  __device__ __forceinline__ const T* row(int64_t j, int64_t split, int64_t head_dim, int64_t packed_stride) const {
-    return j < split ? cache + j * head_dim : packed + (j - split) * packed_stride;
+  __device__ __forceinline__ const T* row(int64_t j, int64_t split, int64_t fresh_end, int64_t head_dim,
+                                          int64_t packed_stride) const {
+    return j < split || j >= fresh_end ? cache + j * head_dim : packed + (j - split) * packed_stride;
   }
 };
 
@@ -253,8 +271,10 @@ __device__ __forceinline__ void load_weights(const T* p, bool vector, int64_t va
   for (int k = 0; k < kKeys; ++k) w[k] = k < valid ? to_float(p[k]) : 0.f;
 }
 
-template <typename T, Weights W, bool kEmit, int kLanes>
-__global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(const SplitKvKernelArgs<T> a) {
+// The kernel's body; kCluster: the block is rank `blockIdx.x % splits` of its row group's
+// cluster (split_kv_cluster_kernel), otherwise split `blockIdx.x / row_tiles` (split_kv_kernel).
+template <typename T, Weights W, bool kEmit, int kLanes, bool kCluster>
+__device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
   using K = Shape<T, W, kEmit, kLanes>;
   constexpr int kKeys = K::kKeys, kDots = K::kDots, kDim = K::kDim;
   constexpr bool kSoftmax = W == Weights::kSoftmax;
@@ -269,17 +289,19 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   float* s_warp_max = s_acc + kWarps * R * kDim;       // kWarps x R
   float* s_warp_sum = s_warp_max + kWarps * R;         // kWarps x R
   float* s_row = s_warp_sum + kWarps * R;              // R x 2: (max, sum) of the split, then of the row
-  float* s_factor = s_row + 2 * R;                     // R x kMaxSplits: exp(m_split - lse) per split
+  float* s_total = s_row + 2 * R;                      // R x 2: clusters: (max, sum) of the row
+  float* s_factor = s_total + 2 * R;                   // R x kMaxSplits: exp(m_split - lse) per split
   int* s_last = reinterpret_cast<int*>(s_factor + R * kMaxSplits);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int slice = lane % kLanes, key_group = lane / kLanes;
   const int D = int(a.head_dim);
   const bool slice_active = slice * 8 < D;
-  const int row_tile = int(blockIdx.x % a.row_tiles), split = int(blockIdx.x / a.row_tiles);
+  const int row_tile = int(kCluster ? blockIdx.x / a.splits : blockIdx.x % a.row_tiles);
+  const int split = int(kCluster ? blockIdx.x % a.splits : blockIdx.x / a.row_tiles);
   const int64_t hk = blockIdx.y, b = blockIdx.z;
   const int S = int(a.key_len);  // < 2^31 (entry.cu)
-  const int k0 = int(split * a.split_len), k1 = int(imin(S, k0 + a.split_len));
+  int k0 = int(split * a.split_len), k1 = int(imin(S, k0 + a.split_len));  // clusters: set below
   const int rows_here = int(imin(R, a.group * a.query_len - int64_t(row_tile) * R));
 
   // The rows first: their indices, positions and the keys the causal and sliding-window
@@ -335,7 +357,44 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   // the others combine among themselves (first_split .. end_split).
   int first_split = 0, end_split = a.splits;
   int emit_end = S;  // shared_probs is written for keys below it
-  if (fixed) {
+  if (kCluster) {
+    // The cluster's blocks share the slots [base, attend_hi] that some row of the group sees,
+    // in equal parts (multiples of the step alignment: P chunks stay 16-byte aligned); every
+    // block takes part in the combine, those without keys with an empty part. Zeros of
+    // shared_probs below `base` (window-hidden slots) are written by all blocks in turn.
+    constexpr int kAlign = int(split_align(sizeof(T), W, kLanes));
+    emit_end = int(imin(S, query_position(a, b, a.query_len - 1) + 1));
+    const bool visible = attend_lo <= attend_hi;
+    const int base = visible ? attend_lo / kAlign * kAlign : 0;
+    const int span = visible ? attend_hi + 1 - base : 0;
+    const int part = int(ceil_div(ceil_div(span, a.splits), kAlign) * kAlign);
+    k0 = int(imin(S, base + int64_t(split) * part));
+    k1 = int(imin(S, int64_t(k0) + part));
+    if (kEmit) {
+      const int zero_end = int(imin(emit_end, visible ? base : S));
+      const float zeros[8] = {};
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (r < rows_here)
+          for (int c = split * kThreads + tid; c * 8 < zero_end; c += a.splits * kThreads)
+            store_probs(row_global[r], int64_t(c) * 8, zeros, zero_end);
+    }
+    // The new rows into the present caches (no scatter ran): one block per (batch, KV head).
+    // The cluster reads them from the projections, so nothing here waits for these stores.
+    if (split == 0 && row_tile == 0) {
+      const int per_row = D / 8, per_cache = int(a.query_len) * per_row;
+      for (int x = tid; x < 2 * per_cache; x += kThreads) {
+        const bool value = x >= per_cache;
+        T* const cache = value ? a.write_value : a.write_key;
+        const int i = (x % per_cache) / per_row, col = (x % per_row) * 8;
+        const int64_t slot = query_position(a, b, i);
+        if (cache == nullptr || slot < 0 || slot >= S) continue;
+        const T* fresh = static_cast<const T*>(value ? a.values.packed : a.keys.packed);
+        store_slice(cache + ((b * a.kv_heads + hk) * S + slot) * D + col,
+                    load_slice(fresh + ((b * a.query_len + i) * a.kv_heads + hk) * D + col));
+      }
+    }
+  } else if (fixed) {
     emit_end = int(imin(S, query_position(a, b, a.query_len - 1) + 1));
     if (attend_lo > attend_hi || k0 > attend_hi || k1 <= attend_lo) {
       if (kEmit) {
@@ -380,7 +439,18 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   // Where this lane's slice of key/value row j lives: rows j < split in the cache, the rest
   // in the packed projection.
   const LaneRows<T> k_src = lane_rows<T>(a.keys, a, b, hk, slice), v_src = lane_rows<T>(a.values, a, b, hk, slice);
-  const int cached = int(imin(a.keys.split, a.values.split));  // keys below it: both rows in the caches
+  // Rows [split, fresh_end) of a source come from its packed projection: the new tokens after
+  // the past (dynamic layout), or, for clusters, the tokens at slots [p0, p0 + L) that no
+  // scatter has written (the contract's positions of a row are consecutive; any others only
+  // change which rows are read, never where).
+  int64_t key_split = a.keys.split, value_split = a.values.split, fresh_rows = INT64_MAX / 2;
+  if (kCluster) {
+    const int64_t p0 = query_position(a, b, 0);
+    fresh_rows = a.query_len;
+    if (a.keys.packed != nullptr) key_split = p0;
+    if (a.values.packed != nullptr) value_split = p0;
+  }
+  const int cached = int(imin(key_split, value_split));  // keys below it: both rows in the caches
   const int64_t packed_stride = a.kv_heads * D;
   T* const present_k = a.present_key == nullptr ? nullptr : a.present_key + (b * a.kv_heads + hk) * S * D + slice * 8;
   T* const present_v =
@@ -423,9 +493,11 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       if (!slice_active || (!kFull && (j < load_lo || j >= load_end))) continue;
       if (W != Weights::kGivenProbs)
         k_rows[u] = load_slice<T, Load::kStreaming>(kFull ? k_src.cache + row0 + u * D
-                                                          : k_src.row(j, a.keys.split, D, packed_stride));
+                                                          : k_src.row(j, key_split, key_split + fresh_rows, D,
+                                                                      packed_stride));
       v_rows[u] = load_slice<T, Load::kStreaming>(kFull ? v_src.cache + row0 + u * D
-                                                        : v_src.row(j, a.values.split, D, packed_stride));
+                                                        : v_src.row(j, value_split, value_split + fresh_rows, D,
+                                                                    packed_stride));
     }
   };
   const auto step = [&](auto full, const int step0, const bool copy, const Rows& k_rows, const Rows& v_rows) {
@@ -600,7 +672,9 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       if (kSoftmax) l += s_warp_sum[w * R + r] * f;
     }
     const int64_t global = s_row_global[r];
-    if (active_splits == 1) {
+    if (kCluster) {  // warp 0's slot: this thread alone read every warp's value of (r, d)
+      s_acc[r * kDim + d] = v;
+    } else if (active_splits == 1) {
       a.output[s_row_out[r] + d] = from_float<T>(!kSoftmax ? v : l > 0.f ? v / l : 0.f);
       if (kSoftmax && d == 0 && a.lse_out != nullptr) a.lse_out[global] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
     } else {
@@ -616,16 +690,16 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
     }
   }
 
-  // The split's P, from the scores: exp(s - lse) with one split, else exp(s - m_split).
-  if (kEmit) {
-    __syncthreads();
+  // The split's P, from the scores: exp(s - m - log2(l)) with `stats` = each row's (m, l) of
+  // the whole row (normalized), else exp(s - m) with the split's m.
+  const auto emit_probs = [&](const float* stats, const bool normalized) {
     const int end = int(imin(k1, emit_end));
     const int chunks = int(ceil_div(imax(0, end - k0), 8));
     for (int x = tid; x < rows_here * chunks; x += kThreads) {
       const int r = x / chunks;
       const int64_t j = k0 + int64_t(x % chunks) * 8;
-      const float m = s_row[2 * r], l = s_row[2 * r + 1];
-      const float reference = active_splits > 1 ? m : m + log2f(l);  // rows without a visible key: all -inf
+      const float m = stats[2 * r], l = stats[2 * r + 1];
+      const float reference = normalized ? m + log2f(l) : m;  // rows without a visible key: all -inf
       float f[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
@@ -634,6 +708,45 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
       }
       store_probs(s_row_global[r], j, f, end);
     }
+  };
+
+  if constexpr (kCluster) {
+    // Every block's (max, sum) and output are in its shared memory: each row's totals over the
+    // cluster (a warp per row, a lane per block), then each block sums its share of the output
+    // values over the cluster and writes its part of P, normalized.
+    cluster_sync();
+    for (int r = warp; r < rows_here; r += kWarps) {
+      float m_peer = -kInf, l_peer = 0.f;
+      if (kSoftmax && lane < a.splits) {
+        const float* peer = cluster_peer(s_row, lane);
+        m_peer = peer[2 * r];
+        l_peer = peer[2 * r + 1];
+      }
+      const float m = warp_max(m_peer);
+      const float f = m == -kInf ? 0.f : exp2f(m_peer - m);
+      const float l = warp_sum(l_peer * f);
+      if (lane < a.splits) s_factor[r * kMaxSplits + lane] = !kSoftmax ? 1.f : l > 0.f ? f / l : 0.f;
+      if (lane == 0) {
+        s_total[2 * r] = m;
+        s_total[2 * r + 1] = l;
+        if (kSoftmax && split == 0 && a.lse_out != nullptr)
+          a.lse_out[s_row_global[r]] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
+      }
+    }
+    __syncthreads();
+    for (int x = split + a.splits * tid; x < rows_here * D; x += a.splits * kThreads) {
+      const int r = x / D, d = x % D;
+      float v = 0.f;
+      for (int c = 0; c < a.splits; ++c) v = fmaf(cluster_peer(s_acc, c)[r * kDim + d], s_factor[r * kMaxSplits + c], v);
+      a.output[s_row_out[r] + d] = from_float<T>(v);
+    }
+    if (kEmit) emit_probs(s_total, true);
+    cluster_sync();  // the peers may still be reading this block's shared memory
+    return;
+  }
+  if (kEmit) {
+    __syncthreads();
+    emit_probs(s_row, active_splits == 1);
   }
   if (active_splits == 1) return;
 
@@ -756,6 +869,20 @@ __global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(c
   }
 }
 
+template <typename T, Weights W, bool kEmit, int kLanes>
+__global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_kernel(const SplitKvKernelArgs<T> a) {
+  split_kv<T, W, kEmit, kLanes, false>(a);
+}
+
+template <typename T, Weights W, bool kEmit, int kLanes>
+__global__ void __launch_bounds__(kThreads, (min_blocks<W>())) split_kv_cluster_kernel(const SplitKvKernelArgs<T> a) {
+#if defined(UA_CUDA_EMULATE) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  split_kv<T, W, kEmit, kLanes, true>(a);
+#else
+  __trap();  // launched only where the device has clusters (sm_90 and later)
+#endif
+}
+
 // ---- host side -------------------------------------------------------------------------
 
 // Blocks of `kernel` the current device runs at once (SMs x resident blocks per SM), asked
@@ -795,9 +922,84 @@ int choose_splits(const SplitKvPlan& plan, int64_t groups, int64_t resident) {
   return plan.min_splits;
 }
 
+// One kernel instance of a call (a tag: the dispatch below hands it to generic lambdas).
 template <typename T, Weights W, bool kEmit, int kLanes>
-ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
-                          unsigned char* workspace, cudaStream_t stream) {
+struct Instance {};
+
+// Calls f(Instance<...>{}) for the instance that serves (dtype, weights, emit, lanes).
+template <typename T, Weights W, bool kEmit, typename F>
+ua_status dispatch_lanes(int lanes, F&& f) {
+  switch (lanes) {
+    case 8: return f(Instance<T, W, kEmit, 8>{});
+    case 16: return f(Instance<T, W, kEmit, 16>{});
+    default: return f(Instance<T, W, kEmit, 32>{});
+  }
+}
+
+template <typename T, typename F>
+ua_status dispatch_weights(Weights weights, bool emit, int lanes, F&& f) {
+  switch (weights) {
+    case Weights::kSoftmax:
+      return emit ? dispatch_lanes<T, Weights::kSoftmax, true>(lanes, f)
+                  : dispatch_lanes<T, Weights::kSoftmax, false>(lanes, f);
+    case Weights::kGivenProbs: return dispatch_lanes<T, Weights::kGivenProbs, false>(lanes, f);
+    case Weights::kFromLse: return dispatch_lanes<T, Weights::kFromLse, false>(lanes, f);
+  }
+  return fail(UA_INVALID_ARGUMENT, "split_kv: unknown weights mode");
+}
+
+template <typename F>
+ua_status dispatch(ua_dtype dtype, Weights weights, bool emit, int lanes, F&& f) {
+  switch (dtype) {
+    case UA_FLOAT32: return dispatch_weights<float>(weights, emit, lanes, f);
+    case UA_FLOAT16: return dispatch_weights<__half>(weights, emit, lanes, f);
+    case UA_BFLOAT16: return dispatch_weights<__nv_bfloat16>(weights, emit, lanes, f);
+  }
+  return fail(UA_INVALID_ARGUMENT, "unknown dtype code %d", int(dtype));
+}
+
+// Blocks per cluster for a static-layout call (0: the split plan): the largest cluster the
+// device allows (asked once per device) such that every block's part of the slots fits its
+// limits (scores in shared memory when P is emitted, kMaxClusterKeys) and, unless forced
+// (UA_SPLIT_CLUSTERS 2), the clusters of all row groups run in one wave.
+template <typename T, Weights W, bool kEmit, int kLanes>
+ua_status choose_cluster(Instance<T, W, kEmit, kLanes>, const ua_attention_desc& d, const SplitKvPlan& plan,
+                         int& cluster) {
+  using K = Shape<T, W, kEmit, kLanes>;
+  cluster = 0;
+  if (UA_SPLIT_CLUSTERS == 0 || d.capacity == 0) return UA_OK;
+  const auto kernel = split_kv_cluster_kernel<T, W, kEmit, kLanes>;
+  static std::atomic<int> resident_cache[64];
+  static std::atomic<int> most_cache[64];  // the device's largest cluster + 1 (0: not asked yet)
+  int64_t resident = 0;
+  if (ua_status s = resident_blocks(kernel, K::kSmemBytes, resident_cache, resident); s != UA_OK) return s;
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "split_kv: no current CUDA device: %s", cudaGetErrorString(e));
+  std::atomic<int>& slot = most_cache[device & 63];
+  if (slot.load() == 0) {
+    int most = 0;
+    if (cudaError_t e = max_cluster_blocks(kernel, dim3(kThreads), K::kSmemBytes, kClusterBlocks, most);
+        e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "split_kv: cannot read the cluster limit: %s", cudaGetErrorString(e));
+    slot.store(most + 1);
+  }
+  const int64_t groups = d.batch * d.kv_num_heads * plan.row_tiles;
+  const int64_t align = split_align(sizeof(T), W, kLanes);
+  const int64_t limit = kEmit ? imin(K::kScoreKeys, kMaxClusterKeys) : kMaxClusterKeys;
+  for (int n = slot.load() - 1; n >= 2; --n) {
+    const int64_t part = ceil_div(ceil_div(d.capacity, n), align) * align;
+    if (part <= limit && (UA_SPLIT_CLUSTERS == 2 || groups * n <= resident)) {
+      cluster = n;
+      return UA_OK;
+    }
+  }
+  return UA_OK;
+}
+
+template <typename T, Weights W, bool kEmit, int kLanes>
+ua_status launch_instance(Instance<T, W, kEmit, kLanes>, const ua_attention_desc& d, const SplitKvArgs& args,
+                          const SplitKvPlan& plan, unsigned char* workspace, cudaStream_t stream) {
   using K = Shape<T, W, kEmit, kLanes>;
   const auto kernel = split_kv_kernel<T, W, kEmit, kLanes>;
   static std::atomic<int> resident_cache[64];
@@ -821,6 +1023,8 @@ ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, c
   a.values = args.values;
   a.present_key = static_cast<T*>(args.present_key);
   a.present_value = static_cast<T*>(args.present_value);
+  a.write_key = static_cast<T*>(args.write_key);
+  a.write_value = static_cast<T*>(args.write_value);
   a.mask = args.mask;
   a.probs_in = static_cast<const T*>(args.probs_in);
   a.lse_in = args.lse_in;
@@ -830,6 +1034,18 @@ ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, c
   a.partial_out = reinterpret_cast<float*>(workspace + plan.partial_out_offset);
   a.partial_stats = reinterpret_cast<float*>(workspace + plan.partial_stats_offset);
   a.arrivals = reinterpret_cast<int*>(workspace + plan.arrivals_offset);
+
+  if (args.cluster > 0) {
+    a.splits = args.cluster;
+    a.split_len = 0;
+    const dim3 grid{unsigned(plan.row_tiles * args.cluster), unsigned(d.kv_num_heads), unsigned(d.batch)};
+    if (cudaError_t e = launch_clusters(split_kv_cluster_kernel<T, W, kEmit, kLanes>, grid, dim3(kThreads),
+                                        K::kSmemBytes, stream, args.cluster, a);
+        e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "CUDA kernel split_kv (clusters of %d) could not run: %s", args.cluster,
+                  cudaGetErrorString(e));
+    return launch_status("split_kv (clusters)");
+  }
   if (a.splits > 1 && !args.counters_zeroed) {
     if (cudaError_t e = cudaMemsetAsync(a.arrivals, 0, size_t(groups) * sizeof(int), stream); e != cudaSuccess)
       return fail(UA_DEVICE_ERROR, "split_kv: cannot clear the workspace counters: %s", cudaGetErrorString(e));
@@ -837,29 +1053,6 @@ ua_status launch_instance(const ua_attention_desc& d, const SplitKvArgs& args, c
   const dim3 grid{unsigned(plan.row_tiles * a.splits), unsigned(d.kv_num_heads), unsigned(d.batch)};
   UA_LAUNCH(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a);
   return launch_status("split_kv");
-}
-
-template <typename T, Weights W, bool kEmit>
-ua_status launch_lanes(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
-                       unsigned char* workspace, cudaStream_t stream) {
-  switch (plan.lanes_per_key) {
-    case 8: return launch_instance<T, W, kEmit, 8>(d, args, plan, workspace, stream);
-    case 16: return launch_instance<T, W, kEmit, 16>(d, args, plan, workspace, stream);
-    default: return launch_instance<T, W, kEmit, 32>(d, args, plan, workspace, stream);
-  }
-}
-
-template <typename T>
-ua_status launch_dtype(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
-                       unsigned char* workspace, cudaStream_t stream) {
-  switch (args.weights) {
-    case Weights::kSoftmax:
-      return args.probs_out != nullptr ? launch_lanes<T, Weights::kSoftmax, true>(d, args, plan, workspace, stream)
-                                       : launch_lanes<T, Weights::kSoftmax, false>(d, args, plan, workspace, stream);
-    case Weights::kGivenProbs: return launch_lanes<T, Weights::kGivenProbs, false>(d, args, plan, workspace, stream);
-    case Weights::kFromLse: return launch_lanes<T, Weights::kFromLse, false>(d, args, plan, workspace, stream);
-  }
-  return fail(UA_INVALID_ARGUMENT, "split_kv: unknown weights mode");
 }
 
 size_t reserve(size_t& offset, size_t bytes) {
@@ -898,12 +1091,14 @@ SplitKvPlan plan_split_kv(const ua_attention_desc& d, Weights weights, bool emit
 ua_status launch_split_kv(const ua_attention_desc& d, const SplitKvArgs& args, const SplitKvPlan& plan,
                           void* workspace, cudaStream_t stream) {
   unsigned char* ws = static_cast<unsigned char*>(workspace);
-  switch (d.dtype) {
-    case UA_FLOAT32: return launch_dtype<float>(d, args, plan, ws, stream);
-    case UA_FLOAT16: return launch_dtype<__half>(d, args, plan, ws, stream);
-    case UA_BFLOAT16: return launch_dtype<__nv_bfloat16>(d, args, plan, ws, stream);
-  }
-  return fail(UA_INVALID_ARGUMENT, "unknown dtype code %d", int(d.dtype));
+  return dispatch(d.dtype, args.weights, args.probs_out != nullptr, plan.lanes_per_key,
+                  [&](auto instance) { return launch_instance(instance, d, args, plan, ws, stream); });
+}
+
+ua_status split_kv_cluster(const ua_attention_desc& d, const SplitKvPlan& plan, Weights weights, bool emit_probs,
+                           int& cluster) {
+  return dispatch(d.dtype, weights, emit_probs, plan.lanes_per_key,
+                  [&](auto instance) { return choose_cluster(instance, d, plan, cluster); });
 }
 
 }  // namespace cuda
