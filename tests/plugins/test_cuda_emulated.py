@@ -152,10 +152,10 @@ def test_alternate_tuning_static_layout_matches_reference(alternate_kernels, cas
 
 
 # The cluster path of the split-KV kernel (sm_90: a row group's blocks combine through each
-# other's shared memory, their keys split at run time from the positions). The default build
-# takes it only where all clusters fit one wave of the device, which the emulated 6 SMs rarely
-# allow: this build takes it wherever the shapes do (UA_SPLIT_CLUSTERS=2), in clusters of up to
-# 4 blocks (cuda_emu.h).
+# other's shared memory, their keys split at run time from the positions). Off in the default
+# build until it has run on a GPU; UA_SPLIT_CLUSTERS=1 takes it where all clusters fit one wave
+# of the device, which the emulated 6 SMs rarely allow: this build takes it wherever the shapes
+# do (UA_SPLIT_CLUSTERS=2), in clusters of up to 4 blocks (cuda_emu.h).
 @pytest.fixture(scope="module")
 def cluster_kernels(tmp_path_factory) -> runner.Kernels:
     return _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=2")
@@ -188,10 +188,16 @@ def test_cluster_path_graph_replay(cluster_kernels):
     assert _cluster_launches(cluster_kernels) >= before + 12  # producer and consumer, six steps
 
 
-def test_default_build_keeps_the_split_plan_where_clusters_do_not_fit_one_wave(kernels):
-    """Batch 3 x 2 KV heads = 6 row groups: clusters of 2 or more would need 12 blocks of the
-    emulated 6 SMs, so the default policy launches the split plan (and at batch 1, one head,
-    a cluster)."""
+def test_default_build_never_launches_clusters(kernels):
+    before = _cluster_launches(kernels)
+    _assert_ok(runner.run_static_case(kernels, runner.StaticCase((300,), 1, 512, 4, 1, 64, "float16"), "cpu"))
+    assert _cluster_launches(kernels) == before
+
+
+def test_one_wave_policy_keeps_the_split_plan_where_clusters_do_not_fit(tmp_path_factory):
+    """UA_SPLIT_CLUSTERS=1: batch 3 x 2 KV heads = 6 row groups would need 12 blocks of the
+    emulated 6 SMs for clusters of 2, so the split plan runs; at batch 1, one head, a cluster."""
+    kernels = _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=1")
     before = _cluster_launches(kernels)
     _assert_ok(runner.run_static_case(kernels, runner.StaticCase((0, 5, 37), 1, 64, 4, 2, 64, "float16"), "cpu"))
     assert _cluster_launches(kernels) == before
