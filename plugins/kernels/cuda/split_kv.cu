@@ -969,34 +969,39 @@ ua_status choose_cluster(Instance<T, W, kEmit, kLanes>, const ua_attention_desc&
                          int& cluster) {
   using K = Shape<T, W, kEmit, kLanes>;
   cluster = 0;
-  if (UA_SPLIT_CLUSTERS == 0 || d.capacity == 0) return UA_OK;
-  const auto kernel = split_kv_cluster_kernel<T, W, kEmit, kLanes>;
-  static std::atomic<int> resident_cache[64];
-  static std::atomic<int> most_cache[64];  // the device's largest cluster + 1 (0: not asked yet)
-  int64_t resident = 0;
-  if (ua_status s = resident_blocks(kernel, K::kSmemBytes, resident_cache, resident); s != UA_OK) return s;
-  int device = 0;
-  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess)
-    return fail(UA_DEVICE_ERROR, "split_kv: no current CUDA device: %s", cudaGetErrorString(e));
-  std::atomic<int>& slot = most_cache[device & 63];
-  if (slot.load() == 0) {
-    int most = 0;
-    if (cudaError_t e = max_cluster_blocks(kernel, dim3(kThreads), K::kSmemBytes, kClusterBlocks, most);
-        e != cudaSuccess)
-      return fail(UA_DEVICE_ERROR, "split_kv: cannot read the cluster limit: %s", cudaGetErrorString(e));
-    slot.store(most + 1);
-  }
-  const int64_t groups = d.batch * d.kv_num_heads * plan.row_tiles;
-  const int64_t align = split_align(sizeof(T), W, kLanes);
-  const int64_t limit = kEmit ? imin(K::kScoreKeys, kMaxClusterKeys) : kMaxClusterKeys;
-  for (int n = slot.load() - 1; n >= 2; --n) {
-    const int64_t part = ceil_div(ceil_div(d.capacity, n), align) * align;
-    if (part <= limit && (UA_SPLIT_CLUSTERS == 2 || groups * n <= resident)) {
-      cluster = n;
-      return UA_OK;
+  // Builds without the path do not even instantiate its kernels (a shorter native build).
+  if constexpr (UA_SPLIT_CLUSTERS == 0) {
+    return UA_OK;
+  } else {
+    if (d.capacity == 0) return UA_OK;
+    const auto kernel = split_kv_cluster_kernel<T, W, kEmit, kLanes>;
+    static std::atomic<int> resident_cache[64];
+    static std::atomic<int> most_cache[64];  // the device's largest cluster + 1 (0: not asked yet)
+    int64_t resident = 0;
+    if (ua_status s = resident_blocks(kernel, K::kSmemBytes, resident_cache, resident); s != UA_OK) return s;
+    int device = 0;
+    if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess)
+      return fail(UA_DEVICE_ERROR, "split_kv: no current CUDA device: %s", cudaGetErrorString(e));
+    std::atomic<int>& slot = most_cache[device & 63];
+    if (slot.load() == 0) {
+      int most = 0;
+      if (cudaError_t e = max_cluster_blocks(kernel, dim3(kThreads), K::kSmemBytes, kClusterBlocks, most);
+          e != cudaSuccess)
+        return fail(UA_DEVICE_ERROR, "split_kv: cannot read the cluster limit: %s", cudaGetErrorString(e));
+      slot.store(most + 1);
     }
+    const int64_t groups = d.batch * d.kv_num_heads * plan.row_tiles;
+    const int64_t align = split_align(sizeof(T), W, kLanes);
+    const int64_t limit = kEmit ? imin(K::kScoreKeys, kMaxClusterKeys) : kMaxClusterKeys;
+    for (int n = slot.load() - 1; n >= 2; --n) {
+      const int64_t part = ceil_div(ceil_div(d.capacity, n), align) * align;
+      if (part <= limit && (UA_SPLIT_CLUSTERS == 2 || groups * n <= resident)) {
+        cluster = n;
+        return UA_OK;
+      }
+    }
+    return UA_OK;
   }
-  return UA_OK;
 }
 
 template <typename T, Weights W, bool kEmit, int kLanes>
@@ -1037,16 +1042,18 @@ ua_status launch_instance(Instance<T, W, kEmit, kLanes>, const ua_attention_desc
   a.partial_stats = reinterpret_cast<float*>(workspace + plan.partial_stats_offset);
   a.arrivals = reinterpret_cast<int*>(workspace + plan.arrivals_offset);
 
-  if (args.cluster > 0) {
-    a.splits = args.cluster;
-    a.split_len = 0;
-    const dim3 grid{unsigned(plan.row_tiles * args.cluster), unsigned(d.kv_num_heads), unsigned(d.batch)};
-    if (cudaError_t e = launch_clusters(split_kv_cluster_kernel<T, W, kEmit, kLanes>, grid, dim3(kThreads),
-                                        K::kSmemBytes, stream, args.cluster, a);
-        e != cudaSuccess)
-      return fail(UA_DEVICE_ERROR, "CUDA kernel split_kv (clusters of %d) could not run: %s", args.cluster,
-                  cudaGetErrorString(e));
-    return launch_status("split_kv (clusters)");
+  if constexpr (UA_SPLIT_CLUSTERS != 0) {
+    if (args.cluster > 0) {
+      a.splits = args.cluster;
+      a.split_len = 0;
+      const dim3 grid{unsigned(plan.row_tiles * args.cluster), unsigned(d.kv_num_heads), unsigned(d.batch)};
+      if (cudaError_t e = launch_clusters(split_kv_cluster_kernel<T, W, kEmit, kLanes>, grid, dim3(kThreads),
+                                          K::kSmemBytes, stream, args.cluster, a);
+          e != cudaSuccess)
+        return fail(UA_DEVICE_ERROR, "CUDA kernel split_kv (clusters of %d) could not run: %s", args.cluster,
+                    cudaGetErrorString(e));
+      return launch_status("split_kv (clusters)");
+    }
   }
   if (a.splits > 1 && !args.counters_zeroed) {
     if (cudaError_t e = cudaMemsetAsync(a.arrivals, 0, size_t(groups) * sizeof(int), stream); e != cudaSuccess)
