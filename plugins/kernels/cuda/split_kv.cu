@@ -358,14 +358,14 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
   // writing the zeros their part of shared_probs holds up to the row's last position (docs/ops.md);
   // the others combine among themselves (first_split .. end_split).
   int first_split = 0, end_split = a.splits;
-  int emit_end = S;  // shared_probs is written for keys below it
+  // shared_probs is written for keys below it: up to the last token's slot (static layout)
+  const int emit_end = fixed ? int(imin(S, query_position(a, b, a.query_len - 1) + 1)) : S;
   if (kCluster) {
     // The cluster's blocks share the slots [base, attend_hi] that some row of the group sees,
     // in equal parts (multiples of the step alignment: P chunks stay 16-byte aligned); every
     // block takes part in the combine, those without keys with an empty part. Zeros of
     // shared_probs below `base` (window-hidden slots) are written by all blocks in turn.
     constexpr int kAlign = int(split_align(sizeof(T), W, kLanes));
-    emit_end = int(imin(S, query_position(a, b, a.query_len - 1) + 1));
     const bool visible = attend_lo <= attend_hi;
     const int base = visible ? attend_lo / kAlign * kAlign : 0;
     const int span = visible ? attend_hi + 1 - base : 0;
@@ -397,7 +397,6 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
       }
     }
   } else if (fixed) {
-    emit_end = int(imin(S, query_position(a, b, a.query_len - 1) + 1));
     if (attend_lo > attend_hi || k0 > attend_hi || k1 <= attend_lo) {
       if (kEmit) {
         const int end = int(imin(k1, emit_end));
