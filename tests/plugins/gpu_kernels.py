@@ -1151,7 +1151,7 @@ VARIANTS = {
     "ckeys4": (["-DUA_CONSUMER_KEYS_PER_THREAD=4"], "decode"),  # V rows in flight per lane (consumer): 4 / 8
     "warps2": (["-DUA_DECODE_WARPS=2"], "decode"),  # warps per split-KV block: 2 / 4
     "blocks512": (["-DUA_SPLIT_MAX_BLOCKS=512"], "decode"),  # at most 512 blocks: fewer splits at batch 1
-    "clusters": (["-DUA_SPLIT_CLUSTERS=1"], "decode"),  # static decode of small batches as clusters (sm_90)
+    "split-plan": (["-DUA_SPLIT_CLUSTERS=0"], "decode"),  # no clusters: the split plan at batch 1 too (until 2026-12-07)
     "clusters-forced": (["-DUA_SPLIT_CLUSTERS=2"], "decode"),  # clusters wherever the shapes allow, batch 32 too
     "flash32rows": (["-DUA_FLASH_TILES_D64=2"], "prefill"),  # run 1's default, for the record
 }

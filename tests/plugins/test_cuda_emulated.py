@@ -152,13 +152,19 @@ def test_alternate_tuning_static_layout_matches_reference(alternate_kernels, cas
 
 
 # The cluster path of the split-KV kernel (sm_90: a row group's blocks combine through each
-# other's shared memory, their keys split at run time from the positions). Off in the default
-# build until it has run on a GPU; UA_SPLIT_CLUSTERS=1 takes it where all clusters fit one wave
-# of the device, which the emulated 6 SMs rarely allow: this build takes it wherever the shapes
-# do (UA_SPLIT_CLUSTERS=2), in clusters of up to 4 blocks (cuda_emu.h).
+# other's shared memory, their keys split at run time from the positions). The default build
+# (UA_SPLIT_CLUSTERS=1) takes it where all clusters fit one wave of the device, which the
+# emulated 6 SMs allow only for one or two row groups; this build takes it wherever the shapes
+# do (UA_SPLIT_CLUSTERS=2), in clusters of up to 4 blocks (cuda_emu.h), and the split plan's
+# build (UA_SPLIT_CLUSTERS=0) never does: between them every static case runs both ways.
 @pytest.fixture(scope="module")
 def cluster_kernels(tmp_path_factory) -> runner.Kernels:
     return _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=2")
+
+
+@pytest.fixture(scope="module")
+def split_plan_kernels(tmp_path_factory) -> runner.Kernels:
+    return _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=0")
 
 
 def _cluster_launches(kernels: runner.Kernels) -> int:
@@ -178,26 +184,30 @@ def test_cluster_path_static_layout_matches_reference(cluster_kernels, case):
     assert _cluster_launches(cluster_kernels) > before, "the case never reached the cluster path"
 
 
-def test_cluster_path_graph_replay(cluster_kernels):
-    """Six decode steps at new positions through the cluster path: every block's share of the
-    keys follows from the positions read on the device, the launch stays the same."""
-    before = _cluster_launches(cluster_kernels)
-    result = runner.graph_check(cluster_kernels)
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: c.name())
+def test_split_plan_static_layout_matches_reference(split_plan_kernels, case):
+    before = _cluster_launches(split_plan_kernels)
+    _assert_ok(runner.run_static_case(split_plan_kernels, case, "cpu"))
+    assert _cluster_launches(split_plan_kernels) == before
+
+
+@pytest.mark.parametrize("build", ["cluster_kernels", "split_plan_kernels"], ids=["clusters", "split-plan"])
+def test_graph_replay_both_ways(request, build):
+    """Six decode steps at new positions: through the cluster path every block's share of the
+    keys follows from the positions read on the device, the launch stays the same; through
+    the split plan the working splits change with the positions."""
+    kernels = request.getfixturevalue(build)
+    before = _cluster_launches(kernels)
+    result = runner.graph_check(kernels)
     assert "error" not in result, result.get("traceback")
     assert result["ok"], [c for c in result["checks"] if not c["ok"]]
-    assert _cluster_launches(cluster_kernels) >= before + 12  # producer and consumer, six steps
+    launches = _cluster_launches(kernels) - before
+    assert launches >= 12 if build == "cluster_kernels" else launches == 0  # producer and consumer, six steps
 
 
-def test_default_build_never_launches_clusters(kernels):
-    before = _cluster_launches(kernels)
-    _assert_ok(runner.run_static_case(kernels, runner.StaticCase((300,), 1, 512, 4, 1, 64, "float16"), "cpu"))
-    assert _cluster_launches(kernels) == before
-
-
-def test_one_wave_policy_keeps_the_split_plan_where_clusters_do_not_fit(tmp_path_factory):
-    """UA_SPLIT_CLUSTERS=1: batch 3 x 2 KV heads = 6 row groups would need 12 blocks of the
+def test_one_wave_policy_keeps_the_split_plan_where_clusters_do_not_fit(kernels):
+    """The default build: batch 3 x 2 KV heads = 6 row groups would need 12 blocks of the
     emulated 6 SMs for clusters of 2, so the split plan runs; at batch 1, one head, a cluster."""
-    kernels = _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=1")
     before = _cluster_launches(kernels)
     _assert_ok(runner.run_static_case(kernels, runner.StaticCase((0, 5, 37), 1, 64, 4, 2, 64, "float16"), "cpu"))
     assert _cluster_launches(kernels) == before
@@ -297,11 +307,11 @@ def _asan_runtime() -> str:
     return path
 
 
-@pytest.mark.parametrize("flags", [(), ("-DUA_SPLIT_CLUSTERS=2",)], ids=["default", "clusters"])
+@pytest.mark.parametrize("flags", [("-DUA_SPLIT_CLUSTERS=0",), ("-DUA_SPLIT_CLUSTERS=2",)], ids=["split-plan", "clusters"])
 def test_no_access_outside_the_tensors(tmp_path_factory, flags):
     """The cases above on an AddressSanitizer build, in a child process that preloads the
-    ASan runtime (stack instrumentation off: the emulator's fibers switch stacks); again with
-    the cluster path wherever the shapes allow it."""
+    ASan runtime (stack instrumentation off: the emulator's fibers switch stacks); once with
+    the split plan everywhere, once with the cluster path wherever the shapes allow it."""
     # not loaded here: an ASan library refuses a process whose runtime was not preloaded
     asan = _compile(tmp_path_factory, *flags, "-fsanitize=address", "-fno-omit-frame-pointer", "--param",
                     "asan-stack=0")

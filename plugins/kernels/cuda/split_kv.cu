@@ -69,12 +69,12 @@ namespace {
 #ifndef UA_SPLIT_MAX_BLOCKS
 #define UA_SPLIT_MAX_BLOCKS 4096
 #endif
-// Where the cluster path runs: 0 nowhere (the default until it has run on a GPU: the
-// emulator checks its logic, not the sm_90 instructions; NOTES.md, "Clusters"), 1 where the
-// clusters of all row groups fit one wave of the device, 2 wherever the device and the
-// shapes allow it (tests of the path on small devices).
+// Where the cluster path runs: 1 (the default) where the clusters of all row groups fit one
+// wave of the device, 0 nowhere (the split plan everywhere; a shorter build, NOTES.md
+// "Clusters"), 2 wherever the device and the shapes allow it (tests of the path on small
+// devices; slower at batch 32 on an H100).
 #ifndef UA_SPLIT_CLUSTERS
-#define UA_SPLIT_CLUSTERS 0
+#define UA_SPLIT_CLUSTERS 1
 #endif
 
 constexpr int kWarps = UA_DECODE_WARPS;
