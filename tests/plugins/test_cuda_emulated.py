@@ -177,21 +177,20 @@ CLUSTER_CASES = [c for c in runner.static_cases(large=False) + runner.random_sta
                  if c.query_len <= 16]
 
 
-@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: c.name())
-def test_cluster_path_static_layout_matches_reference(cluster_kernels, case):
-    before = _cluster_launches(cluster_kernels)
-    _assert_ok(runner.run_static_case(cluster_kernels, case, "cpu"))
-    assert _cluster_launches(cluster_kernels) > before, "the case never reached the cluster path"
+BUILDS = pytest.mark.parametrize("build", ["cluster_kernels", "split_plan_kernels"], ids=["clusters", "split-plan"])
 
 
 @pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: c.name())
-def test_split_plan_static_layout_matches_reference(split_plan_kernels, case):
-    before = _cluster_launches(split_plan_kernels)
-    _assert_ok(runner.run_static_case(split_plan_kernels, case, "cpu"))
-    assert _cluster_launches(split_plan_kernels) == before
+@BUILDS
+def test_static_layout_both_ways(request, build, case):
+    kernels = request.getfixturevalue(build)
+    before = _cluster_launches(kernels)
+    _assert_ok(runner.run_static_case(kernels, case, "cpu"))
+    launched = _cluster_launches(kernels) > before
+    assert launched == (build == "cluster_kernels"), f"cluster path taken: {launched}"
 
 
-@pytest.mark.parametrize("build", ["cluster_kernels", "split_plan_kernels"], ids=["clusters", "split-plan"])
+@BUILDS
 def test_graph_replay_both_ways(request, build):
     """Six decode steps at new positions: through the cluster path every block's share of the
     keys follows from the positions read on the device, the launch stays the same; through
