@@ -66,12 +66,14 @@ __device__ __forceinline__ int64_t query_position(const Geometry& g, int64_t b, 
 // instances built for older targets trap if ever reached.
 
 // Every thread of every block of the cluster arrives; shared-memory writes before it are
-// visible to the whole cluster after it.
+// visible to the whole cluster after it. Not the `.aligned` form: that one requires each warp
+// to arrive converged, and after loops whose trip count differs between lanes it may not be
+// (compute-sanitizer synccheck reported "divergent thread(s) in warp" here on the H200).
 __device__ __forceinline__ void cluster_sync() {
 #if defined(UA_CUDA_EMULATE)
   ua_emu::cluster_barrier();
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
 #else
   __trap();
 #endif
