@@ -168,7 +168,7 @@ def hidden_gpu_refusal(binary: Path, artifact: Path, prompts_file: Path, onnxrun
     done = subprocess.run([str(binary), str(artifact), str(prompts_file), "--onnxruntime", onnxruntime,
                            "--device", "cuda", "--max-new-tokens", "2"], capture_output=True, text=True, env=env)  # fmt: skip
     refused = done.returncode != 0 and not done.stdout.strip() and done.stderr.startswith("uniattn_cpp_service: error:")
-    return refused, (done.stderr or done.stdout).strip()[-300:]
+    return refused, (done.stderr or done.stdout)[:600]  # its start: what came before our line shows there
 
 
 def check_dtype(dtype: str, artifact: Path, binary: Path, prompts_file: Path, onnxruntime: str,

@@ -52,16 +52,37 @@ const OrtLibrary& load_onnxruntime(const char* path) {
   return *found->second;
 }
 
-std::string consume(const OrtApi* api, OrtStatus* status) {
-  if (status == nullptr) return "";
-  std::string message = api->GetErrorMessage(status);
-  api->ReleaseStatus(status);
-  // ORT's messages can span lines (the CUDA EP's "no device" error does); ours are one line.
-  for (char& c : message) {
-    if (c == '\n' || c == '\r') c = ' ';
+namespace {
+
+// ORT's log lines of this thread since its last consume(), at most kLoggedLimit bytes.
+thread_local std::string logged;
+constexpr size_t kLoggedLimit = 2000;
+
+// ORT's messages can span lines (the CUDA EP's "no device" error does); ours are one line.
+std::string one_line(std::string text) {
+  for (char& c : text) {
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
   }
-  while (!message.empty() && message.back() == ' ') message.pop_back();
-  return message.empty() ? "unknown error" : message;
+  while (!text.empty() && text.back() == ' ') text.pop_back();
+  return text;
+}
+
+}  // namespace
+
+void keep_log_line(void*, OrtLoggingLevel, const char*, const char*, const char*, const char* message) {
+  if (message == nullptr || logged.size() >= kLoggedLimit) return;
+  logged += (logged.empty() ? "" : "; ") + one_line(message);
+  if (logged.size() > kLoggedLimit) logged.resize(kLoggedLimit);
+}
+
+std::string consume(const OrtApi* api, OrtStatus* status) {
+  std::string log = one_line(std::exchange(logged, std::string()));
+  if (status == nullptr) return "";
+  std::string message = one_line(api->GetErrorMessage(status));
+  api->ReleaseStatus(status);
+  if (message.empty()) message = "unknown error";
+  if (!log.empty() && message.find(log) == std::string::npos) message += "; ONNX Runtime logged: " + log;
+  return message;
 }
 
 void check(const OrtApi* api, OrtStatus* status, const std::string& what) {

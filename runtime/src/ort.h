@@ -21,7 +21,15 @@ struct OrtLibrary {
 // library stays loaded for the life of the process (ORT keeps global state).
 const OrtLibrary& load_onnxruntime(const char* path);
 
-// The message of `status`, which it releases; "" for success (NULL).
+// The sink of the runtime's ORT environment. ORT's own log lines (severity error and up) never
+// reach stderr, where a service prints one line per failure: each is kept for the thread that
+// logged it and added to the next error message that thread reads through consume() (the CUDA
+// provider's loader, for one, logs why it failed and returns a shorter status).
+void keep_log_line(void* param, OrtLoggingLevel severity, const char* category, const char* logid,
+                   const char* code_location, const char* message);
+
+// The message of `status`, which it releases, followed by what ORT logged on this thread since
+// the last call; "" for success (NULL), which also forgets the logged lines.
 std::string consume(const OrtApi* api, OrtStatus* status);
 
 // Throws Error(UNIATTN_ORT_ERROR, "<what>: <ORT's message>") when `status` is an error.

@@ -31,10 +31,14 @@ void append_cuda(const OrtLibrary& library, OrtSessionOptions* session_options, 
     check(api, api->SessionOptionsAppendExecutionProvider_CUDA_V2(session_options, cuda_options.get()),
           "SessionOptionsAppendExecutionProvider_CUDA_V2");
   } catch (const Error& error) {
+    const std::string message = error.what();
+    const std::string fix = message.find("no CUDA-capable device") != std::string::npos
+                                ? "No GPU is visible to this process (check CUDA_VISIBLE_DEVICES and the driver): "
+                                  "run where one is, or on the CPU"
+                                : "Pass the libonnxruntime.so of onnxruntime-gpu " + library.version +
+                                      " with its CUDA libraries on the loader path, or run on the CPU";
     throw Error(UNIATTN_ORT_ERROR, "ONNX Runtime " + library.version + " at " + library.path +
-                                       " cannot use the CUDA execution provider (" + error.what() +
-                                       "). Pass the libonnxruntime.so of onnxruntime-gpu " + library.version +
-                                       " with its CUDA libraries on the loader path, or run on the CPU");
+                                       " cannot use the CUDA execution provider (" + message + "). " + fix);
   }
 }
 
@@ -92,7 +96,9 @@ Session::Session(const Manifest& manifest, const SessionOptions& options)
   if (device_io_ && (kernels_ == nullptr || kernels_->cuda_copy == nullptr || kernels_->cuda_zero == nullptr)) {
     throw Error(UNIATTN_INTERNAL_ERROR, "static caches on CUDA need the kernel library's ua_cuda_copy");
   }
-  check(api_, api_->CreateEnv(ORT_LOGGING_LEVEL_ERROR, "uniattn_runtime", env_.out()), "CreateEnv");
+  // ORT keeps one environment per process: a later call returns it, with the first one's sink.
+  check(api_, api_->CreateEnvWithCustomLogger(keep_log_line, nullptr, ORT_LOGGING_LEVEL_ERROR, "uniattn_runtime", env_.out()),
+        "CreateEnvWithCustomLogger");
   const bool try_graphs = device_io_ && options.cuda_graphs;
   const std::string refusal = create_session(options, try_graphs);
   cuda_graphs_ = try_graphs && refusal.empty();

@@ -128,12 +128,16 @@ typedef struct OrtApiBase {
 /* An entry uniattn does not call: right size, no signature. */
 #define UA_ORT_UNTYPED(name) void(ORT_API_CALL * name)(void)
 
+// A log sink: ORT calls it for each message at or above the environment's severity.
+typedef void(ORT_API_CALL* OrtLoggingFunction)(void* param, OrtLoggingLevel severity, const char* category,
+                                               const char* logid, const char* code_location, const char* message);
+
 struct OrtApi {
   /*   0 */ OrtStatus*(ORT_API_CALL* CreateStatus)(OrtErrorCode code, const char* msg) UA_ORT_NOEXCEPT;
   /*   1 */ UA_ORT_UNTYPED(GetErrorCode);
   /*   2 */ const char*(ORT_API_CALL* GetErrorMessage)(const OrtStatus* status) UA_ORT_NOEXCEPT;
   /*   3 */ OrtStatus*(ORT_API_CALL* CreateEnv)(OrtLoggingLevel log_severity_level, const char* logid, OrtEnv** out) UA_ORT_NOEXCEPT;
-  /*   4 */ UA_ORT_UNTYPED(CreateEnvWithCustomLogger);
+  /*   4 */ OrtStatus*(ORT_API_CALL* CreateEnvWithCustomLogger)(OrtLoggingFunction logging_function, void* logger_param, OrtLoggingLevel log_severity_level, const char* logid, OrtEnv** out) UA_ORT_NOEXCEPT;
   /*   5 */ UA_ORT_UNTYPED(EnableTelemetryEvents);
   /*   6 */ UA_ORT_UNTYPED(DisableTelemetryEvents);
   /*   7 */ OrtStatus*(ORT_API_CALL* CreateSession)(const OrtEnv* env, const char* model_path, const OrtSessionOptions* options, OrtSession** out) UA_ORT_NOEXCEPT;
@@ -412,6 +416,7 @@ struct OrtApi {
 UA_ORT_AT(CreateStatus, 0);
 UA_ORT_AT(GetErrorMessage, 2);
 UA_ORT_AT(CreateEnv, 3);
+UA_ORT_AT(CreateEnvWithCustomLogger, 4);
 UA_ORT_AT(CreateSession, 7);
 UA_ORT_AT(CreateSessionOptions, 10);
 UA_ORT_AT(EnableProfiling, 14);
