@@ -42,3 +42,41 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def failing_at_run_time():
+    """copy(artifact, to) -> a copy of the artifact folder whose graph loads but fails inside ONNX
+    Runtime at the first run: the logits go through a Reshape to (batch, length, vocab - 1), a
+    shape computed in the graph, so only the run finds out that the values do not fit. Hashes
+    updated as a careful forger would. ORT logs such a failure itself, as well as returning it."""
+    import json
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from uniattn_export.export.artifact import sha256_of
+
+    def copy(artifact, to):
+        shutil.copytree(artifact, to)
+        model = onnx.load(to / "model.onnx")
+        vocab = model.graph.output[[o.name for o in model.graph.output].index("logits")].type.tensor_type.shape.dim[2]
+        producer = next(node for node in model.graph.node if "logits" in node.output)
+        producer.output[list(producer.output).index("logits")] = "logits_before_reshape"
+        for name, value in (("zero", 0), ("two", 2), ("one_short", vocab.dim_value - 1)):
+            model.graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
+        model.graph.node.extend([
+            helper.make_node("Shape", ["logits_before_reshape"], ["logits_shape"]),
+            helper.make_node("Slice", ["logits_shape", "zero", "two"], ["batch_and_length"]),
+            helper.make_node("Concat", ["batch_and_length", "one_short"], ["odd_shape"], axis=0),
+            helper.make_node("Reshape", ["logits_before_reshape", "odd_shape"], ["logits"]),
+        ])  # fmt: skip
+        onnx.save(model, to / "model.onnx")
+        manifest = json.loads((to / "uniattn_manifest.json").read_text())
+        manifest["files"]["model.onnx"] = {"sha256": sha256_of(to / "model.onnx"), "bytes": (to / "model.onnx").stat().st_size}
+        (to / "uniattn_manifest.json").write_text(json.dumps(manifest))
+        return to
+
+    return copy

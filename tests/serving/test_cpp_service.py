@@ -5,15 +5,12 @@ sampling) and logits, and bad input must exit with code 2 and one line on stderr
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
-import onnx
 import pytest
 
 from uniattn_export import native
-from uniattn_export.export.artifact import sha256_of
 from uniattn_export.targets.ort import OrtSession
 from uniattn_export.targets.session import Sampling
 
@@ -119,26 +116,11 @@ def test_cuda_without_onnxruntime_gpu_is_an_error_not_a_crash(cpp_service, tiny_
     assert "(UNIATTN_ORT_ERROR)" in done.stderr and "cannot use the CUDA execution provider" in done.stderr
 
 
-def test_a_node_failing_inside_onnx_runtime_is_one_line_on_stderr(cpp_service, tiny_artifact, prompt_file, tmp_path):
+def test_a_node_failing_inside_onnx_runtime_is_one_line_on_stderr(cpp_service, tiny_artifact, prompt_file, tmp_path,
+                                                                  failing_at_run_time):
     """ONNX Runtime logs a failing node to stderr itself (the Python wheel prints it in red); the
     service must still print exactly its one error line, with ORT's message inside it."""
-    artifact = tmp_path / "artifact"
-    shutil.copytree(tiny_artifact, artifact)
-    model = onnx.load(artifact / "model.onnx")
-    logits = next(output for output in model.graph.output if output.name == "logits")
-    producer = next(node for node in model.graph.node if "logits" in node.output)
-    producer.output[list(producer.output).index("logits")] = "logits_before_reshape"
-    # 15 columns: no batch x length x 256 logits divide into them (21 and 3 rows here), which
-    # only the run finds out (the shapes are symbolic until then).
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1, 5, 3], np.int64), "odd_shape"))
-    model.graph.node.append(onnx.helper.make_node("Reshape", ["logits_before_reshape", "odd_shape"], ["logits"]))
-    logits.type.tensor_type.ClearField("shape")
-    onnx.save(model, artifact / "model.onnx")
-    manifest = json.loads((artifact / "uniattn_manifest.json").read_text())
-    manifest["files"]["model.onnx"] = {"sha256": sha256_of(artifact / "model.onnx"),
-                                       "bytes": (artifact / "model.onnx").stat().st_size}  # fmt: skip
-    (artifact / "uniattn_manifest.json").write_text(json.dumps(manifest))
-
+    artifact = failing_at_run_time(tiny_artifact, tmp_path / "artifact")
     done = _run(cpp_service, artifact, prompt_file, "--onnxruntime", native.onnxruntime_library(), "--max-new-tokens", 2)
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.splitlines()

@@ -153,6 +153,15 @@ def test_runtime_errors_are_one_line(tiny, monkeypatch):
         OrtSession(artifact, custom_ops=True)
 
 
+def test_a_node_failing_inside_onnx_runtime_is_raised_not_printed(tiny, tmp_path, capfd, failing_at_run_time):
+    _, artifact = tiny("llama")
+    broken = OrtSession(failing_at_run_time(artifact.path, tmp_path / "artifact"), custom_ops=False)
+    capfd.readouterr()
+    with pytest.raises(Exception, match="running Reshape node.*requested shape"):
+        broken.generate([[1, 2, 3]], 2)
+    assert capfd.readouterr().err == ""  # ORT logs the failure itself unless told not to
+
+
 def test_bfloat16_on_the_cpu_is_refused_clearly(tiny):
     _, artifact = tiny("llama", "bfloat16")
     with pytest.raises(UniAttnError, match="CPU execution provider cannot run this bfloat16 artifact"):

@@ -234,7 +234,9 @@ class OrtSession(GenerationSession):
         self.io_binding = device == "cuda" or self.static or bool(io_binding)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+        # Fatal only: warnings (unused initializers and the like) are noise here, and a failing
+        # node's error is raised with the same text, which ORT would otherwise also print.
+        options.log_severity_level = 4
         library, bodies_reason = custom_op_library_for(self.static, custom_ops)
         if library is not None:
             try:
