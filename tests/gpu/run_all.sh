@@ -5,7 +5,9 @@
 #   CHECKS="ort_cuda_graph cpp_service" ...   # only those checks (names below)
 #
 # (onnxruntime-gpu 1.31.1, onnxruntime-genai-cuda 0.18.0 and nlohmann-json staged into /root/site first:
-#  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 onnxruntime-genai-cuda==0.18.0 nlohmann-json==3.12.0)
+#  ../shared/gpu/stage-wheels.sh onnxruntime-gpu==1.31.1 onnxruntime-genai-cuda==0.18.0 nlohmann-json==3.12.0;
+#  the checks export their models there, so for graphs of a supported transformers also stage 5.25 into
+#  /root/site-tf and add it to PYTHONPATH: README, "What ran where")
 # Builds the native libraries with CUDA for this GPU into build/gpu (unless
 # UNIATTN_EXPORT_LIB_DIR already holds them), then runs each check below with its log and
 # JSON under $OUT/gpu_checks (./gpu_checks when OUT is unset). Prints one PASS/FAIL line per
