@@ -57,26 +57,27 @@ def failing_at_run_time():
     import onnx
     from onnx import helper, numpy_helper
 
-    from uniattn_export.export.artifact import sha256_of
+    from uniattn_export.export.artifact import MANIFEST_FILE, MODEL_FILE, file_record
+    from uniattn_export.export.io_names import LOGITS
 
     def copy(artifact, to):
         shutil.copytree(artifact, to)
-        model = onnx.load(to / "model.onnx")
-        vocab = model.graph.output[[o.name for o in model.graph.output].index("logits")].type.tensor_type.shape.dim[2]
-        producer = next(node for node in model.graph.node if "logits" in node.output)
-        producer.output[list(producer.output).index("logits")] = "logits_before_reshape"
-        for name, value in (("zero", 0), ("two", 2), ("one_short", vocab.dim_value - 1)):
+        model = onnx.load(to / MODEL_FILE)
+        vocab = next(o for o in model.graph.output if o.name == LOGITS).type.tensor_type.shape.dim[2].dim_value
+        producer = next(node for node in model.graph.node if LOGITS in node.output)
+        producer.output[list(producer.output).index(LOGITS)] = "logits_before_reshape"
+        for name, value in (("zero", 0), ("two", 2), ("one_short", vocab - 1)):
             model.graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), name))
         model.graph.node.extend([
             helper.make_node("Shape", ["logits_before_reshape"], ["logits_shape"]),
             helper.make_node("Slice", ["logits_shape", "zero", "two"], ["batch_and_length"]),
             helper.make_node("Concat", ["batch_and_length", "one_short"], ["odd_shape"], axis=0),
-            helper.make_node("Reshape", ["logits_before_reshape", "odd_shape"], ["logits"]),
+            helper.make_node("Reshape", ["logits_before_reshape", "odd_shape"], [LOGITS]),
         ])  # fmt: skip
-        onnx.save(model, to / "model.onnx")
-        manifest = json.loads((to / "uniattn_manifest.json").read_text())
-        manifest["files"]["model.onnx"] = {"sha256": sha256_of(to / "model.onnx"), "bytes": (to / "model.onnx").stat().st_size}
-        (to / "uniattn_manifest.json").write_text(json.dumps(manifest))
+        onnx.save(model, to / MODEL_FILE)
+        manifest = json.loads((to / MANIFEST_FILE).read_text())
+        manifest["files"][MODEL_FILE] = file_record(to / MODEL_FILE)
+        (to / MANIFEST_FILE).write_text(json.dumps(manifest))
         return to
 
     return copy

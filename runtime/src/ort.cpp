@@ -76,7 +76,7 @@ void keep_log_line(void*, OrtLoggingLevel, const char*, const char*, const char*
 }
 
 std::string consume(const OrtApi* api, OrtStatus* status) {
-  std::string log = one_line(std::exchange(logged, std::string()));
+  const std::string log = std::exchange(logged, std::string());  // one line already (keep_log_line)
   if (status == nullptr) return "";
   std::string message = one_line(api->GetErrorMessage(status));
   api->ReleaseStatus(status);

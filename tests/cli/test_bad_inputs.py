@@ -19,7 +19,7 @@ import pytest
 from uniattn_export.cli.main import main
 from uniattn_export.cli.outcome import run_command
 from uniattn_export.export import export_model
-from uniattn_export.export.artifact import sha256_of
+from uniattn_export.export.artifact import file_record
 from uniattn_export.model import load_model
 from uniattn_export.model.synthetic import byte_tokenizer, random_base_model, released_checkpoint, tiny_config
 
@@ -67,7 +67,7 @@ def _edit_json(path: Path, edit) -> None:
 
 def _rehash(artifact: Path, name: str) -> None:
     def update(manifest):
-        manifest["files"][name] = {"sha256": sha256_of(artifact / name), "bytes": (artifact / name).stat().st_size}
+        manifest["files"][name] = file_record(artifact / name)
 
     _edit_json(artifact / "uniattn_manifest.json", update)
 

@@ -13,7 +13,7 @@ import pytest
 
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export import load_artifact
-from uniattn_export.export.artifact import sha256_of
+from uniattn_export.export.artifact import file_record
 
 
 def _edit_json(path, edit):
@@ -26,7 +26,7 @@ def _rehash(artifact, name):
     """Record `name`'s new hash in the manifest, as a careful forger would."""
 
     def update(manifest):
-        manifest["files"][name] = {"sha256": sha256_of(artifact / name), "bytes": (artifact / name).stat().st_size}
+        manifest["files"][name] = file_record(artifact / name)
 
     _edit_json(artifact / "uniattn_manifest.json", update)
 

@@ -48,6 +48,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def file_record(path: Path) -> dict:
+    """A file's entry under the manifest's "files": what both loaders check before using it."""
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
 def io_spec(values) -> list[dict]:
     specs = []
     for value in values:
@@ -126,7 +131,7 @@ def build_manifest(
         ),
         "inputs": io_spec(graph.graph.input),
         "outputs": io_spec(graph.graph.output),
-        "files": {name: {"sha256": sha256_of(folder / name), "bytes": (folder / name).stat().st_size} for name in files},
+        "files": {name: file_record(folder / name) for name in files},
     }
 
 
