@@ -50,14 +50,14 @@ def failing_at_run_time():
     Runtime at the first run: the logits go through a Reshape to (batch, length, vocab - 1), a
     shape computed in the graph, so only the run finds out that the values do not fit. Hashes
     updated as a careful forger would. ORT logs such a failure itself, as well as returning it."""
-    import json
     import shutil
 
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
-    from uniattn_export.export.artifact import MANIFEST_FILE, MODEL_FILE, file_record
+    from artifact_edits import rehash
+    from uniattn_export.export.artifact import MODEL_FILE
     from uniattn_export.export.io_names import LOGITS
 
     def copy(artifact, to):
@@ -75,9 +75,7 @@ def failing_at_run_time():
             helper.make_node("Reshape", ["logits_before_reshape", "odd_shape"], [LOGITS]),
         ])  # fmt: skip
         onnx.save(model, to / MODEL_FILE)
-        manifest = json.loads((to / MANIFEST_FILE).read_text())
-        manifest["files"][MODEL_FILE] = file_record(to / MODEL_FILE)
-        (to / MANIFEST_FILE).write_text(json.dumps(manifest))
+        rehash(to, MODEL_FILE)
         return to
 
     return copy

@@ -19,9 +19,10 @@ import pytest
 from uniattn_export.cli.main import main
 from uniattn_export.cli.outcome import run_command
 from uniattn_export.export import export_model
-from uniattn_export.export.artifact import file_record
 from uniattn_export.model import load_model
 from uniattn_export.model.synthetic import byte_tokenizer, random_base_model, released_checkpoint, tiny_config
+
+from artifact_edits import edit_json, rehash
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -59,19 +60,6 @@ def read_only(folder: Path):
         folder.chmod(0o755)
 
 
-def _edit_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-
-
-def _rehash(artifact: Path, name: str) -> None:
-    def update(manifest):
-        manifest["files"][name] = file_record(artifact / name)
-
-    _edit_json(artifact / "uniattn_manifest.json", update)
-
-
 def _int64_weight(checkpoint: Path) -> None:
     from safetensors.torch import load_file, save_file
 
@@ -89,13 +77,13 @@ def _set(key, value):
 CHECKPOINT_CASES = [
     ("config_json_a_list", lambda c: (c / "config.json").write_text("[1, 2]"), [],
      "config.json holds a JSON list, not an object"),
-    ("unknown_rope_type", lambda c: _edit_json(c / "config.json", _set("rope_scaling", {"rope_type": "bogus", "factor": 2.0})),
+    ("unknown_rope_type", lambda c: edit_json(c / "config.json", _set("rope_scaling", {"rope_type": "bogus", "factor": 2.0})),
      [], "rope_scaling rope_type 'bogus', which transformers does not know. Use one of default, linear"),
-    ("grouping_idx_float", lambda c: _edit_json(c / "config.json", _set("grouping_idx", 3.7)), [],
+    ("grouping_idx_float", lambda c: edit_json(c / "config.json", _set("grouping_idx", 3.7)), [],
      "grouping_idx / grouping_begin_idx / grouping_end_idx must be integers, got 3.7 / 1 / 4"),
     ("int64_weight", _int64_weight, [],
      "weight model.layers.0.mlp.gate_proj.weight has dtype int64, not a floating-point type"),
-    ("max_position_embeddings_0", lambda c: _edit_json(c / "config.json", _set("max_position_embeddings", 0)), [],
+    ("max_position_embeddings_0", lambda c: edit_json(c / "config.json", _set("max_position_embeddings", 0)), [],
      "has max_position_embeddings=0, expected a positive integer"),
     ("dtype_int8", None, ["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
     ("max_new_tokens_beyond_the_context", None, ["--max-new-tokens", "100000"],
@@ -148,11 +136,11 @@ def _truncate(path: Path) -> None:
 
 def _garbage_graph(artifact: Path) -> None:
     (artifact / "model.onnx").write_bytes(b"not a protobuf" * 50)
-    _rehash(artifact, "model.onnx")
+    rehash(artifact, "model.onnx")
 
 
 def _manifest(edit):
-    return lambda artifact: _edit_json(artifact / "uniattn_manifest.json", edit)
+    return lambda artifact: edit_json(artifact / "uniattn_manifest.json", edit)
 
 
 # (id, damage of the artifact copy, damage of the golden copy, words of the one line)
@@ -175,9 +163,9 @@ ARTIFACT_CASES = [
      "the inputs of", ),
     ("golden_logits_truncated", None, lambda g: _truncate(g / "logits.npz"), "cannot read the golden outputs in"),
     ("golden_json_truncated", None, lambda g: _truncate(g / "golden.json"), "cannot read the golden outputs in"),
-    ("golden_missing_keys", None, lambda g: _edit_json(g / "golden.json", lambda r: r.pop("tokens")),
+    ("golden_missing_keys", None, lambda g: edit_json(g / "golden.json", lambda r: r.pop("tokens")),
      "golden.json lacks tokens. Store them again with --update-golden"),
-    ("golden_tolerance_missing", None, lambda g: _edit_json(g / "golden.json", _set("tolerance", {})),
+    ("golden_tolerance_missing", None, lambda g: edit_json(g / "golden.json", _set("tolerance", {})),
      "golden.json has no numeric tolerance.logits_abs"),
 ]  # fmt: skip
 

@@ -13,7 +13,9 @@ from onnx import helper
 
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export import load_artifact
-from uniattn_export.export.artifact import io_spec, sha256_of, write_manifest
+from uniattn_export.export.artifact import io_spec, write_manifest
+
+from artifact_edits import rehash
 
 
 @pytest.fixture
@@ -30,14 +32,7 @@ def _edit_graph(folder, edit):
     manifest = json.loads((folder / "uniattn_manifest.json").read_text())
     manifest["inputs"], manifest["outputs"] = io_spec(model.graph.input), io_spec(model.graph.output)
     write_manifest(folder, manifest)
-    _rehash(folder)
-
-
-def _rehash(folder):
-    manifest = json.loads((folder / "uniattn_manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        entry["sha256"] = sha256_of(folder / name)
-    write_manifest(folder, manifest)
+    rehash(folder)
 
 
 def _node(model, layer):
@@ -140,7 +135,7 @@ def test_wrong_node_type_for_the_role(folder):
 def test_layer_map_copies_must_agree(folder):
     (folder / "uniattn_layer_map.json").write_text(json.dumps(
         {"format_version": 1, "num_layers": 6, "layer_map": {"1": [2, 4]}}))  # fmt: skip
-    _rehash(folder)
+    rehash(folder)
     _expect(folder, r"the layer map in .*uniattn_layer_map\.json differs from the manifest's")
 
 

@@ -6,29 +6,14 @@ generation that would run past the model's positions."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export import load_artifact
-from uniattn_export.export.artifact import file_record
 
-
-def _edit_json(path, edit):
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-
-
-def _rehash(artifact, name):
-    """Record `name`'s new hash in the manifest, as a careful forger would."""
-
-    def update(manifest):
-        manifest["files"][name] = file_record(artifact / name)
-
-    _edit_json(artifact / "uniattn_manifest.json", update)
+from artifact_edits import edit_json, rehash
 
 
 def _flip_16_bytes(artifact):
@@ -39,7 +24,7 @@ def _flip_16_bytes(artifact):
 
 
 def _manifest(edit):
-    return lambda artifact: _edit_json(artifact / "uniattn_manifest.json", edit)
+    return lambda artifact: edit_json(artifact / "uniattn_manifest.json", edit)
 
 
 def _set(key, value):
@@ -47,18 +32,18 @@ def _set(key, value):
 
 
 def _layer_map_file(artifact):
-    _edit_json(artifact / "uniattn_layer_map.json", lambda m: m["layer_map"].pop("4"))  # 4 -> 5 gone
-    _rehash(artifact, "uniattn_layer_map.json")
+    edit_json(artifact / "uniattn_layer_map.json", lambda m: m["layer_map"].pop("4"))  # 4 -> 5 gone
+    rehash(artifact, "uniattn_layer_map.json")
 
 
 def _config_vocab(artifact):
-    _edit_json(artifact / "config.json", _set("vocab_size", 300))
-    _rehash(artifact, "config.json")
+    edit_json(artifact / "config.json", _set("vocab_size", 300))
+    rehash(artifact, "config.json")
 
 
 def _config_positions(artifact):
-    _edit_json(artifact / "config.json", lambda c: c.pop("max_position_embeddings"))
-    _rehash(artifact, "config.json")
+    edit_json(artifact / "config.json", lambda c: c.pop("max_position_embeddings"))
+    rehash(artifact, "config.json")
 
 
 CASES = [

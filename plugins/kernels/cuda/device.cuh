@@ -66,9 +66,9 @@ __device__ __forceinline__ int64_t query_position(const Geometry& g, int64_t b, 
 // instances built for older targets trap if ever reached.
 
 // Every thread of every block of the cluster arrives; shared-memory writes before it are
-// visible to the whole cluster after it. Not the `.aligned` form: that one requires each warp
-// to arrive converged, and after loops whose trip count differs between lanes it may not be
-// (compute-sanitizer synccheck reported "divergent thread(s) in warp" here on the H200).
+// visible to the whole cluster after it. Not the `.aligned` form, which requires each warp to
+// arrive converged, and the callers come from loops whose trip count differs between lanes
+// (NOTES.md, "Clusters": what compute-sanitizer synccheck reports on this kernel).
 __device__ __forceinline__ void cluster_sync() {
 #if defined(UA_CUDA_EMULATE)
   ua_emu::cluster_barrier();
@@ -76,6 +76,17 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
 #else
   __trap();
+#endif
+}
+
+// A block barrier that does not need converged warps: `barrier.sync` without `.aligned`
+// (__syncthreads() is `bar.sync`, the `.aligned` form); the same memory ordering. For the
+// barriers the split-KV kernel reaches from per-lane loops (NOTES.md, "Clusters": synccheck).
+__device__ __forceinline__ void block_sync() {
+#if defined(UA_CUDA_EMULATE)
+  __syncthreads();
+#else
+  asm volatile("barrier.sync 0;" ::: "memory");
 #endif
 }
 

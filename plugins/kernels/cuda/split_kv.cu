@@ -659,7 +659,7 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
       }
     }
   }
-  __syncthreads();
+  block_sync();  // not __syncthreads(): the warps come from per-lane branches (device.cuh)
 
   // The block's output: its warps combined.
   for (int x = tid; x < rows_here * D; x += kThreads) {
@@ -734,7 +734,7 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
           a.lse_out[s_row_global[r]] = l > 0.f ? (m + log2f(l)) * kLn2 : kInf;
       }
     }
-    __syncthreads();
+    block_sync();
     for (int x = split + a.splits * tid; x < rows_here * D; x += a.splits * kThreads) {
       const int r = x / D, d = x % D;
       float v = 0.f;
