@@ -16,6 +16,16 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(data))
 
 
+def setting(key: str, value):
+    """An edit (for edit_json) that sets `key` to `value`."""
+    return lambda data: data.__setitem__(key, value)
+
+
+def manifest_edit(edit):
+    """A damage of an artifact folder: `edit` applied to its manifest (hashes left as they were)."""
+    return lambda artifact: edit_json(artifact / MANIFEST_FILE, edit)
+
+
 def rehash(artifact: Path, *names: str) -> None:
     """Record the new hash and size of each of `names` (of every file the manifest lists when
     none is named) in the manifest."""

@@ -22,7 +22,7 @@ from uniattn_export.export import export_model
 from uniattn_export.model import load_model
 from uniattn_export.model.synthetic import byte_tokenizer, random_base_model, released_checkpoint, tiny_config
 
-from artifact_edits import edit_json, rehash
+from artifact_edits import edit_json, manifest_edit, rehash, setting
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -69,21 +69,17 @@ def _int64_weight(checkpoint: Path) -> None:
     save_file(weights, str(checkpoint / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _set(key, value):
-    return lambda data: data.__setitem__(key, value)
-
-
 # (id, damage of the checkpoint copy, extra `model` arguments, words of the one line)
 CHECKPOINT_CASES = [
     ("config_json_a_list", lambda c: (c / "config.json").write_text("[1, 2]"), [],
      "config.json holds a JSON list, not an object"),
-    ("unknown_rope_type", lambda c: edit_json(c / "config.json", _set("rope_scaling", {"rope_type": "bogus", "factor": 2.0})),
+    ("unknown_rope_type", lambda c: edit_json(c / "config.json", setting("rope_scaling", {"rope_type": "bogus", "factor": 2.0})),
      [], "rope_scaling rope_type 'bogus', which transformers does not know. Use one of default, linear"),
-    ("grouping_idx_float", lambda c: edit_json(c / "config.json", _set("grouping_idx", 3.7)), [],
+    ("grouping_idx_float", lambda c: edit_json(c / "config.json", setting("grouping_idx", 3.7)), [],
      "grouping_idx / grouping_begin_idx / grouping_end_idx must be integers, got 3.7 / 1 / 4"),
     ("int64_weight", _int64_weight, [],
      "weight model.layers.0.mlp.gate_proj.weight has dtype int64, not a floating-point type"),
-    ("max_position_embeddings_0", lambda c: edit_json(c / "config.json", _set("max_position_embeddings", 0)), [],
+    ("max_position_embeddings_0", lambda c: edit_json(c / "config.json", setting("max_position_embeddings", 0)), [],
      "has max_position_embeddings=0, expected a positive integer"),
     ("dtype_int8", None, ["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
     ("max_new_tokens_beyond_the_context", None, ["--max-new-tokens", "100000"],
@@ -139,33 +135,29 @@ def _garbage_graph(artifact: Path) -> None:
     rehash(artifact, "model.onnx")
 
 
-def _manifest(edit):
-    return lambda artifact: edit_json(artifact / "uniattn_manifest.json", edit)
-
-
 # (id, damage of the artifact copy, damage of the golden copy, words of the one line)
 ARTIFACT_CASES = [
     ("garbage_model_onnx_rehashed", _garbage_graph, None, "model.onnx is not a readable ONNX model"),
-    ("manifest_dtype_edited", _manifest(_set("dtype", "float16")), None,
+    ("manifest_dtype_edited", manifest_edit(setting("dtype", "float16")), None,
      "says dtype float16 but its caches are float32"),
-    ("manifest_dtype_unknown", _manifest(_set("dtype", "int8")), None,
+    ("manifest_dtype_unknown", manifest_edit(setting("dtype", "int8")), None,
      "field dtype is 'int8', expected float32, float16 or bfloat16"),
-    ("manifest_files_a_list", _manifest(_set("files", ["model.onnx"])), None,
+    ("manifest_files_a_list", manifest_edit(setting("files", ["model.onnx"])), None,
      "field files is ['model.onnx'], expected an object listing model.onnx"),
-    ("manifest_format_version_abc", _manifest(_set("format_version", "abc")), None,
+    ("manifest_format_version_abc", manifest_edit(setting("format_version", "abc")), None,
      "field format_version is 'abc', expected a positive integer"),
-    ("manifest_vocab_size_edited", _manifest(lambda m: m["geometry"].update(vocab_size=999)), None,
+    ("manifest_vocab_size_edited", manifest_edit(lambda m: m["geometry"].update(vocab_size=999)), None,
      "says vocab_size=999 but config.json has vocab_size=256"),
-    ("manifest_num_layers_edited", _manifest(lambda m: m["geometry"].update(num_layers=9)), None,
+    ("manifest_num_layers_edited", manifest_edit(lambda m: m["geometry"].update(num_layers=9)), None,
      "says num_layers=9 but config.json has num_hidden_layers=4"),
     ("manifest_input_dtype_edited",
-     _manifest(lambda m: m["inputs"][0].update(dtype="int32")), None,
+     manifest_edit(lambda m: m["inputs"][0].update(dtype="int32")), None,
      "the inputs of", ),
     ("golden_logits_truncated", None, lambda g: _truncate(g / "logits.npz"), "cannot read the golden outputs in"),
     ("golden_json_truncated", None, lambda g: _truncate(g / "golden.json"), "cannot read the golden outputs in"),
     ("golden_missing_keys", None, lambda g: edit_json(g / "golden.json", lambda r: r.pop("tokens")),
      "golden.json lacks tokens. Store them again with --update-golden"),
-    ("golden_tolerance_missing", None, lambda g: edit_json(g / "golden.json", _set("tolerance", {})),
+    ("golden_tolerance_missing", None, lambda g: edit_json(g / "golden.json", setting("tolerance", {})),
      "golden.json has no numeric tolerance.logits_abs"),
 ]  # fmt: skip
 

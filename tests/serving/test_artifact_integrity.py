@@ -13,7 +13,7 @@ import pytest
 from uniattn_export.errors import UniAttnError
 from uniattn_export.export import load_artifact
 
-from artifact_edits import edit_json, rehash
+from artifact_edits import edit_json, manifest_edit, rehash, setting
 
 
 def _flip_16_bytes(artifact):
@@ -23,21 +23,13 @@ def _flip_16_bytes(artifact):
     (artifact / "model.onnx").write_bytes(bytes(data))
 
 
-def _manifest(edit):
-    return lambda artifact: edit_json(artifact / "uniattn_manifest.json", edit)
-
-
-def _set(key, value):
-    return lambda data: data.__setitem__(key, value)
-
-
 def _layer_map_file(artifact):
     edit_json(artifact / "uniattn_layer_map.json", lambda m: m["layer_map"].pop("4"))  # 4 -> 5 gone
     rehash(artifact, "uniattn_layer_map.json")
 
 
 def _config_vocab(artifact):
-    edit_json(artifact / "config.json", _set("vocab_size", 300))
+    edit_json(artifact / "config.json", setting("vocab_size", 300))
     rehash(artifact, "config.json")
 
 
@@ -48,14 +40,14 @@ def _config_positions(artifact):
 
 CASES = [
     ("model_onnx_16_bytes_changed", _flip_16_bytes, "model.onnx was modified after export (sha256 differs from the manifest)"),
-    ("format_version_abc", _manifest(_set("format_version", "abc")), "uniattn_manifest.json: field format_version is "),
-    ("format_version_newer", _manifest(_set("format_version", 2)), "was written by a newer uniattn-export (manifest format 2)"),
-    ("files_a_list", _manifest(_set("files", ["model.onnx"])), "field files is "),
-    ("manifest_vocab_size", _manifest(lambda m: m["geometry"].update(vocab_size=999)),
+    ("format_version_abc", manifest_edit(setting("format_version", "abc")), "uniattn_manifest.json: field format_version is "),
+    ("format_version_newer", manifest_edit(setting("format_version", 2)), "was written by a newer uniattn-export (manifest format 2)"),
+    ("files_a_list", manifest_edit(setting("files", ["model.onnx"])), "field files is "),
+    ("manifest_vocab_size", manifest_edit(lambda m: m["geometry"].update(vocab_size=999)),
      "says vocab_size=999 but config.json has vocab_size=256"),
-    ("manifest_num_layers", _manifest(lambda m: m["geometry"].update(num_layers=9)),
+    ("manifest_num_layers", manifest_edit(lambda m: m["geometry"].update(num_layers=9)),
      "says num_layers=9 but config.json has num_hidden_layers=6"),
-    ("manifest_dtype", _manifest(_set("dtype", "float16")), "says dtype float16 but its caches are float32"),
+    ("manifest_dtype", manifest_edit(setting("dtype", "float16")), "says dtype float16 but its caches are float32"),
     ("config_vocab_rehashed", _config_vocab, "says vocab_size=256 but config.json has vocab_size=300"),
     ("config_positions_rehashed", _config_positions, "config.json has max_position_embeddings="),
     ("layer_map_file_rehashed", _layer_map_file, "uniattn_layer_map.json differs from the manifest's"),
