@@ -39,18 +39,20 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(checkpoint, tmp_path_factory):
-    """exported(family, dtype="float32", base=False, cache="dynamic", max_length=None, **config)
-    -> loaded Artifact."""
+    """exported(family, dtype="float32", base=False, cache="dynamic", max_length=None,
+    ort_contrib_ops=False, **config) -> loaded Artifact (ort_contrib_ops: the graph of the ort and
+    genai targets)."""
     made = {}
 
     def make(family: str = "llama", dtype: str = "float32", base: bool = False, cache: str = "dynamic",
-             max_length: int | None = None, **config):  # fmt: skip
-        key = (family, dtype, base, cache, max_length, json.dumps(config, sort_keys=True))
+             max_length: int | None = None, ort_contrib_ops: bool = False, **config):  # fmt: skip
+        key = (family, dtype, base, cache, max_length, ort_contrib_ops, json.dumps(config, sort_keys=True))
         if key not in made:
             source = checkpoint(family, base, **config)
             out = tmp_path_factory.mktemp("artifacts") / f"{family}_{dtype}_{'base' if base else 'uniattn'}_{cache}"
             model = load_model(source, dtype=dtype)
-            made[key] = load_artifact(export_model(model, out, source_dir=source, cache=cache, max_length=max_length))
+            made[key] = load_artifact(export_model(model, out, source_dir=source, cache=cache, max_length=max_length,
+                                                   ort_contrib_ops=ort_contrib_ops))  # fmt: skip
         return made[key]
 
     return make

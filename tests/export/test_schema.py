@@ -101,6 +101,17 @@ def test_function_bodies_follow_the_schema(version):
         assert {o.domain: o.version for o in body.opset_import} == {"": SCHEMA.versions[version].onnx_opset}
 
 
+@pytest.mark.parametrize("name", sorted(SCHEMA.graph_ops))
+def test_graph_op_bodies_follow_the_schema(name):
+    spec = SCHEMA.graph_ops[name]
+    body = functions.local_function(SCHEMA.domain, name)
+    assert (body.domain, body.name) == (SCHEMA.domain, name)
+    assert list(body.input) == list(spec.input_names)
+    assert list(body.output) == list(spec.output_names)
+    assert list(body.attribute) == [a.name for a in spec.attributes if a.required]
+    assert not [a for a in spec.attributes if not a.required]  # (no graph op has a default yet)
+
+
 @pytest.mark.parametrize("version", sorted(SCHEMA.versions))
 def test_tensorrt_plugin_layouts_follow_the_schema(version):
     """The TensorRT plugins of every contract version: slots, fields, cache input, aliases."""

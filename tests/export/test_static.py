@@ -121,6 +121,32 @@ def test_static_graph_reads_rotary_tables_of_its_capacity(exported, checkpoint, 
                                    rtol=0, atol=tolerance)  # fmt: skip
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2", "llama3_head_dim_128"])
+def test_ort_graph_splits_and_rotates_q_and_k_in_one_node(exported, checkpoint, name):
+    """The ort/genai targets' static graph: each layer with a K cache has one SplitRotary in place
+    of the q/k/v Split and two RotaryEmbedding, reading the tables and the clipped positions;
+    the library's kernel and the function bodies generate the reference's tokens."""
+    artifact = exported(**MODELS[name], cache="static", max_length=CAPACITY, ort_contrib_ops=True)
+    model = onnx.load(artifact.onnx_path)
+    nodes = [n for n in model.graph.node if n.op_type == "SplitRotary"]
+    heads = {"llama3_head_dim_128": (4, 1)}.get(name, (4, 2))
+    assert len(nodes) == 4 and artifact.manifest["graph"]["fused"]["split_rotary"] == 4  # 2 of 6 layers are consumers
+    assert not [n for n in model.graph.node if n.op_type == "RotaryEmbedding"]
+    clip = next(n for n in model.graph.node if n.op_type == "Clip" and n.input[0] == "position_ids")
+    for node in nodes:
+        attributes = {a.name: a.i for a in node.attribute}
+        assert node.domain == "uniattn" and (attributes["num_heads"], attributes["kv_num_heads"]) == heads
+        assert node.input[1:] == nodes[0].input[1:] and node.input[3] == clip.output[0]
+    assert ("uniattn", "SplitRotary") in {(f.domain, f.name) for f in model.functions}
+    config = dict(MODELS[name])
+    source = checkpoint(config.pop("family"), config.pop("base", False), **config)
+    prompts = _prompts(artifact.vocab_size)
+    want = TorchSession(load_model(source)).generate(prompts, STEPS)
+    for custom_ops in (False, True):
+        np.testing.assert_array_equal(OrtSession(artifact, custom_ops=custom_ops).generate(prompts, STEPS).tokens,
+                                      want.tokens)  # fmt: skip
+
+
 def test_next_tokens_is_the_argmax_of_the_logits_and_greedy_uses_it(exported):
     """Static artifacts return next_tokens = argmax(logits) (first maximum), so greedy decoding
     copies B token ids instead of B x V logits; tokens are the same either way."""

@@ -63,7 +63,7 @@ def _export(root: Path, checkpoint: Path, cache: str, library: bool, dtype: str,
     lib = genai_library_for(cache, library)
     size = capacity if cache == "static" else None
     export_model(
-        model, out, source_dir=checkpoint, cache=cache, max_length=size, layout="genai",
+        model, out, source_dir=checkpoint, cache=cache, max_length=size, layout="genai", ort_contrib_ops=True,
         extra_files=lambda folder: write_genai_config(folder, model, cache=cache, capacity=size, library=lib),
     )  # fmt: skip
     return out

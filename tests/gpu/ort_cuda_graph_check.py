@@ -62,7 +62,7 @@ def export(root: Path, name: str, dtype: str, blocks) -> tuple[Path, Path]:
         released_checkpoint(base, checkpoint, *blocks)
     artifact = export_model(
         load_model(checkpoint, dtype=dtype), root / name / "artifact", source_dir=checkpoint,
-        cache="static", max_length=CAPACITY,
+        cache="static", max_length=CAPACITY, ort_contrib_ops=True,  # the graph `--target ort` makes
     )  # fmt: skip
     return checkpoint, artifact
 

@@ -72,6 +72,20 @@ sys.path.insert(0, str(REPO))
 from uniattn_export.native import ABI_VERSION, AttentionDesc as Desc, ConsumerIO, DTYPE_CODES, ProducerIO  # noqa: E402
 
 
+class SplitRotaryDesc(ctypes.Structure):
+    """ua_split_rotary_desc (kernels.h)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("tokens", "num_heads", "kv_num_heads", "head_dim", "table_rows")]
+    _fields_ += [("dtype", ctypes.c_int)]
+
+
+class SplitRotaryIO(ctypes.Structure):
+    """ua_split_rotary_io (kernels.h)."""
+
+    _fields_ = [(name, ctypes.c_void_p)
+                for name in ("qkv", "cos_cache", "sin_cache", "position_ids", "query", "key", "value")]  # fmt: skip
+
+
 class Kernels:
     """ua_producer_cuda / ua_consumer_cuda of a built library: device pointers on the current
     CUDA stream, or host pointers for the emulated build (device="cpu")."""
@@ -89,6 +103,10 @@ class Kernels:
         lib.ua_gated_silu_cuda.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                            ctypes.c_void_p, ctypes.c_void_p]
         lib.ua_gated_silu_cuda.restype = ctypes.c_int
+        if hasattr(lib, "ua_split_rotary_cuda"):  # (libraries built before 2026-12-07 lack it: its check fails)
+            lib.ua_split_rotary_cuda.argtypes = [ctypes.POINTER(SplitRotaryDesc), ctypes.POINTER(SplitRotaryIO),
+                                                 ctypes.c_void_p]
+            lib.ua_split_rotary_cuda.restype = ctypes.c_int
         lib.ua_last_error.restype = ctypes.c_char_p
         lib.ua_has_cuda.restype = ctypes.c_int
         self.lib = lib
@@ -99,6 +117,19 @@ class Kernels:
         rows, width = output.shape
         status = self.lib.ua_gated_silu_cuda(DTYPE_CODES[str(gate_up.dtype).removeprefix("torch.")], rows, width,
                                              gate_up.data_ptr(), output.data_ptr(), stream)
+        return status, self.lib.ua_last_error().decode()
+
+    def split_rotary(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], num_heads: int,
+                     kv_num_heads: int) -> tuple[int, str]:
+        """ua_split_rotary_cuda over qkv (tokens, (Hq + 2*Hkv)*D) -> (query, key, value); (status, message)."""
+        stream = torch.cuda.current_stream().cuda_stream if self.device.startswith("cuda") else None
+        desc = SplitRotaryDesc(qkv.shape[0], num_heads, kv_num_heads, 2 * cos.shape[1], cos.shape[0],
+                               DTYPE_CODES[str(qkv.dtype).removeprefix("torch.")])  # fmt: skip
+        io = SplitRotaryIO(*(t.data_ptr() for t in (qkv, cos, sin, positions, *outputs)))
+        if not hasattr(self.lib, "ua_split_rotary_cuda"):
+            return -1, f"{self.path} has no ua_split_rotary_cuda"
+        status = self.lib.ua_split_rotary_cuda(ctypes.byref(desc), ctypes.byref(io), stream)
         return status, self.lib.ua_last_error().decode()
 
     def has_cuda(self) -> bool:
@@ -963,6 +994,81 @@ def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
     return results
 
 
+# SplitRotary shapes (tokens, Hq, Hkv, D, table rows): decode of Llama-3.2-1B's heads, prefill
+# tokens, a half head not a multiple of 8 (the element path), GQA groups 1 and 3; each also with
+# every tensor one element off 16-byte alignment (the element path), and positions outside the
+# tables (clamped) in every case.
+SPLIT_ROTARY_SHAPES = ((1, 32, 8, 64, 64), (37, 6, 2, 64, 48), (5, 4, 4, 12, 9), (3, 9, 3, 128, 16))
+# Relative to the largest |output| of the token's head: a float32 rounding of two products and
+# a sum, then one rounding to T.
+SPLIT_ROTARY_TOLERANCE = {torch.float32: 1e-6, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+
+
+def split_rotary_values(tokens: int, num_heads: int, kv_num_heads: int, head_dim: int, table_rows: int,
+                        seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 qkv (tokens, (Hq + 2*Hkv)*D), cos/sin tables of rotary angles (rows, D/2) and int64
+    positions (tokens) covering the tables, their ends, and -3 and rows + 5 (clamped)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(tokens, (num_heads + 2 * kv_num_heads) * head_dim, generator=gen) * 3
+    angles = torch.arange(table_rows, dtype=torch.float64)[:, None] * 10000.0 ** (
+        -torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)
+    positions = torch.randint(0, table_rows, (tokens,), generator=gen)
+    positions[: 4] = torch.tensor([0, table_rows - 1, -3, table_rows + 5])[: min(4, tokens)]
+    return qkv, angles.cos().float(), angles.sin().float(), positions
+
+
+def split_rotary_reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                           num_heads: int, kv_num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """query, key, value in float64 from docs/ops.md's formula (positions clamped to the tables)."""
+    half = cos.shape[1]
+    rows = positions.cpu().clamp(0, cos.shape[0] - 1)
+    c, s = cos.double().cpu()[rows][:, None], sin.double().cpu()[rows][:, None]
+    heads = qkv.double().cpu().view(qkv.shape[0], num_heads + 2 * kv_num_heads, 2 * half)
+    rotated, value = heads[:, : num_heads + kv_num_heads], heads[:, num_heads + kv_num_heads :]
+    first, second = rotated[..., :half], rotated[..., half:]
+    rotated = torch.cat((first * c - second * s, second * c + first * s), dim=-1)
+    query, key = rotated[:, :num_heads], rotated[:, num_heads:]
+    return tuple(t.reshape(qkv.shape[0], -1) for t in (query, key, value))
+
+
+def split_rotary_error(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:
+    """The largest error of the outputs against the float64 reference, relative to the largest
+    |value| of each output (NaN when an output holds one)."""
+    return max(((g.double().cpu() - w).abs().max() / w.abs().max().clamp_min(1e-30)).item() for g, w in zip(got, want))
+
+
+def split_rotary_check(kernels: Kernels, shapes=SPLIT_ROTARY_SHAPES) -> list[dict]:
+    """ua_split_rotary_cuda against the float64 reference, every dtype and shape, aligned and
+    one element off, with the memory around every output untouched."""
+    results = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for tokens, heads, kv_heads, dim, rows in shapes:
+            for offset in (0, 1):
+                qkv, cos, sin, positions = split_rotary_values(tokens, heads, kv_heads, dim, rows, seed=tokens * 31 + dim)
+                dev = kernels.device
+
+                def placed(values, fill=0.0):
+                    buffer = torch.full((values.numel() + offset + 8,), fill, dtype=dtype, device=dev)
+                    view = buffer[offset:offset + values.numel()].view(values.shape)
+                    view.copy_(values.to(dtype))
+                    return buffer, view
+
+                inputs = [placed(t)[1] for t in (qkv, cos, sin)]
+                outputs = [placed(torch.zeros(tokens, h * dim), 7.0) for h in (heads, kv_heads, kv_heads)]
+                status, message = kernels.split_rotary(*inputs, positions.to(dev), tuple(v for _, v in outputs),
+                                                       heads, kv_heads)  # fmt: skip
+                want = split_rotary_reference(*inputs, positions, heads, kv_heads)
+                got = tuple(v for _, v in outputs)
+                error = split_rotary_error(got, want)
+                untouched = all(bool((b[:offset].cpu() == 7.0).all()) and bool((b[offset + v.numel():].cpu() == 7.0).all())
+                                for b, v in outputs)  # fmt: skip
+                ok = status == 0 and error <= SPLIT_ROTARY_TOLERANCE[dtype] and untouched
+                results.append({"case": f"split_rotary-{str(dtype).removeprefix('torch.')}-{tokens}x{heads}/{kv_heads}"
+                                        f"x{dim}-M{rows}-offset{offset}",
+                                "ok": ok, "max_relative_error": error, "status": status, "message": message})
+    return results
+
+
 def graph_check(kernels: Kernels, steps: int = 6) -> dict:
     """A static decode step (producer emitting P, consumer reusing it; caches bound in place)
     through the C entry points, captured once in a CUDA graph on a side stream and replayed
@@ -1319,6 +1425,7 @@ def main(argv=None) -> int:
     save()
     report["graph"] = graph_check(kernels)
     report["gated_silu"] = gated_silu_check(kernels)
+    report["split_rotary"] = split_rotary_check(kernels)
     save()
 
     if not args.skip_bench:
@@ -1393,8 +1500,8 @@ def not_verified(report: dict, sanitize_requested: bool) -> list[str]:
     """Everything the run was asked to establish and did not: failed or crashed cases, the
     graph replay check, benchmarks that raised, sanitizer runs that reported errors or did not
     complete (time budget, timeout). Any entry makes the exit status 1."""
-    reasons = [f"case {c['case']} failed" for c in report.get("checks", []) + report.get("gated_silu", [])
-               if not c["ok"]]
+    elementwise = report.get("gated_silu", []) + report.get("split_rotary", [])
+    reasons = [f"case {c['case']} failed" for c in report.get("checks", []) + elementwise if not c["ok"]]
     graph = report.get("graph")
     if graph is not None and not graph["ok"]:
         reasons.append(f"CUDA graph replay: {graph.get('error') or [c['output'] for c in graph['checks'] if not c['ok']][:4]}")
@@ -1434,12 +1541,13 @@ def print_summary(report: dict, out_dir: Path) -> None:
         how = "captured once, replayed" if graph["captured"] else "called directly (no GPU),"
         print(f"static decode step {how} {graph['steps']} times with new position_ids: "
               f"{'all outputs and caches match' if graph['ok'] else 'FAILED'}")
-    gated = report.get("gated_silu", [])
-    if gated:
-        worst = max((c["max_relative_error"] or 0.0) for c in gated)
-        print(f"gated_silu: {sum(c['ok'] for c in gated)}/{len(gated)} cases passed (worst relative error {worst:.2g})")
-        for c in [c for c in gated if not c["ok"]][:6]:
-            print("  FAIL", c["case"], c["status"], c["message"], c["max_relative_error"])
+    for name in ("gated_silu", "split_rotary"):
+        cases = report.get(name, [])
+        if cases:
+            worst = max((c["max_relative_error"] or 0.0) for c in cases)
+            print(f"{name}: {sum(c['ok'] for c in cases)}/{len(cases)} cases passed (worst relative error {worst:.2g})")
+            for c in [c for c in cases if not c["ok"]][:6]:
+                print("  FAIL", c["case"], c["status"], c["message"], c["max_relative_error"])
     for s in report.get("sanitizer", []):
         print(f"compute-sanitizer {s['tool']}: {'clean' if s.get('ok') else s.get('why') or s.get('summary')}")
     if "copy_TBps" in report:

@@ -447,6 +447,23 @@ def test_gated_silu_refuses_bad_arguments(kernels):
     assert (status, message) == (1, "gated_silu: output overlaps gate_up")
 
 
+def test_split_rotary_matches_float64(kernels):
+    """The SplitRotary kernel (16-byte and element paths, positions clamped to the tables)
+    against docs/ops.md's formula in float64, the GPU run's shapes."""
+    results = runner.split_rotary_check(kernels)
+    assert len(results) == 3 * 2 * len(runner.SPLIT_ROTARY_SHAPES)
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+
+
+@pytest.mark.parametrize(("output", "onto", "message"), [("query", "qkv", "query overlaps qkv"),
+                                                         ("value", "key", "key overlaps value")])
+def test_split_rotary_refuses_overlapping_tensors(kernels, output, onto, message):
+    qkv, cos, sin, positions = runner.split_rotary_values(2, 2, 1, 8, 4, seed=0)
+    outputs = {"query": torch.zeros(2, 16), "key": torch.zeros(2, 8), "value": torch.zeros(2, 8)}
+    outputs[output] = {"qkv": qkv, "key": outputs["key"]}[onto][:, :outputs[output].shape[1]]
+    assert kernels.split_rotary(qkv, cos, sin, positions, tuple(outputs.values()), 2, 1) == (1, f"split_rotary: {message}")
+
+
 def test_profiler_kernel_names_are_shortened_not_cut():
     """Run 1 lost every kernel name to the argument list of '(anonymous namespace)'."""
     name = ("void uniattn::cuda::(anonymous namespace)::split_kv_kernel<__nv_bfloat16, (uniattn::cuda::Weights)0, "

@@ -410,28 +410,31 @@ def test_gated_silu_in_onnxruntime_matches_float64(dtype, shape, ort_library):
     assert kernel_script.gated_silu_error(gate_up, got) <= kernel_script.GATED_SILU_TOLERANCE[dtype]
 
 
+def run_profiled(model: bytes, feeds: dict, library: str | None, tmp_path) -> tuple[list, set[str]]:
+    """(outputs, the op types of the nodes that ran) of one CPU run, with the library or without."""
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / f"profile_{library is None}")
+    if library:
+        options.register_custom_ops_library(library)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    results = session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return results, {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+
 def test_gated_silu_kernel_wins_over_its_function_body(ort_library, tmp_path):
     """With the library, ONNX Runtime runs the GatedSilu kernel; without it, the model-local body
     (Split, Sigmoid, Mul, Mul): the profiles name the nodes that ran; the results agree."""
     from uniattn_export.export.functions import local_function
 
     model = gated_silu_model(torch.float32, [local_function("uniattn", "GatedSilu")])
-    gate_up = gated_silu_input((2, 1, 64), torch.float32)
-    ran = {}
-    for library in (ort_library, None):
-        options = ort.SessionOptions()
-        options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / f"profile_{library is None}")
-        if library:
-            options.register_custom_ops_library(library)
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        (result,) = session.run(None, {"gate_up": gate_up.numpy()})
-        events = json.loads(Path(session.end_profiling()).read_text())
-        ran[library is None] = (result, {e["args"]["op_name"] for e in events if e.get("cat") == "Node"
-                                         and "op_name" in e.get("args", {})})  # fmt: skip
-    assert ran[False][1] == {"GatedSilu"}
+    feeds = {"gate_up": gated_silu_input((2, 1, 64), torch.float32).numpy()}
+    (kernel,), kernel_ops = run_profiled(model, feeds, ort_library, tmp_path)
+    (body,), body_ops = run_profiled(model, feeds, None, tmp_path)
+    assert kernel_ops == {"GatedSilu"}
     # (ONNX Runtime's own optimizer turns the body's Sigmoid + Mul into its QuickGelu)
-    assert {"Split", "Mul"} <= ran[True][1] and "GatedSilu" not in ran[True][1]
-    assert abs(ran[False][0] - ran[True][0]).max() <= 1e-5 * abs(ran[True][0]).max()
+    assert {"Split", "Mul"} <= body_ops and "GatedSilu" not in body_ops
+    assert abs(kernel - body).max() <= 1e-5 * abs(body).max()
 
 
 def test_gated_silu_odd_width_is_an_ort_error(ort_library):
@@ -445,3 +448,79 @@ def test_gated_silu_results_do_not_depend_on_ort_threads(ort_library):
     single, pooled = (run_session(gated_silu_model(torch.float32), {"gate_up": gate_up}, ort_library, threads)[0]
                       for threads in (1, 2))  # fmt: skip
     assert torch.equal(single, pooled)
+
+
+# ---- SplitRotary (graph op) -----------------------------------------------------------------
+
+
+def split_rotary_model(dtype: torch.dtype, num_heads: int, kv_num_heads: int, functions=()) -> bytes:
+    """One SplitRotary node, importing uniattn at version 2; `functions`: its model-local body."""
+    from onnx import helper
+
+    node = helper.make_node("SplitRotary", ["qkv", "cos_cache", "sin_cache", "position_ids"],
+                            ["query", "key", "value"], domain="uniattn", name="qkv_rotary",
+                            num_heads=num_heads, kv_num_heads=kv_num_heads)  # fmt: skip
+    inputs = [helper.make_tensor_value_info(name, ONNX_TYPES[dtype], None) for name in ("qkv", "cos_cache", "sin_cache")]
+    inputs.append(helper.make_tensor_value_info("position_ids", onnx.TensorProto.INT64, None))
+    outputs = [helper.make_tensor_value_info(name, ONNX_TYPES[dtype], None) for name in ("query", "key", "value")]
+    graph = helper.make_graph([node], "split_rotary", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("uniattn", 2)],
+                              ir_version=10, functions=list(functions))  # fmt: skip
+    return model.SerializeToString()
+
+
+def split_rotary_inputs(batch: int, length: int, heads: int, kv_heads: int, dim: int, rows: int, dtype: torch.dtype,
+                        clamped: bool = True) -> dict:
+    """The GPU check's values as (B, L, ...) inputs; clamped=False keeps every position inside
+    the tables (ONNX Runtime's RotaryEmbedding, the body, refuses others)."""
+    qkv, cos, sin, positions = kernel_script.split_rotary_values(batch * length, heads, kv_heads, dim, rows, seed=dim)
+    if not clamped:
+        positions = positions.clamp(0, rows - 1)
+    return {"qkv": qkv.to(dtype).view(batch, length, -1), "cos_cache": cos.to(dtype), "sin_cache": sin.to(dtype),
+            "position_ids": positions.view(batch, length)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", kernel_script.SPLIT_ROTARY_SHAPES, ids=str)
+def test_split_rotary_in_onnxruntime_matches_float64(dtype, shape, ort_library):
+    """The CPU kernel against docs/ops.md's formula in float64 with the GPU check's tolerances,
+    positions outside the tables clamped."""
+    tokens, heads, kv_heads, dim, rows = shape
+    batch = 2 if tokens % 2 == 0 else 1
+    feeds = split_rotary_inputs(batch, tokens // batch, heads, kv_heads, dim, rows, dtype)
+    got = run_session(split_rotary_model(dtype, heads, kv_heads), feeds, ort_library, 2)
+    assert [t.shape for t in got] == [(batch, tokens // batch, h * dim) for h in (heads, kv_heads, kv_heads)]
+    want = kernel_script.split_rotary_reference(feeds["qkv"].view(tokens, -1), feeds["cos_cache"], feeds["sin_cache"],
+                                                feeds["position_ids"].view(-1), heads, kv_heads)  # fmt: skip
+    flat = tuple(t.view(tokens, -1) for t in got)
+    assert kernel_script.split_rotary_error(flat, want) <= kernel_script.SPLIT_ROTARY_TOLERANCE[dtype]
+
+
+def test_split_rotary_kernel_wins_over_its_function_body(ort_library, tmp_path):
+    """With the library, ONNX Runtime runs the SplitRotary kernel; without it, the model-local
+    body (Split and two RotaryEmbedding): the profiles name the nodes that ran; results agree."""
+    from uniattn_export.export.functions import local_function
+
+    model = split_rotary_model(torch.float32, 6, 2, [local_function("uniattn", "SplitRotary")])
+    feeds = {k: v.numpy() for k, v in split_rotary_inputs(2, 3, 6, 2, 16, 12, torch.float32, clamped=False).items()}
+    kernel, kernel_ops = run_profiled(model, feeds, ort_library, tmp_path)
+    body, body_ops = run_profiled(model, feeds, None, tmp_path)
+    assert kernel_ops == {"SplitRotary"}
+    # (plus the Shape/Mul/Concat of the split sizes: the tables are graph inputs here, constants in a model)
+    assert {"Split", "RotaryEmbedding"} <= body_ops and "SplitRotary" not in body_ops
+    for got, want in zip(kernel, body):
+        assert abs(got - want).max() <= 1e-5 * abs(want).max()
+
+
+def test_split_rotary_width_mismatch_is_an_ort_error(ort_library):
+    feeds = split_rotary_inputs(1, 2, 4, 2, 8, 5, torch.float32)
+    message = error_of_v2(split_rotary_model(torch.float32, 4, 1), feeds, ort_library)
+    assert ("SplitRotary node 'qkv_rotary': qkv has shape [1, 2, 64] but (B, L, (num_heads + 2*kv_num_heads)*D) = "
+            "(B, L, 48) is expected (num_heads=4, kv_num_heads=1, cos_cache [5, 4]: D=8)") in message
+
+
+def test_split_rotary_results_do_not_depend_on_ort_threads(ort_library):
+    feeds = split_rotary_inputs(2, 40, 6, 2, 64, 48, torch.float32)
+    single, pooled = (run_session(split_rotary_model(torch.float32, 6, 2), feeds, ort_library, threads)
+                      for threads in (1, 2))  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(single, pooled))

@@ -33,7 +33,7 @@ import onnxscript
 from onnxscript import opset23 as op
 
 from .ops import ONNX_OPSET, uniattn_opsets
-from .schema import CONSUMER_OP, DOMAIN, GATED_SILU_OP, PRODUCER_OP
+from .schema import CONSUMER_OP, DOMAIN, GATED_SILU_OP, PRODUCER_OP, SPLIT_ROTARY_OP
 
 assert op.version == ONNX_OPSET  # noqa: S101 - the bodies are written against this opset
 
@@ -278,10 +278,26 @@ def GatedSilu(gate_up):
     return output
 
 
+@onnxscript.script(opset=_GRAPH_OPS, default_opset=op)
+def SplitRotary(qkv, cos_cache, sin_cache, position_ids, num_heads: int, kv_num_heads: int):
+    """query, key, value = the packed projection [q | k | v] split along the last axis, q and k
+    rotated (RotaryEmbedding-23, non-interleaved, whole head, tables indexed by position_ids):
+    our graph op (op_schema.json graph_ops, docs/ops.md) in place of that Split and the two
+    RotaryEmbedding nodes."""
+    head_dim = op.Shape(cos_cache, start=1, end=2) * op.Constant(value_ints=[2])
+    q_width = op.Unsqueeze(op.Constant(value_int=num_heads), [0]) * head_dim
+    kv_width = op.Unsqueeze(op.Constant(value_int=kv_num_heads), [0]) * head_dim
+    q, k, value = op.Split(qkv, op.Concat(q_width, kv_width, kv_width, axis=0), axis=-1)
+    query = op.RotaryEmbedding(q, cos_cache, sin_cache, position_ids, num_heads=num_heads)
+    key = op.RotaryEmbedding(k, cos_cache, sin_cache, position_ids, num_heads=kv_num_heads)
+    return query, key, value
+
+
 _LOCAL_BODIES = {
     (CONTRIB_DOMAIN, SKIP_NORM_OP): SkipSimplifiedLayerNormalization,
     (CONTRIB_DOMAIN, SILU_OP): QuickGelu,
     (DOMAIN, GATED_SILU_OP): GatedSilu,
+    (DOMAIN, SPLIT_ROTARY_OP): SplitRotary,
 }
 
 

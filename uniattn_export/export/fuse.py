@@ -30,6 +30,9 @@ pattern matches exactly (anything else is left as it is and not counted):
     alpha=1): one node per layer fewer;
   - gated MLP: the fused gate/up Split, that QuickGelu and the Mul by up become our own
     graph op uniattn GatedSilu (docs/ops.md; the custom-op library's kernel, or its body):
+    two nodes per layer fewer, one kernel instead of three;
+  - split rotary (static caches, whose rotary reads tables by position): the fused Q/K/V Split
+    and the RotaryEmbedding of q and of k become our graph op uniattn SplitRotary (docs/ops.md):
     two nodes per layer fewer, one kernel instead of three.
 * What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
 The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
@@ -76,7 +79,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from .functions import CONTRIB_DOMAIN, SILU_OP, SKIP_NORM_OP, local_function
-from .schema import DOMAIN, GATED_SILU_OP
+from .schema import DOMAIN, GATED_SILU_OP, SPLIT_ROTARY_OP
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
@@ -137,9 +140,12 @@ def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positio
         matched["silu"] = _fuse_silu(graph)
         RemoveUnusedNodesPass()(model)  # the SiLUs' old Sigmoid and Mul still read the gates
         matched["gated_silu"] = _fuse_gated_silu(graph)
+        matched["split_rotary"] = _fuse_split_rotary(graph)
     RemoveUnusedNodesPass()(model)
     used = {(node.domain, node.op_type) for node in graph}
-    for domain, name in ((CONTRIB_DOMAIN, SKIP_NORM_OP), (CONTRIB_DOMAIN, SILU_OP), (DOMAIN, GATED_SILU_OP)):
+    graph_ops = ((CONTRIB_DOMAIN, SKIP_NORM_OP), (CONTRIB_DOMAIN, SILU_OP), (DOMAIN, GATED_SILU_OP),
+                 (DOMAIN, SPLIT_ROTARY_OP))  # fmt: skip
+    for domain, name in graph_ops:
         if (domain, name) in used:
             function = ir.serde.deserialize_function(local_function(domain, name))
             model.functions[function.identifier()] = function
@@ -625,6 +631,65 @@ def _fuse_gated_silu(graph: ir.Graph) -> int:
         _replace_value(mul.outputs[0], node.outputs[0], "gated")
         fused += 1
     return fused
+
+
+def _fuse_split_rotary(graph: ir.Graph) -> int:
+    """Split(qkv) into [q | k | v] along the last axis, q and k each read by exactly one
+    RotaryEmbedding of the tables form (2-D cos/sin tables indexed by position_ids, the same
+    three for both; non-interleaved, the whole head rotated; num_heads Hq resp. Hkv, the
+    widths Hq*D, Hkv*D, Hkv*D) becomes our SplitRotary(qkv, cos, sin, positions): one kernel
+    instead of three. v keeps its readers. Static-cache graphs only: the per-step tables of the
+    dynamic form are (B, L, D/2) and stay as they are."""
+    fused = 0
+    for split in list(graph):
+        if split.domain != "" or split.op_type != "Split" or len(split.outputs) != 3 or len(split.inputs) != 2:
+            continue
+        packed = split.inputs[0]
+        axis = split.attributes.get_int("axis", 0)  # the projection fusion's Splits: -1 (their MatMul has no shape)
+        if axis != -1 and (packed.shape is None or len(packed.shape) != 3 or axis != 2):
+            continue
+        query, key, value = split.outputs
+        rotaries = [_table_rotary(v) for v in (query, key)]
+        if None in rotaries or any(v.is_graph_output() for v in (query, key)):
+            continue
+        (rotate_query, heads), (rotate_key, kv_heads) = rotaries
+        tables = rotate_query.inputs[1:4]
+        if any(a is not b for a, b in zip(tables, rotate_key.inputs[1:4])) or heads % kv_heads:
+            continue
+        cos_dims = _static_dims(tables[0])
+        if cos_dims is None or len(cos_dims) != 2 or cos_dims[1] is None:
+            continue
+        head_dim = 2 * cos_dims[1]
+        if _ints(split.inputs[1]) != [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]:
+            continue
+        if any(rotary.outputs[0].is_graph_output() for rotary in (rotate_query, rotate_key)):
+            continue
+        node = _new_node(SPLIT_ROTARY_OP, [packed, *tables], {"num_heads": heads, "kv_num_heads": kv_heads},
+                         domain=DOMAIN, num_outputs=3, name=f"{packed.name}/{SPLIT_ROTARY_OP}", like=split)  # fmt: skip
+        graph.insert_before(split, node)
+        for old, new in ((rotate_query.outputs[0], node.outputs[0]), (rotate_key.outputs[0], node.outputs[1]),
+                         (value, node.outputs[2])):  # fmt: skip
+            _replace_value(old, new, "split_rotary")
+        fused += 1
+    return fused
+
+
+def _table_rotary(value: ir.Value) -> tuple[ir.Node, int] | None:
+    """(node, num_heads) when `value`'s one reader is a RotaryEmbedding of the tables form
+    (input, cos (M, D/2), sin, position_ids), non-interleaved over the whole head."""
+    uses = list(value.uses())
+    if len(uses) != 1:
+        return None
+    node = uses[0].node
+    if node.domain != "" or node.op_type != "RotaryEmbedding" or uses[0].idx != 0 or len(node.inputs) != 4:
+        return None
+    if any(v is None for v in node.inputs) or len(node.outputs) != 1:
+        return None
+    attributes = node.attributes
+    if attributes.get_int("interleaved", 0) != 0 or attributes.get_int("rotary_embedding_dim", 0) != 0:
+        return None
+    heads = attributes.get_int("num_heads", 0)
+    return (node, heads) if heads > 0 else None
 
 
 def _fuse_silu(graph: ir.Graph) -> int:

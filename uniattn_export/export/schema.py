@@ -92,6 +92,7 @@ class Schema:
 PRODUCER_OP = "UniAttnProducer"
 CONSUMER_OP = "UniAttnConsumer"
 GATED_SILU_OP = "GatedSilu"
+SPLIT_ROTARY_OP = "SplitRotary"
 
 
 def _op(name: str, version: int, raw: dict) -> OpSpec:

@@ -701,12 +701,20 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
       const int64_t j = k0 + int64_t(x % chunks) * 8;
       const float m = stats[2 * r], l = stats[2 * r + 1];
       const float reference = normalized ? m + log2f(l) : m;  // rows without a visible key: all -inf
+      // Two 16-byte shared-memory loads per chunk (8 scalar loads of consecutive threads, 8
+      // floats apart, would hit 4 banks: 8-way conflicts). j - k0 is a multiple of 8 and the
+      // score rows start 16-byte aligned.
+      const float* scores = s_scores + r * K::kScoreKeys + (j - k0);
       float f[8];
+      if (j + 8 <= k1) {
+        const float4 lo = reinterpret_cast<const float4*>(scores)[0], hi = reinterpret_cast<const float4*>(scores)[1];
+        f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w, f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
+      } else {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float s = j + e < k1 ? s_scores[r * K::kScoreKeys + (j + e - k0)] : -kInf;
-        f[e] = s == -kInf ? 0.f : exp2f(s - reference);
+        for (int e = 0; e < 8; ++e) f[e] = j + e < k1 ? scores[e] : -kInf;
       }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) f[e] = f[e] == -kInf ? 0.f : exp2f(f[e] - reference);
       store_probs(s_row_global[r], j, f, end);
     }
   };

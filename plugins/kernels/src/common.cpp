@@ -129,6 +129,46 @@ ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const vo
   return ok();
 }
 
+ua_status check_split_rotary(const ua_split_rotary_desc* d, const ua_split_rotary_io* io) {
+  if (d == nullptr || io == nullptr) return fail(UA_INVALID_ARGUMENT, "split_rotary: desc and io must not be NULL");
+  if (d->dtype != UA_FLOAT32 && d->dtype != UA_FLOAT16 && d->dtype != UA_BFLOAT16)
+    return fail(UA_INVALID_ARGUMENT, "split_rotary: unknown dtype code %d", (int)d->dtype);
+  if (d->tokens < 0 || d->num_heads <= 0 || d->kv_num_heads <= 0 || d->head_dim <= 0 || d->head_dim % 2 != 0 ||
+      d->table_rows <= 0)
+    return fail(UA_INVALID_ARGUMENT,
+                "split_rotary: tokens=%lld must be >= 0, num_heads=%lld, kv_num_heads=%lld and table_rows=%lld "
+                "positive, head_dim=%lld positive and even",
+                (long long)d->tokens, (long long)d->num_heads, (long long)d->kv_num_heads, (long long)d->table_rows,
+                (long long)d->head_dim);
+  if (d->tokens == 0) return ok();
+  if (!io->qkv || !io->cos_cache || !io->sin_cache || !io->position_ids || !io->query || !io->key || !io->value)
+    return fail(UA_INVALID_ARGUMENT, "split_rotary: a tensor pointer is NULL");
+  const uintptr_t element = dtype_size(d->dtype), D = uintptr_t(d->head_dim), n = uintptr_t(d->tokens);
+  struct Range {
+    const char* name;
+    uintptr_t begin, end;
+  };
+  const auto range = [](const char* name, const void* p, uintptr_t bytes) {
+    return Range{name, reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes};
+  };
+  const Range written[] = {range("query", io->query, n * uintptr_t(d->num_heads) * D * element),
+                           range("key", io->key, n * uintptr_t(d->kv_num_heads) * D * element),
+                           range("value", io->value, n * uintptr_t(d->kv_num_heads) * D * element)};
+  const uintptr_t table = uintptr_t(d->table_rows) * (D / 2) * element;
+  const Range read[] = {range("qkv", io->qkv, n * uintptr_t(d->num_heads + 2 * d->kv_num_heads) * D * element),
+                        range("cos_cache", io->cos_cache, table), range("sin_cache", io->sin_cache, table),
+                        range("position_ids", io->position_ids, n * sizeof(int64_t))};
+  for (size_t w = 0; w < 3; ++w) {
+    for (const Range& other : read)
+      if (written[w].begin < other.end && other.begin < written[w].end)
+        return fail(UA_INVALID_ARGUMENT, "split_rotary: %s overlaps %s", written[w].name, other.name);
+    for (size_t o = w + 1; o < 3; ++o)
+      if (written[w].begin < written[o].end && written[o].begin < written[w].end)
+        return fail(UA_INVALID_ARGUMENT, "split_rotary: %s overlaps %s", written[w].name, written[o].name);
+  }
+  return ok();
+}
+
 }  // namespace uniattn
 
 extern "C" {

@@ -31,6 +31,10 @@ ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io
 // GatedSilu: sizes, pointers (when there is work) and no overlap between input and output.
 ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output);
 
+// SplitRotary: sizes, pointers (when there is work) and no overlap between the tensors written
+// and those read or written by another output. Positions are not checked (kernels clamp them).
+ua_status check_split_rotary(const ua_split_rotary_desc* desc, const ua_split_rotary_io* io);
+
 // Dynamic layout (capacity == 0): keys of the call, S = P + L.
 inline int64_t key_len(const ua_attention_desc& d) { return d.past_len + d.query_len; }
 

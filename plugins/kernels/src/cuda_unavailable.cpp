@@ -29,6 +29,10 @@ ua_status ua_gated_silu_cuda(ua_dtype, int64_t, int64_t, const void*, void*, voi
   return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_gated_silu_cuda");
 }
 
+ua_status ua_split_rotary_cuda(const ua_split_rotary_desc*, const ua_split_rotary_io*, void*) {
+  return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_split_rotary_cuda");
+}
+
 ua_status ua_cuda_copy(int, void*, const void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_copy"); }
 
 ua_status ua_cuda_zero(int, void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_zero"); }

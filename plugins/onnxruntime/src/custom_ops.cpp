@@ -1,6 +1,7 @@
 // ONNX Runtime custom-op library: domain `uniattn`, ops UniAttnProducer and UniAttnConsumer
 // (docs/ops.md), versions 1 (dynamic caches) and 2 (fixed-capacity caches updated in place),
-// and the graph op GatedSilu (the gated MLP's activation, one signature under both versions),
+// and the graph ops GatedSilu (the gated MLP's activation) and SplitRotary (the fused q/k/v
+// projection split, q and k rotated), one signature each under both versions,
 // for CPUExecutionProvider and, when the kernels were built with CUDA, CUDAExecutionProvider.
 // ORT loads it through SessionOptions.register_custom_ops_library and calls
 // RegisterCustomOps, the only exported symbol.
@@ -58,7 +59,7 @@ const SchemaOp* schema_of(const char* name, int version) {
   return nullptr;
 }
 
-enum class OpKind { producer, consumer, gated_silu };
+enum class OpKind { producer, consumer, gated_silu, split_rotary };
 
 struct OpDef : OrtCustomOp {
   OpKind kind;
@@ -526,6 +527,37 @@ OrtStatus* compute_gated_silu(const Kernel& k, OrtKernelContext* context) {
       });
 }
 
+// SplitRotary: qkv (B, L, (Hq + 2*Hkv)*D), cos/sin tables (M, D/2), position_ids (B, L) ->
+// query (B, L, Hq*D), key and value (B, L, Hkv*D).
+OrtStatus* compute_split_rotary(const Kernel& k, OrtKernelContext* context) {
+  std::array<Tensor, 4> in;
+  UA_RETURN_IF_ERROR(inputs(k, context, in));
+  const Tensor &qkv = in[0], &cos_cache = in[1], &sin_cache = in[2], &positions = in[3];
+  if (cos_cache.shape.size() != 2 || cos_cache.dim(0) <= 0 || cos_cache.dim(1) <= 0)
+    return k.error(ORT_INVALID_ARGUMENT, format("%s has shape %s but (M, D/2) with M, D > 0 is expected",
+                                                k.input_name(1), to_string(cos_cache.shape).c_str()));
+  const int64_t dim = 2 * cos_cache.dim(1), heads = k.num_heads + 2 * k.kv_num_heads;
+  const std::string why = format("%s %s: D=%lld", k.input_name(1), to_string(cos_cache.shape).c_str(), (long long)dim);
+  UA_RETURN_IF_ERROR(expect_shape(k, sin_cache, 2, cos_cache.shape, "(M, D/2)", why));
+  if (qkv.shape.size() != 3 || qkv.dim(2) != heads * dim)
+    return k.error(ORT_INVALID_ARGUMENT,
+                   format("%s has shape %s but (B, L, (num_heads + 2*kv_num_heads)*D) = (B, L, %lld) is expected "
+                          "(num_heads=%lld, kv_num_heads=%lld, %s)",
+                          k.input_name(0), to_string(qkv.shape).c_str(), (long long)(heads * dim),
+                          (long long)k.num_heads, (long long)k.kv_num_heads, why.c_str()));
+  const int64_t batch = qkv.dim(0), length = qkv.dim(1);
+  UA_RETURN_IF_ERROR(expect_shape(k, positions, 3, {batch, length}, "(B, L)", why));
+  const ua_split_rotary_desc desc{batch * length, k.num_heads, k.kv_num_heads, dim, cos_cache.dim(0), k.op->dtype};
+  ua_split_rotary_io io{qkv.data, cos_cache.data, sin_cache.data, static_cast<const int64_t*>(positions.data),
+                        nullptr, nullptr, nullptr};
+  UA_RETURN_IF_ERROR(output(k, context, 0, {batch, length, k.num_heads * dim}, io.query));
+  UA_RETURN_IF_ERROR(output(k, context, 1, {batch, length, k.kv_num_heads * dim}, io.key));
+  UA_RETURN_IF_ERROR(output(k, context, 2, {batch, length, k.kv_num_heads * dim}, io.value));
+  return run_kernel(
+      k, context, [&](void* stream) { return ua_split_rotary_cuda(&desc, &io, stream); },
+      [&](const ua_cpu_threads* threads) { return ua_split_rotary_cpu(&desc, &io, threads); });
+}
+
 const OpDef* as_def(const OrtCustomOp* op) { return static_cast<const OpDef*>(op); }
 
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
@@ -560,6 +592,7 @@ OrtStatus* call_version(const Kernel& k, const OrtKernelContext* context, size_t
 OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context) {
   const Kernel& node = *static_cast<const Kernel*>(kernel);
   if (node.op->kind == OpKind::gated_silu) return compute_gated_silu(node, context);
+  if (node.op->kind == OpKind::split_rotary) return compute_split_rotary(node, context);
   const bool producer = node.op->producer();
   int version = 0;
   UA_RETURN_IF_ERROR(producer ? call_version(node, context, 3, 5, 0, version)
@@ -682,13 +715,15 @@ std::vector<OpDef> all_ops(std::string& error) {
       for (const auto& type : types) ops.push_back(make_op(kind, *v1, *v2, type.element_type, type.dtype, cuda));
     }
     // Graph ops: schema version 0, served under every version of the domain.
-    const SchemaOp* gated = schema_of("GatedSilu", 0);
-    if (!gated) {
-      error = "uniattn: the op schema has no graph op GatedSilu";
-      return {};
+    for (auto [kind, name] : {std::pair{OpKind::gated_silu, "GatedSilu"}, {OpKind::split_rotary, "SplitRotary"}}) {
+      const SchemaOp* graph_op = schema_of(name, 0);
+      if (!graph_op) {
+        error = std::string("uniattn: the op schema has no graph op ") + name;
+        return {};
+      }
+      for (const auto& type : types)
+        ops.push_back(make_op(kind, *graph_op, *graph_op, type.element_type, type.dtype, cuda));
     }
-    for (const auto& type : types)
-      ops.push_back(make_op(OpKind::gated_silu, *gated, *gated, type.element_type, type.dtype, cuda));
   }
   return ops;
 }

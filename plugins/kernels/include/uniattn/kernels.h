@@ -154,6 +154,40 @@ ua_status ua_gated_silu_cpu(ua_dtype dtype, int64_t rows, int64_t width, const v
 ua_status ua_gated_silu_cuda(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, void* output,
                              void* stream);
 
+/* SplitRotary (docs/ops.md): the fused q/k/v projection of `tokens` tokens, each row
+ * [q | k | v] of (num_heads + 2 * kv_num_heads) * head_dim elements, split into query (tokens,
+ * num_heads * head_dim), key and value (tokens, kv_num_heads * head_dim), q and k rotated by
+ * the token's position p (rotate-half form, the whole head): for i < head_dim / 2,
+ *   out[i] = x[i] * cos[p, i] - x[i + head_dim / 2] * sin[p, i]
+ *   out[i + head_dim / 2] = x[i + head_dim / 2] * cos[p, i] + x[i] * sin[p, i],
+ * in float32 and rounded once to dtype; v is copied. cos_cache and sin_cache are (table_rows,
+ * head_dim / 2) of dtype, position_ids (tokens) int64, clamped to [0, table_rows - 1]. No
+ * output may overlap qkv or another output. */
+typedef struct ua_split_rotary_desc {
+  int64_t tokens;       /* B * L */
+  int64_t num_heads;    /* heads of q */
+  int64_t kv_num_heads; /* heads of k and of v */
+  int64_t head_dim;     /* even */
+  int64_t table_rows;   /* rows of the cos/sin tables (positions they cover) */
+  ua_dtype dtype;
+} ua_split_rotary_desc;
+
+typedef struct ua_split_rotary_io {
+  const void* qkv;
+  const void* cos_cache;
+  const void* sin_cache;
+  const int64_t* position_ids;
+  void* query;
+  void* key;
+  void* value;
+} ua_split_rotary_io;
+
+/* CPU: host pointers (threads as above); CUDA: device pointers, enqueued on `stream`, no
+ * workspace, positions read on the device. */
+ua_status ua_split_rotary_cpu(const ua_split_rotary_desc* desc, const ua_split_rotary_io* io,
+                              const ua_cpu_threads* threads);
+ua_status ua_split_rotary_cuda(const ua_split_rotary_desc* desc, const ua_split_rotary_io* io, void* stream);
+
 #ifdef __cplusplus
 }
 #endif
