@@ -23,11 +23,13 @@ def tiny(tmp_path_factory):
         return folder
 
     @functools.cache
-    def make(family: str = "llama", dtype: str = "float32", capacity: int | None = None):
-        """capacity: a static-cache artifact of that many tokens (default: dynamic caches)."""
+    def make(family: str = "llama", dtype: str = "float32", capacity: int | None = None, ort_contrib_ops: bool = False):
+        """capacity: a static-cache artifact of that many tokens (default: dynamic caches);
+        ort_contrib_ops: the graph of the ort and genai targets (their fused ops)."""
         source = checkpoint(family)
         out = tmp_path_factory.mktemp(f"{family}_{dtype}_{capacity or 'dynamic'}") / "artifact"
         cache = dict(cache="static", max_length=capacity) if capacity else {}
-        return source, load_artifact(export_model(load_model(source, dtype=dtype), out, source_dir=source, **cache))
+        model = load_model(source, dtype=dtype)
+        return source, load_artifact(export_model(model, out, source_dir=source, ort_contrib_ops=ort_contrib_ops, **cache))
 
     return make

@@ -75,6 +75,26 @@ def test_generations_in_a_row_reuse_the_buffers_and_equal_a_fresh_session(static
     assert list(session._buffers) == [1]
 
 
+def test_the_library_runs_the_ort_targets_graph_as_its_function_bodies_do(tiny):
+    """The graph `--target ort` makes (SplitRotary, GatedSilu, skip norms around the attention
+    ops): the library's kernels give the bodies' tokens and, in float32, their logits within 1e-4,
+    and the reference's tokens."""
+    from uniattn_export.model import load_model
+    from uniattn_export.validate.reference import TorchSession
+
+    checkpoint, artifact = tiny("llama", capacity=CAPACITY, ort_contrib_ops=True)
+    assert artifact.manifest["graph"]["fused"]["split_rotary"] > 0
+    prompts = _prompts(artifact.vocab_size, (14, 3, 9, 1), 4)
+    library = OrtSession(artifact, custom_ops=True)
+    assert library.uses_custom_ops
+    got = library.generate(prompts, STEPS, return_logits=True)
+    bodies = _fresh(artifact, prompts, return_logits=True)
+    np.testing.assert_array_equal(got.tokens, bodies.tokens)
+    for step, (a, b) in enumerate(zip(got.step_logits, bodies.step_logits)):
+        assert np.abs(a[:, -1] - b[:, -1]).max() <= 1e-4, step
+    np.testing.assert_array_equal(got.tokens, TorchSession(load_model(checkpoint)).generate(prompts, STEPS).tokens)
+
+
 @KERNELS
 def test_values_left_in_the_caches_are_never_visible(static_artifact, custom_ops):
     """Random finite values in every slot (load_caches, as benchmarks do) change nothing."""
