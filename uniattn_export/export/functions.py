@@ -299,6 +299,7 @@ _LOCAL_BODIES = {
     (DOMAIN, GATED_SILU_OP): GatedSilu,
     (DOMAIN, SPLIT_ROTARY_OP): SplitRotary,
 }
+LOCAL_FUNCTION_OPS = tuple(_LOCAL_BODIES)  # (domain, op type) of every graph op local_function() serves
 
 
 def local_function(domain: str, name: str) -> onnx.FunctionProto:

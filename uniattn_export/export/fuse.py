@@ -78,7 +78,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from .functions import CONTRIB_DOMAIN, SILU_OP, SKIP_NORM_OP, local_function
+from .functions import CONTRIB_DOMAIN, LOCAL_FUNCTION_OPS, SILU_OP, SKIP_NORM_OP, local_function
 from .schema import DOMAIN, GATED_SILU_OP, SPLIT_ROTARY_OP
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
@@ -143,9 +143,7 @@ def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positio
         matched["split_rotary"] = _fuse_split_rotary(graph)
     RemoveUnusedNodesPass()(model)
     used = {(node.domain, node.op_type) for node in graph}
-    graph_ops = ((CONTRIB_DOMAIN, SKIP_NORM_OP), (CONTRIB_DOMAIN, SILU_OP), (DOMAIN, GATED_SILU_OP),
-                 (DOMAIN, SPLIT_ROTARY_OP))  # fmt: skip
-    for domain, name in graph_ops:
+    for domain, name in LOCAL_FUNCTION_OPS:
         if (domain, name) in used:
             function = ir.serde.deserialize_function(local_function(domain, name))
             model.functions[function.identifier()] = function

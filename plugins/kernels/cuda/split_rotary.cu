@@ -13,9 +13,16 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 8192;
 
-// A unit is kPer consecutive elements: of the first half of a rotated head (with their partners
-// in the second half), or of v. kPer = 8: 16-byte accesses, when the half head is a multiple of
-// 8 elements and every tensor 16-byte aligned; otherwise 1.
+// A unit is `per` consecutive elements: of the first half of a rotated head (with their partners
+// in the second half), or of v. per = 8: 16-byte accesses, when the half head is a multiple of
+// 8 elements and every tensor 16-byte aligned; otherwise 1. Units of q and k first, then of v.
+__host__ __device__ __forceinline__ int64_t rotary_units(const ua_split_rotary_desc& d, int64_t per) {
+  return (d.num_heads + d.kv_num_heads) * (d.head_dim / 2 / per);
+}
+__host__ __device__ __forceinline__ int64_t units_per_token(const ua_split_rotary_desc& d, int64_t per) {
+  return rotary_units(d, per) + d.kv_num_heads * (d.head_dim / per);
+}
+
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kThreads)
     split_rotary_kernel(const ua_split_rotary_desc a, const ua_split_rotary_io io) {
@@ -23,13 +30,13 @@ __global__ void __launch_bounds__(kThreads)
   const T* cos_cache = static_cast<const T*>(io.cos_cache);
   const T* sin_cache = static_cast<const T*>(io.sin_cache);
   const int64_t D = a.head_dim, half = D / 2, rotated_heads = a.num_heads + a.kv_num_heads;
-  const int64_t rotary_units = rotated_heads * (half / kPer), per_token = rotary_units + a.kv_num_heads * (D / kPer);
+  const int64_t rotated_units = rotary_units(a, kPer), per_token = units_per_token(a, kPer);
   const int64_t units = a.tokens * per_token, width = (rotated_heads + a.kv_num_heads) * D;
   for (int64_t x = int64_t(blockIdx.x) * kThreads + threadIdx.x; x < units; x += int64_t(gridDim.x) * kThreads) {
     const int64_t t = x / per_token, u = x % per_token;
     const T* row = qkv + t * width;
-    if (u >= rotary_units) {  // v: copied
-      const int64_t offset = (u - rotary_units) * kPer;
+    if (u >= rotated_units) {  // v: copied
+      const int64_t offset = (u - rotated_units) * kPer;
       T* out = static_cast<T*>(io.value) + t * a.kv_num_heads * D + offset;
       if constexpr (kPer == 8)
         store_slice(out, load_slice(row + rotated_heads * D + offset));
@@ -74,8 +81,7 @@ ua_status launch_typed(const ua_split_rotary_desc& d, const ua_split_rotary_io& 
                         static_cast<const void*>(io.key), static_cast<const void*>(io.value)})
     addresses |= reinterpret_cast<uintptr_t>(p);
   const bool wide = (d.head_dim / 2) % 8 == 0 && (addresses & 15) == 0;
-  const int64_t per = wide ? 8 : 1;
-  const int64_t units = d.tokens * ((d.num_heads + d.kv_num_heads) * (d.head_dim / 2) + d.kv_num_heads * d.head_dim) / per;
+  const int64_t units = d.tokens * units_per_token(d, wide ? 8 : 1);
   int64_t blocks = (units + kThreads - 1) / kThreads;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
   if (blocks == 0) return ok();

@@ -113,6 +113,21 @@ ua_status check_consumer(const ua_attention_desc* d, const ua_consumer_io* io, i
   return UA_OK;
 }
 
+namespace {
+
+// The bytes [begin, end) of a tensor named `name`, for the checks that an op's outputs overlap
+// none of the tensors it reads or its other outputs.
+struct Bytes {
+  const char* name;
+  uintptr_t begin, end;
+
+  Bytes(const char* tensor, const void* data, uintptr_t size)
+      : name(tensor), begin(reinterpret_cast<uintptr_t>(data)), end(begin + size) {}
+  bool overlaps(const Bytes& other) const { return begin < other.end && other.begin < end; }
+};
+
+}  // namespace
+
 ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output) {
   if (dtype != UA_FLOAT32 && dtype != UA_FLOAT16 && dtype != UA_BFLOAT16)
     return fail(UA_INVALID_ARGUMENT, "gated_silu: unknown dtype code %d", (int)dtype);
@@ -122,9 +137,9 @@ ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const vo
   if (rows == 0 || width == 0) return ok();
   if (gate_up == nullptr || output == nullptr)
     return fail(UA_INVALID_ARGUMENT, "gated_silu: gate_up and output must not be NULL");
-  const uintptr_t in = reinterpret_cast<uintptr_t>(gate_up), out = reinterpret_cast<uintptr_t>(output);
   const uintptr_t element = dtype_size(dtype);
-  if (in < out + uintptr_t(rows * width) * element && out < in + uintptr_t(rows * 2 * width) * element)
+  if (Bytes("output", output, uintptr_t(rows * width) * element)
+          .overlaps(Bytes("gate_up", gate_up, uintptr_t(rows * 2 * width) * element)))
     return fail(UA_INVALID_ARGUMENT, "gated_silu: output overlaps gate_up");
   return ok();
 }
@@ -144,26 +159,19 @@ ua_status check_split_rotary(const ua_split_rotary_desc* d, const ua_split_rotar
   if (!io->qkv || !io->cos_cache || !io->sin_cache || !io->position_ids || !io->query || !io->key || !io->value)
     return fail(UA_INVALID_ARGUMENT, "split_rotary: a tensor pointer is NULL");
   const uintptr_t element = dtype_size(d->dtype), D = uintptr_t(d->head_dim), n = uintptr_t(d->tokens);
-  struct Range {
-    const char* name;
-    uintptr_t begin, end;
-  };
-  const auto range = [](const char* name, const void* p, uintptr_t bytes) {
-    return Range{name, reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + bytes};
-  };
-  const Range written[] = {range("query", io->query, n * uintptr_t(d->num_heads) * D * element),
-                           range("key", io->key, n * uintptr_t(d->kv_num_heads) * D * element),
-                           range("value", io->value, n * uintptr_t(d->kv_num_heads) * D * element)};
   const uintptr_t table = uintptr_t(d->table_rows) * (D / 2) * element;
-  const Range read[] = {range("qkv", io->qkv, n * uintptr_t(d->num_heads + 2 * d->kv_num_heads) * D * element),
-                        range("cos_cache", io->cos_cache, table), range("sin_cache", io->sin_cache, table),
-                        range("position_ids", io->position_ids, n * sizeof(int64_t))};
+  const Bytes written[] = {Bytes("query", io->query, n * uintptr_t(d->num_heads) * D * element),
+                           Bytes("key", io->key, n * uintptr_t(d->kv_num_heads) * D * element),
+                           Bytes("value", io->value, n * uintptr_t(d->kv_num_heads) * D * element)};
+  const Bytes read[] = {Bytes("qkv", io->qkv, n * uintptr_t(d->num_heads + 2 * d->kv_num_heads) * D * element),
+                        Bytes("cos_cache", io->cos_cache, table), Bytes("sin_cache", io->sin_cache, table),
+                        Bytes("position_ids", io->position_ids, n * sizeof(int64_t))};
   for (size_t w = 0; w < 3; ++w) {
-    for (const Range& other : read)
-      if (written[w].begin < other.end && other.begin < written[w].end)
+    for (const Bytes& other : read)
+      if (written[w].overlaps(other))
         return fail(UA_INVALID_ARGUMENT, "split_rotary: %s overlaps %s", written[w].name, other.name);
     for (size_t o = w + 1; o < 3; ++o)
-      if (written[w].begin < written[o].end && written[o].begin < written[w].end)
+      if (written[w].overlaps(written[o]))
         return fail(UA_INVALID_ARGUMENT, "split_rotary: %s overlaps %s", written[w].name, written[o].name);
   }
   return ok();
