@@ -1,9 +1,11 @@
 """libuniattn_runtime.so on static-cache artifacts (op contract v2) against the Python runtime
 (OrtSession): caches of a fixed capacity bound as past and present, right-padded prompts,
 greedy tokens from the graph's next_tokens, on the CPU with and without the custom-op
-library. Same tokens over 40 steps with rows of different lengths, same seeded samples, same
-eos/pad handling, several generations in a row on one runtime, the capacity error before
-anything runs, and the manifest's cache facts checked with the Python loader's words."""
+library, on the standard-op graph and on the graph `--target ort` writes (skip norms, GatedSilu,
+SplitRotary). Same tokens over 40 steps with rows of different lengths (and the PyTorch
+reference's on the ort target's graph), same seeded samples, same eos/pad handling, several
+generations in a row on one runtime, the capacity error before anything runs, and the
+manifest's cache facts checked with the Python loader's words."""
 
 from __future__ import annotations
 
@@ -36,18 +38,35 @@ def static_artifact(tiny_checkpoint, tmp_path_factory):
     return export_model(load_model(tiny_checkpoint), out, source_dir=tiny_checkpoint, cache="static", max_length=CAPACITY)
 
 
-@pytest.fixture(scope="module", params=["custom_ops", "function_bodies"])
-def runtimes(request, static_artifact, c_runtime):
-    """(Python OrtSession, C runtime) over the static artifact, both with or both without the library."""
-    with_library = request.param == "custom_ops"
+@pytest.fixture(scope="module")
+def ort_target_artifact(tiny_checkpoint, tmp_path_factory):
+    """The graph `--target ort` writes (what a service is given): ONNX Runtime's skip norms, and
+    our graph ops GatedSilu and SplitRotary, run by the library or as their model-local bodies."""
+    from uniattn_export.export import export_model
+    from uniattn_export.model import load_model
+
+    out = tmp_path_factory.mktemp("serving_static_ort") / "artifact"
+    artifact = export_model(load_model(tiny_checkpoint), out, source_dir=tiny_checkpoint, cache="static",
+                            max_length=CAPACITY, ort_contrib_ops=True)  # fmt: skip
+    fused = json.loads((artifact / "uniattn_manifest.json").read_text())["graph"]["fused"]
+    assert fused["skip_norms"] and fused["gated_silu"] and fused["split_rotary"], fused
+    return artifact
+
+
+@pytest.fixture(scope="module", params=["custom_ops", "function_bodies", "custom_ops-ort_target", "function_bodies-ort_target"])
+def runtimes(request, static_artifact, ort_target_artifact, c_runtime):
+    """(Python OrtSession, C runtime) over a static artifact (the standard-op graph, or the ort
+    target's), both with or both without the library."""
+    with_library = request.param.startswith("custom_ops")
+    artifact = ort_target_artifact if request.param.endswith("ort_target") else static_artifact
     if with_library:
         library = native.ort_custom_op_library()
         assert library is not None, f"{native.ORT_LIBRARY} is not built: {native.BUILD_FIX}"
         assert native.kernel_abi_version() >= 2, "the built kernels implement op version 1 only"
-        c = c_runtime(static_artifact, custom_ops=1, custom_op_library=library)
+        c = c_runtime(artifact, custom_ops=1, custom_op_library=library)
     else:
-        c = c_runtime(static_artifact, custom_ops=2)
-    python = OrtSession(static_artifact, custom_ops=with_library)
+        c = c_runtime(artifact, custom_ops=2)
+    python = OrtSession(artifact, custom_ops=with_library)
     assert c.uses_custom_ops == with_library == python.uses_custom_ops
     return python, c
 
@@ -60,6 +79,20 @@ def test_greedy_tokens_equal_python_runtime_over_40_steps(runtimes):
     np.testing.assert_array_equal(got.tokens, expected.tokens)
     # Not a degenerate sequence: the rows keep choosing different tokens.
     assert all(len(set(row)) > 5 for row in got.tokens.tolist())
+
+
+@pytest.mark.parametrize("custom_ops", [1, 2], ids=["library", "function_bodies"])
+def test_ort_target_graph_gives_the_pytorch_references_tokens(ort_target_artifact, tiny_checkpoint, c_runtime,
+                                                             custom_ops):  # fmt: skip
+    """The C runtime on the graph a user serves, against an independent reference (not only
+    against OrtSession, which shares the library's kernels)."""
+    from uniattn_export.model import load_model
+    from uniattn_export.validate.reference import TorchSession
+
+    library = native.ort_custom_op_library() if custom_ops == 1 else None
+    c = c_runtime(ort_target_artifact, custom_ops=custom_ops, custom_op_library=library)
+    want = TorchSession(load_model(tiny_checkpoint)).generate(PROMPTS, STEPS).tokens
+    np.testing.assert_array_equal(c.generate(PROMPTS, STEPS).tokens, want)
 
 
 def test_logits_of_each_step_equal_python_runtime(runtimes):
@@ -185,10 +218,14 @@ def test_a_static_artifact_relabelled_dynamic_is_refused(static_artifact, tmp_pa
 # ---- the C++ service (examples/cpp_service) on a static artifact ----------------------
 
 
-def test_cpp_service_serves_several_requests_on_one_runtime(cpp_service, static_artifact, tmp_path):
+@pytest.mark.parametrize("graph", ["static_artifact", "ort_target_artifact"])
+def test_cpp_service_serves_several_requests_on_one_runtime(cpp_service, request, graph, tmp_path):
     """Two requests of different batch sizes in one prompt file run one after the other on one
-    runtime; each gets the Python runtime's greedy tokens."""
+    runtime; each gets the Python runtime's greedy tokens (the standard-op graph and the ort
+    target's)."""
     import subprocess
+
+    static_artifact = request.getfixturevalue(graph)
 
     second = [PROMPTS[2], PROMPTS[0]]
     prompt_file = tmp_path / "prompts.txt"
