@@ -53,12 +53,16 @@ def ort_target_artifact(tiny_checkpoint, tmp_path_factory):
     return artifact
 
 
-@pytest.fixture(scope="module", params=["custom_ops", "function_bodies", "custom_ops-ort_target", "function_bodies-ort_target"])
-def runtimes(request, static_artifact, ort_target_artifact, c_runtime):
+GRAPHS = ["static_artifact", "ort_target_artifact"]  # the fixtures of the two static graphs
+
+
+@pytest.fixture(scope="module", params=[(library, graph) for graph in GRAPHS for library in (True, False)],
+                ids=lambda p: f"{'custom_ops' if p[0] else 'function_bodies'}-{p[1]}")  # fmt: skip
+def runtimes(request, c_runtime):
     """(Python OrtSession, C runtime) over a static artifact (the standard-op graph, or the ort
     target's), both with or both without the library."""
-    with_library = request.param.startswith("custom_ops")
-    artifact = ort_target_artifact if request.param.endswith("ort_target") else static_artifact
+    with_library, graph = request.param
+    artifact = request.getfixturevalue(graph)
     if with_library:
         library = native.ort_custom_op_library()
         assert library is not None, f"{native.ORT_LIBRARY} is not built: {native.BUILD_FIX}"
@@ -218,31 +222,31 @@ def test_a_static_artifact_relabelled_dynamic_is_refused(static_artifact, tmp_pa
 # ---- the C++ service (examples/cpp_service) on a static artifact ----------------------
 
 
-@pytest.mark.parametrize("graph", ["static_artifact", "ort_target_artifact"])
+@pytest.mark.parametrize("graph", GRAPHS)
 def test_cpp_service_serves_several_requests_on_one_runtime(cpp_service, request, graph, tmp_path):
     """Two requests of different batch sizes in one prompt file run one after the other on one
     runtime; each gets the Python runtime's greedy tokens (the standard-op graph and the ort
     target's)."""
     import subprocess
 
-    static_artifact = request.getfixturevalue(graph)
+    artifact = request.getfixturevalue(graph)
 
     second = [PROMPTS[2], PROMPTS[0]]
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text("\n".join(" ".join(map(str, p)) for p in PROMPTS) + "\n---\n"
                            + "\n".join(", ".join(map(str, p)) for p in second) + "\n")  # fmt: skip
-    done = subprocess.run([str(cpp_service), str(static_artifact), str(prompt_file), "--onnxruntime",
+    done = subprocess.run([str(cpp_service), str(artifact), str(prompt_file), "--onnxruntime",
                            native.onnxruntime_library(), "--max-new-tokens", str(STEPS), "--cuda-graphs", "off"],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["cache_capacity"] == CAPACITY and out["cuda_graphs"] is False
-    python = OrtSession(static_artifact)
+    python = OrtSession(artifact)
     assert [r["tokens"] for r in out["requests"]] == [
         python.generate(PROMPTS, STEPS).tokens.tolist(),
         python.generate(second, STEPS).tokens.tolist(),
     ]
-    bad = subprocess.run([str(cpp_service), str(static_artifact), str(prompt_file), "--onnxruntime",
+    bad = subprocess.run([str(cpp_service), str(artifact), str(prompt_file), "--onnxruntime",
                           native.onnxruntime_library(), "--cuda-graphs", "yes"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr == "uniattn_cpp_service: error: --cuda-graphs is on or off, got 'yes'\n"
 
