@@ -47,12 +47,13 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def artifact(checkpoint, tmp_path_factory):
-    """artifact(dtype="float32") -> the exported checkpoint(3)."""
+    """artifact(dtype="float32", cache="dynamic", max_length=None) -> the exported checkpoint(3)."""
 
     @functools.cache
-    def make(dtype: str = "float32"):
-        out = tmp_path_factory.mktemp(f"artifact_{dtype}") / "artifact"
-        return load_artifact(export_model(load_model(checkpoint(), dtype=dtype), out, source_dir=checkpoint()))
+    def make(dtype: str = "float32", cache: str = "dynamic", max_length: int | None = None):
+        out = tmp_path_factory.mktemp(f"artifact_{dtype}_{cache}") / "artifact"
+        model = load_model(checkpoint(), dtype=dtype)
+        return load_artifact(export_model(model, out, source_dir=checkpoint(), cache=cache, max_length=max_length))
 
     return make
 

@@ -60,7 +60,7 @@ def test_topk_overlap_counts_shared_candidates():
 
 
 def test_perplexity_is_exp_cross_entropy():
-    logits = np.random.default_rng(0).normal(size=(6, 10)).astype(np.float32)
-    ids = np.array([3, 1, 4, 1, 5, 9])
-    expected = torch.exp(torch.nn.functional.cross_entropy(torch.from_numpy(logits[:-1]), torch.from_numpy(ids[1:])))
-    assert compare.perplexity(logits, ids) == pytest.approx(expected.item(), rel=1e-6)
+    predictions = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
+    ids = [3, 1, 4, 1, 5, 9]
+    expected = torch.exp(torch.nn.functional.cross_entropy(torch.from_numpy(predictions), torch.tensor(ids[1:])))
+    assert compare.perplexity(predictions, ids) == pytest.approx(expected.item(), rel=1e-6)

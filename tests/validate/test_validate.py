@@ -129,6 +129,46 @@ def test_perplexity_matches_the_reference(artifact, text):
     assert report["passed"]
 
 
+def test_perplexity_of_a_static_artifact_comes_from_decode_steps(artifact, text):
+    """A static artifact returns only the last position's logits: its perplexity is measured by
+    feeding the text one decode step at a time, and agrees with the reference's prefill and with
+    the dynamic artifact's all-position logits."""
+    static = artifact(cache="static", max_length=64)
+    assert static.manifest["logits"] == "last"
+    for session in (_plain(static), OrtSession(static)):  # function bodies, then the library's kernels
+        report = validate_artifact(static, session=session, max_new_tokens=2, perplexity_text=text)
+        ppl = report["perplexity"]
+        assert ppl["tokens"] == 36 and ppl["abs_diff"] <= ppl["tolerance_abs"] and report["passed"]
+        assert ppl["artifact_method"] == "decode steps" and "artifact by decode steps" in _render(report)
+        dynamic = validate_artifact(artifact(), session=_plain(artifact()), max_new_tokens=2, perplexity_text=text)
+        assert ppl["reference"] == dynamic["perplexity"]["reference"]
+        assert ppl["artifact"] == pytest.approx(dynamic["perplexity"]["artifact"], rel=1e-5)
+        assert dynamic["perplexity"]["artifact_method"] == "prefill"
+
+
+def test_static_perplexity_detects_a_wrong_decode_step(artifact, text, monkeypatch):
+    """Mutation check: logits of a decode step that saw the wrong token move the perplexity."""
+    static = artifact(cache="static", max_length=64)
+    session = _plain(static)
+    step = session.step
+
+    def shifted(input_ids, attention_mask, position_ids):
+        if input_ids.shape[1] == 1 and attention_mask.shape[1] == 20:  # one decode step mid-text
+            input_ids = (input_ids + 1) % static.vocab_size
+        return step(input_ids, attention_mask, position_ids)
+
+    monkeypatch.setattr(session, "step", shifted)
+    report = validate_artifact(static, session=session, max_new_tokens=2, perplexity_text=text)
+    assert report["perplexity"]["abs_diff"] > report["perplexity"]["tolerance_abs"] and not report["passed"]
+    assert any(f.startswith("perplexity ") for f in report["failures"])
+
+
+def test_perplexity_text_is_clipped_to_the_capacity(artifact, text):
+    static = artifact(cache="static", max_length=16)
+    report = validate_artifact(static, session=_plain(static), max_new_tokens=2, perplexity_text=text)
+    assert report["perplexity"]["tokens"] == 16 and report["passed"]
+
+
 def test_missing_reference_is_a_clear_error(artifact, tmp_path):
     art = artifact()
     with pytest.raises(UniAttnError, match=r"no PyTorch reference .*Pass --checkpoint FOLDER, or --golden DIR"):

@@ -25,8 +25,8 @@ def add_validation_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt text (repeat for a left-padded batch; default: built-in prompts, "
                         "or random token ids when the artifact has no tokenizer)")  # fmt: skip
     g.add_argument("--max-new-tokens", type=int, default=12, help="generation steps compared (default: 12)")
-    g.add_argument("--perplexity-text", type=Path, default=None, help="also compare perplexity on this text file")
-    g.add_argument("--perplexity-tokens", type=int, default=512, help="tokens of the text used, at most the model's positions (default: 512)")
+    g.add_argument("--perplexity-text", type=Path, default=None, help="also compare perplexity on this text file (static artifacts: one decode step per token)")
+    g.add_argument("--perplexity-tokens", type=int, default=512, help="tokens of the text used, at most the model's positions and the cache capacity (default: 512)")
     g.add_argument("--golden", type=Path, default=None,
                    help="folder of reference outputs: checked against when it holds them, "
                         "stored there (from the PyTorch reference) when it does not")  # fmt: skip

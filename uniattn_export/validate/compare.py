@@ -121,10 +121,11 @@ def compare_tokens(artifact: Generation, reference: Generation, tolerance: float
     }
 
 
-def perplexity(logits: np.ndarray, token_ids: np.ndarray) -> float:
-    """exp(mean NLL) of token_ids[1:] under logits[:-1] ((L, V) and (L,))."""
-    shifted = logits[:-1].astype(np.float64)
-    targets = token_ids[1:]
+def perplexity(predictions: np.ndarray, token_ids) -> float:
+    """exp(mean NLL) of token_ids[1:] (L of them in all) under predictions (L - 1, V): row i the
+    logits predicting token i + 1."""
+    shifted = predictions.astype(np.float64)
+    targets = np.asarray(token_ids)[1:]
     top = shifted.max(axis=-1, keepdims=True)
     log_norm = top[:, 0] + np.log(np.exp(shifted - top).sum(axis=-1))
     nll = log_norm - shifted[np.arange(len(targets)), targets]

@@ -68,7 +68,7 @@ def summary_table(report: dict) -> Table:
     if report["perplexity"] is not None:
         ppl = report["perplexity"]
         table.add_row(
-            f"perplexity ({ppl['tokens']} tokens)",
+            f"perplexity ({ppl['tokens']} tokens, artifact by {ppl['artifact_method']})",
             f"{ppl['artifact']:.4f} vs {ppl['reference']:.4f}",
             f"+-{ppl['tolerance_abs']:.3g}",
             _status(ppl["abs_diff"] <= ppl["tolerance_abs"]),

@@ -86,24 +86,27 @@ def _pad_token_id(artifact: Artifact) -> int:
 def _text_token_ids(artifact: Artifact, text: str, max_tokens: int) -> list[int]:
     if not artifact.has_tokenizer():
         raise UniAttnError(f"perplexity needs a tokenizer but {artifact.path} has none", "drop --perplexity-text")
-    if artifact.manifest["logits"] != "all":
-        raise UniAttnError(
-            "perplexity needs the logits of every position but this artifact keeps only the last",
-            "export with logits='all' (the default) or drop --perplexity-text",
-        )
     from ..model.tokenizer import load_tokenizer
 
-    ids = load_tokenizer(artifact.path)(text)["input_ids"][: min(max_tokens, artifact.max_positions)]
+    limit = min(max_tokens, artifact.max_positions, artifact.capacity or artifact.max_positions)
+    ids = load_tokenizer(artifact.path)(text)["input_ids"][:limit]
     if len(ids) < 2:
         raise UniAttnError("the perplexity text has fewer than 2 tokens", "pass a longer text")
     return ids
 
 
-def _text_logits(session: GenerationSession, token_ids: list[int]) -> np.ndarray:
-    """(L, V) logits of one prefill over the text."""
-    ids, mask = pad_prompts([token_ids], 0, session.padding)
-    session.reset(1)
-    return session.step(ids, mask, position_ids_for(mask, session.padding))[0]
+def _text_predictions(session: GenerationSession, token_ids: list[int], last_only: bool) -> np.ndarray:
+    """(L - 1, V) logits predicting token_ids[1:]. All-position logits: one prefill over the text.
+    An artifact that returns only the last position's logits (static caches): the first token,
+    then each of the others fed as one decode step (teacher forcing), every step's logits
+    predicting the next token; slower (one step per token), and it measures the decode path."""
+    if not last_only:
+        ids, mask = pad_prompts([token_ids], 0, session.padding)
+        session.reset(1)
+        return session.step(ids, mask, position_ids_for(mask, session.padding))[0][:-1]
+    forced = np.asarray([token_ids[1:]], dtype=np.int64)
+    run = session.generate([token_ids[:1]], len(token_ids) - 1, return_logits=True, forced_tokens=forced)
+    return np.concatenate([logits[0, -1:] for logits in run.step_logits])
 
 
 def _reference_run(path: Path, dtype: str, prompts, pad_token_id: int, max_new_tokens: int,
@@ -116,7 +119,7 @@ def _reference_run(path: Path, dtype: str, prompts, pad_token_id: int, max_new_t
     session = TorchSession(load_model(path, dtype=dtype))
     run = session.generate(prompts, max_new_tokens, pad_token_id=pad_token_id, return_logits=True,
                            forced_tokens=forced_tokens)  # fmt: skip
-    ppl = None if text_ids is None else compare.perplexity(_text_logits(session, text_ids), np.asarray(text_ids))
+    ppl = None if text_ids is None else compare.perplexity(_text_predictions(session, text_ids, False), text_ids)
     return run, ppl, session.description
 
 
@@ -254,9 +257,10 @@ def _report(
     text = None
     if text_ids is not None:
         stored = ref.golden.perplexity
-        ppl = compare.perplexity(_text_logits(session, text_ids), np.asarray(text_ids))
+        ppl = compare.perplexity(_text_predictions(session, text_ids, last_only), text_ids)
         text = {"tokens": len(text_ids), "artifact": ppl, "reference": stored["reference"],
-                "abs_diff": abs(ppl - stored["reference"]), "tolerance_abs": stored["tolerance_abs"]}  # fmt: skip
+                "abs_diff": abs(ppl - stored["reference"]), "tolerance_abs": stored["tolerance_abs"],
+                "artifact_method": "decode steps" if last_only else "prefill"}  # fmt: skip
         if text["abs_diff"] > text["tolerance_abs"]:
             failures.append(f"perplexity {ppl:.4f} vs reference {stored['reference']:.4f} exceeds tolerance {stored['tolerance_abs']:.3g}")
     margins = [d["reference_margin"] for d in tokens["divergences"]]
