@@ -18,7 +18,8 @@ nlohmann-json==3.12.0` (add `cmake` when the machine has none). Steps, each repo
   5. the execution provider, from what the program's process held while running (ORT's CUDA
      provider library and the CUDA driver mapped, an NVIDIA device file open; none on the
      CPU), and with the GPU hidden (CUDA_VISIBLE_DEVICES="") --device cuda must fail;
-  6. static-cache artifacts (capacity 64, float32 and float16): the program serves three
+  6. static-cache artifacts (capacity 64, float32 and float16; the graph --target ort writes:
+     skip norms, GatedSilu, SplitRotary): the program serves three
      requests on one runtime (batches of 3, 1 and 3 rows of different lengths, 32 new tokens)
      with CUDA graphs on and off; ONNX Runtime must accept the graph capture (no warning,
      "cuda_graphs": true), and greedy tokens, seeded samples and logits must be the same with
@@ -98,11 +99,17 @@ def export(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         dtype: export_model(load_model(checkpoint, dtype=dtype), out / f"artifact_{dtype}", source_dir=checkpoint)
         for dtype in dtypes
     }
+    # The static artifacts are the graph `--target ort` writes (what a service is given): ONNX
+    # Runtime's skip norms and our GatedSilu and SplitRotary beside the attention ops.
     static = {
         dtype: export_model(load_model(checkpoint, dtype=dtype), out / f"artifact_{dtype}_static", source_dir=checkpoint,
-                            cache="static", max_length=STATIC_CAPACITY)
+                            cache="static", max_length=STATIC_CAPACITY, ort_contrib_ops=True)
         for dtype in dtypes
     }  # fmt: skip
+    for artifact in static.values():
+        fused = json.loads((artifact / "uniattn_manifest.json").read_text())["graph"]["fused"]
+        if not (fused["skip_norms"] and fused["gated_silu"] and fused["split_rotary"]):
+            raise RuntimeError(f"{artifact} is not the ort target's graph: fused {fused}")
     return dynamic, static
 
 
