@@ -88,7 +88,7 @@ def build(out: Path) -> tuple[Path, Path]:
 
 def export(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """(dynamic-cache artifacts, static-cache artifacts) per dtype."""
-    from uniattn_export.export import export_model
+    from uniattn_export.export import export_model, load_artifact
     from uniattn_export.model import load_model
     from uniattn_export.model.synthetic import random_base_model, released_checkpoint, tiny_config
 
@@ -107,7 +107,7 @@ def export(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         for dtype in dtypes
     }  # fmt: skip
     for artifact in static.values():
-        fused = json.loads((artifact / "uniattn_manifest.json").read_text())["graph"]["fused"]
+        fused = load_artifact(artifact).manifest["graph"]["fused"]
         if not (fused["skip_norms"] and fused["gated_silu"] and fused["split_rotary"]):
             raise RuntimeError(f"{artifact} is not the ort target's graph: fused {fused}")
     return dynamic, static

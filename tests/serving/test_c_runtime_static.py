@@ -48,7 +48,7 @@ def ort_target_artifact(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("serving_static_ort") / "artifact"
     artifact = export_model(load_model(tiny_checkpoint), out, source_dir=tiny_checkpoint, cache="static",
                             max_length=CAPACITY, ort_contrib_ops=True)  # fmt: skip
-    fused = json.loads((artifact / "uniattn_manifest.json").read_text())["graph"]["fused"]
+    fused = load_artifact(artifact).manifest["graph"]["fused"]
     assert fused["skip_norms"] and fused["gated_silu"] and fused["split_rotary"], fused
     return artifact
 

@@ -119,7 +119,7 @@ def _reference_run(path: Path, dtype: str, prompts, pad_token_id: int, max_new_t
     session = TorchSession(load_model(path, dtype=dtype))
     run = session.generate(prompts, max_new_tokens, pad_token_id=pad_token_id, return_logits=True,
                            forced_tokens=forced_tokens)  # fmt: skip
-    ppl = None if text_ids is None else compare.perplexity(_text_predictions(session, text_ids, False), text_ids)
+    ppl = None if text_ids is None else compare.perplexity(_text_predictions(session, text_ids, last_only=False), text_ids)
     return run, ppl, session.description
 
 
