@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "uniattn/op_schema.h"
+
 namespace uniattn::runtime {
 
 namespace {
@@ -172,6 +174,12 @@ std::string Session::create_session(const SessionOptions& options, bool with_cud
     check(api_, api_->SetIntraOpNumThreads(session_options.get(), options.intra_op_threads), "SetIntraOpNumThreads");
   }
   if (!options.custom_op_library.empty()) {
+    // Linear's CUDA kernel, for CUDA sessions only: on the CPU ONNX Runtime must run its body
+    // (docs/ops.md), which it does only where the op is not registered.
+    if (cuda_) {
+      check(api_, api_->AddSessionConfigEntry(session_options.get(), uniattn::schema::kCudaLinearConfigKey, "1"),
+            "AddSessionConfigEntry");
+    }
     const std::string message =
         consume(api_, api_->RegisterCustomOpsLibrary_V2(session_options.get(), options.custom_op_library.c_str()));
     if (!message.empty()) {

@@ -46,8 +46,9 @@ QWEN2_EXTRA_ADD = 1
 # into the norms reading them (the MLP's into the next layer's input norm, the last one's into
 # the final norm); layer 0's input norm reads the embedding and stays an RMSNormalization; the
 # SiLU's Sigmoid + Mul become one QuickGelu, which with the gate/up Split and the Mul by up becomes
-# our GatedSilu.
-SKIP_NORM, SILU, GATED_SILU = "SkipSimplifiedLayerNormalization", "QuickGelu", "GatedSilu"
+# our GatedSilu; every MatMul by a constant weight (the four projections, the lm_head) becomes our
+# Linear with the weight stored (N, K).
+SKIP_NORM, SILU, GATED_SILU, LINEAR = "SkipSimplifiedLayerNormalization", "QuickGelu", "GatedSilu", "Linear"
 
 
 class _RawOrtSession(GenerationSession):
@@ -131,6 +132,7 @@ def _expected_layer(role: str, family: str, contrib: bool = False, layer: int = 
         expected["Mul"] -= 2
         expected["Split"] -= 1
         expected[GATED_SILU] = 1
+        expected[LINEAR] = expected.pop("MatMul")
     return {kind: count for kind, count in expected.items() if count}
 
 
@@ -236,8 +238,10 @@ def test_skip_norms_take_every_residual_add(traced, skip_fused, family, base, dt
     assert skip_report.nodes_after == report.nodes_after - 5 * uniattn.num_layers
     proto = onnx.load(str(skip_path))
     assert {(i.domain, i.version) for i in proto.opset_import} >= {("com.microsoft", 1)}
-    assert sorted((f.domain, f.name) for f in proto.functions if f.domain != "uniattn" or f.name == GATED_SILU) == [
-        ("com.microsoft", SKIP_NORM), ("uniattn", GATED_SILU)]  # fmt: skip
+    assert sorted((f.domain, f.name) for f in proto.functions if f.domain != "uniattn" or f.name in (GATED_SILU, LINEAR)) == [
+        ("com.microsoft", SKIP_NORM), ("uniattn", GATED_SILU), ("uniattn", LINEAR)]  # fmt: skip
+    assert skip_report.matched["linear"] == 4 * uniattn.num_layers + 1  # and the lm_head
+    assert not [n for n in proto.graph.node if n.op_type == "MatMul"]
     assert not [n for n in proto.graph.node if n.op_type == SILU]
     for node in (n for n in proto.graph.node if n.op_type == GATED_SILU):
         assert node.domain == "uniattn" and not node.attribute and len(node.input) == len(node.output) == 1
@@ -542,8 +546,9 @@ def test_gated_mlp_becomes_one_gated_silu_run_by_the_library_and_as_its_body():
     assert (report.matched["projection_groups"], report.matched["silu"], report.matched["gated_silu"]) == (1, 1, 1)
     fused = ir.serde.serialize_model(model)
     onnx.checker.check_model(fused, full_check=True)
-    assert [(n.domain, n.op_type) for n in fused.graph.node] == [("", "MatMul"), ("uniattn", "GatedSilu"), ("", "Relu")]
-    assert [(f.domain, f.name) for f in fused.functions] == [("uniattn", "GatedSilu")]
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [("uniattn", "Linear"), ("uniattn", "GatedSilu"),
+                                                                 ("", "Relu")]  # fmt: skip
+    assert sorted((f.domain, f.name) for f in fused.functions) == [("uniattn", "GatedSilu"), ("uniattn", "Linear")]
     assert {(i.domain, i.version) for i in fused.opset_import} == {("", 23), ("uniattn", 1)}
     feeds = {"x": (2 * np.random.default_rng(6).standard_normal((2, 3, 8))).astype(np.float32)}
     (want,) = ReferenceEvaluator(unfused).run(None, feeds)
@@ -559,5 +564,68 @@ def test_gated_silu_needs_the_gate_in_the_first_half():
     model = ir.serde.deserialize_model(_gated_mlp_graph(gate_first=False))
     report = fuse_graph(model, ort_contrib_ops=True)
     assert (report.matched["silu"], report.matched["gated_silu"]) == (1, 0)
-    assert [n.op_type for n in ir.serde.serialize_model(model).graph.node] == ["MatMul", "Split", "QuickGelu", "Mul", "Relu"]
-    assert [(f.domain, f.name) for f in model.functions.values()] == [("com.microsoft", "QuickGelu")]
+    assert [n.op_type for n in ir.serde.serialize_model(model).graph.node] == ["Linear", "Split", "QuickGelu", "Mul", "Relu"]
+    assert sorted((f.domain, f.name) for f in model.functions.values()) == [("com.microsoft", "QuickGelu"),
+                                                                            ("uniattn", "Linear")]  # fmt: skip
+
+
+def _projection_graph(dtype: int) -> onnx.ModelProto:
+    """x (B, L, 8) -> h = x W (W a (8, 6) constant) -> Relu -> logits = r Transpose(E) (E a (5, 6)
+    constant, as a tied lm_head reads its embedding table: a graph output), and y = x z (z a graph
+    input: not a projection, left alone)."""
+    rng = np.random.default_rng(7)
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np_dtype), name)
+               for name, shape in (("w", (8, 6)), ("table", (5, 6)))]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["r", "table_t"], ["logits"]),
+        helper.make_node("MatMul", ["x", "z"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", dtype, ["B", "L", 8]), helper.make_tensor_value_info("z", dtype, [8, 3])]
+    outputs = [helper.make_tensor_value_info(name, dtype, None) for name in ("logits", "y")]
+    graph = helper.make_graph(nodes, "projections", inputs, outputs, weights)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)],
+                                                               ir_version=10))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_projections_become_linear_run_by_onnxruntime_and_as_its_body(dtype):
+    """MatMul by a constant -> Linear with the transposed weight; MatMul by Transpose(constant)
+    (a graph output) -> Linear reading that constant itself, the output keeping its name; a
+    MatMul by a graph input stays. ONNX Runtime on the CPU (with the custom-op library, which
+    registers Linear for CUDA only, and without it) and onnx.reference run the body, against
+    the unfused graph."""
+    from onnx.reference import ReferenceEvaluator
+
+    from uniattn_export import native
+
+    unfused = _projection_graph(dtype)
+    model = ir.serde.deserialize_model(unfused)
+    assert fuse_graph(model, ort_contrib_ops=True).matched["linear"] == 2
+    fused = ir.serde.serialize_model(model)
+    onnx.checker.check_model(fused, full_check=True)
+    assert [(n.domain, n.op_type) for n in fused.graph.node] == [
+        ("uniattn", "Linear"), ("", "Relu"), ("uniattn", "Linear"), ("", "MatMul")]  # fmt: skip
+    linears = [n for n in fused.graph.node if n.op_type == "Linear"]
+    initializers = {i.name: numpy_helper.to_array(i) for i in fused.graph.initializer}
+    weights = {i.name: numpy_helper.to_array(i) for i in unfused.graph.initializer}
+    np.testing.assert_array_equal(initializers[linears[0].input[1]], weights["w"].T)
+    assert linears[1].input[1] == "table" and linears[1].output[0] == "logits"
+    assert sorted(initializers) == sorted([linears[0].input[1], "table"])  # the (K, N) copy is gone
+    assert [o.name for o in fused.graph.output] == ["logits", "y"]
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(8)
+    feeds = {"x": rng.standard_normal((2, 3, 8)).astype(np_dtype), "z": rng.standard_normal((8, 3)).astype(np_dtype)}
+    want = ReferenceEvaluator(unfused).run(None, feeds)
+    library = ort.SessionOptions()
+    library.register_custom_ops_library(native.ort_custom_op_library())
+    runs = [ort.InferenceSession(fused.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+            for options in (library, ort.SessionOptions())]  # fmt: skip
+    tolerance = 1e-5 if dtype == TensorProto.FLOAT else 2e-3
+    for got in (*runs, ReferenceEvaluator(fused).run(None, feeds)):
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            assert np.abs(g.astype(np.float32) - w.astype(np.float32)).max() <= tolerance * np.abs(w).max()

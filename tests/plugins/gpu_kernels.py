@@ -86,6 +86,12 @@ class SplitRotaryIO(ctypes.Structure):
                 for name in ("qkv", "cos_cache", "sin_cache", "position_ids", "query", "key", "value")]  # fmt: skip
 
 
+class LinearDesc(ctypes.Structure):
+    """ua_linear_desc (kernels.h)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("rows", "in_features", "out_features")] + [("dtype", ctypes.c_int)]
+
+
 class Kernels:
     """ua_producer_cuda / ua_consumer_cuda of a built library: device pointers on the current
     CUDA stream, or host pointers for the emulated build (device="cpu")."""
@@ -107,9 +113,26 @@ class Kernels:
             lib.ua_split_rotary_cuda.argtypes = [ctypes.POINTER(SplitRotaryDesc), ctypes.POINTER(SplitRotaryIO),
                                                  ctypes.c_void_p]
             lib.ua_split_rotary_cuda.restype = ctypes.c_int
+        if hasattr(lib, "ua_linear_cuda"):  # (libraries built before 2026-12-07 s19 lack it: its check fails)
+            lib.ua_linear_cuda.argtypes = [ctypes.POINTER(LinearDesc)] + [ctypes.c_void_p] * 5
+            lib.ua_linear_cuda.restype = ctypes.c_int
         lib.ua_last_error.restype = ctypes.c_char_p
         lib.ua_has_cuda.restype = ctypes.c_int
         self.lib = lib
+
+    def linear(self, input: torch.Tensor, weight: torch.Tensor, output: torch.Tensor) -> tuple[int, str]:
+        """ua_linear_cuda: input (rows, K), weight (N, K) -> output (rows, N); on CUDA with torch's
+        cuBLAS handle (the emulated build gets none); (status, message)."""
+        on_cuda = self.device.startswith("cuda")
+        stream = torch.cuda.current_stream().cuda_stream if on_cuda else None
+        handle = torch.cuda.current_blas_handle() if on_cuda else None
+        if not hasattr(self.lib, "ua_linear_cuda"):
+            return -1, f"{self.path} has no ua_linear_cuda"
+        desc = LinearDesc(input.shape[0], input.shape[1], weight.shape[0],
+                          DTYPE_CODES[str(input.dtype).removeprefix("torch.")])  # fmt: skip
+        status = self.lib.ua_linear_cuda(ctypes.byref(desc), input.data_ptr(), weight.data_ptr(), output.data_ptr(),
+                                         handle, stream)  # fmt: skip
+        return status, self.lib.ua_last_error().decode()
 
     def gated_silu(self, gate_up: torch.Tensor, output: torch.Tensor) -> tuple[int, str]:
         """ua_gated_silu_cuda over (rows, 2 * width) -> (rows, width); (status, message)."""
@@ -994,6 +1017,45 @@ def gated_silu_check(kernels: Kernels, shapes=GATED_SILU_SHAPES) -> list[dict]:
     return results
 
 
+# Linear shapes (rows, K, N): one row (the GEMV: K below, at and above one warp's 256 elements,
+# not a multiple of 256, Llama-3.2-1B's down projection; N below and above a block's 4 rows),
+# then rows > 1 and, at one row, inputs off 16-byte alignment or K not a multiple of 8 (cuBLAS:
+# GPU only, the emulated build has no cuBLAS handle).
+LINEAR_GEMV_SHAPES = ((1, 8, 1), (1, 64, 5), (1, 264, 37), (1, 512, 130), (1, 8192, 9))
+LINEAR_GEMM_SHAPES = ((2, 64, 5), (7, 264, 37), (64, 2048, 3072), (1, 20, 6))
+# Relative to sum_k |w x|: float32 accumulation over K terms, then one rounding to T.
+LINEAR_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+
+
+def linear_check(kernels: Kernels, shapes=LINEAR_GEMV_SHAPES + LINEAR_GEMM_SHAPES, offsets=(0, 1)) -> list[dict]:
+    """ua_linear_cuda against input x weight^T in float64, every dtype and shape, the memory
+    around the output untouched; offset 1 starts every tensor one element into its buffer."""
+    results = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for rows, k, n in shapes:
+            for offset in offsets:
+                generator = torch.Generator().manual_seed(rows * 7919 + k * 31 + n)
+                values = [torch.randn(size, generator=generator) for size in (rows * k, n * k)]
+                tensors = []
+                for flat, shape in zip(values, ((rows, k), (n, k))):
+                    buffer = torch.zeros(flat.numel() + offset, dtype=dtype, device=kernels.device)
+                    buffer[offset:].copy_(flat.to(dtype))
+                    tensors.append(buffer[offset:].view(shape))
+                input, weight = tensors
+                out_buffer = torch.full((rows * n + offset + 8,), 7.0, dtype=dtype, device=kernels.device)
+                output = out_buffer[offset:offset + rows * n].view(rows, n)
+                status, message = kernels.linear(input, weight, output)
+                x, w = input.double().cpu(), weight.double().cpu()
+                scale = x.abs() @ w.abs().t() + 1e-30
+                error = ((output.double().cpu() - x @ w.t()).abs() / scale).max().item()
+                untouched = bool((out_buffer[offset + rows * n:].cpu() == 7.0).all()) and bool(
+                    (out_buffer[:offset].cpu() == 7.0).all())
+                ok = status == 0 and error <= LINEAR_TOLERANCE[dtype] and untouched
+                results.append({"case": f"linear-{str(dtype).removeprefix('torch.')}-{rows}x{k}x{n}-offset{offset}",
+                                "ok": ok, "max_relative_error": error, "status": status, "message": message})
+    return results
+
+
 # SplitRotary shapes (tokens, Hq, Hkv, D, table rows): decode of Llama-3.2-1B's heads, prefill
 # tokens, a half head not a multiple of 8 (the element path), GQA groups 1 and 3; each also with
 # every tensor one element off 16-byte alignment (the element path), and positions outside the
@@ -1426,6 +1488,7 @@ def main(argv=None) -> int:
     report["graph"] = graph_check(kernels)
     report["gated_silu"] = gated_silu_check(kernels)
     report["split_rotary"] = split_rotary_check(kernels)
+    report["linear"] = linear_check(kernels)
     save()
 
     if not args.skip_bench:
@@ -1500,7 +1563,7 @@ def not_verified(report: dict, sanitize_requested: bool) -> list[str]:
     """Everything the run was asked to establish and did not: failed or crashed cases, the
     graph replay check, benchmarks that raised, sanitizer runs that reported errors or did not
     complete (time budget, timeout). Any entry makes the exit status 1."""
-    elementwise = report.get("gated_silu", []) + report.get("split_rotary", [])
+    elementwise = report.get("gated_silu", []) + report.get("split_rotary", []) + report.get("linear", [])
     reasons = [f"case {c['case']} failed" for c in report.get("checks", []) + elementwise if not c["ok"]]
     graph = report.get("graph")
     if graph is not None and not graph["ok"]:

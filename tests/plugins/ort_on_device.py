@@ -31,6 +31,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from uniattn_export.export.schema import CUDA_LINEAR_CONFIG_KEY  # noqa: E402
+
 ELEMENT = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
            torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64}  # fmt: skip
 PRODUCER_INPUTS = ("query", "key", "value", "past_key", "past_value", "attention_mask")
@@ -118,6 +121,8 @@ class OrtOnDevice:
 
     def session(self, model: bytes, profile: bool):
         options = self.ort.SessionOptions()
+        if self.device == "cuda":  # Linear's kernel (docs/ops.md), as OrtSession asks for it on CUDA
+            options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, "1")
         options.register_custom_ops_library(self.library)
         if profile:
             options.enable_profiling = True
@@ -200,6 +205,28 @@ def check_case(runner: OrtOnDevice, case) -> list[dict]:
     return rows
 
 
+def check_linear(runner: OrtOnDevice) -> list[dict]:
+    """One Linear node (input (1, rows, K), weight (N, K)) on CUDAExecutionProvider against
+    input x weight^T in float64 (error relative to |input| x |weight|^T): one row is the
+    library's GEMV, nine rows a cuBLAS GEMM through ONNX Runtime's handle."""
+    rows_out = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for rows, k, n in ((1, 2048, 3072), (1, 8192, 2048), (9, 2048, 520)):
+            generator = torch.Generator().manual_seed(rows * 131 + k + n)
+            inputs = {"input": torch.randn(1, rows, k, generator=generator).to(dtype).to(runner.device),
+                      "weight": torch.randn(n, k, generator=generator).to(dtype).to(runner.device)}  # fmt: skip
+            (actual,), provider = runner.run(node_model("Linear", inputs, ["output"], {"output": dtype}), inputs,
+                                             ["output"])  # fmt: skip
+            x, w = inputs["input"].double(), inputs["weight"].double()
+            scale = x.abs() @ w.abs().t()
+            error = float(((actual.double() - x @ w.t()).abs() / scale).max()) if actual.shape == scale.shape else float("inf")
+            tolerance = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+            rows_out.append(dict(case=f"linear {str(dtype).removeprefix('torch.')} {rows}x{k}x{n}",
+                                 node="linear, " + ("GEMV" if rows == 1 else "cuBLAS"), provider=provider,
+                                 errors={"output": error}, ok=provider == runner.provider and error <= tolerance))  # fmt: skip
+    return rows_out
+
+
 def timings(runner: OrtOnDevice) -> list[dict]:
     from uniattn_export.model import attention as reference
 
@@ -245,6 +272,11 @@ def main(device: str) -> int:
                 report["checks"] += check_case(runner, case)
             except Exception:
                 report["errors"].append(f"{case[:8]}: {traceback.format_exc()}")
+        if device == "cuda":  # Linear has no CPU kernel: ONNX Runtime runs its body there
+            try:
+                report["checks"] += check_linear(runner)
+            except Exception:
+                report["errors"].append(f"linear: {traceback.format_exc()}")
         try:
             report["timings"] = timings(runner)
         except Exception:

@@ -447,6 +447,24 @@ def test_gated_silu_refuses_bad_arguments(kernels):
     assert (status, message) == (1, "gated_silu: output overlaps gate_up")
 
 
+def test_linear_gemv_matches_float64(kernels):
+    """The Linear GEMV kernel (one row: K below, at and above a warp's 256 elements, not a
+    multiple of it; N below and above a block's rows) against input x weight^T in float64."""
+    results = runner.linear_check(kernels, runner.LINEAR_GEMV_SHAPES, offsets=(0,))
+    assert len(results) == 3 * len(runner.LINEAR_GEMV_SHAPES)
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+
+
+@pytest.mark.parametrize("rows,k,offset", [(2, 64, 0), (1, 64, 1), (1, 20, 0)],
+                         ids=["two rows", "misaligned", "K not a multiple of 8"])
+def test_linear_sends_what_is_not_a_gemv_to_cublas(kernels, rows, k, offset):
+    """More than one row, a misaligned tensor or K not a multiple of 8 is cuBLAS's; without a
+    handle (the emulated build passes none) the call says so instead of computing anything."""
+    (result,) = runner.linear_check(kernels, ((rows, k, 5),), offsets=(offset,))[:1]
+    assert result["status"] == 2 and not result["ok"]
+    assert result["message"] == f"linear: rows={rows}, in_features={k} is a GEMM for cuBLAS, and the caller passed no cuBLAS handle"
+
+
 def test_split_rotary_matches_float64(kernels):
     """The SplitRotary kernel (16-byte and element paths, positions clamped to the tables)
     against docs/ops.md's formula in float64, the GPU run's shapes."""

@@ -105,6 +105,21 @@ def test_custom_op_domain_entries(api):
     api("ReleaseCustomOpDomain", None, domain)
 
 
+def test_session_config_entries(api):
+    """Add/Has/GetSessionConfigEntry (130, 237, 238): how the library learns whether a session
+    asked for Linear's CUDA kernel, and how the C runtime asks for it."""
+    options, has, size = P(), INT(), SIZE(8)
+    value = ctypes.create_string_buffer(8)
+    api.ok("CreateSessionOptions", ctypes.pointer(options))
+    api.ok("HasSessionConfigEntry", options, STR(b"uniattn.probe"), ctypes.pointer(has))
+    assert has.value == 0
+    api.ok("AddSessionConfigEntry", options, STR(b"uniattn.probe"), STR(b"1"))
+    api.ok("HasSessionConfigEntry", options, STR(b"uniattn.probe"), ctypes.pointer(has))
+    api.ok("GetSessionConfigEntry", options, STR(b"uniattn.probe"), value, ctypes.pointer(size))
+    assert (has.value, value.value, size.value) == (1, b"1", 2)  # the size counts the terminating NUL
+    api("ReleaseSessionOptions", None, options)
+
+
 def test_entries_up_to_parallel_for(api):
     """The header declares every entry up to KernelContext_ParallelFor (274, API 17), the last
     the library uses: probes of entries 254 and 273 pin the placeholders in between, so none is

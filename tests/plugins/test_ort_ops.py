@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -524,3 +525,40 @@ def test_split_rotary_results_do_not_depend_on_ort_threads(ort_library):
     single, pooled = (run_session(split_rotary_model(torch.float32, 6, 2), feeds, ort_library, threads)
                       for threads in (1, 2))  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(single, pooled))
+
+
+# ---- Linear (graph op, CUDA only) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1", "0"])
+def test_linear_runs_its_body_on_the_cpu_whatever_the_config_entry(value, ort_library):
+    """Linear has no CPU kernel: whether or not a session asks for its CUDA kernel (the config
+    entry docs/ops.md names), ONNX Runtime on the CPU inlines the model-local body."""
+    from onnx import helper
+
+    from uniattn_export.export.functions import local_function
+    from uniattn_export.export.schema import CUDA_LINEAR_CONFIG_KEY, DOMAIN, LINEAR_OP
+
+    node = helper.make_node(LINEAR_OP, ["input", "weight"], ["output"], domain=DOMAIN, name="projection")
+    graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                                 for n in ("input", "weight")],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 2)],
+                              ir_version=10, functions=[local_function(DOMAIN, LINEAR_OP)])  # fmt: skip
+    options = ort.SessionOptions()
+    options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, value)
+    options.register_custom_ops_library(ort_library)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 8)).astype(np.float32), rng.standard_normal((5, 8)).astype(np.float32)
+    (got,) = session.run(None, {"input": x, "weight": w})
+    np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_config_entry_other_than_1_or_0_is_refused(ort_library):
+    from uniattn_export.export.schema import CUDA_LINEAR_CONFIG_KEY
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, "yes")
+    with pytest.raises(Exception, match=f"session config entry {CUDA_LINEAR_CONFIG_KEY} must be 1 or 0"):
+        options.register_custom_ops_library(ort_library)

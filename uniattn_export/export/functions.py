@@ -22,7 +22,10 @@ runtime that knows neither (onnx.reference, onnx.inliner) uses the bodies.
 
 Our graph op GatedSilu (op_schema.json's graph_ops: silu(gate) * up over the fused gate/up
 projection, one node in place of Split, QuickGelu and Mul) has a body in the same way: the
-custom-op library's kernel where it is registered, Split + Sigmoid + Mul elsewhere.
+custom-op library's kernel where it is registered, Split + Sigmoid + Mul elsewhere. Linear
+(a projection whose weight is stored (N, K)) is registered for CUDA only: ONNX Runtime on the
+CPU, like every runtime without the library, runs its body, a MatMul by the transposed weight
+(a constant there, which ONNX Runtime folds once at session creation).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import onnxscript
 from onnxscript import opset23 as op
 
 from .ops import ONNX_OPSET, uniattn_opsets
-from .schema import CONSUMER_OP, DOMAIN, GATED_SILU_OP, PRODUCER_OP, SPLIT_ROTARY_OP
+from .schema import CONSUMER_OP, DOMAIN, GATED_SILU_OP, LINEAR_OP, PRODUCER_OP, SPLIT_ROTARY_OP
 
 assert op.version == ONNX_OPSET  # noqa: S101 - the bodies are written against this opset
 
@@ -293,11 +296,20 @@ def SplitRotary(qkv, cos_cache, sin_cache, position_ids, num_heads: int, kv_num_
     return query, key, value
 
 
+@onnxscript.script(opset=_GRAPH_OPS, default_opset=op)
+def Linear(input, weight):
+    """output = input x weight^T with weight (N, K): our graph op (op_schema.json graph_ops,
+    docs/ops.md) in place of a MatMul by a constant (K, N) weight."""
+    output = op.MatMul(input, op.Transpose(weight, perm=[1, 0]))
+    return output
+
+
 _LOCAL_BODIES = {
     (CONTRIB_DOMAIN, SKIP_NORM_OP): SkipSimplifiedLayerNormalization,
     (CONTRIB_DOMAIN, SILU_OP): QuickGelu,
     (DOMAIN, GATED_SILU_OP): GatedSilu,
     (DOMAIN, SPLIT_ROTARY_OP): SplitRotary,
+    (DOMAIN, LINEAR_OP): Linear,
 }
 LOCAL_FUNCTION_OPS = tuple(_LOCAL_BODIES)  # (domain, op type) of every graph op local_function() serves
 

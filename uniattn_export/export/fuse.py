@@ -34,6 +34,12 @@ pattern matches exactly (anything else is left as it is and not counted):
   - split rotary (static caches, whose rotary reads tables by position): the fused Q/K/V Split
     and the RotaryEmbedding of q and of k become our graph op uniattn SplitRotary (docs/ops.md):
     two nodes per layer fewer, one kernel instead of three.
+  - projections: every MatMul by a constant weight (after the projection fusion; the tied
+    lm_head's MatMul by Transpose(embedding) included) becomes our graph op uniattn Linear
+    (docs/ops.md) with the weight stored (N, K): on CUDA the library's GEMV for decode steps'
+    few rows (cuBLAS beyond), on the CPU ONNX Runtime's own GEMM through the body, whose
+    Transpose of a constant it folds once. A tied lm_head then reads the embedding table
+    itself (no transposed copy in the file).
 * What the rewrites leave dead (shape Concats, Reshapes, Unsqueezes of cos/sin) is removed.
 The pass never looks at the attention nodes, so it serves every graph layout of ops.py.
 
@@ -79,7 +85,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from .functions import CONTRIB_DOMAIN, LOCAL_FUNCTION_OPS, SILU_OP, SKIP_NORM_OP, local_function
-from .schema import DOMAIN, GATED_SILU_OP, SPLIT_ROTARY_OP
+from .schema import DOMAIN, GATED_SILU_OP, LINEAR_OP, SPLIT_ROTARY_OP
 
 ROTARY_MIN_OPSET = 23  # RotaryEmbedding (and RMSNormalization) are opset-23 ops
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # where torch.onnx records each node's module path
@@ -141,6 +147,7 @@ def fuse_graph(model: ir.Model, *, ort_contrib_ops: bool = False, rotary_positio
         RemoveUnusedNodesPass()(model)  # the SiLUs' old Sigmoid and Mul still read the gates
         matched["gated_silu"] = _fuse_gated_silu(graph)
         matched["split_rotary"] = _fuse_split_rotary(graph)
+        matched["linear"] = _fuse_linear(graph)
     RemoveUnusedNodesPass()(model)
     used = {(node.domain, node.op_type) for node in graph}
     for domain, name in LOCAL_FUNCTION_OPS:
@@ -706,3 +713,61 @@ def _fuse_silu(graph: ir.Graph) -> int:
         _replace_value(mul.outputs[0], silu.outputs[0], "silu")
         fused += 1
     return fused
+
+
+# --- projections as Linear ----------------------------------------------------------------------
+
+_LINEAR_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def _fuse_linear(graph: ir.Graph) -> int:
+    """MatMul(x, W) by a constant (K, N) W, or by Transpose(E) of a constant (N, K) E, becomes
+    Linear(x, W^T) resp. Linear(x, E): the weight stored (N, K) (docs/ops.md). x must not be
+    constant and must have W's element type."""
+    fused = 0
+    for matmul in list(graph):
+        if matmul.domain != "" or matmul.op_type != "MatMul" or len(matmul.inputs) != 2:
+            continue
+        x = matmul.inputs[0]
+        if ir.convenience.get_const_tensor(x) is not None:
+            continue
+        weight = _transposed_constant(matmul.inputs[1])
+        if weight is None:
+            constant = _weight(matmul)
+            if constant is None or constant.dtype not in _LINEAR_TYPES:
+                continue
+            name = f"{matmul.inputs[1].name}_transposed"
+            weight = _const(graph, name, np.ascontiguousarray(constant.numpy().T))
+        if x.dtype is not None and x.dtype != weight.dtype:
+            continue
+        node = _new_node(LINEAR_OP, [x, weight], domain=DOMAIN, name=f"{matmul.outputs[0].name}/{LINEAR_OP}",
+                         like=matmul)  # fmt: skip
+        graph.insert_before(matmul, node)
+        _replace_output(graph, matmul.outputs[0], node.outputs[0])
+        fused += 1
+    return fused
+
+
+def _transposed_constant(value: ir.Value | None) -> ir.Value | None:
+    """E when `value` is Transpose(E, perm=[1, 0]) of a constant 2-D E of a Linear type."""
+    transpose = _producer(value, "Transpose")
+    if transpose is None or list(transpose.attributes.get_ints("perm", [1, 0])) != [1, 0]:
+        return None
+    source = transpose.inputs[0]
+    constant = ir.convenience.get_const_tensor(source)
+    if constant is None or len(constant.shape) != 2 or constant.dtype not in _LINEAR_TYPES:
+        return None
+    return source
+
+
+def _replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Like _replace_value, and where `old` is a graph output, `new` takes its place and name."""
+    if not old.is_graph_output():
+        _replace_value(old, new, "linear")
+        return
+    name = old.name
+    index = next(i for i, output in enumerate(graph.outputs) if output is old)
+    old.name = f"{name}_replaced"
+    new.name, new.shape, new.type = name, old.shape, old.type
+    graph.outputs[index] = new
+    ir.convenience.replace_all_uses_with(old, new)

@@ -81,6 +81,7 @@ class ContractVersion:
 @dataclass(frozen=True)
 class Schema:
     domain: str
+    cuda_linear_config_key: str  # the session config entry enabling Linear's CUDA kernel (docs/ops.md)
     plugin_namespace: str
     versions: dict[int, ContractVersion]
     graph_ops: dict[str, OpSpec]  # ops outside the attention contract, the same under every version (version 0)
@@ -93,6 +94,7 @@ PRODUCER_OP = "UniAttnProducer"
 CONSUMER_OP = "UniAttnConsumer"
 GATED_SILU_OP = "GatedSilu"
 SPLIT_ROTARY_OP = "SplitRotary"
+LINEAR_OP = "Linear"
 
 
 def _op(name: str, version: int, raw: dict) -> OpSpec:
@@ -120,11 +122,12 @@ def load_schema() -> Schema:
             consumer=_op(CONSUMER_OP, version, entry["ops"][CONSUMER_OP]),
         )
     graph_ops = {name: _op(name, 0, entry) for name, entry in raw["graph_ops"].items()}
-    return Schema(domain=raw["domain"], plugin_namespace=raw["plugin_namespace"], versions=versions,
-                  graph_ops=graph_ops)
+    return Schema(domain=raw["domain"], cuda_linear_config_key=raw["cuda_linear_config_key"],
+                  plugin_namespace=raw["plugin_namespace"], versions=versions, graph_ops=graph_ops)
 
 
 SCHEMA = load_schema()
 DOMAIN = SCHEMA.domain
+CUDA_LINEAR_CONFIG_KEY = SCHEMA.cuda_linear_config_key
 PLUGIN_NAMESPACE = SCHEMA.plugin_namespace
 CACHE_MODES = tuple(v.cache for v in SCHEMA.versions.values())

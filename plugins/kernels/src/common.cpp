@@ -144,6 +144,24 @@ ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const vo
   return ok();
 }
 
+ua_status check_linear(const ua_linear_desc* d, const void* input, const void* weight, const void* output) {
+  if (d == nullptr) return fail(UA_INVALID_ARGUMENT, "linear: desc must not be NULL");
+  if (d->dtype != UA_FLOAT32 && d->dtype != UA_FLOAT16 && d->dtype != UA_BFLOAT16)
+    return fail(UA_INVALID_ARGUMENT, "linear: unknown dtype code %d", (int)d->dtype);
+  if (d->rows < 0 || d->in_features < 0 || d->out_features < 0)
+    return fail(UA_INVALID_ARGUMENT, "linear: negative size: rows=%lld in_features=%lld out_features=%lld",
+                (long long)d->rows, (long long)d->in_features, (long long)d->out_features);
+  if (d->rows == 0 || d->out_features == 0) return ok();
+  if (input == nullptr || weight == nullptr || output == nullptr)
+    return fail(UA_INVALID_ARGUMENT, "linear: input, weight and output must not be NULL");
+  const uintptr_t element = dtype_size(d->dtype);
+  const Bytes out("output", output, uintptr_t(d->rows * d->out_features) * element);
+  for (const Bytes& in : {Bytes("input", input, uintptr_t(d->rows * d->in_features) * element),
+                          Bytes("weight", weight, uintptr_t(d->out_features * d->in_features) * element)})
+    if (out.overlaps(in)) return fail(UA_INVALID_ARGUMENT, "linear: output overlaps %s", in.name);
+  return ok();
+}
+
 ua_status check_split_rotary(const ua_split_rotary_desc* d, const ua_split_rotary_io* io) {
   if (d == nullptr || io == nullptr) return fail(UA_INVALID_ARGUMENT, "split_rotary: desc and io must not be NULL");
   if (d->dtype != UA_FLOAT32 && d->dtype != UA_FLOAT16 && d->dtype != UA_BFLOAT16)

@@ -33,6 +33,10 @@ ua_status ua_split_rotary_cuda(const ua_split_rotary_desc*, const ua_split_rotar
   return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_split_rotary_cuda");
 }
 
+ua_status ua_linear_cuda(const ua_linear_desc*, const void*, const void*, void*, void*, void*) {
+  return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_linear_cuda");
+}
+
 ua_status ua_cuda_copy(int, void*, const void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_copy"); }
 
 ua_status ua_cuda_zero(int, void*, size_t) { return uniattn::fail(UA_UNSUPPORTED, kNotBuilt, "ua_cuda_zero"); }

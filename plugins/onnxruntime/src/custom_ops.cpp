@@ -1,8 +1,12 @@
 // ONNX Runtime custom-op library: domain `uniattn`, ops UniAttnProducer and UniAttnConsumer
 // (docs/ops.md), versions 1 (dynamic caches) and 2 (fixed-capacity caches updated in place),
-// and the graph ops GatedSilu (the gated MLP's activation) and SplitRotary (the fused q/k/v
-// projection split, q and k rotated), one signature each under both versions,
-// for CPUExecutionProvider and, when the kernels were built with CUDA, CUDAExecutionProvider.
+// and the graph ops GatedSilu (the gated MLP's activation), SplitRotary (the fused q/k/v
+// projection split, q and k rotated) and Linear (a projection, weight (N, K)), one signature
+// each under both versions, for CPUExecutionProvider and, when the kernels were built with CUDA,
+// CUDAExecutionProvider; Linear for CUDA only, and only into sessions whose options carry the
+// config entry schema::kCudaLinearConfigKey = "1": ORT runs a node's model-local body (a MatMul
+// its own GEMM runs) only where no op of that name is registered at all, so a session that may
+// place Linear on the CPU must not see the op (our runtimes set the entry for CUDA sessions).
 // ORT loads it through SessionOptions.register_custom_ops_library and calls
 // RegisterCustomOps, the only exported symbol.
 //
@@ -59,7 +63,7 @@ const SchemaOp* schema_of(const char* name, int version) {
   return nullptr;
 }
 
-enum class OpKind { producer, consumer, gated_silu, split_rotary };
+enum class OpKind { producer, consumer, gated_silu, split_rotary, linear };
 
 struct OpDef : OrtCustomOp {
   OpKind kind;
@@ -168,7 +172,7 @@ int plugin_version(const OrtApi* api, const OrtKernelInfo* info) {
 // plugin_version is read, to tell the versions apart.)
 OrtStatus* read_attributes(Kernel& k, const OrtKernelInfo* info) {
   k.node = node_name(k.api, info);
-  if (k.op->kind == OpKind::gated_silu) return nullptr;  // no attributes
+  if (k.op->kind == OpKind::gated_silu || k.op->kind == OpKind::linear) return nullptr;  // no attributes
   k.declared_version = plugin_version(k.api, info);
   if (k.declared_version != 0 && k.declared_version != 1 && k.declared_version != 2)
     return k.error(ORT_INVALID_ARGUMENT,
@@ -558,6 +562,39 @@ OrtStatus* compute_split_rotary(const Kernel& k, OrtKernelContext* context) {
       [&](const ua_cpu_threads* threads) { return ua_split_rotary_cpu(&desc, &io, threads); });
 }
 
+// ONNX Runtime's CUDA resources (its onnxruntime_ep_resource.h): version 1 of the interface
+// and the id of the cuBLAS handle of the kernel's stream.
+constexpr int kCudaResourceVersion = 1;
+constexpr int kCublasHandleResource = 10002;
+
+// Linear: input (..., K), weight (N, K) -> output (..., N) = input x weight^T (CUDA only).
+OrtStatus* compute_linear(const Kernel& k, OrtKernelContext* context) {
+  std::array<Tensor, 2> in;
+  UA_RETURN_IF_ERROR(inputs(k, context, in));
+  const Tensor &input = in[0], &weight = in[1];
+  if (weight.shape.size() != 2 || input.shape.empty() || input.shape.back() != weight.dim(1))
+    return k.error(ORT_INVALID_ARGUMENT, format("%s has shape %s and %s %s, but (..., K) and (N, K) are expected",
+                                                k.input_name(0), to_string(input.shape).c_str(), k.input_name(1),
+                                                to_string(weight.shape).c_str()));
+  Shape shape = input.shape;
+  shape.back() = weight.dim(0);
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  void* out = nullptr;
+  UA_RETURN_IF_ERROR(output(k, context, 0, shape, out));
+  // Without the handle (another provider's context) calls of few rows still run; the kernel
+  // library says so for the others.
+  void* cublas = nullptr;
+  if (OrtStatus* status = k.api->KernelContext_GetResource(context, kCudaResourceVersion, kCublasHandleResource, &cublas)) {
+    k.api->ReleaseStatus(status);
+    cublas = nullptr;
+  }
+  const ua_linear_desc desc{rows, weight.dim(1), weight.dim(0), k.op->dtype};
+  return run_kernel(
+      k, context, [&](void* stream) { return ua_linear_cuda(&desc, input.data, weight.data, out, cublas, stream); },
+      [&](const ua_cpu_threads*) { return UA_UNSUPPORTED; });
+}
+
 const OpDef* as_def(const OrtCustomOp* op) { return static_cast<const OpDef*>(op); }
 
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
@@ -593,6 +630,7 @@ OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context) {
   const Kernel& node = *static_cast<const Kernel*>(kernel);
   if (node.op->kind == OpKind::gated_silu) return compute_gated_silu(node, context);
   if (node.op->kind == OpKind::split_rotary) return compute_split_rotary(node, context);
+  if (node.op->kind == OpKind::linear) return compute_linear(node, context);
   const bool producer = node.op->producer();
   int version = 0;
   UA_RETURN_IF_ERROR(producer ? call_version(node, context, 3, 5, 0, version)
@@ -694,8 +732,9 @@ bool same_signature(const SchemaOp& a, const SchemaOp& b) {
          same(a.outputs, a.output_count, b.outputs, b.output_count);
 }
 
-// The ops to register, or an error naming an op whose versions this library cannot serve.
-std::vector<OpDef> all_ops(std::string& error) {
+// The ops to register (Linear with `linear`), or an error naming an op whose versions this
+// library cannot serve.
+std::vector<OpDef> all_ops(bool linear, std::string& error) {
   const struct {
     ONNXTensorElementDataType element_type;
     ua_dtype dtype;
@@ -715,7 +754,9 @@ std::vector<OpDef> all_ops(std::string& error) {
       for (const auto& type : types) ops.push_back(make_op(kind, *v1, *v2, type.element_type, type.dtype, cuda));
     }
     // Graph ops: schema version 0, served under every version of the domain.
-    for (auto [kind, name] : {std::pair{OpKind::gated_silu, "GatedSilu"}, {OpKind::split_rotary, "SplitRotary"}}) {
+    for (auto [kind, name] : {std::pair{OpKind::gated_silu, "GatedSilu"}, {OpKind::split_rotary, "SplitRotary"},
+                              {OpKind::linear, "Linear"}}) {
+      if (kind == OpKind::linear && !(cuda && linear)) continue;  // see the top of this file
       const SchemaOp* graph_op = schema_of(name, 0);
       if (!graph_op) {
         error = std::string("uniattn: the op schema has no graph op ") + name;
@@ -728,18 +769,40 @@ std::vector<OpDef> all_ops(std::string& error) {
   return ops;
 }
 
-// The `uniattn` domain, created on first registration and released when ORT unloads the
-// library (after the sessions that used it).
+// The `uniattn` domain, in two forms (with and without Linear on CUDA), each created on first
+// registration and released when ORT unloads the library (after the sessions that used it).
 class Domain {
  public:
   static OrtStatus* add_to(const OrtApi* api, OrtSessionOptions* options) {
-    static Domain domain(api);
+    bool linear = false;
+    UA_RETURN_IF_ERROR(cuda_linear_requested(api, options, linear));
+    static Domain with_linear(api, true), without_linear(api, false);
+    const Domain& domain = linear ? with_linear : without_linear;
     if (domain.handle_ == nullptr) return api->CreateStatus(ORT_FAIL, domain.error_.c_str());
     return api->AddCustomOpDomain(options, domain.handle_);
   }
 
  private:
-  explicit Domain(const OrtApi* api) : api_(api), ops_(all_ops(error_)) {
+  // Whether the session options carry schema::kCudaLinearConfigKey = "1".
+  static OrtStatus* cuda_linear_requested(const OrtApi* api, const OrtSessionOptions* options, bool& requested) {
+    int has = 0;
+    UA_RETURN_IF_ERROR(api->HasSessionConfigEntry(options, uniattn::schema::kCudaLinearConfigKey, &has));
+    if (!has) return nullptr;
+    char value[8] = {};
+    size_t size = sizeof(value);
+    if (OrtStatus* status = api->GetSessionConfigEntry(options, uniattn::schema::kCudaLinearConfigKey, value, &size)) {
+      api->ReleaseStatus(status);  // longer than any valid value
+      value[0] = '\0';
+    }
+    if (std::strcmp(value, "1") != 0 && std::strcmp(value, "0") != 0)
+      return api->CreateStatus(ORT_INVALID_ARGUMENT, (std::string("uniattn: session config entry ") +
+                                                      uniattn::schema::kCudaLinearConfigKey + " must be 1 or 0")
+                                                         .c_str());
+    requested = value[0] == '1';
+    return nullptr;
+  }
+
+  Domain(const OrtApi* api, bool linear) : api_(api), ops_(all_ops(linear, error_)) {
     if (ops_.empty()) return;
     OrtStatus* status = api->CreateCustomOpDomain(uniattn::schema::kDomain, &handle_);
     for (size_t i = 0; status == nullptr && i < ops_.size(); ++i) status = api->CustomOpDomain_Add(handle_, &ops_[i]);

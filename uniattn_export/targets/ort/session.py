@@ -61,6 +61,7 @@ from ...dtypes import DTYPES
 from ...errors import UniAttnError
 from ...export import io_names
 from ...export.artifact import Artifact, load_artifact
+from ...export.schema import CUDA_LINEAR_CONFIG_KEY
 from ...native import kernel_abi_version, ort_custom_op_library
 from ..session import GenerationSession
 
@@ -239,6 +240,8 @@ class OrtSession(GenerationSession):
         options.log_severity_level = 4
         library, bodies_reason = custom_op_library_for(self.static, custom_ops)
         if library is not None:
+            if device == "cuda":  # Linear's kernel (CUDA only: on the CPU ORT must run its body; docs/ops.md)
+                options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, "1")
             try:
                 options.register_custom_ops_library(library)
             except Exception as exc:  # onnxruntime reports a failed dlopen/registration this way

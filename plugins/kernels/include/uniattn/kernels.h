@@ -188,6 +188,27 @@ ua_status ua_split_rotary_cpu(const ua_split_rotary_desc* desc, const ua_split_r
                               const ua_cpu_threads* threads);
 ua_status ua_split_rotary_cuda(const ua_split_rotary_desc* desc, const ua_split_rotary_io* io, void* stream);
 
+/* Linear (docs/ops.md), a projection with its weight stored (out_features, in_features)
+ * row-major: output (rows, out_features) = input (rows, in_features) x weight^T, float32
+ * accumulation, one rounding to dtype. CUDA only (the CPU runs the op's ONNX body): up to
+ * UA_LINEAR_GEMV_MAX_ROWS rows (a decode step at batch 1), 16-byte aligned input and weight
+ * and in_features a multiple of 8, one GEMV kernel of this library; anything else through
+ * cuBLAS (cublasGemmEx) with `cublas_handle`, a cublasHandle_t of the libcublas already
+ * loaded in the process (the caller's runtime's) bound to `stream`, which may be NULL when no
+ * call needs it (an error says so otherwise). Device pointers, enqueued on `stream`, no
+ * workspace; output must not overlap the inputs. */
+#define UA_LINEAR_GEMV_MAX_ROWS 1
+
+typedef struct ua_linear_desc {
+  int64_t rows;         /* product of the input's leading dimensions */
+  int64_t in_features;  /* K */
+  int64_t out_features; /* N */
+  ua_dtype dtype;
+} ua_linear_desc;
+
+ua_status ua_linear_cuda(const ua_linear_desc* desc, const void* input, const void* weight, void* output,
+                         void* cublas_handle, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -263,7 +263,7 @@ struct OrtApi {
   /* 127 */ UA_ORT_UNTYPED(GetStringTensorElementLength);
   /* 128 */ UA_ORT_UNTYPED(GetStringTensorElement);
   /* 129 */ UA_ORT_UNTYPED(FillStringTensorElement);
-  /* 130 */ UA_ORT_UNTYPED(AddSessionConfigEntry);
+  /* 130 */ OrtStatus*(ORT_API_CALL* AddSessionConfigEntry)(OrtSessionOptions* options, const char* config_key, const char* config_value) UA_ORT_NOEXCEPT;
   /* 131 */ OrtStatus*(ORT_API_CALL* CreateAllocator)(const OrtSession* session, const OrtMemoryInfo* mem_info, OrtAllocator** out) UA_ORT_NOEXCEPT;
   /* 132 */ void(ORT_API_CALL* ReleaseAllocator)(OrtAllocator* input) UA_ORT_NOEXCEPT;
   /* 133 */ OrtStatus*(ORT_API_CALL* RunWithBinding)(OrtSession* session, const OrtRunOptions* run_options, const OrtIoBinding* binding) UA_ORT_NOEXCEPT;
@@ -370,8 +370,8 @@ struct OrtApi {
   /* 234 */ UA_ORT_UNTYPED(KernelInfo_GetInputTypeInfo);
   /* 235 */ UA_ORT_UNTYPED(KernelInfo_GetOutputTypeInfo);
   /* 236 */ UA_ORT_UNTYPED(KernelInfoGetAttribute_tensor);
-  /* 237 */ UA_ORT_UNTYPED(HasSessionConfigEntry);
-  /* 238 */ UA_ORT_UNTYPED(GetSessionConfigEntry);
+  /* 237 */ OrtStatus*(ORT_API_CALL* HasSessionConfigEntry)(const OrtSessionOptions* options, const char* config_key, int* out) UA_ORT_NOEXCEPT;
+  /* 238 */ OrtStatus*(ORT_API_CALL* GetSessionConfigEntry)(const OrtSessionOptions* options, const char* config_key, char* config_value, size_t* size) UA_ORT_NOEXCEPT;
   /* 239 */ UA_ORT_UNTYPED(SessionOptionsAppendExecutionProvider_Dnnl);
   /* 240 */ UA_ORT_UNTYPED(CreateDnnlProviderOptions);
   /* 241 */ UA_ORT_UNTYPED(UpdateDnnlProviderOptions);
@@ -398,7 +398,7 @@ struct OrtApi {
   /* 262 */ UA_ORT_UNTYPED(GetTensorRTProviderOptionsByName);
   /* 263 */ UA_ORT_UNTYPED(UpdateCUDAProviderOptionsWithValue);
   /* 264 */ UA_ORT_UNTYPED(GetCUDAProviderOptionsByName);
-  /* 265 */ UA_ORT_UNTYPED(KernelContext_GetResource);
+  /* 265 */ OrtStatus*(ORT_API_CALL* KernelContext_GetResource)(const OrtKernelContext* context, int resource_version, int resource_id, void** resource) UA_ORT_NOEXCEPT;
   /* 266 */ UA_ORT_UNTYPED(SetUserLoggingFunction);
   /* 267 */ UA_ORT_UNTYPED(ShapeInferContext_GetInputCount);
   /* 268 */ UA_ORT_UNTYPED(ShapeInferContext_GetInputTypeShape);
@@ -467,6 +467,7 @@ UA_ORT_AT(BindInput, 136);
 UA_ORT_AT(BindOutput, 137);
 UA_ORT_AT(BindOutputToDevice, 138);
 UA_ORT_AT(GetBoundOutputValues, 140);
+UA_ORT_AT(AddSessionConfigEntry, 130);
 UA_ORT_AT(AddRunConfigEntry, 165);
 UA_ORT_AT(KernelContext_GetGPUComputeStream, 193);
 UA_ORT_AT(GetTensorMemoryInfo, 194);
@@ -475,8 +476,11 @@ UA_ORT_AT(CreateCUDAProviderOptions, 205);
 UA_ORT_AT(UpdateCUDAProviderOptions, 206);
 UA_ORT_AT(ReleaseCUDAProviderOptions, 208);
 UA_ORT_AT(RegisterCustomOpsLibrary_V2, 228);
+UA_ORT_AT(HasSessionConfigEntry, 237);
+UA_ORT_AT(GetSessionConfigEntry, 238);
 UA_ORT_AT(KernelInfo_GetNodeName, 244);
 UA_ORT_AT(KernelContext_GetAllocator, 253);
+UA_ORT_AT(KernelContext_GetResource, 265);
 UA_ORT_AT(KernelContext_ParallelFor, 274);
 
 /* The custom op as ORT reads it when `version` is 18 (later fields exist only for ops
