@@ -530,10 +530,9 @@ def test_split_rotary_results_do_not_depend_on_ort_threads(ort_library):
 # ---- Linear (graph op, CUDA only) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["1", "0"])
-def test_linear_runs_its_body_on_the_cpu_whatever_the_config_entry(value, ort_library):
-    """Linear has no CPU kernel: whether or not a session asks for its CUDA kernel (the config
-    entry docs/ops.md names), ONNX Runtime on the CPU inlines the model-local body."""
+def _linear_cpu_session(library: str, entry: str | None):
+    """A CPU session over one Linear node (with its model-local body), the config entry that asks
+    for Linear's CUDA kernel set to `entry` (None: absent)."""
     from onnx import helper
 
     from uniattn_export.export.functions import local_function
@@ -546,13 +545,36 @@ def test_linear_runs_its_body_on_the_cpu_whatever_the_config_entry(value, ort_li
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 2)],
                               ir_version=10, functions=[local_function(DOMAIN, LINEAR_OP)])  # fmt: skip
     options = ort.SessionOptions()
-    options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, value)
-    options.register_custom_ops_library(ort_library)
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if entry is not None:
+        options.add_session_config_entry(CUDA_LINEAR_CONFIG_KEY, entry)
+    options.register_custom_ops_library(library)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("entry", [None, "0"])
+def test_linear_runs_its_body_on_the_cpu_unless_a_session_asks_for_its_cuda_kernel(entry, ort_library):
+    """Linear has no CPU kernel and, without the config entry (docs/ops.md), is not registered:
+    ONNX Runtime on the CPU inlines the model-local body, with a CPU-only or a CUDA build."""
+    session = _linear_cpu_session(ort_library, entry)
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 3, 8)).astype(np.float32), rng.standard_normal((5, 8)).astype(np.float32)
     (got,) = session.run(None, {"input": x, "weight": w})
     np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_config_entry_registers_the_cuda_kernel(ort_library):
+    """With the entry set, a library built with CUDA registers Linear (for CUDA only), so a CPU
+    session can no longer run the node: the entry is for CUDA sessions alone (OrtSession and the C
+    runtime set it there). A CPU-only build has nothing to register and runs the body."""
+    from uniattn_export import native
+
+    if native.kernels().ua_has_cuda():
+        with pytest.raises(Exception, match="Could not find an implementation for Linear"):
+            _linear_cpu_session(ort_library, "1")
+    else:
+        (got,) = _linear_cpu_session(ort_library, "1").run(None, {"input": np.ones((1, 1, 8), np.float32),
+                                                                  "weight": np.ones((2, 8), np.float32)})  # fmt: skip
+        np.testing.assert_array_equal(got, np.full((1, 1, 2), 8.0, np.float32))
 
 
 def test_linear_config_entry_other_than_1_or_0_is_refused(ort_library):
