@@ -1027,6 +1027,16 @@ LINEAR_GEMM_SHAPES = ((2, 64, 5), (7, 264, 37), (64, 2048, 3072), (1, 20, 6))
 LINEAR_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 
+def linear_error(input: torch.Tensor, weight: torch.Tensor, output: torch.Tensor) -> float:
+    """The largest error of `output` against input x weight^T in float64 (over the last axes),
+    relative to sum_k |w x|, to compare with LINEAR_TOLERANCE; inf for a wrong shape."""
+    x, w = input.double().cpu(), weight.double().cpu()
+    if output.shape != (*x.shape[:-1], w.shape[0]):
+        return float("inf")
+    scale = x.abs() @ w.abs().t() + 1e-30
+    return ((output.double().cpu() - x @ w.t()).abs() / scale).max().item()
+
+
 def linear_check(kernels: Kernels, shapes=LINEAR_GEMV_SHAPES + LINEAR_GEMM_SHAPES, offsets=(0, 1)) -> list[dict]:
     """ua_linear_cuda against input x weight^T in float64, every dtype and shape, the memory
     around the output untouched; offset 1 starts every tensor one element into its buffer."""
@@ -1045,9 +1055,7 @@ def linear_check(kernels: Kernels, shapes=LINEAR_GEMV_SHAPES + LINEAR_GEMM_SHAPE
                 out_buffer = torch.full((rows * n + offset + 8,), 7.0, dtype=dtype, device=kernels.device)
                 output = out_buffer[offset:offset + rows * n].view(rows, n)
                 status, message = kernels.linear(input, weight, output)
-                x, w = input.double().cpu(), weight.double().cpu()
-                scale = x.abs() @ w.abs().t() + 1e-30
-                error = ((output.double().cpu() - x @ w.t()).abs() / scale).max().item()
+                error = linear_error(input, weight, output)
                 untouched = bool((out_buffer[offset + rows * n:].cpu() == 7.0).all()) and bool(
                     (out_buffer[:offset].cpu() == 7.0).all())
                 ok = status == 0 and error <= LINEAR_TOLERANCE[dtype] and untouched

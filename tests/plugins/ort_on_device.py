@@ -208,7 +208,11 @@ def check_case(runner: OrtOnDevice, case) -> list[dict]:
 def check_linear(runner: OrtOnDevice) -> list[dict]:
     """One Linear node (input (1, rows, K), weight (N, K)) on CUDAExecutionProvider against
     input x weight^T in float64 (error relative to |input| x |weight|^T): one row is the
-    library's GEMV, nine rows a cuBLAS GEMM through ONNX Runtime's handle."""
+    library's GEMV, nine rows a cuBLAS GEMM through ONNX Runtime's handle. The error measure
+    and tolerances are gpu_kernels.py's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_kernels import LINEAR_TOLERANCE, linear_error
+
     rows_out = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for rows, k, n in ((1, 2048, 3072), (1, 8192, 2048), (9, 2048, 520)):
@@ -217,10 +221,8 @@ def check_linear(runner: OrtOnDevice) -> list[dict]:
                       "weight": torch.randn(n, k, generator=generator).to(dtype).to(runner.device)}  # fmt: skip
             (actual,), provider = runner.run(node_model("Linear", inputs, ["output"], {"output": dtype}), inputs,
                                              ["output"])  # fmt: skip
-            x, w = inputs["input"].double(), inputs["weight"].double()
-            scale = x.abs() @ w.abs().t()
-            error = float(((actual.double() - x @ w.t()).abs() / scale).max()) if actual.shape == scale.shape else float("inf")
-            tolerance = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+            error = linear_error(inputs["input"], inputs["weight"], actual)
+            tolerance = LINEAR_TOLERANCE[dtype]
             rows_out.append(dict(case=f"linear {str(dtype).removeprefix('torch.')} {rows}x{k}x{n}",
                                  node="linear, " + ("GEMV" if rows == 1 else "cuBLAS"), provider=provider,
                                  errors={"output": error}, ok=provider == runner.provider and error <= tolerance))  # fmt: skip

@@ -29,9 +29,10 @@ ua_status check_consumer(const ua_attention_desc* desc, const ua_consumer_io* io
                          PositionMemory positions = PositionMemory::host);
 
 // GatedSilu: sizes, pointers (when there is work) and no overlap between input and output.
+ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output);
+
 // Linear: a desc, sizes, pointers (when there is work) and no overlap between output and inputs.
 ua_status check_linear(const ua_linear_desc* d, const void* input, const void* weight, const void* output);
-ua_status check_gated_silu(ua_dtype dtype, int64_t rows, int64_t width, const void* gate_up, const void* output);
 
 // SplitRotary: sizes, pointers (when there is work) and no overlap between the tensors written
 // and those read or written by another output. Positions are not checked (kernels clamp them).
