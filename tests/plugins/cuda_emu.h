@@ -103,6 +103,7 @@ struct Machine {
   std::vector<Block> blocks;  // the running cluster (one block without clusters)
   Barrier cluster_barrier;
   uint64_t cluster_launches = 0;
+  uint64_t dependent_launches = 0;  // launch_dependent(): programmatic dependent launches on the GPU
   Thread* current = nullptr;
   ucontext_t scheduler;
   jmp_buf scheduler_resume;
@@ -405,9 +406,10 @@ inline bool run_blocks(const std::vector<uint3>& indices) {
   return true;
 }
 
-// cluster: blocks along x that run together (1: no clusters).
+// cluster: blocks along x that run together (1: no clusters). dependent: launched by
+// launch_dependent(); the kernels before it have finished here, so it only counts.
 template <typename Body>
-void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body, unsigned cluster = 1) {
+void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body, unsigned cluster = 1, bool dependent = false) {
   Machine& m = machine();
   const unsigned threads = block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535 || threads == 0 ||
@@ -423,6 +425,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, Body&& body, unsigned clus
   m.body = std::function<void()>(body);
   m.error.clear();
   if (cluster > 1) ++m.cluster_launches;
+  if (dependent) ++m.dependent_launches;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; x += cluster) {
@@ -493,6 +496,10 @@ template <typename V>
 V __ldcg(const V* p) {
   return *p;
 }
+template <typename V>
+V __ldg(const V* p) {
+  return *p;
+}
 
 inline cudaError_t cudaGetLastError() {
   ua_emu::Machine& m = ua_emu::machine();
@@ -548,4 +555,9 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 // path really ran); weak: every translation unit includes this header.
 extern "C" __attribute__((weak)) unsigned long long ua_emu_cluster_launches() {
   return ua_emu::machine().cluster_launches;
+}
+
+// Programmatic dependent launches so far (the kernels launch_dependent() starts).
+extern "C" __attribute__((weak)) unsigned long long ua_emu_dependent_launches() {
+  return ua_emu::machine().dependent_launches;
 }

@@ -1139,6 +1139,71 @@ def split_rotary_check(kernels: Kernels, shapes=SPLIT_ROTARY_SHAPES) -> list[dic
     return results
 
 
+# The MLP of a decode step as the library runs it (K, I): Llama-3.2-1B's, fp16, and a small one.
+DEPENDENT_CHAIN_SHAPES = ((2048, 8192, torch.float16), (64, 96, torch.float32))
+
+
+def dependent_chain_check(kernels: Kernels, rounds: int = 6, shapes=DEPENDENT_CHAIN_SHAPES) -> list[dict]:
+    """gate_up = Linear(x, W1), act = GatedSilu(gate_up), y = Linear(act, W2): kernels that start
+    before the one they read from has finished (device.cuh, dependent launches) must still read
+    its output. `rounds` chains go back to back on one stream without synchronizing, each into
+    buffers filled with NaN just before it; on the GPU the same rounds are then captured in one
+    CUDA graph and replayed with new inputs. Each stage against float64 from its actual input."""
+    results = []
+    dev = kernels.device
+    for k, inner, dtype in shapes:
+        gen = torch.Generator().manual_seed(k + inner)
+        w1 = (torch.randn(2 * inner, k, generator=gen) / k**0.5).to(dtype).to(dev)
+        w2 = (torch.randn(k, inner, generator=gen) / inner**0.5).to(dtype).to(dev)
+        x = torch.zeros(rounds, 1, k, dtype=dtype, device=dev)
+        gate_up = torch.zeros(rounds, 1, 2 * inner, dtype=dtype, device=dev)
+        act = torch.zeros(rounds, 1, inner, dtype=dtype, device=dev)
+        y = torch.zeros(rounds, 1, k, dtype=dtype, device=dev)
+        statuses: list[tuple[int, str]] = []
+
+        def chains():
+            for r in range(rounds):
+                for t in (gate_up[r], act[r], y[r]):
+                    t.fill_(float("nan"))
+                statuses.append(kernels.linear(x[r], w1, gate_up[r]))
+                statuses.append(kernels.gated_silu(gate_up[r], act[r]))
+                statuses.append(kernels.linear(act[r], w2, y[r]))
+
+        def check(how: str):
+            errors = [max(linear_error(x[r], w1, gate_up[r]) / LINEAR_TOLERANCE[dtype],
+                          gated_silu_error(gate_up[r], act[r]) / GATED_SILU_TOLERANCE[dtype],
+                          linear_error(act[r], w2, y[r]) / LINEAR_TOLERANCE[dtype]) for r in range(rounds)]
+            failed = [(s, m) for s, m in statuses if s != 0]
+            results.append({"case": f"dependent_chain-{str(dtype).removeprefix('torch.')}-K{k}-I{inner}-{how}",
+                            "ok": not failed and all(e <= 1.0 for e in errors),  # NaN compares False
+                            "max_error_over_tolerance": max(errors), "status": failed[0][0] if failed else 0,
+                            "message": failed[0][1] if failed else ""})
+            statuses.clear()
+
+        x.copy_(torch.randn(rounds, 1, k, generator=gen).to(dtype))
+        chains()
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+        check("stream")
+        if not dev.startswith("cuda"):
+            continue
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            with torch.cuda.graph(graph, stream=stream):
+                chains()
+        torch.cuda.current_stream().wait_stream(stream)
+        captured = list(statuses)  # the launches' statuses at capture: what the replays run
+        for replay in range(2):
+            x.copy_(torch.randn(rounds, 1, k, generator=gen).to(dtype))
+            graph.replay()
+            torch.cuda.synchronize()
+            statuses[:] = captured
+            check(f"graph-replay{replay}")
+    return results
+
+
 def graph_check(kernels: Kernels, steps: int = 6) -> dict:
     """A static decode step (producer emitting P, consumer reusing it; caches bound in place)
     through the C entry points, captured once in a CUDA graph on a side stream and replayed
@@ -1497,6 +1562,7 @@ def main(argv=None) -> int:
     report["gated_silu"] = gated_silu_check(kernels)
     report["split_rotary"] = split_rotary_check(kernels)
     report["linear"] = linear_check(kernels)
+    report["dependent_chain"] = dependent_chain_check(kernels)
     save()
 
     if not args.skip_bench:
@@ -1571,7 +1637,8 @@ def not_verified(report: dict, sanitize_requested: bool) -> list[str]:
     """Everything the run was asked to establish and did not: failed or crashed cases, the
     graph replay check, benchmarks that raised, sanitizer runs that reported errors or did not
     complete (time budget, timeout). Any entry makes the exit status 1."""
-    elementwise = report.get("gated_silu", []) + report.get("split_rotary", []) + report.get("linear", [])
+    elementwise = (report.get("gated_silu", []) + report.get("split_rotary", []) + report.get("linear", [])
+                   + report.get("dependent_chain", []))
     reasons = [f"case {c['case']} failed" for c in report.get("checks", []) + elementwise if not c["ok"]]
     graph = report.get("graph")
     if graph is not None and not graph["ok"]:
@@ -1612,13 +1679,15 @@ def print_summary(report: dict, out_dir: Path) -> None:
         how = "captured once, replayed" if graph["captured"] else "called directly (no GPU),"
         print(f"static decode step {how} {graph['steps']} times with new position_ids: "
               f"{'all outputs and caches match' if graph['ok'] else 'FAILED'}")
-    for name in ("gated_silu", "split_rotary"):
+    for name, error in (("gated_silu", "max_relative_error"), ("split_rotary", "max_relative_error"),
+                        ("linear", "max_relative_error"), ("dependent_chain", "max_error_over_tolerance")):
         cases = report.get(name, [])
         if cases:
-            worst = max((c["max_relative_error"] or 0.0) for c in cases)
-            print(f"{name}: {sum(c['ok'] for c in cases)}/{len(cases)} cases passed (worst relative error {worst:.2g})")
+            worst = max((c[error] or 0.0) for c in cases)
+            print(f"{name}: {sum(c['ok'] for c in cases)}/{len(cases)} cases passed (worst {error.replace('_', ' ')} "
+                  f"{worst:.2g})")
             for c in [c for c in cases if not c["ok"]][:6]:
-                print("  FAIL", c["case"], c["status"], c["message"], c["max_relative_error"])
+                print("  FAIL", c["case"], c["status"], c["message"], c[error])
     for s in report.get("sanitizer", []):
         print(f"compute-sanitizer {s['tool']}: {'clean' if s.get('ok') else s.get('why') or s.get('summary')}")
     if "copy_TBps" in report:

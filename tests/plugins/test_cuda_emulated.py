@@ -167,10 +167,15 @@ def split_plan_kernels(tmp_path_factory) -> runner.Kernels:
     return _build(tmp_path_factory, "-DUA_SPLIT_CLUSTERS=0")
 
 
-def _cluster_launches(kernels: runner.Kernels) -> int:
-    count = kernels.lib.ua_emu_cluster_launches
+def _launches(kernels: runner.Kernels, kind: str) -> int:
+    """The emulator's count of cluster or dependent launches so far (cuda_emu.h)."""
+    count = getattr(kernels.lib, f"ua_emu_{kind}_launches")
     count.restype = ctypes.c_ulonglong
     return count()
+
+
+def _cluster_launches(kernels: runner.Kernels) -> int:
+    return _launches(kernels, "cluster")
 
 
 CLUSTER_CASES = [c for c in runner.static_cases(large=False) + runner.random_static_cases(12, seed=31)
@@ -436,9 +441,11 @@ def test_graph_replay_check_runs_on_the_emulator(kernels):
 def test_gated_silu_matches_float64(kernels):
     """The GatedSilu kernel (16-byte and element paths) against silu(gate) * up in float64,
     the GPU run's shapes but the largest."""
+    before = _launches(kernels, "dependent")
     results = runner.gated_silu_check(kernels, runner.GATED_SILU_SHAPES[:-1])
     assert len(results) == 3 * 2 * (len(runner.GATED_SILU_SHAPES) - 1)
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    assert _launches(kernels, "dependent") - before == len(results)  # device.cuh: launch_dependent
 
 
 def test_gated_silu_refuses_bad_arguments(kernels):
@@ -450,9 +457,23 @@ def test_gated_silu_refuses_bad_arguments(kernels):
 def test_linear_gemv_matches_float64(kernels):
     """The Linear GEMV kernel (one row: K below, at and above a warp's 256 elements, not a
     multiple of it; N below and above a block's rows) against input x weight^T in float64."""
+    before = _launches(kernels, "dependent")
     results = runner.linear_check(kernels, runner.LINEAR_GEMV_SHAPES, offsets=(0,))
     assert len(results) == 3 * len(runner.LINEAR_GEMV_SHAPES)
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    assert _launches(kernels, "dependent") - before == len(results)
+
+
+def test_dependent_chain_reads_what_the_kernel_before_wrote(kernels):
+    """gpu_kernels.dependent_chain_check's small chain (Linear, GatedSilu, Linear into buffers
+    filled with NaN before each round): here kernels run one after another, so this checks the
+    chain's arithmetic and that every kernel of it is a dependent launch; the GPU run checks the
+    overlap."""
+    before = _launches(kernels, "dependent")
+    results = runner.dependent_chain_check(kernels, rounds=2, shapes=runner.DEPENDENT_CHAIN_SHAPES[1:])
+    assert [r["case"] for r in results] == ["dependent_chain-float32-K64-I96-stream"]
+    assert results[0]["ok"], results
+    assert _launches(kernels, "dependent") - before == 2 * 3
 
 
 @pytest.mark.parametrize("rows,k,offset", [(2, 64, 0), (1, 64, 1), (1, 20, 0)],
@@ -468,9 +489,11 @@ def test_linear_sends_what_is_not_a_gemv_to_cublas(kernels, rows, k, offset):
 def test_split_rotary_matches_float64(kernels):
     """The SplitRotary kernel (16-byte and element paths, positions clamped to the tables)
     against docs/ops.md's formula in float64, the GPU run's shapes."""
+    before = _launches(kernels, "dependent")
     results = runner.split_rotary_check(kernels)
     assert len(results) == 3 * 2 * len(runner.SPLIT_ROTARY_SHAPES)
     assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    assert _launches(kernels, "dependent") - before == len(results)
 
 
 @pytest.mark.parametrize(("output", "onto", "message"), [("query", "qkv", "query overlaps qkv"),

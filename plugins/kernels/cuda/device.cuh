@@ -12,6 +12,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "launch.cuh"
 
 #ifndef UA_CUDA_EMULATE
@@ -59,6 +61,105 @@ __device__ __forceinline__ int64_t query_position(const Geometry& g, int64_t b, 
   return p < -1 ? -1 : p > g.key_len ? g.key_len : p;
 }
 
+// ---- programmatic dependent launch (sm_90) ---------------------------------------------
+// A batch-1 decode step is a chain of kernels of a few microseconds each, and a kernel starts
+// only when the one before it in the stream has finished: its launch, its ramp-up and, for a
+// projection, the first trip of its weight rows to memory sit on the step's critical path.
+// A kernel launched by launch_dependent() may instead start while the kernel before it still
+// runs, once every block of that kernel has called allow_dependents() (a kernel that never
+// calls it, as ONNX Runtime's own: once it has finished, as before). Until it has called
+// wait_for_upstream(), such a kernel may only read what no kernel of the step writes (a
+// projection's weight) and may write nothing (a buffer it writes may be one the earlier kernel
+// still reads); wait_for_upstream() returns once the earlier kernels have finished and their
+// writes are visible. Both are no-ops in launches without the attribute and before sm_90.
+__device__ __forceinline__ void allow_dependents() {
+#if !defined(UA_CUDA_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_upstream() {
+#if !defined(UA_CUDA_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Starts moving `bytes` (a multiple of 16) at `p` (16-byte aligned) from memory into L2 and
+// returns at once (sm_90's bulk prefetch; nothing before).
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(UA_CUDA_EMULATE)
+  ua_emu::check_aligned(p, 16, "bulk prefetch");
+  if (bytes % 16 != 0) ua_emu::fail("bulk prefetch of a size that is not a multiple of 16");
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// Off by default until measured and checked on a GPU (NOTES.md, "Dependent launches"): with 0,
+// launch_dependent() and launch_clusters() launch as before and Linear's GEMV asks L2 for
+// nothing, so the GPU runs what it ran before. The emulated build takes the path as if on
+// (the emulator checks its arithmetic and alignment; kernels run one after another there).
+#ifndef UA_DEPENDENT_LAUNCH
+#ifdef UA_CUDA_EMULATE
+#define UA_DEPENDENT_LAUNCH 1
+#else
+#define UA_DEPENDENT_LAUNCH 0
+#endif
+#endif
+
+#ifndef UA_CUDA_EMULATE
+// Whether the current device takes programmatic dependent launches (compute capability 9.0
+// and later), asked once per device.
+inline bool dependent_launch_available() {
+  static std::atomic<int> known[64];  // 0: not asked yet, 1: no, 2: yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  std::atomic<int>& slot = known[device & 63];
+  if (slot.load() == 0) {
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      (void)cudaGetLastError();
+      major = 0;
+    }
+    slot.store(major >= 9 ? 2 : 1);
+  }
+  return slot.load() == 2;
+}
+
+// Launches `kernel`, which follows the rules above, so that it may overlap the kernel before it.
+// Errors of the launch itself are returned; the caller then reads launch_status() as after
+// UA_LAUNCH.
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             const Args&... args) {
+  if (!UA_DEPENDENT_LAUNCH || !dependent_launch_available()) {
+    kernel<<<grid, block, smem, stream>>>(args...);
+    return cudaSuccess;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args...);
+}
+#else
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
+                             const Args&... args) {
+  ua_emu::launch(grid, block, smem, [&] { kernel(args...); }, 1, true);
+  return cudaSuccess;
+}
+#endif
+
 // ---- thread block clusters (sm_90) -----------------------------------------------------
 // A cluster's blocks run at the same time and read each other's shared memory: the split-KV
 // kernel combines its splits through it instead of through global memory and a counter.
@@ -105,7 +206,8 @@ __device__ __forceinline__ V* cluster_peer(V* local, int rank) {
 #endif
 }
 
-// Launches `kernel` on clusters of `cluster` blocks along x (grid.x is a multiple of it).
+// Launches `kernel` on clusters of `cluster` blocks along x (grid.x is a multiple of it), as a
+// dependent launch where launch_dependent() makes one (the kernel follows the rules above).
 #ifndef UA_CUDA_EMULATE
 template <typename Kernel, typename... Args>
 cudaError_t launch_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, int cluster,
@@ -115,13 +217,15 @@ cudaError_t launch_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, c
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = unsigned(cluster);
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = unsigned(cluster);
+  attributes[0].val.clusterDim.y = 1;
+  attributes[0].val.clusterDim.z = 1;
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attributes;
+  config.numAttrs = UA_DEPENDENT_LAUNCH && dependent_launch_available() ? 2 : 1;
   return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
@@ -153,7 +257,7 @@ cudaError_t max_cluster_blocks(Kernel kernel, dim3 block, size_t smem, int wante
 template <typename Kernel, typename... Args>
 cudaError_t launch_clusters(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t, int cluster,
                             const Args&... args) {
-  ua_emu::launch(grid, block, smem, [&] { kernel(args...); }, unsigned(cluster));
+  ua_emu::launch(grid, block, smem, [&] { kernel(args...); }, unsigned(cluster), true);
   return cudaSuccess;
 }
 template <typename Kernel>
@@ -197,7 +301,8 @@ struct Slice8 {
 // How a load may be cached. kStreaming: data read once (K/V rows), evicted from L2 first so
 // that what is read again soon (shared_probs, partial results) stays there. kL2: data that
 // other blocks of the same grid wrote, read past L1 (which is not coherent across SMs).
-enum class Load { kNormal, kStreaming, kL2 };
+// kReadOnly: data no thread writes while the kernel runs, through the read-only data cache.
+enum class Load { kNormal, kStreaming, kL2, kReadOnly };
 
 template <Load kHow, typename V>
 __device__ __forceinline__ V load_as(const V* p) {
@@ -206,6 +311,7 @@ __device__ __forceinline__ V load_as(const V* p) {
 #endif
   if constexpr (kHow == Load::kStreaming) return __ldcs(p);
   else if constexpr (kHow == Load::kL2) return __ldcg(p);
+  else if constexpr (kHow == Load::kReadOnly) return __ldg(p);
   else return *p;
 }
 

@@ -24,6 +24,8 @@ __device__ __forceinline__ float gated_silu(float gate, float up) { return gate 
 template <typename T, bool kWide>
 __global__ void __launch_bounds__(kThreads)
     gated_silu_kernel(const T* gate_up, T* output, const int64_t rows, const int64_t width) {
+  allow_dependents();  // the down projection that follows fetches its weight meanwhile
+  wait_for_upstream();
   constexpr int64_t kPer = kWide ? 8 : 1;
   const int64_t per_row = width / kPer, units = rows * per_row;
   for (int64_t x = int64_t(blockIdx.x) * kThreads + threadIdx.x; x < units; x += int64_t(gridDim.x) * kThreads) {
@@ -52,13 +54,10 @@ ua_status launch_typed(int64_t rows, int64_t width, const void* gate_up, void* o
   if (blocks == 0) return ok();
   const auto* in = static_cast<const T*>(gate_up);
   auto* out = static_cast<T*>(output);
-  if (wide) {
-    const auto kernel = gated_silu_kernel<T, true>;
-    UA_LAUNCH(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, in, out, rows, width);
-  } else {
-    const auto kernel = gated_silu_kernel<T, false>;
-    UA_LAUNCH(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, in, out, rows, width);
-  }
+  const auto kernel = wide ? gated_silu_kernel<T, true> : gated_silu_kernel<T, false>;
+  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, in, out, rows, width);
+      e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "CUDA kernel gated_silu could not run: %s", cudaGetErrorString(e));
   return launch_status("gated_silu");
 }
 

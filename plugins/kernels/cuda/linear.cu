@@ -20,26 +20,35 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMaxGemvFeatures = int64_t(1) << 28;  // a row's bytes fit the bulk prefetch's 32-bit size
 
 // One warp per weight row: lane l reads slices l, l + 32, ... of the row (a warp's loads are
 // 512 contiguous bytes in fp16), multiplies them with the same slices of the input, and the
 // warp sums its lanes. float32 accumulation, one rounding to T. The weight is read once
 // (streaming loads, so it does not evict the input from L2); the input, read by every warp,
-// stays in cache.
+// stays in cache and goes through the read-only path.
+//
+// A dependent launch (device.cuh; built with UA_DEPENDENT_LAUNCH=1): the weight is no kernel's
+// output, so each warp asks L2 for its row before waiting for the kernel before it (attention
+// before o_proj, the activation before down_proj) to finish, and those bytes are on their way
+// while it runs.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     linear_gemv_kernel(const T* __restrict__ input, const T* __restrict__ weight, T* __restrict__ output,
                        const int slices, const int64_t out_features) {
+  allow_dependents();
   const int64_t row = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= out_features) return;
   const int lane = threadIdx.x & 31;
   const T* weight_row = weight + row * slices * 8;
+  if (UA_DEPENDENT_LAUNCH && lane == 0) prefetch_l2(weight_row, uint32_t(slices) * 8u * uint32_t(sizeof(T)));
+  wait_for_upstream();
   float acc = 0.f;
 #pragma unroll 2
   for (int s = lane; s < slices; s += 32) {
     float w[8], x[8];
     slice_to_floats(load_slice<T, Load::kStreaming>(weight_row + s * 8), w);
-    slice_to_floats(load_slice(input + s * 8), x);
+    slice_to_floats(load_slice<T, Load::kReadOnly>(input + s * 8), x);
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc = fmaf(w[e], x[e], acc);
   }
@@ -51,8 +60,11 @@ template <typename T>
 ua_status gemv(const ua_linear_desc& d, const void* input, const void* weight, void* output, cudaStream_t stream) {
   const int64_t blocks = (d.out_features + kWarps - 1) / kWarps;
   const auto kernel = linear_gemv_kernel<T>;
-  UA_LAUNCH(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, static_cast<const T*>(input),
-            static_cast<const T*>(weight), static_cast<T*>(output), int(d.in_features / 8), d.out_features);
+  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
+                                      static_cast<const T*>(input), static_cast<const T*>(weight),
+                                      static_cast<T*>(output), int(d.in_features / 8), d.out_features);
+      e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "CUDA kernel linear_gemv could not run: %s", cudaGetErrorString(e));
   return launch_status("linear_gemv");
 }
 
@@ -133,7 +145,7 @@ extern "C" ua_status ua_linear_cuda(const ua_linear_desc* desc, const void* inpu
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   const bool aligned =
       ((reinterpret_cast<uintptr_t>(input) | reinterpret_cast<uintptr_t>(weight)) & 15) == 0 && d.in_features % 8 == 0;
-  if (d.rows > UA_LINEAR_GEMV_MAX_ROWS || !aligned || d.in_features == 0 || d.in_features / 8 > INT32_MAX ||
+  if (d.rows > UA_LINEAR_GEMV_MAX_ROWS || !aligned || d.in_features == 0 || d.in_features > cuda::kMaxGemvFeatures ||
       d.out_features > int64_t(INT32_MAX) * cuda::kWarps)
     return cuda::cublas_linear(d, input, weight, output, cublas_handle);
   switch (d.dtype) {

@@ -295,6 +295,10 @@ __device__ __forceinline__ void split_kv(const SplitKvKernelArgs<T>& a) {
   float* s_factor = s_total + 2 * R;                   // R x kMaxSplits: exp(m_split - lse) per split
   int* s_last = reinterpret_cast<int*>(s_factor + R * kMaxSplits);
 
+  // A dependent launch (device.cuh): the output projection after attention fetches its weight
+  // while this kernel runs (linear.cu), and this kernel starts while SplitRotary finishes.
+  allow_dependents();
+  wait_for_upstream();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int slice = lane % kLanes, key_group = lane / kLanes;
   const int D = int(a.head_dim);
@@ -1067,7 +1071,8 @@ ua_status launch_instance(Instance<T, W, kEmit, kLanes>, const ua_attention_desc
       return fail(UA_DEVICE_ERROR, "split_kv: cannot clear the workspace counters: %s", cudaGetErrorString(e));
   }
   const dim3 grid{unsigned(plan.row_tiles * a.splits), unsigned(d.kv_num_heads), unsigned(d.batch)};
-  UA_LAUNCH(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a);
+  if (cudaError_t e = launch_dependent(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a); e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "CUDA kernel split_kv could not run: %s", cudaGetErrorString(e));
   return launch_status("split_kv");
 }
 

@@ -26,6 +26,8 @@ __host__ __device__ __forceinline__ int64_t units_per_token(const ua_split_rotar
 template <typename T, int kPer>
 __global__ void __launch_bounds__(kThreads)
     split_rotary_kernel(const ua_split_rotary_desc a, const ua_split_rotary_io io) {
+  allow_dependents();  // a dependent launch (device.cuh): waits for the projection before reading it
+  wait_for_upstream();
   const T* qkv = static_cast<const T*>(io.qkv);
   const T* cos_cache = static_cast<const T*>(io.cos_cache);
   const T* sin_cache = static_cast<const T*>(io.sin_cache);
@@ -85,13 +87,10 @@ ua_status launch_typed(const ua_split_rotary_desc& d, const ua_split_rotary_io& 
   int64_t blocks = (units + kThreads - 1) / kThreads;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
   if (blocks == 0) return ok();
-  if (wide) {
-    const auto kernel = split_rotary_kernel<T, 8>;
-    UA_LAUNCH(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, d, io);
-  } else {
-    const auto kernel = split_rotary_kernel<T, 1>;
-    UA_LAUNCH(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, d, io);
-  }
+  const auto kernel = wide ? split_rotary_kernel<T, 8> : split_rotary_kernel<T, 1>;
+  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, d, io);
+      e != cudaSuccess)
+    return fail(UA_DEVICE_ERROR, "CUDA kernel split_rotary could not run: %s", cudaGetErrorString(e));
   return launch_status("split_rotary");
 }
 
