@@ -130,8 +130,7 @@ inline bool dependent_launch_available() {
 }
 
 // Launches `kernel`, which follows the rules above, so that it may overlap the kernel before it.
-// Errors of the launch itself are returned; the caller then reads launch_status() as after
-// UA_LAUNCH.
+// Returns the launch call's error, for launch_status(kernel, launch_dependent(...)).
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                              const Args&... args) {

@@ -103,8 +103,9 @@ int* arrivals(const SplitKvPlan& plan, void* workspace) {
 
 }  // namespace
 
-ua_status launch_status(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
+ua_status launch_status(const char* kernel, cudaError_t launch) {
+  const cudaError_t last = cudaGetLastError();  // read (and cleared) either way
+  const cudaError_t e = launch != cudaSuccess ? launch : last;
   if (e != cudaSuccess)
     return fail(UA_DEVICE_ERROR, "CUDA kernel %s could not run: %s", kernel, cudaGetErrorString(e));
   return UA_OK;

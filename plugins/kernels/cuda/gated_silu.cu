@@ -55,10 +55,8 @@ ua_status launch_typed(int64_t rows, int64_t width, const void* gate_up, void* o
   const auto* in = static_cast<const T*>(gate_up);
   auto* out = static_cast<T*>(output);
   const auto kernel = wide ? gated_silu_kernel<T, true> : gated_silu_kernel<T, false>;
-  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, in, out, rows, width);
-      e != cudaSuccess)
-    return fail(UA_DEVICE_ERROR, "CUDA kernel gated_silu could not run: %s", cudaGetErrorString(e));
-  return launch_status("gated_silu");
+  return launch_status("gated_silu",
+                       launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, in, out, rows, width));
 }
 
 }  // namespace

@@ -121,8 +121,9 @@ struct StaticWrite {
 ua_status launch_static_append(const ua_attention_desc& desc, const StaticWrite* writes, int count, bool scatter,
                                const int64_t* positions, int* counters, int64_t counter_count, cudaStream_t stream);
 
-// Reports a failed launch (or an earlier asynchronous error) for ua_last_error().
-ua_status launch_status(const char* kernel);
+// Reports a failed launch (or an earlier asynchronous error) for ua_last_error(); `launch`:
+// what a launch call returned (launch_dependent, launch_clusters), where it returns one.
+ua_status launch_status(const char* kernel, cudaError_t launch = cudaSuccess);
 
 }  // namespace cuda
 }  // namespace uniattn

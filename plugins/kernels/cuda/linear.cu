@@ -60,12 +60,10 @@ template <typename T>
 ua_status gemv(const ua_linear_desc& d, const void* input, const void* weight, void* output, cudaStream_t stream) {
   const int64_t blocks = (d.out_features + kWarps - 1) / kWarps;
   const auto kernel = linear_gemv_kernel<T>;
-  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
-                                      static_cast<const T*>(input), static_cast<const T*>(weight),
-                                      static_cast<T*>(output), int(d.in_features / 8), d.out_features);
-      e != cudaSuccess)
-    return fail(UA_DEVICE_ERROR, "CUDA kernel linear_gemv could not run: %s", cudaGetErrorString(e));
-  return launch_status("linear_gemv");
+  return launch_status("linear_gemv",
+                       launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream,
+                                        static_cast<const T*>(input), static_cast<const T*>(weight),
+                                        static_cast<T*>(output), int(d.in_features / 8), d.out_features));
 }
 
 }  // namespace

@@ -1071,9 +1071,7 @@ ua_status launch_instance(Instance<T, W, kEmit, kLanes>, const ua_attention_desc
       return fail(UA_DEVICE_ERROR, "split_kv: cannot clear the workspace counters: %s", cudaGetErrorString(e));
   }
   const dim3 grid{unsigned(plan.row_tiles * a.splits), unsigned(d.kv_num_heads), unsigned(d.batch)};
-  if (cudaError_t e = launch_dependent(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a); e != cudaSuccess)
-    return fail(UA_DEVICE_ERROR, "CUDA kernel split_kv could not run: %s", cudaGetErrorString(e));
-  return launch_status("split_kv");
+  return launch_status("split_kv", launch_dependent(kernel, grid, dim3(kThreads), K::kSmemBytes, stream, a));
 }
 
 size_t reserve(size_t& offset, size_t bytes) {

@@ -88,10 +88,8 @@ ua_status launch_typed(const ua_split_rotary_desc& d, const ua_split_rotary_io& 
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
   if (blocks == 0) return ok();
   const auto kernel = wide ? split_rotary_kernel<T, 8> : split_rotary_kernel<T, 1>;
-  if (cudaError_t e = launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, d, io);
-      e != cudaSuccess)
-    return fail(UA_DEVICE_ERROR, "CUDA kernel split_rotary could not run: %s", cudaGetErrorString(e));
-  return launch_status("split_rotary");
+  return launch_status("split_rotary",
+                       launch_dependent(kernel, dim3(unsigned(blocks)), dim3(kThreads), 0, stream, d, io));
 }
 
 }  // namespace
